@@ -1,0 +1,148 @@
+"""Stage `detox`: PPO (TRL) on the LoRA policy with the hate-speech classifier's not-hate logit as reward.
+
+    python stages/detox.py --data data/prepared --sft models/sft --out models/detoxified \
+        --live metrics/detox --checkpoints checkpoints/detox
+
+The loop is the lab's: generate a batch of summaries, score them, `step(queries, responses, rewards)`,
+log. Checkpoints (adapter, value head, optimizer, KL coefficient, step, logged history) go to
+--checkpoints, outside DVC outputs, every ppo.checkpoint_every steps; a rerun with the same inputs
+resumes from the last one. Randomness is re-seeded from (seed, step) at every step, so a resumed run
+draws exactly what an uninterrupted one would.
+"""
+import argparse
+import logging
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from dvclive import Live
+from tqdm.auto import tqdm
+
+from detoxkit.config import PipelineError, load_params
+from detoxkit.data import load_prepared
+from detoxkit.io import atomic_dir, fingerprint, run_stage, write_json
+from detoxkit.models import attach_lora, load_policy, save_detoxified, start_adapter_path, trainable_parameters
+from detoxkit.ppo_engine import LOGGED, PPOEngine, check_finite
+from detoxkit.scoring import build_scorer
+
+log = logging.getLogger("detox.detox")
+
+
+def seed_step(seed: int, step: int):
+    """Seed every generator from (seed, step): sampling, LoRA dropout and TRL's minibatch order."""
+    random.seed(seed * 100_003 + step)
+    np.random.seed((seed * 100_003 + step) % 2**32)
+    torch.manual_seed(seed * 100_003 + step)
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int, rank: int = 0, world: int = 1) -> np.ndarray:
+    """Rows for `step` on process `rank`: a fresh permutation each epoch, the last partial batch dropped."""
+    per_epoch = n // (batch_size * world)
+    epoch, slot = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    start = (slot * world + rank) * batch_size
+    return perm[start:start + batch_size]
+
+
+def rollout_length(gen, seed: int, step: int) -> int:
+    """max_new_tokens for this step's rollouts, drawn from [output_min_length, output_max_length)."""
+    return int(np.random.default_rng([seed, step, 1]).integers(gen.output_min_length, gen.output_max_length))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--sft", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--live", required=True, help="DVCLive folder for per-step metrics")
+    parser.add_argument("--checkpoints", required=True, help="resumable state, outside DVC outputs")
+    args = parser.parse_args()
+
+    params = load_params(["policy", "reward", "compute", "lora", "generation", "ppo"])
+    ppo, gen = params.ppo, params.generation
+    train = load_prepared(args.data)["train"]
+    if len(train) < ppo.batch_size:
+        raise PipelineError(f"the train split has {len(train)} prompts, fewer than ppo.batch_size "
+                            f"({ppo.batch_size}); lower ppo.batch_size or add data")
+    adapter = start_adapter_path(params.policy, args.sft)
+    ckpt_dir = Path(args.checkpoints)
+    run_id = fingerprint({k: params.raw[k] for k in ("seed", "policy", "reward", "lora", "generation", "ppo")},
+                         [args.data, adapter])
+
+    seed_step(params.seed, 0)  # before any model or value head is created
+    scorer = build_scorer(params.reward, params.compute)
+    model, tokenizer, _ = load_policy(params.policy, params.compute, adapter)
+    engine = PPOEngine(attach_lora(model, params.lora), tokenizer, ppo, gen, params.seed)
+    trainable, total = trainable_parameters(engine.unwrapped)
+    log.info("trainable parameters (LoRA + value head): %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
+
+    resumed = engine.load_checkpoint(ckpt_dir, run_id)
+    if resumed is None:
+        log.info("checkpoint in %s is from other inputs; starting from step 0", ckpt_dir)
+        shutil.rmtree(ckpt_dir)
+        resumed = (0, [])
+    start, history = resumed
+    if start:
+        log.info("resuming from checkpoint at step %d of %d", start, ppo.max_steps)
+    is_main = engine.accelerator.is_main_process
+    live = Live(args.live, dvcyaml=False, save_dvc_exp=False) if is_main else None
+    for row in history:  # DVC cleared --live before this run: replay the steps already done
+        live and _log_row(live, row)
+
+    rank, world = engine.accelerator.process_index, engine.accelerator.num_processes
+    good_state, early_stop = engine.trainable_state(), None
+    note = f"The last good checkpoint is kept in {ckpt_dir}." if ppo.checkpoint_every else ""
+    for step in tqdm(range(start, ppo.max_steps), initial=start, total=ppo.max_steps, desc="PPO", unit="step",
+                     disable=not is_main):
+        seed_step(params.seed, step)
+        batch = train.select(batch_indices(len(train), ppo.batch_size, step, params.seed, rank, world))
+        queries = [torch.tensor(ids) for ids in batch["input_ids"]]
+        responses = engine.generate(queries, rollout_length(gen, params.seed, step))
+        texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+        rewards, toxicity = scorer.score(list(batch["query"]), texts)
+        check_finite({"reward": float(np.sum(rewards))}, step, note)
+
+        before_update = engine.trainable_state()
+        stats = engine.step(queries, responses, rewards)
+        row = {"step": step, "env/reward_mean": float(rewards.mean()), "env/toxicity_mean": float(toxicity.mean()),
+               **{k: stats[k] for k in LOGGED if k in stats}}
+        check_finite({k: row[k] for k in ("objective/kl", "ppo/loss/total")}, step, note)
+        if row["objective/kl"] > ppo.max_kl:
+            early_stop = {"step": step, "kl": row["objective/kl"]}
+            engine.load_trainable_state(good_state)
+            log.warning("step %d: objective/kl %.2f > ppo.max_kl %.2f; stopping and keeping the policy of step %d",
+                        step, row["objective/kl"], ppo.max_kl, step - 1)
+            break
+        good_state = before_update
+        history.append(row)
+        if live:
+            _log_row(live, row)
+        if is_main and ppo.checkpoint_every and (step + 1) % ppo.checkpoint_every == 0 and step + 1 < ppo.max_steps:
+            engine.save_checkpoint(ckpt_dir, step + 1, history, run_id)
+
+    if is_main:
+        with atomic_dir(args.out) as tmp:
+            save_detoxified(tmp, engine.unwrapped.pretrained_model, engine.unwrapped.v_head, params.policy, adapter)
+        summary = {"steps_done": len(history), "early_stopped": early_stop is not None,
+                   "early_stop_step": early_stop["step"] if early_stop else None,
+                   "early_stop_kl": early_stop["kl"] if early_stop else None,
+                   "trainable_parameters": trainable, "total_parameters": total}
+        if history:
+            summary.update({k: history[-1][k] for k in ("env/reward_mean", "env/toxicity_mean", "objective/kl")})
+        write_json(Path(args.live) / "train.json", summary)
+        live.end()
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the outputs now hold the result
+        log.info("saved the detoxified adapter and value head to %s after %d steps", args.out, len(history))
+
+
+def _log_row(live, row: dict):
+    live.step = row["step"]
+    for key, value in row.items():
+        if key != "step":
+            live.log_metric(key, value)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,363 @@
+"""Typed, strict settings read from `params.yaml`.
+
+`params.yaml` is the only place where values live: the dataclasses below declare names, types and
+ranges but no defaults, so a missing, unknown or ill-typed key stops a stage with the key's name
+before any model is loaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+
+
+class PipelineError(Exception):
+    """An input problem the user can fix: printed as one clear message, without a traceback."""
+
+
+class ParamsError(PipelineError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    source: str  # Hub dataset id, or a local .jsonl/.json/.csv/.parquet file or a folder of them
+    revision: Optional[str]  # Hub commit or tag that pins the dataset; null for the default branch
+    split: str  # which split of the source to read
+    min_chars: int  # keep dialogues with min_chars < len(dialogue) <= max_chars
+    max_chars: int
+    test_size: float  # fraction of the kept dialogues held out for evaluation
+    shuffle: bool  # shuffle before splitting (the lab does not)
+    dialogue_column: str
+    summary_column: str
+    max_prompt_tokens: int  # prompts longer than this are truncated by the policy tokenizer
+
+    def check(self):
+        _require(self.min_chars >= 0, "data.min_chars", "must be >= 0")
+        _require(self.max_chars > self.min_chars, "data.max_chars", "must be larger than data.min_chars")
+        _require(0 < self.test_size < 1, "data.test_size", "must be between 0 and 1 (exclusive), e.g. 0.2")
+        _require(self.max_prompt_tokens > 0, "data.max_prompt_tokens", "must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptSettings:
+    template: str  # must contain {dialogue}
+
+    def check(self):
+        _require("{dialogue}" in self.template, "prompt.template", "must contain the placeholder {dialogue}")
+        try:
+            self.template.format(dialogue="x")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ParamsError(
+                f"params.yaml: prompt.template is not a valid format string ({err!r}); "
+                "use {dialogue} as the only placeholder and double any other braces: {{ }}"
+            ) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicySettings:
+    model: str  # Hub id or local folder of a seq2seq LM saved with save_pretrained
+    revision: Optional[str]  # Hub commit/tag/branch; ignored for local folders
+    adapter: Optional[str]  # "sft" (the sft stage's adapter), a PEFT LoRA adapter folder, or null
+    allow_pickle: bool  # allow loading *.bin (pickle) weights; safetensors are used otherwise
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardSettings:
+    model: str  # Hub id or local folder of a sequence classifier
+    revision: Optional[str]
+    not_hate_label: str  # label whose raw logit is the PPO reward
+    hate_label: str  # label whose probability is the toxicity
+    include_prompt: bool  # score prompt + response (the lab) or the response alone
+    batch_size: int
+    allow_pickle: bool
+
+    def check(self):
+        _require(self.batch_size > 0, "reward.batch_size", "must be positive")
+        _require(self.not_hate_label != self.hate_label, "reward.hate_label", "must differ from reward.not_hate_label")
+
+
+@dataclasses.dataclass(frozen=True)
+class ComputeSettings:
+    device: Literal["auto", "cpu", "cuda"]
+    dtype: Literal["auto", "float32", "bfloat16", "float16"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSettings:
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: list[str]
+
+    def check(self, prefix="lora"):
+        _require(self.r > 0, f"{prefix}.r", "must be positive")
+        _require(self.alpha > 0, f"{prefix}.alpha", "must be positive")
+        _require(0 <= self.dropout < 1, f"{prefix}.dropout", "must be in [0, 1)")
+        _require(len(self.target_modules) > 0, f"{prefix}.target_modules", "must name at least one module")
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationSettings:
+    min_length: int
+    top_k: int  # 0 disables top-k: sample from the whole distribution, as the lab does
+    top_p: float
+    do_sample: bool
+    output_min_length: int  # PPO rollouts: max_new_tokens is drawn from [min, max) once per batch
+    output_max_length: int
+    batch_size: int  # prompts per generate() call in PPO rollouts
+
+    def check(self):
+        _require(self.min_length >= 0, "generation.min_length", "must be >= 0")
+        _require(self.top_k >= 0, "generation.top_k", "must be >= 0")
+        _require(0 < self.top_p <= 1, "generation.top_p", "must be in (0, 1]")
+        _require(self.output_min_length > 0, "generation.output_min_length", "must be positive")
+        _require(
+            self.output_max_length > self.output_min_length,
+            "generation.output_max_length",
+            "must be larger than generation.output_min_length (lengths are drawn from [min, max))",
+        )
+        _require(self.batch_size > 0, "generation.batch_size", "must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOSettings:
+    learning_rate: float
+    batch_size: int  # rollouts per PPO step
+    mini_batch_size: int
+    epochs: int  # PPO epochs over each batch
+    max_steps: int
+    init_kl_coef: float
+    adaptive_kl: bool
+    target_kl: float  # target of the adaptive KL controller (TRL's `target`)
+    horizon: float
+    max_kl: float  # stop training early when objective/kl exceeds this
+    checkpoint_every: int  # steps between resumable checkpoints; 0 disables them
+
+    def check(self):
+        _require(self.learning_rate > 0, "ppo.learning_rate", "must be positive")
+        _require(self.batch_size > 0, "ppo.batch_size", "must be positive")
+        _require(self.mini_batch_size > 0, "ppo.mini_batch_size", "must be positive")
+        _require(
+            self.batch_size % self.mini_batch_size == 0,
+            "ppo.mini_batch_size",
+            f"({self.mini_batch_size}) must divide ppo.batch_size ({self.batch_size})",
+        )
+        _require(self.epochs > 0, "ppo.epochs", "must be positive")
+        _require(self.max_steps > 0, "ppo.max_steps", "must be positive")
+        _require(self.init_kl_coef >= 0, "ppo.init_kl_coef", "must be >= 0")
+        _require(self.target_kl > 0, "ppo.target_kl", "must be positive")
+        _require(self.horizon > 0, "ppo.horizon", "must be positive")
+        _require(self.max_kl > 0, "ppo.max_kl", "must be positive")
+        _require(self.checkpoint_every >= 0, "ppo.checkpoint_every", "must be >= 0 (0 disables checkpoints)")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationSettings:
+    num_samples: Union[int, Literal["all"]]  # test prompts to evaluate, or "all"
+    max_new_tokens: int
+    batch_size: int
+
+    def check(self):
+        if self.num_samples != "all":
+            _require(self.num_samples > 0, "evaluation.num_samples", 'must be positive or "all"')
+        _require(self.max_new_tokens > 0, "evaluation.max_new_tokens", "must be positive")
+        _require(self.batch_size > 0, "evaluation.batch_size", "must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTSettings:
+    learning_rate: float
+    epochs: float
+    max_steps: int  # -1: run the whole `epochs`; > 0 caps the number of optimizer steps
+    batch_size: int
+    max_target_tokens: int  # reference summaries are truncated to this many tokens
+    logging_steps: int
+    eval_samples: Union[int, Literal["all"]]  # test prompts for the ROUGE comparison (greedy decoding)
+    eval_max_new_tokens: int
+    lora: LoraSettings
+
+    def check(self):
+        _require(self.learning_rate > 0, "sft.learning_rate", "must be positive")
+        _require(self.epochs > 0, "sft.epochs", "must be positive")
+        _require(self.max_steps == -1 or self.max_steps > 0, "sft.max_steps", "must be -1 or positive")
+        _require(self.batch_size > 0, "sft.batch_size", "must be positive")
+        _require(self.max_target_tokens > 0, "sft.max_target_tokens", "must be positive")
+        _require(self.logging_steps > 0, "sft.logging_steps", "must be positive")
+        if self.eval_samples != "all":
+            _require(self.eval_samples > 0, "sft.eval_samples", 'must be positive or "all"')
+        _require(self.eval_max_new_tokens > 0, "sft.eval_max_new_tokens", "must be positive")
+        self.lora.check("sft.lora")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportSettings:
+    bootstrap_resamples: int
+    bootstrap_seed: int
+    confidence: float
+    qualitative_rows: int  # rows in each of the "largest improvements / regressions" tables
+
+    def check(self):
+        _require(self.bootstrap_resamples >= 100, "report.bootstrap_resamples", "must be >= 100")
+        _require(0 < self.confidence < 1, "report.confidence", "must be in (0, 1), e.g. 0.95")
+        _require(self.qualitative_rows > 0, "report.qualitative_rows", "must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class GuardSettings:
+    max_rougeL_drop: float  # largest allowed drop of mean ROUGE-L (absolute, 0..1)
+    max_kl: float  # largest allowed per-token KL(detoxified || reference) on evaluation responses
+    min_mean_length: float  # smallest allowed mean response length (tokens) after detox
+
+
+SECTIONS = {
+    "data": DataSettings,
+    "prompt": PromptSettings,
+    "policy": PolicySettings,
+    "reward": RewardSettings,
+    "compute": ComputeSettings,
+    "lora": LoraSettings,
+    "generation": GenerationSettings,
+    "ppo": PPOSettings,
+    "evaluation": EvaluationSettings,
+    "sft": SFTSettings,
+    "report": ReportSettings,
+    "guard": GuardSettings,
+}
+
+
+def _require(ok: bool, key: str, why: str):
+    if not ok:
+        raise ParamsError(f"params.yaml: {key} {why}")
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value, tp, key: str):
+    """Check `value` against the annotation `tp`; return it (ints are accepted where floats are)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arm in typing.get_args(tp):
+            try:
+                return _coerce(value, arm, key)
+            except ParamsError as err:
+                errors.append(err)
+        allowed = " or ".join(_describe(a) for a in typing.get_args(tp))
+        raise ParamsError(f"params.yaml: {key} is {value!r}; expected {allowed}")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ParamsError(f"params.yaml: {key} is {value!r}; expected one of {list(typing.get_args(tp))}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ParamsError(f"params.yaml: {key} is {value!r}; expected a list")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ParamsError(f"params.yaml: {key} is {value!r}; expected null")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp in (str, bool) and isinstance(value, tp):
+        return value
+    raise ParamsError(f"params.yaml: {key} is {value!r}; expected {_describe(tp)}")
+
+
+def _describe(tp) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}.get(
+        _type_name(tp), _type_name(tp)
+    )
+
+
+def _build(cls, raw, prefix: str):
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params.yaml: {prefix} must be a mapping of settings, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ParamsError(
+            f"params.yaml: unknown key {prefix}.{unknown[0]} (known keys in {prefix}: {', '.join(names)}); "
+            "check the spelling"
+        )
+    missing = [n for n in names if n not in raw]
+    if missing:
+        raise ParamsError(f"params.yaml: missing key {prefix}.{missing[0]}; add it (see the README's parameter table)")
+    obj = cls(**{n: _coerce(raw[n], hints[n], f"{prefix}.{n}") for n in names})
+    if hasattr(obj, "check") and prefix in SECTIONS:
+        obj.check()
+    return obj
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    """The sections a stage asked for; others are None (and were not validated)."""
+
+    seed: int
+    raw: dict
+    data: Optional[DataSettings] = None
+    prompt: Optional[PromptSettings] = None
+    policy: Optional[PolicySettings] = None
+    reward: Optional[RewardSettings] = None
+    compute: Optional[ComputeSettings] = None
+    lora: Optional[LoraSettings] = None
+    generation: Optional[GenerationSettings] = None
+    ppo: Optional[PPOSettings] = None
+    evaluation: Optional[EvaluationSettings] = None
+    sft: Optional[SFTSettings] = None
+    report: Optional[ReportSettings] = None
+    guard: Optional[GuardSettings] = None
+
+
+def read_yaml(path: Union[str, Path]) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path} not found; run the stage from the repository root, where params.yaml lives")
+    try:
+        with path.open(encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def load_params(sections: list[str], path: Union[str, Path] = "params.yaml") -> Params:
+    """Read `path` and validate `seed` plus the named sections; unknown top-level keys are errors too."""
+    raw = read_yaml(path)
+    unknown = sorted(set(raw) - set(SECTIONS) - {"seed"})
+    if unknown:
+        raise ParamsError(
+            f"params.yaml: unknown section {unknown[0]!r} (known: seed, {', '.join(SECTIONS)}); check the spelling"
+        )
+    if "seed" not in raw:
+        raise ParamsError("params.yaml: missing key seed; add e.g. `seed: 42`")
+    seed = _coerce(raw["seed"], int, "seed")
+    built = {}
+    for name in sections:
+        if name not in raw:
+            raise ParamsError(f"params.yaml: missing section {name}; see the README's parameter table")
+        built[name] = _build(SECTIONS[name], raw[name], name)
+    return Params(seed=seed, raw=raw, **built)

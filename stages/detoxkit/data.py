@@ -1,0 +1,135 @@
+"""Dialogue data: read a Hub dataset or a local file, filter by length, wrap in the prompt, split."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .config import DataSettings, PipelineError
+from .hub import is_local, offline_hint
+
+log = logging.getLogger("detox.data")
+
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def _check_utf8(path: Path):
+    if path.suffix == ".parquet":
+        return
+    try:
+        with path.open(encoding="utf-8") as fh:
+            while fh.read(1 << 20):
+                pass
+    except UnicodeDecodeError as err:
+        raise PipelineError(
+            f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); re-save it as UTF-8"
+        ) from None
+
+
+def _local_files(path: Path) -> tuple[str, list[str]]:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in FILE_BUILDERS)
+    if not files:
+        raise PipelineError(
+            f"data.source {path} holds no .jsonl, .json, .csv or .parquet files; point it at a data file or folder"
+        )
+    kinds = {FILE_BUILDERS.get(p.suffix) for p in files}
+    if None in kinds or len(kinds) != 1:
+        raise PipelineError(
+            f"data.source {path}: expected files of one kind among {', '.join(FILE_BUILDERS)}, found "
+            + ", ".join(sorted({p.suffix or p.name for p in files}))
+        )
+    for p in files:
+        _check_utf8(p)
+    return kinds.pop(), [str(p) for p in files]
+
+
+def load_source(settings: DataSettings):
+    """Return the raw `datasets.Dataset` named by data.source (a local path or a Hub dataset id)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    source = settings.source
+    if is_local(source):
+        path = Path(source)
+        if not path.exists():
+            raise PipelineError(f"data.source {source} does not exist; give an existing file/folder or a Hub dataset id")
+        if path.is_dir() and any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json")):
+            ds = datasets.load_from_disk(str(path))
+            return ds[settings.split] if isinstance(ds, datasets.DatasetDict) else ds
+        builder, files = _local_files(path)
+        try:
+            return datasets.load_dataset(builder, data_files=files, split="train")
+        except Exception as err:  # a malformed file: say which and why, not a 40-frame traceback
+            raise PipelineError(f"data.source {source} could not be read as {builder}: {err}") from None
+    try:
+        return datasets.load_dataset(source, split=settings.split, revision=settings.revision)
+    except Exception as err:
+        raise PipelineError(offline_hint("dataset", source, err)) from None
+
+
+def check_columns(ds, settings: DataSettings):
+    missing = [c for c in (settings.dialogue_column, settings.summary_column) if c not in ds.column_names]
+    if missing:
+        raise PipelineError(
+            f"data.source {settings.source} has no column {missing[0]!r} (columns found: "
+            f"{', '.join(ds.column_names)}); set data.dialogue_column / data.summary_column"
+        )
+
+
+def in_window(text, min_chars: int, max_chars: int) -> bool:
+    """The lab's filter: keep min_chars < len(text) <= max_chars."""
+    return isinstance(text, str) and min_chars < len(text) <= max_chars
+
+
+def make_prompt(template: str, dialogue: str) -> str:
+    return template.format(dialogue=dialogue)
+
+
+def prepare(ds, settings: DataSettings, template: str, tokenizer, seed: int):
+    """Filter, prompt, tokenize and split; returns a DatasetDict with train/test."""
+    check_columns(ds, settings)
+    n_read = len(ds)
+    ds = ds.filter(lambda row: in_window(row[settings.dialogue_column], settings.min_chars, settings.max_chars))
+    if len(ds) == 0:
+        raise PipelineError(
+            f"no dialogues left after the length filter: read {n_read}, kept 0 with "
+            f"{settings.min_chars} < characters <= {settings.max_chars}; widen data.min_chars/data.max_chars"
+        )
+    if len(ds) < 2:
+        raise PipelineError(f"only {len(ds)} dialogue is left after the length filter; at least 2 are needed to split")
+
+    def encode(batch):
+        queries = [make_prompt(template, d) for d in batch[settings.dialogue_column]]
+        ids = tokenizer(queries, truncation=True, max_length=settings.max_prompt_tokens)["input_ids"]
+        return {
+            "query": queries,
+            "input_ids": ids,
+            "dialogue": batch[settings.dialogue_column],
+            "summary": [s if isinstance(s, str) else "" for s in batch[settings.summary_column]],
+        }
+
+    ds = ds.map(encode, batched=True, remove_columns=ds.column_names)
+    split = ds.train_test_split(test_size=settings.test_size, shuffle=settings.shuffle, seed=seed)
+    log.info("read %d dialogues, kept %d in (%d, %d] chars: %d train, %d test",
+             n_read, len(ds), settings.min_chars, settings.max_chars, len(split["train"]), len(split["test"]))
+    return split
+
+
+def load_prepared(path):
+    import datasets
+
+    path = Path(path)
+    if not (path / "dataset_dict.json").exists():
+        raise PipelineError(f"{path} holds no prepared dataset; run `dvc repro prepare` first")
+    return datasets.load_from_disk(str(path))
+
+
+def take(split, num_samples, what: str):
+    """The first `num_samples` rows of `split` ("all" for every row); error if there are too few."""
+    if num_samples == "all":
+        return split
+    if num_samples > len(split):
+        raise PipelineError(
+            f"{what} asks for {num_samples} samples but the test split has only {len(split)}; "
+            f'lower it, use "all", or raise data.test_size'
+        )
+    return split.select(range(num_samples))

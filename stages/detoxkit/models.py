@@ -1,0 +1,269 @@
+"""Loading the policy, the reward classifier and adapters, safely and with clear errors.
+
+Safety: never `trust_remote_code`; weights come from safetensors unless `allow_pickle` is set.
+Policy layout: a Lab-2 (or sft-stage) LoRA adapter is merged into the base weights, and PPO trains a
+fresh LoRA adapter on top. Disabling that PPO adapter then gives back exactly the starting policy,
+which is what TRL uses as the frozen reference (no second copy of the model in memory).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .config import ComputeSettings, LoraSettings, PipelineError, PolicySettings, RewardSettings
+from .hub import is_local, offline_hint
+
+log = logging.getLogger("detox.models")
+
+POLICY_FILE = "policy.json"  # written beside a saved detoxified adapter: how to rebuild its base
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+def resolve_device(compute: ComputeSettings) -> torch.device:
+    if compute.device == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("compute.device is cuda but no CUDA GPU is visible; use auto or cpu")
+    if compute.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(compute.device)
+
+
+def resolve_dtype(compute: ComputeSettings, device: torch.device) -> torch.dtype:
+    """auto: bf16 on GPUs that support it (the lab trains in bf16), float32 elsewhere."""
+    if compute.dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, compute.dtype)
+
+
+def _check_local_folder(kind: str, ref: str):
+    path = Path(ref).expanduser()
+    if not path.exists():
+        raise PipelineError(f"{kind} {ref} does not exist; give an existing folder saved with save_pretrained or a Hub id")
+    if not (path / "config.json").is_file():
+        raise PipelineError(f"{kind} {ref} has no config.json; it must be a folder written by save_pretrained")
+
+
+def _weights_kwargs(ref: str, allow_pickle: bool, key: str) -> dict:
+    if allow_pickle:
+        return {}
+    if is_local(ref):
+        path = Path(ref).expanduser()
+        if not list(path.glob("*.safetensors")) and list(path.glob("*.bin")):
+            raise PipelineError(
+                f"{ref} has only pickle (*.bin) weights, which can run code when loaded; convert them to "
+                f"safetensors, or set {key}.allow_pickle: true if you trust the source"
+            )
+    return {"use_safetensors": True}
+
+
+def load_config(kind: str, ref: str, revision: Optional[str]):
+    from transformers import AutoConfig
+
+    if is_local(ref):
+        _check_local_folder(kind, ref)
+    try:
+        return AutoConfig.from_pretrained(ref, revision=revision, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        if is_local(ref):
+            raise PipelineError(f"{kind} {ref}: config.json could not be read: {err}") from None
+        raise PipelineError(offline_hint(kind, ref, err)) from None
+
+
+def _from_pretrained(auto_cls, kind: str, ref: str, revision, allow_pickle: bool, key: str, **kwargs):
+    try:
+        return auto_cls.from_pretrained(
+            ref, revision=revision, trust_remote_code=False, **_weights_kwargs(ref, allow_pickle, key), **kwargs
+        )
+    except OSError as err:
+        if "safetensors" in str(err) and not allow_pickle:
+            raise PipelineError(
+                f"{kind} {ref} has no safetensors weights; convert them, or set {key}.allow_pickle: true "
+                f"if you trust the source ({str(err).splitlines()[0]})"
+            ) from None
+        if is_local(ref):
+            raise PipelineError(f"{kind} {ref} could not be loaded: {str(err).splitlines()[0]}") from None
+        raise PipelineError(offline_hint(kind, ref, err)) from None
+
+
+def load_tokenizer(kind: str, ref: str, revision: Optional[str]):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(ref, revision=revision, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        if is_local(ref):
+            raise PipelineError(f"{kind} {ref}: tokenizer could not be loaded: {str(err).splitlines()[0]}") from None
+        raise PipelineError(offline_hint(kind, ref, err)) from None
+
+
+def check_policy_config(policy: PolicySettings):
+    """Fail before loading weights when policy.model is not a seq2seq LM (e.g. a GPT or a classifier)."""
+    config = load_config("policy.model", policy.model, policy.revision)
+    if not getattr(config, "is_encoder_decoder", False):
+        raise PipelineError(
+            f"policy.model {policy.model} is a {config.model_type!r} model, not an encoder-decoder (seq2seq) LM; "
+            "this pipeline trains seq2seq summarizers such as FLAN-T5"
+        )
+    return config
+
+
+def start_adapter_path(policy: PolicySettings, sft_dir) -> Optional[Path]:
+    """The starting LoRA adapter: the sft stage's, a user folder, or None (plain model)."""
+    if policy.adapter is None:
+        return None
+    path = Path(sft_dir if policy.adapter == "sft" else policy.adapter).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        if policy.adapter == "sft":
+            raise PipelineError(f"{path} holds no adapter although policy.adapter is sft; run `dvc repro sft`")
+        raise PipelineError(
+            f"policy.adapter {policy.adapter} has no adapter_config.json; give a PEFT adapter folder "
+            "(save_pretrained of a PeftModel), sft, or null"
+        )
+    return path
+
+
+def _load_adapter(model, path: Path, allow_pickle: bool, merge: bool, trainable: bool = False):
+    from peft import PeftModel
+
+    if not allow_pickle and not (path / "adapter_model.safetensors").exists():
+        raise PipelineError(
+            f"adapter {path} has no adapter_model.safetensors; convert it, or set policy.allow_pickle: true "
+            "if you trust the source"
+        )
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise PipelineError(
+            f"adapter {path} does not match the base model ({str(err).splitlines()[0][:300]}); "
+            "use the adapter trained on policy.model, or set policy.adapter: null"
+        ) from None
+    return peft_model.merge_and_unload() if merge else peft_model
+
+
+def load_policy(policy: PolicySettings, compute: ComputeSettings, adapter: Optional[Path]):
+    """Base seq2seq LM with the starting adapter (if any) merged in; returns (model, tokenizer, device)."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    check_policy_config(policy)
+    device = resolve_device(compute)
+    dtype = resolve_dtype(compute, device)
+    tokenizer = load_tokenizer("policy.model", policy.model, policy.revision)
+    model = _from_pretrained(AutoModelForSeq2SeqLM, "policy.model", policy.model, policy.revision,
+                             policy.allow_pickle, "policy", dtype=dtype)
+    if adapter is not None:
+        model = _load_adapter(model, adapter, policy.allow_pickle, merge=True)
+        log.info("merged starting adapter %s into %s", adapter, policy.model)
+    model.to(device).eval()
+    return model, tokenizer, device
+
+
+def label_ids(config, not_hate_label: str, hate_label: str) -> tuple[int, int]:
+    """Look the reward and toxicity labels up by name; a wrong index would reward toxicity."""
+    label2id = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
+    missing = [name for name in (not_hate_label, hate_label) if name not in label2id]
+    if missing:
+        raise PipelineError(
+            f"the reward classifier has no label {missing[0]!r}; its labels are {sorted(label2id)}. "
+            "Set reward.not_hate_label / reward.hate_label to the names it uses, or pick a hate-speech classifier"
+        )
+    return label2id[not_hate_label], label2id[hate_label]
+
+
+def reward_max_length(config, tokenizer) -> int:
+    """Longest input the classifier accepts (RoBERTa reserves 2 positions for its padding offset)."""
+    limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else 10**9
+    max_pos = getattr(config, "max_position_embeddings", None)
+    if max_pos:
+        offset = 2 if "roberta" in getattr(config, "model_type", "") else 0
+        limit = min(limit, max_pos - offset)
+    return limit
+
+
+def load_reward(reward: RewardSettings, compute: ComputeSettings):
+    """Classifier, tokenizer, (not_hate_id, hate_id), device. Labels are checked before weights load."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    config = load_config("reward.model", reward.model, reward.revision)
+    archs = config.architectures or []
+    if archs and not any(a.endswith("ForSequenceClassification") for a in archs) or (
+        not archs and config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    ):
+        what = archs[0] if archs else config.model_type
+        raise PipelineError(
+            f"reward.model {reward.model} is a {what}, not a sequence classifier (…ForSequenceClassification)"
+        )
+    ids = label_ids(config, reward.not_hate_label, reward.hate_label)
+    device = resolve_device(compute)
+    tokenizer = load_tokenizer("reward.model", reward.model, reward.revision)
+    model = _from_pretrained(AutoModelForSequenceClassification, "reward.model", reward.model, reward.revision,
+                             reward.allow_pickle, "reward", dtype=resolve_dtype(compute, device))
+    model.to(device).eval()
+    return model, tokenizer, ids, device
+
+
+def lora_config(lora: LoraSettings):
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), bias="none", task_type=TaskType.SEQ_2_SEQ_LM)
+
+
+def attach_lora(model, lora: LoraSettings):
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, lora_config(lora))
+    except ValueError as err:
+        raise PipelineError(f"lora.target_modules {lora.target_modules} do not fit the policy: {err}") from None
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def save_detoxified(out_dir: Path, peft_model, v_head, policy: PolicySettings, adapter: Optional[Path]):
+    """PPO LoRA adapter (PEFT format), value head (safetensors) and how to rebuild the starting policy."""
+    from safetensors.torch import save_file
+
+    peft_model.save_pretrained(str(out_dir), safe_serialization=True)
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in v_head.state_dict().items()},
+              str(out_dir / VALUE_HEAD_FILE))
+    if adapter is not None:
+        shutil.copytree(adapter, out_dir / "start_adapter")
+    meta = {"base_model": policy.model, "revision": policy.revision,
+            "start_adapter": "start_adapter" if adapter is not None else None}
+    (out_dir / POLICY_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def load_detoxified(path, compute: Optional[ComputeSettings] = None, allow_pickle: bool = False):
+    """Load a saved detoxified policy in one call: base + starting adapter (merged) + PPO adapter.
+
+    Returns (PeftModel, tokenizer, device). `model.disable_adapter()` gives the starting policy.
+    """
+    path = Path(path)
+    meta_file = path / POLICY_FILE
+    if not meta_file.is_file():
+        raise PipelineError(f"{path} has no {POLICY_FILE}; it is not a detoxified policy saved by the detox stage")
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    policy = PolicySettings(model=meta["base_model"], revision=meta["revision"], adapter=None,
+                            allow_pickle=allow_pickle)
+    compute = compute or ComputeSettings(device="auto", dtype="auto")
+    start = path / meta["start_adapter"] if meta["start_adapter"] else None
+    model, tokenizer, device = load_policy(policy, compute, start)
+    model = _load_adapter(model, path, allow_pickle, merge=False)
+    model.to(device).eval()
+    return model, tokenizer, device
+
+
+def load_value_head(path, v_head):
+    from safetensors.torch import load_file
+
+    v_head.load_state_dict(load_file(str(Path(path) / VALUE_HEAD_FILE)))

@@ -1,0 +1,59 @@
+"""Paired statistics for before/after evaluation and the reward-hacking guards."""
+from __future__ import annotations
+
+import numpy as np
+
+from .config import GuardSettings
+
+
+def paired_bootstrap(before, after, resamples: int, seed: int, confidence: float) -> dict:
+    """Mean before/after, mean paired difference (after - before) and percentile intervals.
+
+    The same resampled indices are used for before and after, which keeps the pairing. The
+    improvement percentage is the lab's (before - after) / before * 100 on the resampled means.
+    """
+    before, after = np.asarray(before, float), np.asarray(after, float)
+    if before.shape != after.shape or before.size == 0:
+        raise ValueError(f"paired samples must have the same non-zero length, got {before.size} and {after.size}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, before.size, size=(resamples, before.size))
+    mb, ma = before[idx].mean(axis=1), after[idx].mean(axis=1)
+    lo, hi = 100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2
+    diff = ma - mb
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pct = np.where(mb != 0, (mb - ma) / mb * 100, np.nan)
+    b_mean, a_mean = float(before.mean()), float(after.mean())
+    return {
+        "before": b_mean,
+        "after": a_mean,
+        "diff": a_mean - b_mean,
+        "diff_ci": [float(np.percentile(diff, lo)), float(np.percentile(diff, hi))],
+        "improvement_pct": improvement_pct(b_mean, a_mean),
+        "improvement_pct_ci": [float(np.nanpercentile(pct, lo)), float(np.nanpercentile(pct, hi))]
+        if np.isfinite(pct).any() else [None, None],
+    }
+
+
+def improvement_pct(before: float, after: float):
+    """The lab's toxicity improvement: (before - after) / before * 100 (None when before is 0)."""
+    return None if before == 0 else (before - after) / before * 100
+
+
+def interval_verdict(name: str, ci, lower_is_better: bool) -> str:
+    """One sentence on whether the interval of the difference excludes zero, and in which direction."""
+    lo, hi = ci
+    if lo <= 0 <= hi:
+        return f"{name}: the interval [{lo:+.4f}, {hi:+.4f}] contains 0, so the change could be chance."
+    down = hi < 0
+    better = down == lower_is_better
+    return (f"{name}: the interval [{lo:+.4f}, {hi:+.4f}] excludes 0: a real "
+            f"{'decrease' if down else 'increase'} ({'better' if better else 'worse'}).")
+
+
+def guards(before: dict, after: dict, limits: GuardSettings) -> dict:
+    """Booleans: True means the limit was crossed (a warning sign of reward hacking or drift)."""
+    return {
+        "rougeL_drop_exceeded": bool(before["rougeL"] - after["rougeL"] > limits.max_rougeL_drop),
+        "kl_exceeded": bool(after["kl_mean"] > limits.max_kl),
+        "length_below_min": bool(after["length_mean"] < limits.min_mean_length),
+    }

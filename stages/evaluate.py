@@ -1,0 +1,55 @@
+"""Stages `baseline` and `evaluate`: one evaluation, two policies.
+
+    python stages/evaluate.py --policy start --sft models/sft --data data/prepared \
+        --metrics metrics/baseline.json --samples data/samples/baseline.csv
+    python stages/evaluate.py --policy models/detoxified --sft models/sft --data data/prepared \
+        --metrics metrics/detoxified.json --samples data/samples/detoxified.csv
+
+`start` is the starting policy (FLAN-T5 plus its starting adapter); a folder is a detoxified policy.
+Same test prompts, same seed, same sampling settings for both, so the report can pair them.
+"""
+import argparse
+import logging
+
+from detoxkit.config import load_params
+from detoxkit.data import load_prepared, take
+from detoxkit.evaluation import SAMPLE_COLUMNS, evaluate_policy, summarize
+from detoxkit.generation import sampling_kwargs
+from detoxkit.io import run_stage, write_csv, write_json
+from detoxkit.models import load_detoxified, load_policy, start_adapter_path
+from detoxkit.scoring import build_scorer
+
+log = logging.getLogger("detox.evaluate")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--policy", required=True, help="`start` or a detoxified policy folder")
+    parser.add_argument("--sft", required=True, help="the sft stage's output (used when policy.adapter is sft)")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--metrics", required=True)
+    parser.add_argument("--samples", required=True)
+    args = parser.parse_args()
+
+    params = load_params(["policy", "reward", "compute", "generation", "evaluation"])
+    ev = params.evaluation
+    rows = take(load_prepared(args.data)["test"], ev.num_samples, "evaluation.num_samples")
+    adapter = start_adapter_path(params.policy, args.sft)
+    scorer = build_scorer(params.reward, params.compute)  # checks the labels before the policy loads
+    if args.policy == "start":
+        model, tokenizer, device = load_policy(params.policy, params.compute, adapter)
+    else:
+        model, tokenizer, device = load_detoxified(args.policy, params.compute, params.policy.allow_pickle)
+    log.info("evaluating %s on %d test prompts", args.policy, len(rows))
+
+    records = evaluate_policy(model, tokenizer, scorer, rows, ev.batch_size, device, params.seed,
+                              max_new_tokens=ev.max_new_tokens, **sampling_kwargs(params.generation))
+    metrics = summarize(records)
+    write_csv(args.samples, records, SAMPLE_COLUMNS)
+    write_json(args.metrics, metrics)
+    log.info("toxicity %.4f ± %.4f, reward %.3f, ROUGE-L %.3f over %d samples", metrics["toxicity_mean"],
+             metrics["toxicity_std"], metrics["reward_mean"], metrics["rougeL"], metrics["num_samples"])
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,110 @@
+"""Stage `sft` (Lab 2): LoRA instruction tuning of the policy on the train split, before detox.
+
+    python stages/sft.py --data data/prepared --out models/sft --metrics metrics/sft.json --live metrics/sft_train
+
+Runs only when policy.adapter is `sft`; otherwise it writes a constant placeholder in well under a
+second (no model is loaded), so the DAG downstream is unchanged and stays cached.
+ROUGE-1/2/L of the plain and the tuned policy on the same test prompts (greedy) go to --metrics.
+"""
+import argparse
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+
+from detoxkit.config import load_params
+from detoxkit.io import atomic_dir, run_stage, write_json, write_text
+
+log = logging.getLogger("detox.sft")
+SKIPPED_NOTE = "The sft stage was skipped: policy.adapter is not `sft`, so no adapter was trained.\n"
+
+
+def tokenize_for_sft(split, tokenizer, max_target_tokens: int):
+    """Prompt ids as encoder input, the reference summary (truncated) as labels."""
+    def encode(batch):
+        labels = tokenizer(text_target=batch["summary"], truncation=True, max_length=max_target_tokens)
+        return {"labels": labels["input_ids"]}
+    return split.map(encode, batched=True, remove_columns=[c for c in split.column_names if c != "input_ids"])
+
+
+def rouge_of(model, tokenizer, rows, device, sft, seed):
+    from detoxkit.evaluation import generate_texts, rouge
+
+    _, texts = generate_texts(model, tokenizer, rows, sft.batch_size, device, seed, "rouge",
+                              max_new_tokens=sft.eval_max_new_tokens, do_sample=False)
+    return {k: float(v.mean()) for k, v in rouge(texts, list(rows["summary"])).items()}
+
+
+def train(params, data_dir, out_dir, live_dir):
+    import torch
+    from dvclive import Live
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+
+    from detoxkit.data import load_prepared, take
+    from detoxkit.models import attach_lora, load_policy, trainable_parameters
+
+    sft = params.sft
+    data = load_prepared(data_dir)
+    rows = take(data["test"], sft.eval_samples, "sft.eval_samples")
+    torch.manual_seed(params.seed)
+    plain = dataclasses.replace(params.policy, adapter=None)  # SFT starts from the plain model
+    model, tokenizer, device = load_policy(plain, params.compute, None)
+    before = rouge_of(model, tokenizer, rows, device, sft, params.seed)
+    model = attach_lora(model, sft.lora)
+    trainable, total = trainable_parameters(model)
+    log.info("SFT trainable parameters (LoRA): %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
+
+    live = Live(live_dir, dvcyaml=False, save_dvc_exp=False)
+
+    class LossToLive(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                live.step = state.global_step
+                live.log_metric("train/loss", logs["loss"])
+
+    work = Path(out_dir).with_name(".sft-trainer")  # Trainer scratch space, removed below
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(work), learning_rate=sft.learning_rate, num_train_epochs=sft.epochs, max_steps=sft.max_steps,
+        per_device_train_batch_size=sft.batch_size, logging_steps=sft.logging_steps, save_strategy="no",
+        report_to="none", seed=params.seed, bf16=model.dtype == torch.bfloat16, use_cpu=device.type == "cpu",
+        disable_tqdm=False, remove_unused_columns=False,
+    )
+    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=tokenize_for_sft(data["train"], tokenizer,
+                                                                                    sft.max_target_tokens),
+                             data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), callbacks=[LossToLive()])
+    result = trainer.train()
+    live.end()
+    shutil.rmtree(work, ignore_errors=True)
+    model.eval()
+    after = rouge_of(model, tokenizer, rows, device, sft, params.seed)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+    return {"enabled": True, "eval_samples": len(rows), "train_loss": result.training_loss,
+            "steps": result.global_step, "rouge_before": before, "rouge_after": after,
+            "rouge_gain": {k: after[k] - before[k] for k in before}}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--metrics", required=True)
+    parser.add_argument("--live", required=True)
+    args = parser.parse_args()
+
+    params = load_params(["policy", "compute", "sft"])
+    if params.policy.adapter != "sft":
+        with atomic_dir(args.out) as tmp:
+            write_text(tmp / "SKIPPED.md", SKIPPED_NOTE)
+        Path(args.live).mkdir(parents=True, exist_ok=True)
+        write_json(args.metrics, {"enabled": False})
+        log.info("policy.adapter is %r: sft skipped", params.policy.adapter)
+        return
+    metrics = train(params, args.data, args.out, args.live)
+    write_json(args.metrics, metrics)
+    log.info("ROUGE-L %.4f -> %.4f after %d SFT steps", metrics["rouge_before"]["rougeL"],
+             metrics["rouge_after"]["rougeL"], metrics["steps"])
+
+
+if __name__ == "__main__":
+    run_stage(main)
