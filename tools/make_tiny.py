@@ -34,7 +34,7 @@ TINY_PARAMS = {
     "policy.model": "{out}/policy", "policy.revision": None, "reward.model": "{out}/reward", "reward.revision": None,
     "reward.batch_size": 8, "lora.r": 4, "lora.alpha": 8,
     "generation.output_min_length": 4, "generation.output_max_length": 12, "generation.batch_size": 8,
-    "ppo.batch_size": 8, "ppo.mini_batch_size": 4, "ppo.max_steps": 3, "ppo.checkpoint_every": 1,
+    "ppo.batch_size": 8, "ppo.mini_batch_size": 4, "ppo.max_steps": 4, "ppo.checkpoint_every": 1,
     "evaluation.num_samples": 8, "evaluation.max_new_tokens": 12, "evaluation.batch_size": 8,
     "sft.max_steps": 4, "sft.batch_size": 4, "sft.logging_steps": 1, "sft.eval_samples": 8,
     "sft.max_target_tokens": 32, "sft.eval_max_new_tokens": 12, "ppo.learning_rate": 0.001, "sft.lora.r": 4, "sft.lora.alpha": 8, "report.bootstrap_resamples": 500,
@@ -118,7 +118,7 @@ def build_reward(out: Path, texts: list[str], labels=("nothate", "hate"), seed: 
     torch.manual_seed(seed)
     config = RobertaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
                            num_attention_heads=4, intermediate_size=64, max_position_embeddings=max_length + 2,
-                           type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                           type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2, initializer_range=0.4,
                            id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
     config.architectures = ["RobertaForSequenceClassification"]
     RobertaForSequenceClassification(config).save_pretrained(out)

@@ -117,6 +117,7 @@ def prepare(ds, settings: DataSettings, template: str, tokenizer, seed: int):
 def load_prepared(path):
     import datasets
 
+    datasets.disable_caching()  # map()/filter() caches would land inside the DVC output and modify it
     path = Path(path)
     if not (path / "dataset_dict.json").exists():
         raise PipelineError(f"{path} holds no prepared dataset; run `dvc repro prepare` first")

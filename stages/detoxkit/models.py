@@ -143,7 +143,12 @@ def _load_adapter(model, path: Path, allow_pickle: bool, merge: bool, trainable:
             f"adapter {path} does not match the base model ({str(err).splitlines()[0][:300]}); "
             "use the adapter trained on policy.model, or set policy.adapter: null"
         ) from None
-    return peft_model.merge_and_unload() if merge else peft_model
+    if not merge:
+        return peft_model
+    model = peft_model.merge_and_unload()
+    if hasattr(model, "peft_config"):  # merged: a plain model again; a stale config would confuse get_peft_model
+        del model.peft_config
+    return model
 
 
 def load_policy(policy: PolicySettings, compute: ComputeSettings, adapter: Optional[Path]):

@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny offline models built once, and throw-away git + DVC copies of the project."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "stages"), str(ROOT / "tools")]
+
+# Any accidental download must fail loudly, and nothing may phone home.
+os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                   "DVC_NO_ANALYTICS": "1", "TOKENIZERS_PARALLELISM": "false"})
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+       "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+PROJECT_FILES = ["stages", "tools", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "requirements.txt"]
+
+
+def sh(*cmd, cwd, check=True, timeout=600):
+    """Run a command with the test venv first on PATH; on failure show its output."""
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def dvc(*args, cwd, **kw):
+    return sh(sys.executable, "-m", "dvc", *args, cwd=cwd, **kw)
+
+
+def set_params(repo: Path, overrides: dict):
+    """Set dotted keys in repo/params.yaml (what `dvc exp run -S key=value` does)."""
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for key, value in overrides.items():
+        node = params
+        *head, last = key.split(".")
+        for part in head:
+            node = node[part]
+        node[last] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """Tiny T5 policy + RoBERTa classifier + dialogue file, built from configs with local tokenizers."""
+    from make_tiny import build_all
+
+    out = tmp_path_factory.mktemp("tiny")
+    return {"dir": out, "params": build_all(out)}
+
+
+def make_repo(dest: Path, tiny_params: dict, overrides: dict | None = None, remote: Path | None = None) -> Path:
+    """A fresh git + DVC repository holding the project, pointed at the tiny models."""
+    dest.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    for cache in dest.rglob("__pycache__"):
+        shutil.rmtree(cache)
+    sh("git", "init", "-q", "-b", "main", cwd=dest)
+    dvc("init", "-q", cwd=dest)
+    dvc("config", "core.analytics", "false", cwd=dest)
+    dvc("remote", "add", "-d", "local", str(remote or dest.parent / "storage"), cwd=dest)
+    set_params(dest, {**tiny_params, **(overrides or {})})
+    sh("git", "add", "-A", cwd=dest)
+    sh("git", "commit", "-qm", "project", cwd=dest)
+    return dest
+
+
+def copy_repo(src: Path, dest: Path) -> Path:
+    """A copy of a repository after a run: git history, DVC cache and outputs included."""
+    shutil.copytree(src, dest, symlinks=True)
+    return dest

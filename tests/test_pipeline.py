@@ -1,0 +1,141 @@
+"""End to end: `dvc repro` of the real stages on tiny models in a throw-away git + DVC repository."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ENV, copy_repo, dvc, make_repo, set_params, sh
+
+STAGES = ["prepare", "sft", "baseline", "detox", "evaluate", "report"]
+EVAL_KEYS = ["toxicity_mean", "toxicity_std", "reward_mean", "num_samples", "rouge1", "rouge2", "rougeL",
+             "length_mean", "kl_mean"]
+
+
+def finite(x):
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def changed_stages(repo):
+    """Stage names `dvc status` reports as changed themselves (stages downstream are decided by repro)."""
+    out = json.loads(dvc("status", "--json", cwd=repo).stdout or "{}")
+    return sorted(name.split(":")[-1] for name in out)
+
+
+def ran_stages(output: str):
+    return sorted(s for s in STAGES if f"Running stage '{s}'" in output)
+
+
+@pytest.fixture(scope="module")
+def ran(tiny, tmp_path_factory):
+    """One full tiny run with the sft stage on; tests copy it before changing anything."""
+    repo = make_repo(tmp_path_factory.mktemp("e2e") / "repo", tiny["params"], {"policy.adapter": "sft"})
+    out = dvc("repro", cwd=repo)
+    assert ran_stages(out.stdout) == sorted(STAGES)
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "run", cwd=repo)
+    return repo
+
+
+def test_every_output_exists_with_finite_numbers(ran):
+    for name in ("baseline", "detoxified"):
+        metrics = json.loads((ran / f"metrics/{name}.json").read_text())
+        assert set(EVAL_KEYS) <= set(metrics)
+        assert metrics["num_samples"] == 8
+        assert all(finite(metrics[k]) for k in EVAL_KEYS)
+        assert 0 <= metrics["toxicity_mean"] <= 1
+    summary = json.loads((ran / "metrics/summary.json").read_text())
+    b, a = summary["before"]["toxicity_mean"], summary["after"]["toxicity_mean"]
+    assert summary["toxicity_improvement_pct"] == pytest.approx((b - a) / b * 100)
+    for key in ("toxicity", "reward", "rougeL", "length"):
+        s = summary[key]
+        assert s["diff_ci_low"] <= s["diff"] + 1e-9 and s["diff"] <= s["diff_ci_high"] + 1e-9
+    assert set(summary["guards"]) == {"rougeL_drop_exceeded", "kl_exceeded", "length_below_min"}
+    assert all(isinstance(v, bool) for v in summary["guards"].values())
+    assert summary["detox"]["steps_done"] == 4
+    sft = json.loads((ran / "metrics/sft.json").read_text())
+    assert sft["enabled"] and set(sft["rouge_before"]) == {"rouge1", "rouge2", "rougeL"}
+    report = (ran / "reports/report.md").read_text()
+    assert "| Toxicity (P(hate)) |" in report and "reward_diff" in report
+    rows = (ran / "reports/qualitative.csv").read_text().splitlines()
+    assert rows[0] == "prompt,response_before,response_after,reward_before,reward_after,reward_diff"
+    kl = (ran / "metrics/detox/plots/metrics/objective/kl.tsv").read_text().splitlines()
+    assert kl[0] == "step\tkl" and len(kl) == 1 + 4
+    for rel in ("ppo/returns/mean.tsv", "ppo/policy/advantages_mean.tsv", "env/reward_mean.tsv"):
+        assert (ran / "metrics/detox/plots/metrics" / rel).is_file()
+    # the detox stage started from the sft adapter, and saved it with the PPO adapter
+    assert (ran / "models/detoxified/start_adapter/adapter_config.json").is_file()
+    assert (ran / "models/detoxified/value_head.safetensors").is_file()
+
+
+def test_outputs_are_git_ignored_and_status_is_clean(ran):
+    assert "up to date" in dvc("status", cwd=ran).stdout
+    assert sh("git", "status", "--porcelain", cwd=ran).stdout == ""
+    tracked = sh("git", "ls-files", cwd=ran).stdout.split()
+    assert not [p for p in tracked if p.startswith(("data/", "models/", "metrics/", "reports/"))]
+
+
+def test_learning_rate_change_reruns_only_detox_and_after(ran, tmp_path):
+    repo = copy_repo(ran, tmp_path / "repo")
+    set_params(repo, {"ppo.learning_rate": 0.002})
+    assert changed_stages(repo) == ["detox"]
+    out = dvc("repro", cwd=repo).stdout
+    assert ran_stages(out) == ["detox", "evaluate", "report"]
+    assert "Stage 'prepare' didn't change" in out and "Stage 'baseline' didn't change" in out
+    assert "up to date" in dvc("status", cwd=repo).stdout
+
+
+def test_sft_param_change_reruns_sft_and_after_but_ppo_change_does_not_touch_sft(ran, tmp_path):
+    repo = copy_repo(ran, tmp_path / "repo")
+    set_params(repo, {"ppo.epochs": 2})
+    assert changed_stages(repo) == ["detox"]
+    set_params(repo, {"ppo.epochs": 1, "sft.learning_rate": 0.002})
+    assert changed_stages(repo) == ["sft"]
+    out = dvc("repro", cwd=repo).stdout
+    assert ran_stages(out) == ["baseline", "detox", "evaluate", "report", "sft"]
+    assert "Stage 'prepare' didn't change" in out
+
+
+def test_pipeline_without_sft(tiny, tmp_path):
+    repo = make_repo(tmp_path / "repo", tiny["params"], {"policy.adapter": None})
+    out = dvc("repro", cwd=repo)
+    assert ran_stages(out.stdout) == sorted(STAGES)
+    assert json.loads((repo / "metrics/sft.json").read_text()) == {"enabled": False}
+    assert [p.name for p in (repo / "models/sft").iterdir()] == ["SKIPPED.md"]
+    assert not (repo / "models/detoxified/start_adapter").exists()
+    assert json.loads((repo / "metrics/summary.json").read_text())["num_samples"] == 8
+
+
+def test_kill_9_during_detox_then_repro_resumes_and_matches_uninterrupted(tiny, tmp_path):
+    over = {"policy.adapter": None, "ppo.max_steps": 12, "ppo.checkpoint_every": 2}
+    ref = make_repo(tmp_path / "ref", tiny["params"], over)
+    dvc("repro", "detox", cwd=ref)
+    repo = make_repo(tmp_path / "repo", tiny["params"], over)
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "detox"], cwd=repo, env=ENV,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = repo / "checkpoints/detox/state.pt"
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert state.exists(), "the run ended before its first checkpoint"
+    assert not (repo / "models/detoxified").exists()  # nothing half-written in the outputs
+
+    out = dvc("repro", "detox", cwd=repo)
+    log = out.stdout + out.stderr
+    assert "resuming from checkpoint at step" in log
+    step = int(log.split("resuming from checkpoint at step ")[1].split()[0])
+    assert 2 <= step < 12
+    for rel in ("metrics/detox/train.json", "metrics/detox/plots/metrics/objective/kl.tsv",
+                "metrics/detox/plots/metrics/env/reward_mean.tsv"):
+        assert (repo / rel).read_text() == (ref / rel).read_text(), rel
+    from safetensors.torch import load_file
+
+    got = load_file(repo / "models/detoxified/adapter_model.safetensors")
+    want = load_file(ref / "models/detoxified/adapter_model.safetensors")
+    assert got.keys() == want.keys() and all((got[k] == want[k]).all() for k in got)
+    assert not (repo / "checkpoints/detox").exists()  # finished runs clean up their checkpoint
