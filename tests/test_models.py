@@ -1,0 +1,141 @@
+"""Model loading: the shared-base reference, reloading a detoxified policy, and refusing bad models."""
+import shutil
+
+import pytest
+import torch
+
+from detoxkit.config import ComputeSettings, LoraSettings, PipelineError, PolicySettings, RewardSettings
+from detoxkit.models import attach_lora, load_detoxified, load_policy, load_reward, save_detoxified
+
+CPU = ComputeSettings(device="cpu", dtype="float32")
+LORA = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=["q", "v"])
+
+
+def policy(ref, **kw):
+    return PolicySettings(**{"model": str(ref), "revision": None, "adapter": None, "allow_pickle": False, **kw})
+
+
+def reward(ref, **kw):
+    return RewardSettings(**{"model": str(ref), "revision": None, "not_hate_label": "nothate", "hate_label": "hate",
+                             "include_prompt": True, "batch_size": 4, "allow_pickle": False, **kw})
+
+
+@pytest.fixture(scope="module")
+def lab2_adapter(tiny, tmp_path_factory):
+    """A Lab-2 style LoRA adapter with non-zero weights (so it really changes the policy)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSeq2SeqLM
+
+    torch.manual_seed(0)
+    base = AutoModelForSeq2SeqLM.from_pretrained(tiny["dir"] / "policy")
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q", "v"], task_type=TaskType.SEQ_2_SEQ_LM,
+                     init_lora_weights=False)
+    out = tmp_path_factory.mktemp("lab2") / "adapter"
+    get_peft_model(base, cfg).save_pretrained(out)
+    return out
+
+
+def logits(model, tok):
+    enc = tok(["Summarize: #Person1#: hi there", "Summary: meet"], return_tensors="pt", padding=True)
+    dec = torch.tensor([[0, 5, 6, 7], [0, 8, 9, 10]])
+    with torch.no_grad():
+        return model(**enc, decoder_input_ids=dec).logits
+
+
+def test_reference_is_exactly_the_starting_policy_not_the_bare_base(tiny, lab2_adapter):
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM
+
+    model, tok, _ = load_policy(policy(tiny["dir"] / "policy"), CPU, lab2_adapter)  # base + Lab-2, merged
+    ppo = attach_lora(model, LORA)
+    with torch.no_grad():  # make the PPO adapter non-trivial, as after training
+        for name, p in ppo.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    bare = AutoModelForSeq2SeqLM.from_pretrained(tiny["dir"] / "policy").eval()
+    start = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(tiny["dir"] / "policy"),
+                                      lab2_adapter).eval()
+    with ppo.disable_adapter():
+        ref = logits(ppo, tok)
+    assert torch.allclose(ref, logits(start, tok), atol=1e-5)
+    assert not torch.allclose(ref, logits(bare, tok), atol=1e-3)  # the Lab-2 adapter matters
+    assert not torch.allclose(logits(ppo, tok), ref, atol=1e-3)  # and the PPO adapter is active
+
+
+def test_detoxified_policy_saves_and_loads_back_in_one_call(tiny, lab2_adapter, tmp_path):
+    from trl import AutoModelForSeq2SeqLMWithValueHead
+
+    model, tok, _ = load_policy(policy(tiny["dir"] / "policy"), CPU, lab2_adapter)
+    ppo = attach_lora(model, LORA)
+    with torch.no_grad():
+        for name, p in ppo.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    v_head_model = AutoModelForSeq2SeqLMWithValueHead.from_pretrained(ppo)
+    save_detoxified(tmp_path, ppo, v_head_model.v_head, policy(tiny["dir"] / "policy"), lab2_adapter)
+    loaded, tok2, _ = load_detoxified(tmp_path, CPU)
+    assert torch.allclose(logits(loaded, tok2), logits(ppo.eval(), tok), atol=1e-5)
+    with loaded.disable_adapter(), ppo.disable_adapter():
+        assert torch.allclose(logits(loaded, tok2), logits(ppo, tok), atol=1e-5)
+    out = loaded.generate(**tok2(["Summarize: hi"], return_tensors="pt"), max_new_tokens=5, do_sample=False)
+    assert out.shape[0] == 1
+
+
+def test_policy_must_be_seq2seq(tiny):
+    with pytest.raises(PipelineError, match="is a 'roberta' model, not an encoder-decoder"):
+        load_policy(policy(tiny["dir"] / "reward"), CPU, None)
+
+
+def test_reward_must_be_a_sequence_classifier(tiny):
+    with pytest.raises(PipelineError, match="T5ForConditionalGeneration, not a sequence classifier"):
+        load_reward(reward(tiny["dir"] / "policy"), CPU)
+
+
+def test_reward_without_the_labels_is_refused_with_its_labels(tiny, tmp_path):
+    from make_tiny import build_reward
+
+    build_reward(tmp_path / "r", ["some text here", "more words"], labels=("LABEL_0", "LABEL_1"))
+    with pytest.raises(PipelineError, match=r"no label 'nothate'; its labels are \['LABEL_0', 'LABEL_1'\]"):
+        load_reward(reward(tmp_path / "r"), CPU)
+
+
+def test_missing_paths_and_unreachable_hub_are_explained(tmp_path):
+    with pytest.raises(PipelineError, match="does not exist"):
+        load_policy(policy(tmp_path / "nope"), CPU, None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PipelineError, match="has no config.json"):
+        load_policy(policy(tmp_path / "empty"), CPU, None)
+    with pytest.raises(PipelineError) as err:
+        load_policy(policy("no-such-org/no-such-model"), CPU, None)
+    text = str(err.value)
+    assert "'no-such-org/no-such-model'" in text and "HF_HUB_OFFLINE=1" in text and "make_tiny.py" in text
+    assert "Traceback" not in text
+
+
+def test_pickle_weights_are_refused_unless_allowed(tiny, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny["dir"] / "policy", pickled)
+    (pickled / "model.safetensors").unlink()
+    AutoModelForSeq2SeqLM.from_pretrained(tiny["dir"] / "policy").save_pretrained(pickled, safe_serialization=False)
+    assert (pickled / "pytorch_model.bin").exists()
+    with pytest.raises(PipelineError, match="allow_pickle: true"):
+        load_policy(policy(pickled), CPU, None)
+    model, _, _ = load_policy(policy(pickled, allow_pickle=True), CPU, None)
+    assert model.config.model_type == "t5"
+
+
+def test_adapter_for_another_base_is_refused(tiny, tmp_path):
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    other = T5ForConditionalGeneration(T5Config(vocab_size=50, d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                                                num_heads=4, decoder_start_token_id=0))
+    get_peft_model(other, LoraConfig(r=2, target_modules=["q", "v"], task_type=TaskType.SEQ_2_SEQ_LM,
+                                     init_lora_weights=False)).save_pretrained(tmp_path / "a")
+    with pytest.raises(PipelineError, match="does not match the base model"):
+        load_policy(policy(tiny["dir"] / "policy"), CPU, tmp_path / "a")
+    with pytest.raises(PipelineError, match="has no adapter_config.json"):
+        from detoxkit.models import start_adapter_path
+        start_adapter_path(policy(tiny["dir"] / "policy", adapter=str(tmp_path)), tmp_path)

@@ -1,0 +1,111 @@
+"""Stages on bad input: a clear one-line error before heavy work, and nothing already produced lost."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import ENV, ROOT, set_params
+
+from detoxkit.config import PipelineError
+
+
+@pytest.fixture(scope="module")
+def workdir(tiny, tmp_path_factory):
+    """A folder with the tiny params and a prepared dataset (stages run from here)."""
+    d = tmp_path_factory.mktemp("stages")
+    shutil.copy(ROOT / "params.yaml", d / "params.yaml")
+    set_params(d, {**tiny["params"], "policy.adapter": None})
+    run_script(d, "prepare.py", "--out", "data/prepared")
+    return d
+
+
+def run_script(cwd, script, *args, check=True):
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / script), *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def run_main(monkeypatch, cwd, module, *args):
+    """Call a stage's main() in this process (fast), as `python stages/<module>.py args` would."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", [module, *args])
+    return __import__(module).main()
+
+
+@pytest.fixture
+def scratch(workdir, tmp_path):
+    """A private copy of the workdir, so a test can break its params or data."""
+    d = tmp_path / "w"
+    shutil.copytree(workdir, d)
+    return d
+
+
+def test_bad_params_fail_fast_with_one_line_and_keep_old_outputs(scratch):
+    before = sorted(p.name for p in (scratch / "data/prepared").rglob("*"))
+    set_params(scratch, {"data.test_size": 2, "policy.model": "/nonexistent/model"})
+    proc = run_script(scratch, "prepare.py", "--out", "data/prepared", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == \
+        "error: params.yaml: data.test_size must be between 0 and 1 (exclusive), e.g. 0.2"
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (scratch / "data/prepared").rglob("*")) == before
+
+
+def test_broken_data_file_is_reported_and_prepared_data_kept(scratch):
+    bad = scratch / "bad.jsonl"
+    bad.write_bytes(b'{"dialogue": "\xff\xfe broken", "summary": "s"}\n')
+    set_params(scratch, {"data.source": str(bad)})
+    proc = run_script(scratch, "prepare.py", "--out", "data/prepared", check=False)
+    assert proc.returncode == 2 and "is not UTF-8" in proc.stderr and "Traceback" not in proc.stderr
+    assert (scratch / "data/prepared/dataset_dict.json").exists()
+
+
+def test_too_few_test_prompts_fails_before_any_model_loads(scratch, monkeypatch):
+    set_params(scratch, {"evaluation.num_samples": 10_000, "reward.model": "/nonexistent"})
+    with pytest.raises(PipelineError, match="asks for 10000 samples but the test split has only 13"):
+        run_main(monkeypatch, scratch, "evaluate", "--policy", "start", "--sft", "models/sft", "--data",
+                 "data/prepared", "--metrics", "m.json", "--samples", "s.csv")
+
+
+def test_wrong_classifier_labels_are_refused_before_the_policy_loads(scratch, monkeypatch, tmp_path):
+    from make_tiny import build_reward
+
+    build_reward(tmp_path / "r", ["a text", "b text"], labels=("positive", "negative"))
+    set_params(scratch, {"reward.model": str(tmp_path / "r"), "policy.model": "/nonexistent"})
+    with pytest.raises(PipelineError, match=r"its labels are \['negative', 'positive'\]"):
+        run_main(monkeypatch, scratch, "evaluate", "--policy", "start", "--sft", "models/sft", "--data",
+                 "data/prepared", "--metrics", "m.json", "--samples", "s.csv")
+
+
+DETOX_ARGS = ["--data", "data/prepared", "--sft", "models/sft", "--out", "models/detoxified", "--live",
+              "metrics/detox", "--checkpoints", "checkpoints/detox"]
+
+
+def test_nan_reward_stops_detox_naming_the_step(scratch, monkeypatch, tiny):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    nan_reward = scratch / "nan_reward"
+    shutil.copytree(tiny["dir"] / "reward", nan_reward)
+    model = AutoModelForSequenceClassification.from_pretrained(nan_reward)
+    with torch.no_grad():
+        model.classifier.out_proj.bias.fill_(float("nan"))
+    model.save_pretrained(nan_reward)
+    set_params(scratch, {"reward.model": str(nan_reward)})
+    with pytest.raises(PipelineError, match=r"PPO step 0: reward is not finite"):
+        run_main(monkeypatch, scratch, "detox", *DETOX_ARGS)
+    assert not (scratch / "models/detoxified").exists()
+
+
+def test_kl_above_max_kl_stops_early_and_records_it(scratch, monkeypatch):
+    set_params(scratch, {"ppo.max_kl": 1e-9, "ppo.max_steps": 6, "ppo.learning_rate": 0.01})
+    run_main(monkeypatch, scratch, "detox", *DETOX_ARGS)
+    train = json.loads((scratch / "metrics/detox/train.json").read_text())
+    assert train["early_stopped"] and train["early_stop_kl"] > 1e-9
+    assert train["steps_done"] == train["early_stop_step"] < 6
+    kl_rows = (scratch / "metrics/detox/plots/metrics/objective/kl.tsv").read_text().splitlines()[1:]
+    assert len(kl_rows) == train["steps_done"] and all(float(r.split()[1]) <= 1e-9 for r in kl_rows)
+    assert (scratch / "models/detoxified/adapter_model.safetensors").exists()

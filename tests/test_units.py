@@ -1,0 +1,277 @@
+"""Unit tests of the shared helpers: settings, data, labels, scoring, statistics, atomic output."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import ROOT
+
+from detoxkit.config import SECTIONS, ParamsError, PipelineError, load_params
+from detoxkit.data import in_window, load_source, make_prompt, prepare, take
+from detoxkit.io import atomic_dir, write_json
+from detoxkit.models import label_ids
+from detoxkit.stats import guards, improvement_pct, interval_verdict, paired_bootstrap
+
+
+def write_params(tmp_path, edit):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    edit(params)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+# --- params ----------------------------------------------------------------------------------
+def test_shipped_params_are_valid_and_reproduce_the_lab():
+    p = load_params(list(SECTIONS), ROOT / "params.yaml")
+    assert (p.lora.r, p.lora.alpha, p.lora.dropout, p.lora.target_modules) == (32, 32, 0.05, ["q", "v"])
+    assert (p.ppo.learning_rate, p.ppo.batch_size, p.ppo.mini_batch_size, p.ppo.epochs, p.ppo.max_steps) == \
+        (1.41e-5, 16, 4, 1, 10)
+    assert (p.generation.min_length, p.generation.top_k, p.generation.top_p, p.generation.do_sample) == (5, 0, 1.0, True)
+    assert (p.generation.output_min_length, p.generation.output_max_length) == (100, 400)
+    assert (p.data.min_chars, p.data.max_chars, p.data.test_size) == (200, 1000, 0.2)
+    assert p.reward.not_hate_label == "nothate" and p.reward.hate_label == "hate"
+    assert "Summarize the following conversation." in p.prompt.template
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p["ppo"].pop("learning_rate"), "missing key ppo.learning_rate"),
+    (lambda p: p["ppo"].update(lerning_rate=1), "unknown key ppo.lerning_rate"),
+    (lambda p: p["ppo"].update(batch_size="16"), "ppo.batch_size is '16'; expected an integer"),
+    (lambda p: p["ppo"].update(mini_batch_size=3), "ppo.mini_batch_size (3) must divide ppo.batch_size (16)"),
+    (lambda p: p["data"].update(test_size=1.5), "data.test_size must be between 0 and 1"),
+    (lambda p: p["evaluation"].update(num_samples="some"), "evaluation.num_samples is 'some'"),
+    (lambda p: p["compute"].update(dtype="fp8"), "compute.dtype is 'fp8'; expected one of"),
+    (lambda p: p["prompt"].update(template="no placeholder"), "prompt.template must contain the placeholder"),
+    (lambda p: p.update(ppo_typo={}), "unknown section 'ppo_typo'"),
+    (lambda p: p["lora"].update(target_modules="q"), "lora.target_modules is 'q'; expected a list"),
+])
+def test_bad_params_name_the_key(tmp_path, edit, message):
+    path = write_params(tmp_path, edit)
+    with pytest.raises(ParamsError) as err:
+        load_params(list(SECTIONS), path)
+    assert message in str(err.value)
+
+
+def test_num_samples_all_is_accepted(tmp_path):
+    path = write_params(tmp_path, lambda p: p["evaluation"].update(num_samples="all"))
+    assert load_params(["evaluation"], path).evaluation.num_samples == "all"
+
+
+# --- data ------------------------------------------------------------------------------------
+def test_length_window_is_the_labs():
+    assert not in_window("x" * 200, 200, 1000) and in_window("x" * 201, 200, 1000)
+    assert in_window("x" * 1000, 200, 1000) and not in_window("x" * 1001, 200, 1000)
+    assert not in_window(None, 0, 10)
+
+
+def test_prompt_wraps_the_dialogue():
+    assert make_prompt("Summarize:\n{dialogue}\nSummary:", "A: hi") == "Summarize:\nA: hi\nSummary:"
+
+
+def _data_settings(tmp_path, **kw):
+    path = write_params(tmp_path, lambda p: p["data"].update(kw))
+    return load_params(["data", "prompt"], path)
+
+
+def test_prepare_filters_prompts_and_splits_deterministically(tmp_path, tiny):
+    from transformers import AutoTokenizer
+
+    import datasets
+    p = _data_settings(tmp_path, min_chars=10, max_chars=50)
+    rows = {"dialogue": ["short", "x" * 30, "y" * 40, "z" * 60, "w" * 20, "v" * 25],
+            "summary": ["s"] * 6}
+    tok = AutoTokenizer.from_pretrained(tiny["dir"] / "policy")
+    split = prepare(datasets.Dataset.from_dict(rows), p.data, p.prompt.template, tok, seed=1)
+    assert len(split["train"]) + len(split["test"]) == 4
+    assert split["test"][0]["query"] == make_prompt(p.prompt.template, split["test"][0]["dialogue"])
+    assert split["test"][0]["input_ids"] == tok(split["test"][0]["query"])["input_ids"]
+    again = prepare(datasets.Dataset.from_dict(rows), p.data, p.prompt.template, tok, seed=1)
+    assert again["test"]["dialogue"] == split["test"]["dialogue"]
+
+
+def test_data_errors_are_explained(tmp_path, tiny):
+    import datasets
+    p = _data_settings(tmp_path, min_chars=500, max_chars=600)
+    ds = datasets.Dataset.from_dict({"dialogue": ["a" * 10, "b" * 20], "summary": ["s", "t"]})
+    with pytest.raises(PipelineError, match=r"read 2, kept 0 with 500 < characters <= 600"):
+        prepare(ds, p.data, p.prompt.template, None, seed=0)
+    ds = datasets.Dataset.from_dict({"text": ["a"], "summary": ["s"]})
+    with pytest.raises(PipelineError, match=r"no column 'dialogue' \(columns found: text, summary\)"):
+        prepare(ds, p.data, p.prompt.template, None, seed=0)
+    with pytest.raises(PipelineError, match="asks for 5 samples but the test split has only 2"):
+        take(datasets.Dataset.from_dict({"a": [1, 2]}), 5, "evaluation.num_samples")
+
+
+def test_local_sources(tmp_path):
+    p = _data_settings(tmp_path, source=str(tmp_path / "missing.jsonl"))
+    with pytest.raises(PipelineError, match="does not exist"):
+        load_source(p.data)
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes('{"dialogue": "caf\xe9", "summary": "s"}\n'.encode("latin-1"))
+    with pytest.raises(PipelineError, match="is not UTF-8"):
+        load_source(_data_settings(tmp_path, source=str(bad)).data)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"dialogue": "unterminated\n')
+    with pytest.raises(PipelineError, match="could not be read as json"):
+        load_source(_data_settings(tmp_path, source=str(broken)).data)
+    good = tmp_path / "d.csv"
+    good.write_text("dialogue,summary\nhello there,hi\n")
+    assert load_source(_data_settings(tmp_path, source=str(good)).data)["dialogue"] == ["hello there"]
+
+
+# --- labels and scoring ----------------------------------------------------------------------
+class _Config:
+    def __init__(self, label2id):
+        self.label2id = label2id
+
+
+def test_labels_are_found_by_name_not_position():
+    assert label_ids(_Config({"hate": 0, "nothate": 1}), "nothate", "hate") == (1, 0)
+    assert label_ids(_Config({"nothate": 0, "hate": 1}), "nothate", "hate") == (0, 1)
+    with pytest.raises(PipelineError, match=r"no label 'nothate'; its labels are \['LABEL_0', 'LABEL_1'\]"):
+        label_ids(_Config({"LABEL_0": 0, "LABEL_1": 1}), "nothate", "hate")
+
+
+@pytest.fixture(scope="module")
+def swapped_reward(tmp_path_factory):
+    """A classifier whose label order is the reverse of the real one: index 0 is `hate`."""
+    from make_tiny import build_reward, corpus, make_dialogues
+
+    out = tmp_path_factory.mktemp("swapped") / "reward"
+    build_reward(out, corpus(make_dialogues(16, 0)), labels=("hate", "nothate"))
+    return out
+
+
+def test_reward_is_the_not_hate_logit_and_toxicity_the_hate_probability(swapped_reward):
+    import torch
+
+    from detoxkit.config import ComputeSettings, RewardSettings
+    from detoxkit.scoring import build_scorer, join
+
+    settings = RewardSettings(model=str(swapped_reward), revision=None, not_hate_label="nothate", hate_label="hate",
+                              include_prompt=True, batch_size=2, allow_pickle=False)
+    scorer = build_scorer(settings, ComputeSettings(device="cpu", dtype="float32"))
+    prompts, responses = ["Summary:\n", "Dialogue. Summary: ", "A"], ["they meet", "a cake", "b c"]
+    rewards, toxicity = scorer.score(prompts, responses)
+    enc = scorer.tokenizer([join(p, r) for p, r in zip(prompts, responses)], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = scorer.model(**enc).logits
+    assert np.allclose(rewards, logits[:, 1].numpy(), atol=1e-5)  # nothate is index 1 here
+    assert np.allclose(toxicity, logits.softmax(-1)[:, 0].numpy(), atol=1e-5)
+    assert len(set(np.round(rewards, 4))) > 1  # the classifier really discriminates
+
+
+def test_long_inputs_are_cut_prompt_first(swapped_reward):
+    from transformers import AutoTokenizer
+
+    from detoxkit.scoring import encode_for_classifier
+
+    tok = AutoTokenizer.from_pretrained(swapped_reward)
+    response = "they agree to meet tomorrow at noon"
+    r_ids = tok(response, add_special_tokens=False)["input_ids"]
+    ids = encode_for_classifier(tok, ["talk about the plans " * 200], [response], True, 64)[0]
+    assert len(ids) == 64 and ids[-1 - len(r_ids):-1] == r_ids  # response kept whole, at the end
+    ids = encode_for_classifier(tok, ["p"], ["word " * 500], True, 64)[0]
+    assert len(ids) == 64
+
+
+def test_scoring_never_crashes_on_long_inputs(swapped_reward):
+    from detoxkit.config import ComputeSettings, RewardSettings
+    from detoxkit.scoring import build_scorer
+
+    settings = RewardSettings(model=str(swapped_reward), revision=None, not_hate_label="nothate", hate_label="hate",
+                              include_prompt=True, batch_size=4, allow_pickle=False)
+    scorer = build_scorer(settings, ComputeSettings(device="cpu", dtype="float32"))
+    rewards, toxicity = scorer.score(["long dialogue " * 1000, "short"], ["reply " * 1000, "ok"])
+    assert np.isfinite(rewards).all() and ((0 <= toxicity) & (toxicity <= 1)).all()
+
+
+# --- statistics ------------------------------------------------------------------------------
+def test_bootstrap_interval_surrounds_a_fixed_shift():
+    rng = np.random.default_rng(0)
+    before = rng.uniform(0.2, 0.8, 200)
+    after = before - 0.1 + rng.normal(0, 0.01, 200)
+    s = paired_bootstrap(before, after, 2000, 0, 0.95)
+    assert s["diff_ci"][0] < -0.1 < s["diff_ci"][1] and s["diff_ci"][1] < 0
+    assert s["diff"] == pytest.approx(after.mean() - before.mean())
+    pct = improvement_pct(before.mean(), after.mean())
+    assert s["improvement_pct_ci"][0] < pct < s["improvement_pct_ci"][1]
+    assert "excludes 0: a real decrease (better)" in interval_verdict("Toxicity", s["diff_ci"], True)
+
+
+def test_bootstrap_interval_contains_zero_without_a_change():
+    rng = np.random.default_rng(1)
+    before = rng.uniform(0, 1, 100)
+    s = paired_bootstrap(before, before.copy(), 1000, 0, 0.95)
+    assert s["diff_ci"] == [0.0, 0.0] and s["improvement_pct"] == 0
+    noisy = paired_bootstrap(before, rng.permutation(before), 1000, 0, 0.95)
+    assert noisy["diff_ci"][0] < 0 < noisy["diff_ci"][1]
+    assert "contains 0" in interval_verdict("Toxicity", noisy["diff_ci"], True)
+    with pytest.raises(ValueError):
+        paired_bootstrap([1, 2], [1], 100, 0, 0.95)
+
+
+def test_lab_improvement_formula():
+    assert improvement_pct(0.04, 0.03) == pytest.approx(25.0)
+    assert improvement_pct(0.0, 0.1) is None
+
+
+def test_guards_flag_exactly_the_crossed_limits():
+    from detoxkit.config import GuardSettings
+
+    limits = GuardSettings(max_rougeL_drop=0.05, max_kl=2.0, min_mean_length=5)
+    before = {"rougeL": 0.30, "kl_mean": 0.0, "length_mean": 20}
+    ok = {"rougeL": 0.27, "kl_mean": 1.0, "length_mean": 18}
+    hacked = {"rougeL": 0.10, "kl_mean": 3.0, "length_mean": 2}
+    assert guards(before, ok, limits) == {"rougeL_drop_exceeded": False, "kl_exceeded": False,
+                                          "length_below_min": False}
+    assert guards(before, hacked, limits) == {"rougeL_drop_exceeded": True, "kl_exceeded": True,
+                                              "length_below_min": True}
+
+
+# --- atomic output ---------------------------------------------------------------------------
+def test_interrupted_json_write_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "m.json"
+    write_json(path, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert os.listdir(tmp_path) == ["m.json"]
+
+
+def test_interrupted_folder_write_keeps_the_previous_folder(tmp_path):
+    out = tmp_path / "model"
+    with atomic_dir(out) as tmp:
+        (tmp / "w").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as tmp:
+            (tmp / "w").write_text("half")
+            raise RuntimeError("crash")
+    assert (out / "w").read_text() == "old" and os.listdir(tmp_path) == ["model"]
+
+
+# --- detox loop helpers ----------------------------------------------------------------------
+def test_batches_cover_each_epoch_without_repeats_and_split_across_processes():
+    from detox import batch_indices, rollout_length
+
+    seen = np.concatenate([batch_indices(40, 8, s, seed=3) for s in range(5)])
+    assert sorted(seen) == list(range(40))
+    assert (batch_indices(40, 8, 2, seed=3) == batch_indices(40, 8, 2, seed=3)).all()
+    r0, r1 = batch_indices(40, 8, 0, 3, rank=0, world=2), batch_indices(40, 8, 0, 3, rank=1, world=2)
+    assert not set(r0) & set(r1)
+
+    class Gen:
+        output_min_length, output_max_length = 100, 400
+    lengths = {rollout_length(Gen, 0, s) for s in range(50)}
+    assert min(lengths) >= 100 and max(lengths) < 400 and len(lengths) > 10
+
+
+def test_non_finite_values_stop_with_the_step_named():
+    from detoxkit.ppo_engine import check_finite
+
+    check_finite({"reward": 1.0}, 3, "")
+    with pytest.raises(PipelineError, match="PPO step 7: reward is not finite"):
+        check_finite({"reward": float("nan")}, 7, "")
