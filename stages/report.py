@@ -40,7 +40,7 @@ def histogram_rows(tox_before, tox_after, bins=10) -> list[dict]:
     edges = np.linspace(0, 1, bins + 1)
     hb, _ = np.histogram(tox_before, edges)
     ha, _ = np.histogram(tox_after, edges)
-    return [{"toxicity_bin": f"{edges[i]:.1f}-{edges[i + 1]:.1f}", "before": int(hb[i]), "after": int(ha[i])}
+    return [{"toxicity": round(float(edges[i] + edges[i + 1]) / 2, 3), "before": int(hb[i]), "after": int(ha[i])}
             for i in range(bins)]
 
 
@@ -128,7 +128,7 @@ def write_reports(out: Path, summary, verdicts, qual, history, pairs, params, n_
     write_text(out / "report.md", md)
     write_text(out / "report.html", page)
     write_csv(out / "qualitative.csv", qual, render.QUAL_COLUMNS)
-    write_csv(out / "toxicity_hist.csv", histogram_rows(*pairs["toxicity"]), ["toxicity_bin", "before", "after"])
+    write_csv(out / "toxicity_hist.csv", histogram_rows(*pairs["toxicity"]), ["toxicity", "before", "after"])
 
 
 if __name__ == "__main__":

@@ -75,3 +75,22 @@ def copy_repo(src: Path, dest: Path) -> Path:
     """A copy of a repository after a run: git history, DVC cache and outputs included."""
     shutil.copytree(src, dest, symlinks=True)
     return dest
+
+
+STAGES = ["prepare", "sft", "baseline", "detox", "evaluate", "report"]
+
+
+def ran_stages(output: str):
+    """Stages `dvc repro` reports it ran."""
+    return sorted(s for s in STAGES if f"Running stage '{s}'" in output)
+
+
+@pytest.fixture(scope="session")
+def ran(tiny, tmp_path_factory):
+    """One full tiny run with the sft stage on; tests copy it before changing anything."""
+    repo = make_repo(tmp_path_factory.mktemp("e2e") / "repo", tiny["params"], {"policy.adapter": "sft"})
+    out = dvc("repro", cwd=repo)
+    assert ran_stages(out.stdout) == sorted(STAGES)
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "run", cwd=repo)
+    return repo

@@ -8,9 +8,8 @@ import sys
 import time
 
 import pytest
-from conftest import ENV, copy_repo, dvc, make_repo, set_params, sh
+from conftest import ENV, STAGES, copy_repo, dvc, make_repo, ran_stages, set_params, sh
 
-STAGES = ["prepare", "sft", "baseline", "detox", "evaluate", "report"]
 EVAL_KEYS = ["toxicity_mean", "toxicity_std", "reward_mean", "num_samples", "rouge1", "rouge2", "rougeL",
              "length_mean", "kl_mean"]
 
@@ -23,21 +22,6 @@ def changed_stages(repo):
     """Stage names `dvc status` reports as changed themselves (stages downstream are decided by repro)."""
     out = json.loads(dvc("status", "--json", cwd=repo).stdout or "{}")
     return sorted(name.split(":")[-1] for name in out)
-
-
-def ran_stages(output: str):
-    return sorted(s for s in STAGES if f"Running stage '{s}'" in output)
-
-
-@pytest.fixture(scope="module")
-def ran(tiny, tmp_path_factory):
-    """One full tiny run with the sft stage on; tests copy it before changing anything."""
-    repo = make_repo(tmp_path_factory.mktemp("e2e") / "repo", tiny["params"], {"policy.adapter": "sft"})
-    out = dvc("repro", cwd=repo)
-    assert ran_stages(out.stdout) == sorted(STAGES)
-    sh("git", "add", "-A", cwd=repo)
-    sh("git", "commit", "-qm", "run", cwd=repo)
-    return repo
 
 
 def test_every_output_exists_with_finite_numbers(ran):
@@ -139,3 +123,48 @@ def test_kill_9_during_detox_then_repro_resumes_and_matches_uninterrupted(tiny, 
     want = load_file(ref / "models/detoxified/adapter_model.safetensors")
     assert got.keys() == want.keys() and all((got[k] == want[k]).all() for k in got)
     assert not (repo / "checkpoints/detox").exists()  # finished runs clean up their checkpoint
+
+
+def test_html_report_is_self_contained_with_tables_and_images(ran):
+    import base64
+    from html.parser import HTMLParser
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.imgs, self.links, self.tables, self.headers, self.h2 = [], [], 0, [], []
+            self._in = None
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            self._in = tag
+            if tag == "img":
+                self.imgs.append(attrs["src"])
+            if tag in ("script", "link", "a") and (attrs.get("src") or attrs.get("href")):
+                self.links.append(attrs)
+            self.tables += tag == "table"
+
+        def handle_data(self, data):
+            if self._in == "th":
+                self.headers.append(data)
+            if self._in == "h2":
+                self.h2.append(data)
+
+    page = Collect()
+    page.feed((ran / "reports/report.html").read_text())
+    assert len(page.imgs) == 2 and not page.links  # nothing fetched from elsewhere
+    for src in page.imgs:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert page.tables == 3
+    assert {"before", "after", "95% CI of the difference", "reward_diff", "response_after"} <= set(page.headers)
+    assert {"PPO training curves", "Largest reward gains", "Largest reward losses"} <= set(page.h2)
+
+
+def test_dvc_plots_render_training_curves_and_distributions(ran, tmp_path):
+    plots = json.loads(dvc("plots", "show", "--json", cwd=ran).stdout)["data"]
+    for name in ("PPO training curves", "Toxicity before vs after (samples per toxicity bin)", "Toxicity per sample",
+                 "metrics/detox/plots/metrics/objective/kl.tsv", "metrics/sft_train/plots/metrics/train/loss.tsv"):
+        assert plots[name][0]["type"] == "vega", name
+    dvc("plots", "show", "-o", tmp_path / "plots", cwd=ran)
+    assert "vega" in (tmp_path / "plots/index.html").read_text()
