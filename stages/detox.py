@@ -73,15 +73,15 @@ def main():
 
     seed_step(params.seed, 0)  # before any model or value head is created
     scorer = build_scorer(params.reward, params.compute)
-    model, tokenizer, _ = load_policy(params.policy, params.compute, adapter)
-    engine = PPOEngine(attach_lora(model, params.lora), tokenizer, ppo, gen, params.seed)
+    model, tokenizer, device = load_policy(params.policy, params.compute, adapter)
+    engine = PPOEngine(attach_lora(model, params.lora), tokenizer, ppo, gen, params.seed, cpu=device.type == "cpu")
     trainable, total = trainable_parameters(engine.unwrapped)
     log.info("trainable parameters (LoRA + value head): %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
 
     resumed = engine.load_checkpoint(ckpt_dir, run_id)
     if resumed is None:
         log.info("checkpoint in %s is from other inputs; starting from step 0", ckpt_dir)
-        shutil.rmtree(ckpt_dir)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
         resumed = (0, [])
     start, history = resumed
     if start:
@@ -92,6 +92,9 @@ def main():
         live and _log_row(live, row)
 
     rank, world = engine.accelerator.process_index, engine.accelerator.num_processes
+    if world > 1:
+        log.info("process %d of %d: %d rollouts per step here, %d in all", rank, world, ppo.batch_size,
+                 ppo.batch_size * world)
     good_state, early_stop = engine.trainable_state(), None
     note = f"The last good checkpoint is kept in {ckpt_dir}." if ppo.checkpoint_every else ""
     for step in tqdm(range(start, ppo.max_steps), initial=start, total=ppo.max_steps, desc="PPO", unit="step",

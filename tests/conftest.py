@@ -53,6 +53,25 @@ def tiny(tmp_path_factory):
     return {"dir": out, "params": build_all(out)}
 
 
+def run_script(cwd, script, *args, check=True, launcher=None):
+    """Run stages/<script> directly (optionally under a launcher such as accelerate or torchrun)."""
+    cmd = [*(launcher or [sys.executable]), str(ROOT / "stages" / script), *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="session")
+def workdir(tiny, tmp_path_factory):
+    """A folder with the tiny params and a prepared dataset: stage scripts can run from here."""
+    d = tmp_path_factory.mktemp("stages")
+    shutil.copy(ROOT / "params.yaml", d / "params.yaml")
+    set_params(d, {**tiny["params"], "policy.adapter": None})
+    run_script(d, "prepare.py", "--out", "data/prepared")
+    return d
+
+
 def make_repo(dest: Path, tiny_params: dict, overrides: dict | None = None, remote: Path | None = None) -> Path:
     """A fresh git + DVC repository holding the project, pointed at the tiny models."""
     dest.mkdir(parents=True)

@@ -5,27 +5,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ENV, ROOT, set_params
+from conftest import ROOT, run_script, set_params
 
 from detoxkit.config import PipelineError
-
-
-@pytest.fixture(scope="module")
-def workdir(tiny, tmp_path_factory):
-    """A folder with the tiny params and a prepared dataset (stages run from here)."""
-    d = tmp_path_factory.mktemp("stages")
-    shutil.copy(ROOT / "params.yaml", d / "params.yaml")
-    set_params(d, {**tiny["params"], "policy.adapter": None})
-    run_script(d, "prepare.py", "--out", "data/prepared")
-    return d
-
-
-def run_script(cwd, script, *args, check=True):
-    proc = subprocess.run([sys.executable, str(ROOT / "stages" / script), *args], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=300)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
 
 
 def run_main(monkeypatch, cwd, module, *args):

@@ -36,15 +36,21 @@ def scalar_stats(stats: dict) -> dict:
 class PPOEngine:
     """PPO on a seq2seq PEFT policy with a value head; the reference is the policy with its adapter off."""
 
-    def __init__(self, peft_model, tokenizer, ppo: PPOSettings, generation: GenerationSettings, seed: int):
+    def __init__(self, peft_model, tokenizer, ppo: PPOSettings, generation: GenerationSettings, seed: int,
+                 cpu: bool = False):
+        from accelerate import PartialState
         from trl import AutoModelForSeq2SeqLMWithValueHead, PPOConfig, PPOTrainer
 
+        # The process-wide state is created once, by whoever asks first (TRL's value-head loader does):
+        # create it here so cpu=True is honoured and torchrun/accelerate can run data-parallel on CPUs.
+        PartialState(cpu=cpu)
         torch.manual_seed(seed)  # the value head is initialised here: same seed, same head
         model = AutoModelForSeq2SeqLMWithValueHead.from_pretrained(peft_model, is_trainable=True)
         config = PPOConfig(
             model_name="policy", seed=seed, learning_rate=ppo.learning_rate, batch_size=ppo.batch_size,
             mini_batch_size=ppo.mini_batch_size, ppo_epochs=ppo.epochs, init_kl_coef=ppo.init_kl_coef,
             adap_kl_ctrl=ppo.adaptive_kl, target=ppo.target_kl, horizon=ppo.horizon, log_with=None,
+            accelerator_kwargs={"cpu": cpu},  # cpu=True also lets torchrun/accelerate run data-parallel on CPUs
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # deprecation notice and "no dataset" hint: both expected here
