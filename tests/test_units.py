@@ -275,3 +275,11 @@ def test_non_finite_values_stop_with_the_step_named():
     check_finite({"reward": 1.0}, 3, "")
     with pytest.raises(PipelineError, match="PPO step 7: reward is not finite"):
         check_finite({"reward": float("nan")}, 7, "")
+
+
+def test_unreachable_hub_dataset_is_explained(tmp_path):
+    p = _data_settings(tmp_path, source="no-such-org/no-such-dataset")
+    with pytest.raises(PipelineError) as err:
+        load_source(p.data)
+    text = str(err.value)
+    assert "could not load dataset 'no-such-org/no-such-dataset'" in text and "HF_HUB_OFFLINE=1" in text

@@ -62,6 +62,13 @@ def _weights_kwargs(ref: str, allow_pickle: bool, key: str) -> dict:
     return {"use_safetensors": True}
 
 
+def _hub_error(kind: str, ref: str, what: str, err: Exception) -> PipelineError:
+    """A local folder's own problem, or the Hub/offline hint for an id."""
+    if is_local(ref):
+        return PipelineError(f"{kind} {ref}: {what} could not be loaded: {str(err).splitlines()[0]}")
+    return PipelineError(offline_hint(kind, ref, err))
+
+
 def load_config(kind: str, ref: str, revision: Optional[str]):
     from transformers import AutoConfig
 
@@ -70,9 +77,7 @@ def load_config(kind: str, ref: str, revision: Optional[str]):
     try:
         return AutoConfig.from_pretrained(ref, revision=revision, trust_remote_code=False)
     except (OSError, ValueError) as err:
-        if is_local(ref):
-            raise PipelineError(f"{kind} {ref}: config.json could not be read: {err}") from None
-        raise PipelineError(offline_hint(kind, ref, err)) from None
+        raise _hub_error(kind, ref, "config.json", err) from None
 
 
 def _from_pretrained(auto_cls, kind: str, ref: str, revision, allow_pickle: bool, key: str, **kwargs):
@@ -86,9 +91,7 @@ def _from_pretrained(auto_cls, kind: str, ref: str, revision, allow_pickle: bool
                 f"{kind} {ref} has no safetensors weights; convert them, or set {key}.allow_pickle: true "
                 f"if you trust the source ({str(err).splitlines()[0]})"
             ) from None
-        if is_local(ref):
-            raise PipelineError(f"{kind} {ref} could not be loaded: {str(err).splitlines()[0]}") from None
-        raise PipelineError(offline_hint(kind, ref, err)) from None
+        raise _hub_error(kind, ref, "weights", err) from None
 
 
 def load_tokenizer(kind: str, ref: str, revision: Optional[str]):
@@ -97,9 +100,7 @@ def load_tokenizer(kind: str, ref: str, revision: Optional[str]):
     try:
         return AutoTokenizer.from_pretrained(ref, revision=revision, trust_remote_code=False)
     except (OSError, ValueError) as err:
-        if is_local(ref):
-            raise PipelineError(f"{kind} {ref}: tokenizer could not be loaded: {str(err).splitlines()[0]}") from None
-        raise PipelineError(offline_hint(kind, ref, err)) from None
+        raise _hub_error(kind, ref, "tokenizer", err) from None
 
 
 def check_policy_config(policy: PolicySettings):
