@@ -14,6 +14,7 @@ sys.path[:0] = [str(ROOT / "stages"), str(ROOT / "tools")]
 # Any accidental download must fail loudly, and nothing may phone home.
 os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                    "DVC_NO_ANALYTICS": "1", "TOKENIZERS_PARALLELISM": "false"})
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # users' machines write __pycache__ into stage code
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 PROJECT_FILES = ["stages", "tools", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "requirements.txt"]

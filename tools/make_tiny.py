@@ -143,7 +143,8 @@ def main():
     parser.add_argument("--dialogues", type=int, default=64, help="synthetic dialogues to write")
     parser.add_argument("--labels", default="nothate,hate", help="classifier labels in id order")
     args = parser.parse_args()
-    build_all(Path(args.out), args.dialogues, tuple(args.labels.split(",")))
+    # absolute paths, so experiments queued in DVC's temporary workspaces find the models too
+    build_all(Path(args.out).resolve(), args.dialogues, tuple(args.labels.split(",")))
     print(f"wrote {args.out}/policy, {args.out}/reward, {args.out}/dialogues.jsonl")
     print(f"run the DAG on them: dvc exp run $(cat {args.out}/overrides.txt)")
 

@@ -34,10 +34,19 @@ def response_length(ids: list[int], tokenizer) -> int:
     return sum(1 for t in ids if t not in (tokenizer.eos_token_id, tokenizer.pad_token_id))
 
 
+def decoder_start_id(model) -> int:
+    """The decoder start token: in the model config, else its generation config, else the pad token."""
+    for cfg in (model.config, getattr(model, "generation_config", None)):
+        value = getattr(cfg, "decoder_start_token_id", None)
+        if value is not None:
+            return value
+    return model.config.pad_token_id
+
+
 @torch.inference_mode()
 def response_logprobs(model, tokenizer, queries, responses, batch_size: int, device) -> list[torch.Tensor]:
     """Per-token log p(response token | prompt, previous tokens) under `model`, one tensor per sample."""
-    start_id = model.config.decoder_start_token_id
+    start_id = decoder_start_id(model)
     out = []
     for start in range(0, len(queries), batch_size):
         enc = pad_queries(tokenizer, queries[start:start + batch_size], device)
