@@ -91,3 +91,21 @@ def test_kl_above_max_kl_stops_early_and_records_it(scratch, monkeypatch):
     kl_rows = (scratch / "metrics/detox/plots/metrics/objective/kl.tsv").read_text().splitlines()[1:]
     assert len(kl_rows) == train["steps_done"] and all(float(r.split()[1]) <= 1e-9 for r in kl_rows)
     assert (scratch / "models/detoxified/adapter_model.safetensors").exists()
+
+
+def test_unreachable_hub_fails_at_once_with_one_message(scratch):
+    import subprocess
+
+    from conftest import ENV
+
+    set_params(scratch, {"policy.model": "google/flan-t5-base"})
+    env = {k: v for k, v in ENV.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there: an unreachable Hub
+    proc = subprocess.run([sys.executable, str(ROOT / "stages/prepare.py"), "--out", "data/prepared"], cwd=scratch,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: could not load policy.model 'google/flan-t5-base': the Hugging Face Hub (http://127.0.0.1:9) "
+        "cannot be reached from this machine. If it is in the local cache, rerun with HF_HUB_OFFLINE=1; otherwise "
+        "point the setting at a local folder saved with save_pretrained (README: offline path; "
+        "`python tools/make_tiny.py` builds a tiny offline pair)"]

@@ -5,7 +5,7 @@ import logging
 from pathlib import Path
 
 from .config import DataSettings, PipelineError
-from .hub import is_local, offline_hint
+from .hub import is_local, offline_hint, require_hub
 
 log = logging.getLogger("detox.data")
 
@@ -60,6 +60,7 @@ def load_source(settings: DataSettings):
             return datasets.load_dataset(builder, data_files=files, split="train")
         except Exception as err:  # a malformed file: say which and why, not a 40-frame traceback
             raise PipelineError(f"data.source {source} could not be read as {builder}: {err}") from None
+    require_hub("dataset", source)
     try:
         return datasets.load_dataset(source, split=settings.split, revision=settings.revision)
     except Exception as err:

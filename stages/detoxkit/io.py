@@ -26,7 +26,7 @@ log = logging.getLogger("detox")
 def setup_logging():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     # Library chatter (TRL deprecation notices, tokenizer hints) would bury our own progress lines.
-    for noisy in ("transformers", "datasets", "peft", "trl", "accelerate", "absl"):
+    for noisy in ("transformers", "datasets", "peft", "trl", "accelerate", "absl", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is imported
 

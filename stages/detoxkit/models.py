@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from .config import ComputeSettings, LoraSettings, PipelineError, PolicySettings, RewardSettings
-from .hub import is_local, offline_hint
+from .hub import is_local, offline_hint, require_hub
 
 log = logging.getLogger("detox.models")
 
@@ -74,6 +74,8 @@ def load_config(kind: str, ref: str, revision: Optional[str]):
 
     if is_local(ref):
         _check_local_folder(kind, ref)
+    else:
+        require_hub(kind, ref)
     try:
         return AutoConfig.from_pretrained(ref, revision=revision, trust_remote_code=False)
     except (OSError, ValueError) as err:
