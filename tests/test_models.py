@@ -139,3 +139,32 @@ def test_adapter_for_another_base_is_refused(tiny, tmp_path):
     with pytest.raises(PipelineError, match="has no adapter_config.json"):
         from detoxkit.models import start_adapter_path
         start_adapter_path(policy(tiny["dir"] / "policy", adapter=str(tmp_path)), tmp_path)
+
+
+def test_ppo_rollouts_work_when_the_decoder_starts_with_eos(tiny, tmp_path):
+    """BART's decoder start token is EOS; TRL 0.11.4's own generate() would cut every response to it."""
+    from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
+
+    from detoxkit.config import GenerationSettings, PPOSettings
+    from detoxkit.ppo_engine import PPOEngine
+
+    tok = AutoTokenizer.from_pretrained(tiny["dir"] / "reward")  # byte-level BPE, <s>=0 <pad>=1 </s>=2
+    torch.manual_seed(0)
+    BartForConditionalGeneration(BartConfig(
+        vocab_size=len(tok), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=256,
+    )).save_pretrained(tmp_path / "bart")
+    tok.save_pretrained(tmp_path / "bart")
+    model, tok, _ = load_policy(policy(tmp_path / "bart"), CPU, None)
+    assert model.config.decoder_start_token_id == tok.eos_token_id
+    gen = GenerationSettings(min_length=5, top_k=0, top_p=1.0, do_sample=True, output_min_length=8,
+                             output_max_length=9, batch_size=4)
+    ppo = PPOSettings(learning_rate=1e-3, batch_size=4, mini_batch_size=2, epochs=1, max_steps=1, init_kl_coef=0.2,
+                      adaptive_kl=True, target_kl=6.0, horizon=10000, max_kl=100, checkpoint_every=0)
+    engine = PPOEngine(attach_lora(model, LoraSettings(r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"])),
+                       tok, ppo, gen, seed=0, cpu=True)
+    queries = [torch.tensor(tok(f"dialogue number {i} about plans")["input_ids"]) for i in range(4)]
+    responses = engine.generate(queries, 8)
+    assert all(r[0] == tok.eos_token_id and len(r) >= 6 for r in responses)
+    stats = engine.step(queries, responses, [0.1, -0.2, 0.3, 0.0])
+    assert all(map(lambda v: v == v, stats.values())) and "objective/kl" in stats

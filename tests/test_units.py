@@ -283,3 +283,13 @@ def test_unreachable_hub_dataset_is_explained(tmp_path):
         load_source(p.data)
     text = str(err.value)
     assert "could not load dataset 'no-such-org/no-such-dataset'" in text and "HF_HUB_OFFLINE=1" in text
+
+
+def test_csv_round_trips_any_generated_text(tmp_path):
+    from detoxkit.io import read_csv, write_csv
+
+    rows = [{"response": 'carriage\rreturn, "quotes"\nnewline\x00nul', "reward": 1.5}, {"response": "plain", "reward": -2.0}]
+    write_csv(tmp_path / "s.csv", rows, ["response", "reward"])
+    back = read_csv(tmp_path / "s.csv")
+    assert [r["response"] for r in back] == [r["response"] for r in rows]
+    assert [float(r["reward"]) for r in back] == [1.5, -2.0]

@@ -85,7 +85,9 @@ def read_json(path):
 
 def write_csv(path, rows: list[dict], columns: Iterable[str]):
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    # Quote every text field: generated text can hold \r, commas or quotes; numbers stay bare.
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n",
+                            quoting=csv.QUOTE_NONNUMERIC)
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, buf.getvalue())

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .config import GenerationSettings, PipelineError, PPOSettings
-from .generation import sampling_kwargs
+from .generation import decoder_start_id, generate, sampling_kwargs
 
 # Names of the per-step scalars we log; TRL also returns arrays (kl_dist, tokens/*_dist) we skip.
 LOGGED = ("objective/kl", "objective/kl_coef", "objective/entropy", "ppo/returns/mean",
@@ -68,14 +68,17 @@ class PPOEngine:
         return self.trainer.current_device
 
     def generate(self, queries: list[torch.Tensor], max_new_tokens: int) -> list[torch.Tensor]:
-        """Batched rollouts; each response starts with the decoder start token and ends at EOS."""
-        self.trainer.model.eval()  # rollouts without LoRA dropout, like the log-probs TRL computes
-        with torch.no_grad():
-            return self.trainer.generate(
-                [q.to(self.device) for q in queries], batch_size=self.generation.batch_size, return_prompt=False,
-                max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                **sampling_kwargs(self.generation),
-            )
+        """Batched rollouts in TRL's seq2seq format: decoder start token, then the tokens up to EOS.
+
+        Uses the pipeline's own batched generate() rather than TRL's, which cuts each response at the
+        first EOS token and so breaks models whose decoder start token is EOS (BART, mBART).
+        """
+        model = self.unwrapped
+        model.eval()  # rollouts without LoRA dropout, like the log-probs TRL computes
+        rows = generate(model, self.tokenizer, [q.tolist() for q in queries], self.generation.batch_size,
+                        self.device, max_new_tokens=max_new_tokens, **sampling_kwargs(self.generation))
+        start = decoder_start_id(model.pretrained_model)
+        return [torch.tensor([start, *row], device=self.device) for row in rows]
 
     def step(self, queries, responses, rewards) -> dict:
         scores = [torch.tensor(float(r)) for r in rewards]
