@@ -10,6 +10,7 @@ resumes from the last one. Randomness is re-seeded from (seed, step) at every st
 draws exactly what an uninterrupted one would.
 """
 import argparse
+import contextlib
 import logging
 import random
 import shutil
@@ -62,9 +63,9 @@ def main():
 
     params = load_params(["policy", "reward", "compute", "lora", "generation", "ppo"])
     ppo, gen = params.ppo, params.generation
-    train = load_prepared(args.data)["train"]
-    if len(train) < ppo.batch_size:
-        raise PipelineError(f"the train split has {len(train)} prompts, fewer than ppo.batch_size "
+    train_split = load_prepared(args.data)["train"]
+    if len(train_split) < ppo.batch_size:
+        raise PipelineError(f"the train split has {len(train_split)} prompts, fewer than ppo.batch_size "
                             f"({ppo.batch_size}); lower ppo.batch_size or add data")
     adapter = start_adapter_path(params.policy, args.sft)
     ckpt_dir = Path(args.checkpoints)
@@ -87,10 +88,35 @@ def main():
     if start:
         log.info("resuming from checkpoint at step %d of %d", start, ppo.max_steps)
     is_main = engine.accelerator.is_main_process
-    live = Live(args.live, dvcyaml=False, save_dvc_exp=False) if is_main else None
-    for row in history:  # DVC cleared --live before this run: replay the steps already done
-        live and _log_row(live, row)
+    # The curves are written to a temporary folder that replaces --live only when training ends, so a
+    # killed run leaves no partial output; a resumed run replays the logged history into it.
+    with atomic_dir(args.live) if is_main else contextlib.nullcontext() as live_dir:
+        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) if is_main else None
+        for row in history:
+            live and _log_row(live, row)
+        history, early_stop = train(engine, scorer, tokenizer, train_split, params, start, history, live,
+                                    ckpt_dir, run_id)
+        if is_main:
+            summary = {"steps_done": len(history), "early_stopped": early_stop is not None,
+                       "early_stop_step": early_stop["step"] if early_stop else None,
+                       "early_stop_kl": early_stop["kl"] if early_stop else None,
+                       "trainable_parameters": trainable, "total_parameters": total}
+            if history:
+                summary.update({k: history[-1][k] for k in ("env/reward_mean", "env/toxicity_mean", "objective/kl")})
+            write_json(live_dir / "train.json", summary)
+            live.end()
+            with atomic_dir(args.out) as tmp:
+                save_detoxified(tmp, engine.unwrapped.pretrained_model, engine.unwrapped.v_head, params.policy,
+                                adapter)
+    if is_main:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the outputs now hold the result
+        log.info("saved the detoxified adapter and value head to %s after %d steps", args.out, len(history))
 
+
+def train(engine, scorer, tokenizer, train_split, params, start, history, live, ckpt_dir, run_id):
+    """The PPO loop: generate, score, step, log, checkpoint. Returns (history, early stop or None)."""
+    ppo, gen = params.ppo, params.generation
+    is_main = engine.accelerator.is_main_process
     rank, world = engine.accelerator.process_index, engine.accelerator.num_processes
     if world > 1:
         log.info("process %d of %d: %d rollouts per step here, %d in all", rank, world, ppo.batch_size,
@@ -100,7 +126,7 @@ def main():
     for step in tqdm(range(start, ppo.max_steps), initial=start, total=ppo.max_steps, desc="PPO", unit="step",
                      disable=not is_main):
         seed_step(params.seed, step)
-        batch = train.select(batch_indices(len(train), ppo.batch_size, step, params.seed, rank, world))
+        batch = train_split.select(batch_indices(len(train_split), ppo.batch_size, step, params.seed, rank, world))
         queries = [torch.tensor(ids) for ids in batch["input_ids"]]
         responses = engine.generate(queries, rollout_length(gen, params.seed, step))
         texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
@@ -124,20 +150,7 @@ def main():
             _log_row(live, row)
         if is_main and ppo.checkpoint_every and (step + 1) % ppo.checkpoint_every == 0 and step + 1 < ppo.max_steps:
             engine.save_checkpoint(ckpt_dir, step + 1, history, run_id)
-
-    if is_main:
-        with atomic_dir(args.out) as tmp:
-            save_detoxified(tmp, engine.unwrapped.pretrained_model, engine.unwrapped.v_head, params.policy, adapter)
-        summary = {"steps_done": len(history), "early_stopped": early_stop is not None,
-                   "early_stop_step": early_stop["step"] if early_stop else None,
-                   "early_stop_kl": early_stop["kl"] if early_stop else None,
-                   "trainable_parameters": trainable, "total_parameters": total}
-        if history:
-            summary.update({k: history[-1][k] for k in ("env/reward_mean", "env/toxicity_mean", "objective/kl")})
-        write_json(Path(args.live) / "train.json", summary)
-        live.end()
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the outputs now hold the result
-        log.info("saved the detoxified adapter and value head to %s after %d steps", args.out, len(history))
+    return history, early_stop
 
 
 def _log_row(live, row: dict):

@@ -54,31 +54,33 @@ def train(params, data_dir, out_dir, live_dir):
     trainable, total = trainable_parameters(model)
     log.info("SFT trainable parameters (LoRA): %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
 
-    live = Live(live_dir, dvcyaml=False, save_dvc_exp=False)
-
-    class LossToLive(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                live.step = state.global_step
-                live.log_metric("train/loss", logs["loss"])
-
-    work = Path(out_dir).with_name(".sft-trainer")  # Trainer scratch space, removed below
+    work = Path(out_dir).with_name(".sft-trainer")  # Trainer scratch space (nothing is saved there)
+    shutil.rmtree(work, ignore_errors=True)
     args = Seq2SeqTrainingArguments(
         output_dir=str(work), learning_rate=sft.learning_rate, num_train_epochs=sft.epochs, max_steps=sft.max_steps,
         per_device_train_batch_size=sft.batch_size, logging_steps=sft.logging_steps, save_strategy="no",
         report_to="none", seed=params.seed, bf16=model.dtype == torch.bfloat16, use_cpu=device.type == "cpu",
         disable_tqdm=False, remove_unused_columns=False,
     )
-    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=tokenize_for_sft(data["train"], tokenizer,
-                                                                                    sft.max_target_tokens),
-                             data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), callbacks=[LossToLive()])
-    result = trainer.train()
-    live.end()
-    shutil.rmtree(work, ignore_errors=True)
-    model.eval()
-    after = rouge_of(model, tokenizer, rows, device, sft, params.seed)
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+    # The loss curve and the adapter appear whole when training ends, or not at all.
+    with atomic_dir(live_dir) as live_tmp, atomic_dir(out_dir) as out_tmp:
+        live = Live(str(live_tmp), dvcyaml=False, save_dvc_exp=False)
+
+        class LossToLive(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "loss" in logs:
+                    live.step = state.global_step
+                    live.log_metric("train/loss", logs["loss"])
+
+        trainer = Seq2SeqTrainer(model=model, args=args,
+                                 train_dataset=tokenize_for_sft(data["train"], tokenizer, sft.max_target_tokens),
+                                 data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), callbacks=[LossToLive()])
+        result = trainer.train()
+        live.end()
+        shutil.rmtree(work, ignore_errors=True)
+        model.eval()
+        after = rouge_of(model, tokenizer, rows, device, sft, params.seed)
+        model.save_pretrained(str(out_tmp), safe_serialization=True)
     return {"enabled": True, "eval_samples": len(rows), "train_loss": result.training_loss,
             "steps": result.global_step, "rouge_before": before, "rouge_after": after,
             "rouge_gain": {k: after[k] - before[k] for k in before}}

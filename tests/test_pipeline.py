@@ -108,6 +108,7 @@ def test_kill_9_during_detox_then_repro_resumes_and_matches_uninterrupted(tiny, 
     proc.wait()
     assert state.exists(), "the run ended before its first checkpoint"
     assert not (repo / "models/detoxified").exists()  # nothing half-written in the outputs
+    assert not (repo / "metrics/detox").exists()
 
     out = dvc("repro", "detox", cwd=repo)
     log = out.stdout + out.stderr
@@ -123,6 +124,7 @@ def test_kill_9_during_detox_then_repro_resumes_and_matches_uninterrupted(tiny, 
     want = load_file(ref / "models/detoxified/adapter_model.safetensors")
     assert got.keys() == want.keys() and all((got[k] == want[k]).all() for k in got)
     assert not (repo / "checkpoints/detox").exists()  # finished runs clean up their checkpoint
+    assert not list((repo / "metrics").glob(".*.tmp")) and not list((repo / "models").glob(".*.tmp"))
 
 
 def test_html_report_is_self_contained_with_tables_and_images(ran):

@@ -41,10 +41,17 @@ def run_stage(main: Callable[[], None]):
         sys.exit(2)
 
 
+def clear_stale(path: Path):
+    """Remove temporaries of `path` that a killed run (kill -9 skips `finally`) left behind."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
 def write_text(path, text: str):
     """Write `text` to `path` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clear_stale(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -106,6 +113,7 @@ def atomic_dir(path):
     """Yield a temporary folder; on success it replaces `path` whole, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clear_stale(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
