@@ -59,6 +59,9 @@ def test_experiments_run_show_and_diff(ran, tmp_path):
     tox = diff["metrics/summary.json"]["after.toxicity_mean"]
     assert tox["old"] == json.loads((ran / "metrics/summary.json").read_text())["after"]["toxicity_mean"]
     assert tox["new"] == json.loads((repo / "metrics/summary.json").read_text())["after"]["toxicity_mean"]
+    plots = json.loads(dvc("plots", "diff", "HEAD", "--json", cwd=repo).stdout)["data"]
+    curves = plots["PPO training curves"][0]["content"]["data"]["values"]
+    assert {v["rev"] for v in curves} == {"HEAD", "workspace"}  # both runs' curves, side by side
 
 
 def test_queued_sweep_runs_two_experiments(ran, tmp_path):
