@@ -46,14 +46,14 @@ class PPOEngine:
         PartialState(cpu=cpu)
         torch.manual_seed(seed)  # the value head is initialised here: same seed, same head
         model = AutoModelForSeq2SeqLMWithValueHead.from_pretrained(peft_model, is_trainable=True)
-        config = PPOConfig(
-            model_name="policy", seed=seed, learning_rate=ppo.learning_rate, batch_size=ppo.batch_size,
-            mini_batch_size=ppo.mini_batch_size, ppo_epochs=ppo.epochs, init_kl_coef=ppo.init_kl_coef,
-            adap_kl_ctrl=ppo.adaptive_kl, target=ppo.target_kl, horizon=ppo.horizon, log_with=None,
-            accelerator_kwargs={"cpu": cpu},  # cpu=True also lets torchrun/accelerate run data-parallel on CPUs
-        )
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # deprecation notice and "no dataset" hint: both expected here
+            warnings.simplefilter("ignore")  # deprecation notices and the "no dataset" hint: all expected here
+            config = PPOConfig(
+                model_name="policy", seed=seed, learning_rate=ppo.learning_rate, batch_size=ppo.batch_size,
+                mini_batch_size=ppo.mini_batch_size, ppo_epochs=ppo.epochs, init_kl_coef=ppo.init_kl_coef,
+                adap_kl_ctrl=ppo.adaptive_kl, target=ppo.target_kl, horizon=ppo.horizon, log_with=None,
+                accelerator_kwargs={"cpu": cpu},  # cpu=True lets torchrun/accelerate run data-parallel on CPUs
+            )
             self.trainer = PPOTrainer(config=config, model=model, ref_model=None, tokenizer=tokenizer)
         self.tokenizer = tokenizer
         self.generation = generation
