@@ -1,4 +1,5 @@
 """End to end: `dvc repro` of the real stages on tiny models in a throw-away git + DVC repository."""
+import csv
 import json
 import math
 import os
@@ -44,8 +45,14 @@ def test_every_output_exists_with_finite_numbers(ran):
     assert sft["enabled"] and set(sft["rouge_before"]) == {"rouge1", "rouge2", "rougeL"}
     report = (ran / "reports/report.md").read_text()
     assert "| Toxicity (P(hate)) |" in report and "reward_diff" in report
-    rows = (ran / "reports/qualitative.csv").read_text().splitlines()
-    assert rows[0] == "prompt,response_before,response_after,reward_before,reward_after,reward_diff"
+    with (ran / "reports/qualitative.csv").open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    assert reader.fieldnames == ["prompt", "response_before", "response_after", "reward_before", "reward_after",
+                                 "reward_diff"]
+    diffs = [float(r["reward_diff"]) for r in rows]
+    assert len(rows) == 8 and diffs == sorted(diffs, reverse=True)
+    assert diffs[0] == pytest.approx(float(rows[0]["reward_after"]) - float(rows[0]["reward_before"]))
     kl = (ran / "metrics/detox/plots/metrics/objective/kl.tsv").read_text().splitlines()
     assert kl[0] == "step\tkl" and len(kl) == 1 + 4
     for rel in ("ppo/returns/mean.tsv", "ppo/policy/advantages_mean.tsv", "env/reward_mean.tsv"):
