@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -69,13 +68,6 @@ def _json_default(obj):
     if hasattr(obj, "item"):  # numpy / torch scalars
         return obj.item()
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
-
-
-def finite_or_none(value):
-    """JSON has no NaN: write None instead so the file stays valid for DVC and browsers."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def write_json(path, data):

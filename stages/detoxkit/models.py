@@ -269,9 +269,3 @@ def load_detoxified(path, compute: Optional[ComputeSettings] = None, allow_pickl
     model = _load_adapter(model, path, allow_pickle, merge=False)
     model.to(device).eval()
     return model, tokenizer, device
-
-
-def load_value_head(path, v_head):
-    from safetensors.torch import load_file
-
-    v_head.load_state_dict(load_file(str(Path(path) / VALUE_HEAD_FILE)))

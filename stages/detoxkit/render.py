@@ -92,7 +92,7 @@ def figures(history: dict, tox_before, tox_after) -> dict[str, str]:
     return out
 
 
-def _html_table(header, rows) -> str:
+def html_table(header, rows) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -112,5 +112,3 @@ def html_report(title: str, sections: list[tuple[str, str]]) -> str:
 def img(b64: str, alt: str) -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{b64}'>"
 
-
-html_table = _html_table
