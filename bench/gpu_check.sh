@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # All GPU checks in one run, for the device machine (one H100, no network). Prepare wheels first, here:
-#   bash ../shared/tools/device-wheels.sh dvclive==3.49.1 rouge-score==0.1.2 absl-py==2.5.1 nltk==3.9.2 ...
-# then run this with `.whl` carried. Prints the benchmark at the lab's batch (16) and at 64, and the
-# GPU tests' view of bf16 and the shared-reference memory saving. Results land in $OUT (or bench/results).
+#   bash ../shared/tools/device-wheels.sh      (the benchmark needs nothing beyond that pinned stack)
+# then run this with `.whl` carried. Prints the benchmark at the lab's batch (16), and at 64 with the
+# shared-reference memory saving (bf16 is picked automatically on GPUs that support it).
+# Results land in $OUT (or bench/results).
 set -uo pipefail
 out=${OUT:-bench/results}
 mkdir -p "$out"
