@@ -24,18 +24,24 @@ from tqdm.auto import tqdm
 from detoxkit.config import PipelineError, load_params
 from detoxkit.data import load_prepared
 from detoxkit.io import atomic_dir, fingerprint, run_stage, write_json
-from detoxkit.models import attach_lora, load_policy, save_detoxified, start_adapter_path, trainable_parameters
+from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy, save_detoxified,
+                             start_adapter_path, trainable_parameters)
 from detoxkit.ppo_engine import LOGGED, PPOEngine, check_finite
 from detoxkit.scoring import build_scorer
 
 log = logging.getLogger("detox.detox")
 
 
-def seed_step(seed: int, step: int):
-    """Seed every generator from (seed, step): sampling, LoRA dropout and TRL's minibatch order."""
-    random.seed(seed * 100_003 + step)
-    np.random.seed((seed * 100_003 + step) % 2**32)
-    torch.manual_seed(seed * 100_003 + step)
+def seed_step(seed: int, step: int, rank: int = 0):
+    """Seed every generator from (seed, step, rank): sampling, LoRA dropout and TRL's minibatch order.
+
+    Each data-parallel process gets its own stream, so ranks do not draw the same sampling noise and
+    dropout masks for their different prompts; a single process (rank 0) is unaffected.
+    """
+    value = seed * 100_003 + step + rank * 1_000_000_007
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int, rank: int = 0, world: int = 1) -> np.ndarray:
@@ -72,6 +78,7 @@ def main():
     run_id = fingerprint({k: params.raw[k] for k in ("seed", "policy", "reward", "lora", "generation", "ppo")},
                          [args.data, adapter])
 
+    check_lora_targets(check_policy_config(params.policy), params.lora)  # before any weights load
     seed_step(params.seed, 0)  # before any model or value head is created
     scorer = build_scorer(params.reward, params.compute)
     model, tokenizer, device = load_policy(params.policy, params.compute, adapter)
@@ -125,7 +132,7 @@ def train(engine, scorer, tokenizer, train_split, params, start, history, live, 
     note = f"The last good checkpoint is kept in {ckpt_dir}." if ppo.checkpoint_every else ""
     for step in tqdm(range(start, ppo.max_steps), initial=start, total=ppo.max_steps, desc="PPO", unit="step",
                      disable=not is_main):
-        seed_step(params.seed, step)
+        seed_step(params.seed, step, rank)
         batch = train_split.select(batch_indices(len(train_split), ppo.batch_size, step, params.seed, rank, world))
         queries = [torch.tensor(ids) for ids in batch["input_ids"]]
         responses = engine.generate(queries, rollout_length(gen, params.seed, step))

@@ -41,9 +41,11 @@ def train(params, data_dir, out_dir, live_dir):
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
     from detoxkit.data import load_prepared, take
-    from detoxkit.models import attach_lora, load_policy, trainable_parameters
+    from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy,
+                                 trainable_parameters)
 
     sft = params.sft
+    check_lora_targets(check_policy_config(params.policy), sft.lora, "sft.lora")  # before any weights load
     data = load_prepared(data_dir)
     rows = take(data["test"], sft.eval_samples, "sft.eval_samples")
     torch.manual_seed(params.seed)

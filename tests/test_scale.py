@@ -1,10 +1,11 @@
-"""The detox stage under `accelerate launch` (one CPU process) and data-parallel under torchrun (two)."""
+"""The detox stage under `accelerate launch` (one CPU process), data-parallel under torchrun (two), and in bf16."""
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
 
-from conftest import run_script
+from conftest import run_script, set_params
 
 BIN = Path(sys.executable).parent
 ARGS = ["--data", "data/prepared", "--sft", "models/sft", "--out", "models/detoxified", "--live", "metrics/detox",
@@ -27,3 +28,17 @@ def test_detox_runs_data_parallel_on_two_cpu_processes(workdir, tmp_path):
     assert "process 0 of 2" in log and "process 1 of 2" in log and "16 in all" in log
     assert log.count("saved the detoxified adapter") == 1  # only the main process writes outputs
     assert json.loads((d / "metrics/detox/train.json").read_text())["steps_done"] == 4
+
+
+def test_detox_trains_in_bfloat16(workdir, tmp_path):
+    """The dtype GPUs get from compute.dtype auto, exercised on CPU: value head, scoring and saving must cope."""
+    from safetensors.torch import load_file
+
+    d = shutil.copytree(workdir, tmp_path / "w")
+    set_params(d, {"compute.dtype": "bfloat16"})
+    proc = run_script(d, "detox.py", *ARGS)
+    assert "on cpu in bfloat16" in proc.stderr
+    train = json.loads((d / "metrics/detox/train.json").read_text())
+    assert train["steps_done"] == 4 and all(math.isfinite(train[k]) for k in ("env/reward_mean", "objective/kl"))
+    weights = load_file(d / "models/detoxified/adapter_model.safetensors")
+    assert weights and all(w.isfinite().all() for w in weights.values())

@@ -66,6 +66,21 @@ DETOX_ARGS = ["--data", "data/prepared", "--sft", "models/sft", "--out", "models
               "metrics/detox", "--checkpoints", "checkpoints/detox"]
 
 
+@pytest.mark.parametrize("stage, key, adapter, args", [
+    ("detox", "lora", None, DETOX_ARGS),
+    # sft reads the data before it loads the policy: a missing folder would be reported if the check came late
+    ("sft", "sft.lora", "sft", ["--data", "data/missing", "--out", "models/sft", "--metrics", "m.json", "--live", "l"]),
+])
+def test_lora_target_typo_is_refused_before_any_weights_load(scratch, monkeypatch, stage, key, adapter, args):
+    # reward.model does not exist: reaching it would mean the check came after heavy loading
+    set_params(scratch, {f"{key}.target_modules": ["q", "v_proj"], "reward.model": "/nonexistent",
+                         "policy.adapter": adapter})
+    with pytest.raises(PipelineError, match=rf"^{key}.target_modules \['v_proj'\] match no layer of the 't5' "
+                                            r"policy; its linear layers are \['k', 'lm_head', 'o', 'q', 'v'"):
+        run_main(monkeypatch, scratch, stage, *args)
+    assert not (scratch / "models").exists()
+
+
 def test_nan_reward_stops_detox_naming_the_step(scratch, monkeypatch, tiny):
     import torch
     from transformers import AutoModelForSequenceClassification

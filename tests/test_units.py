@@ -269,6 +269,20 @@ def test_batches_cover_each_epoch_without_repeats_and_split_across_processes():
     assert min(lengths) >= 100 and max(lengths) < 400 and len(lengths) > 10
 
 
+def test_each_process_draws_its_own_sampling_noise_and_rank_zero_is_unchanged():
+    import torch
+    from detox import seed_step
+
+    def draw(*args):
+        seed_step(*args)
+        return torch.rand(4), np.random.rand()
+
+    assert torch.equal(draw(7, 3)[0], draw(7, 3, 0)[0])  # one process: the same stream as before ranks existed
+    assert draw(7, 3, 0)[1] == draw(7, 3, 0)[1]  # and reproducible (resume relies on it)
+    assert not torch.equal(draw(7, 3, 0)[0], draw(7, 3, 1)[0])
+    assert draw(7, 3, 0)[1] != draw(7, 3, 1)[1]
+
+
 def test_non_finite_values_stop_with_the_step_named():
     from detoxkit.ppo_engine import check_finite
 

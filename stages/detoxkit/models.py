@@ -168,6 +168,7 @@ def load_policy(policy: PolicySettings, compute: ComputeSettings, adapter: Optio
         model = _load_adapter(model, adapter, policy.allow_pickle, merge=True)
         log.info("merged starting adapter %s into %s", adapter, policy.model)
     model.to(device).eval()
+    log.info("policy %s on %s in %s", policy.model, device, str(dtype).removeprefix("torch."))
     return model, tokenizer, device
 
 
@@ -221,6 +222,28 @@ def lora_config(lora: LoraSettings):
 
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                       target_modules=list(lora.target_modules), bias="none", task_type=TaskType.SEQ_2_SEQ_LM)
+
+
+def check_lora_targets(config, lora: LoraSettings, key: str = "lora"):
+    """Fail before any weights load when a target module names no layer of the policy.
+
+    PEFT matches a name against the end of each module path (`q` matches `encoder.block.0...SelfAttention.q`)
+    and only complains when nothing matches; a typo in one of several names would silently train fewer
+    layers. The check builds the model's skeleton on the meta device (no memory, no weights).
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForSeq2SeqLM
+
+    with init_empty_weights():
+        skeleton = AutoModelForSeq2SeqLM.from_config(config)
+    names = [name for name, _ in skeleton.named_modules()]
+    missing = [t for t in lora.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise PipelineError(
+            f"{key}.target_modules {missing} match no layer of the {config.model_type!r} policy; its linear layers "
+            f"are {linear}. T5 uses [q, v] (the lab), BART-style models [q_proj, v_proj]"
+        )
 
 
 def attach_lora(model, lora: LoraSettings):
