@@ -236,10 +236,10 @@ def check_lora_targets(config, lora: LoraSettings, key: str = "lora"):
 
     with init_empty_weights():
         skeleton = AutoModelForSeq2SeqLM.from_config(config)
-    names = [name for name, _ in skeleton.named_modules()]
-    missing = [t for t in lora.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    modules = dict(skeleton.named_modules())
+    missing = [t for t in lora.target_modules if not any(n == t or n.endswith("." + t) for n in modules)]
     if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)})
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in modules.items() if isinstance(m, torch.nn.Linear)})
         raise PipelineError(
             f"{key}.target_modules {missing} match no layer of the {config.model_type!r} policy; its linear layers "
             f"are {linear}. T5 uses [q, v] (the lab), BART-style models [q_proj, v_proj]"
