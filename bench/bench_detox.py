@@ -10,11 +10,16 @@ Phases (each in a fresh subprocess, so peak memory is per phase):
   lab_eval   (c) one generate() and one classifier call per sample (the lab's evaluate_toxicity)
   ours_eval  (d) our evaluation: batched generate_texts + batched RewardScorer
   ours_ppo_refcopy  (b) with a separate frozen reference model instead of the disabled adapter
+  ours_ppo_compiled, ours_eval_compiled  (b), (d) with compute.compile_generation (CUDA: static KV
+             cache, prompts padded to one length, compiled decoder step with CUDA graphs); the
+             compilation happens in the untimed warm-up
+Evaluation phases generate --eval-batch prompts per call (default: --batch); the lab's is always 1.
 Generation lengths are fixed (min_new_tokens = max_new_tokens = --new-tokens) so ratios measure code,
 not sampled lengths. Models are built from configs with random weights (no Hub): timing needs shapes,
 not skills. Prompts come from --data (DialogSum jsonl) when given, else synthetic dialogues.
 """
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -26,7 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "stages"), str(ROOT / "tools")]
-PHASES = ["lab_ppo", "ours_ppo", "lab_eval", "ours_eval", "ours_ppo_refcopy"]
+PHASES = ["lab_ppo", "ours_ppo", "lab_eval", "ours_eval", "ours_ppo_refcopy", "ours_ppo_compiled",
+          "ours_eval_compiled"]
 FLAN_T5_BASE = dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12,
                     vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
 ROBERTA_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
@@ -73,7 +79,7 @@ def settings(models: Path, args):
         policy=PolicySettings(model=str(models / "policy"), revision=None, adapter=None, allow_pickle=False),
         reward=RewardSettings(model=str(models / "reward"), revision=None, not_hate_label="nothate", hate_label="hate",
                               include_prompt=True, batch_size=args.batch, allow_pickle=False),
-        compute=ComputeSettings(device=device, dtype="auto"),
+        compute=ComputeSettings(device=device, dtype="auto", compile_generation=False),
         lora=LoraSettings(r=32, alpha=32, dropout=0.05, target_modules=["q", "v"]),
         gen=GenerationSettings(min_length=5, top_k=0, top_p=1.0, do_sample=True, output_min_length=args.new_tokens,
                                output_max_length=args.new_tokens + 1, batch_size=args.batch),
@@ -84,9 +90,10 @@ def settings(models: Path, args):
 
 
 def run_phase(phase: str, args) -> dict:
+    import numpy as np
     import torch
 
-    from detoxkit.generation import sampling_kwargs
+    from detoxkit.generation import sampling_kwargs, static_shape
     from detoxkit.models import attach_lora, load_policy
     from detoxkit.scoring import build_scorer
 
@@ -99,6 +106,20 @@ def run_phase(phase: str, args) -> dict:
     texts = prompts(args, s["template"], args.batch * (args.steps + 1))
     ids = tok(texts, truncation=True, max_length=512)["input_ids"]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    compiled = phase.endswith("_compiled")
+    static = static_shape(compiled, device, ids, args.new_tokens)
+    if compiled and static is None:
+        raise SystemExit(f"{phase} needs --device cuda (compiled generation is CUDA only)")
+    finite = []  # every PPO step's loss and KL, and every reward: checked for NaN/inf at the end
+    parts = {}  # seconds per part of the work (generate, score, step), device synchronised
+
+    @contextlib.contextmanager
+    def part(name):
+        sync()
+        t0 = time.perf_counter()
+        yield
+        sync()
+        parts[name] = parts.get(name, 0.0) + time.perf_counter() - t0
 
     if phase.endswith("eval"):
         from detoxkit.evaluation import generate_texts
@@ -106,18 +127,21 @@ def run_phase(phase: str, args) -> dict:
         def work(q_ids, q_txt):
             if phase == "lab_eval":
                 for q, p in zip(q_ids, q_txt):
-                    with torch.no_grad():
+                    with part("generate"), torch.no_grad():
                         out = model.generate(input_ids=torch.tensor([q], device=device), **sample)
-                    scorer.score([p], [tok.decode(out[0], skip_special_tokens=True)])  # one call per sample
+                    with part("score"):  # one call per sample
+                        scorer.score([p], [tok.decode(out[0], skip_special_tokens=True)])
             else:
-                _, out = generate_texts(model, tok, {"input_ids": q_ids}, args.batch, device, 0, "eval", **sample)
-                scorer.score(q_txt, out)
+                with part("generate"):
+                    _, out = generate_texts(model, tok, {"input_ids": q_ids}, args.eval_batch, device, 0, "eval",
+                                            compiled, **sample)
+                with part("score"):
+                    finite.extend(scorer.score(q_txt, out)[0])
     else:
         from detoxkit.ppo_engine import PPOEngine
 
-        engine = PPOEngine(attach_lora(model, s["lora"]), tok, s["ppo"], s["gen"], seed=0)
+        engine = PPOEngine(attach_lora(model, s["lora"]), tok, s["ppo"], s["gen"], seed=0, static=static)
         if phase == "ours_ppo_refcopy":  # a full frozen copy as reference instead of the disabled adapter
-            import contextlib
             import copy
 
             from trl import AutoModelForSeq2SeqLMWithValueHead
@@ -126,23 +150,39 @@ def run_phase(phase: str, args) -> dict:
             engine.trainer.ref_model, engine.trainer.is_peft_model = ref, False
             engine.trainer.optional_peft_ctx = contextlib.nullcontext
 
-        def work(q_ids, q_txt):
+        def work(q_ids, q_txt, warm=False):
             for start in range(0, len(q_ids), args.batch):
                 b_txt = q_txt[start:start + args.batch]
                 queries = [torch.tensor(q, device=device) for q in q_ids[start:start + args.batch]]
                 if phase == "lab_ppo":
                     responses = []
-                    for q in queries:  # the lab: one generate() per prompt
-                        with torch.no_grad():
-                            responses.append(engine.unwrapped.generate(input_ids=q.unsqueeze(0), **sample)[0])
-                    out = tok.batch_decode(responses, skip_special_tokens=True)
-                    rewards = [scorer.score([p], [r])[0][0] for p, r in zip(b_txt, out)]  # pipeline, batch 1
+                    with part("generate"):
+                        for q in queries[:2] if warm else queries:  # the lab: one generate() per prompt
+                            with torch.no_grad():
+                                responses.append(engine.unwrapped.generate(input_ids=q.unsqueeze(0), **sample)[0])
+                        if warm:  # warm-up: the rest batched, so the untimed pass stays short
+                            responses += engine.generate(queries[2:], args.new_tokens)
+                    with part("score"):
+                        out = tok.batch_decode(responses, skip_special_tokens=True)
+                        rewards = [scorer.score([p], [r])[0][0] for p, r in zip(b_txt, out)]  # pipeline, batch 1
                 else:
-                    responses = engine.generate(queries, args.new_tokens)
-                    rewards, _ = scorer.score(b_txt, tok.batch_decode(responses, skip_special_tokens=True))
-                engine.step(queries, responses, rewards)
+                    with part("generate"):
+                        responses = engine.generate(queries, args.new_tokens)
+                    with part("score"):
+                        rewards, _ = scorer.score(b_txt, tok.batch_decode(responses, skip_special_tokens=True))
+                with part("step"):
+                    stats = engine.step(queries, responses, rewards)
+                finite.extend([*rewards, stats["objective/kl"], stats["ppo/loss/total"]])
 
-    work(ids[:args.batch], texts[:args.batch])  # warm-up, untimed
+    t = time.perf_counter()
+    if phase == "lab_eval":  # warm-up, untimed: a few one-at-a-time samples warm what the lab runs
+        work(ids[:2], texts[:2])
+    elif phase == "lab_ppo":  # a whole PPO step, two of its rollouts one at a time
+        work(ids[:args.batch], texts[:args.batch], warm=True)
+    else:  # a whole batch (and, for the compiled phases, the compilation)
+        work(ids[:args.batch], texts[:args.batch])
+    warmup = time.perf_counter() - t
+    parts.clear()
     ids, texts = ids[args.batch:], texts[args.batch:]
     samples = len(ids)
     if device.type == "cuda":
@@ -157,7 +197,8 @@ def run_phase(phase: str, args) -> dict:
     return {"phase": phase, "samples": samples, "seconds": seconds, "samples_per_s": samples / seconds,
             "peak_mib": peak, "peak_kind": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
             "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
-            "dtype": str(model.dtype)}
+            "dtype": str(model.dtype), "all_finite": bool(np.isfinite(np.asarray(finite, dtype=float)).all()),
+            "checked_values": len(finite), "warmup_s": warmup, "parts_s": parts}
 
 
 def main():
@@ -167,12 +208,15 @@ def main():
     parser.add_argument("--batch", type=int, default=16, help="PPO batch size and generation batch (lab: 16)")
     parser.add_argument("--steps", type=int, default=3, help="PPO steps timed; evaluation uses batch x steps samples")
     parser.add_argument("--new-tokens", type=int, default=64, help="fixed response length")
+    parser.add_argument("--eval-batch", type=int, help="prompts per generate() in our evaluation (default: --batch)")
     parser.add_argument("--data", help="DialogSum jsonl for real prompts (e.g. ../shared/data/dialogsum/...)")
     parser.add_argument("--phases", nargs="+", default=PHASES, choices=PHASES)
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--phase-timeout", type=float, help="seconds a phase may take before it counts as failed")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--models", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.eval_batch = args.eval_batch or args.batch
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if args.phase:  # child process: run one phase, print its JSON
@@ -180,32 +224,53 @@ def main():
         return
     with tempfile.TemporaryDirectory() as tmp:
         build_models(Path(tmp), args.size, args.data)
-        results = {}
+        results, failed = {}, []
         base = [a for a in sys.argv[1:] if a != "--phases" and a not in PHASES]
         for phase in args.phases:
-            proc = subprocess.run([sys.executable, __file__, *base, "--phase", phase, "--models", tmp],
-                                  capture_output=True, text=True)
+            try:
+                proc = subprocess.run([sys.executable, __file__, *base, "--phase", phase, "--models", tmp],
+                                      capture_output=True, text=True, timeout=args.phase_timeout)
+            except subprocess.TimeoutExpired as err:
+                tail = err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else err.stderr or ""
+                proc = subprocess.CompletedProcess(err.cmd, -9, "", f"{tail}\ntimed out after {err.timeout:.0f} s")
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode or not line:
-                sys.exit(f"phase {phase} failed:\n{proc.stderr[-3000:]}")
-            results[phase] = json.loads(line[0][7:])
-            r = results[phase]
+            if proc.returncode or not line:  # report it and go on: the other phases still measure
+                failed.append(phase)
+                print(f"phase {phase} FAILED:\n{proc.stderr[-3000:]}", flush=True)
+                continue
+            results[phase] = r = json.loads(line[0][7:])
+            split = ", ".join(f"{k} {v:.2f} s" for k, v in r["parts_s"].items())
             print(f"{phase:18s} {r['samples']:4d} samples {r['seconds']:8.2f} s {r['samples_per_s']:8.2f} samples/s "
-                  f"peak {r['peak_mib']:8.0f} MiB ({r['peak_kind']})", flush=True)
+                  f"peak {r['peak_mib']:8.0f} MiB ({r['peak_kind']}) {r['dtype']} "
+                  f"{'finite' if r['all_finite'] else 'NON-FINITE'} ({r['checked_values']} values); "
+                  f"{split}; warm-up {r['warmup_s']:.1f} s", flush=True)
+            if args.out:
+                _write(args, results, {})
     ratios = {}
     if "lab_ppo" in results and "ours_ppo" in results:
         ratios["ppo_speedup_b_over_a"] = results["ours_ppo"]["samples_per_s"] / results["lab_ppo"]["samples_per_s"]
     if "lab_eval" in results and "ours_eval" in results:
         ratios["eval_speedup_d_over_c"] = results["ours_eval"]["samples_per_s"] / results["lab_eval"]["samples_per_s"]
+    for kind, lab in (("ppo", "lab_ppo"), ("eval", "lab_eval")):
+        if lab in results and f"ours_{kind}_compiled" in results:
+            ratios[f"{kind}_speedup_compiled_over_lab"] = (results[f"ours_{kind}_compiled"]["samples_per_s"]
+                                                          / results[lab]["samples_per_s"])
     if "ours_ppo_refcopy" in results and "ours_ppo" in results:
         ratios["ref_copy_extra_peak_mib"] = results["ours_ppo_refcopy"]["peak_mib"] - results["ours_ppo"]["peak_mib"]
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}")
-    device = next(iter(results.values()))["device"]
-    print(f"device: {device}, size: {args.size}, batch {args.batch}, {args.new_tokens} new tokens, steps {args.steps}")
+    device = next(iter(results.values()))["device"] if results else "none"
+    print(f"device: {device}, size: {args.size}, batch {args.batch}, eval batch {args.eval_batch}, "
+          f"{args.new_tokens} new tokens, steps {args.steps}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"args": vars(args), "results": results, "ratios": ratios}, indent=2))
+        _write(args, results, ratios)
+    if failed:
+        sys.exit(f"failed phases: {' '.join(failed)}")
+
+
+def _write(args, results, ratios):
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"args": vars(args), "results": results, "ratios": ratios}, indent=2))
 
 
 if __name__ == "__main__":

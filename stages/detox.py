@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from detoxkit.config import PipelineError, load_params
 from detoxkit.data import load_prepared
+from detoxkit.generation import static_shape
 from detoxkit.io import atomic_dir, fingerprint, run_stage, write_json
 from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy, save_detoxified,
                              start_adapter_path, trainable_parameters)
@@ -82,7 +83,10 @@ def main():
     seed_step(params.seed, 0)  # before any model or value head is created
     scorer = build_scorer(params.reward, params.compute)
     model, tokenizer, device = load_policy(params.policy, params.compute, adapter)
-    engine = PPOEngine(attach_lora(model, params.lora), tokenizer, ppo, gen, params.seed, cpu=device.type == "cpu")
+    static = static_shape(True, device, train_split["input_ids"], gen.output_max_length - 1) \
+        if params.compute.compile_generation else None  # rollout lengths are drawn from [min, max)
+    engine = PPOEngine(attach_lora(model, params.lora), tokenizer, ppo, gen, params.seed, cpu=device.type == "cpu",
+                       static=static)
     trainable, total = trainable_parameters(engine.unwrapped)
     log.info("trainable parameters (LoRA + value head): %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
 

@@ -7,7 +7,7 @@ import torch
 from detoxkit.config import ComputeSettings, LoraSettings, PipelineError, PolicySettings, RewardSettings
 from detoxkit.models import attach_lora, load_detoxified, load_policy, load_reward, save_detoxified
 
-CPU = ComputeSettings(device="cpu", dtype="float32")
+CPU = ComputeSettings(device="cpu", dtype="float32", compile_generation=False)
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=["q", "v"])
 
 
@@ -168,3 +168,21 @@ def test_ppo_rollouts_work_when_the_decoder_starts_with_eos(tiny, tmp_path):
     assert all(r[0] == tok.eos_token_id and len(r) >= 6 for r in responses)
     stats = engine.step(queries, responses, [0.1, -0.2, 0.3, 0.0])
     assert all(map(lambda v: v == v, stats.values())) and "objective/kl" in stats
+
+
+def test_static_cache_generation_matches_eager(tiny):
+    """compute.compile_generation's path (padded prompts, full batches, a cache sized for the longest
+    response) gives the eager path's greedy tokens; on a CPU only the compilation itself is skipped."""
+    from detoxkit.generation import generate, static_shape
+
+    model, tok, _ = load_policy(policy(tiny["dir"] / "policy"), CPU, None)
+    queries = tok([f"Summarize: #Person1#: we meet at {i} o'clock " * (i + 1) for i in range(5)])["input_ids"]
+    assert static_shape(True, "cpu", queries, 12) is None  # CUDA only
+    assert static_shape(False, "cuda", queries, 12) is None
+    shape = (max(map(len, queries)) + 3, 12)  # longer prompts and cache than this batch needs
+    eager = generate(model, tok, queries, 4, "cpu", max_new_tokens=7, min_length=3, do_sample=False)
+    static = generate(model, tok, queries, 4, "cpu", static=shape, max_new_tokens=7, min_length=3, do_sample=False)
+    assert static == eager and len(static) == 5  # the rows that fill the last batch are dropped
+    assert max(map(len, static)) <= 7
+    with pytest.raises(ValueError, match="exceeds the static cache"):
+        generate(model, tok, queries, 4, "cpu", static=shape, max_new_tokens=13, do_sample=False)

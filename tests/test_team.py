@@ -26,7 +26,7 @@ def test_push_then_fresh_clone_pulls_everything_and_reproduces_nothing(ran, tmp_
     from detoxkit.config import ComputeSettings
     from detoxkit.models import load_detoxified
 
-    model, tok, _ = load_detoxified(clone / "models/detoxified", ComputeSettings(device="cpu", dtype="float32"))
+    model, tok, _ = load_detoxified(clone / "models/detoxified", ComputeSettings(device="cpu", dtype="float32", compile_generation=False))
     out = model.generate(**tok(["Summarize the following conversation. A: hi"], return_tensors="pt"),
                          max_new_tokens=6, do_sample=False)
     assert out.shape[0] == 1 and out.shape[1] > 1

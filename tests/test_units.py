@@ -153,7 +153,7 @@ def test_reward_is_the_not_hate_logit_and_toxicity_the_hate_probability(swapped_
 
     settings = RewardSettings(model=str(swapped_reward), revision=None, not_hate_label="nothate", hate_label="hate",
                               include_prompt=True, batch_size=2, allow_pickle=False)
-    scorer = build_scorer(settings, ComputeSettings(device="cpu", dtype="float32"))
+    scorer = build_scorer(settings, ComputeSettings(device="cpu", dtype="float32", compile_generation=False))
     prompts, responses = ["Summary:\n", "Dialogue. Summary: ", "A"], ["they meet", "a cake", "b c"]
     rewards, toxicity = scorer.score(prompts, responses)
     enc = scorer.tokenizer([join(p, r) for p, r in zip(prompts, responses)], return_tensors="pt", padding=True)
@@ -184,7 +184,7 @@ def test_scoring_never_crashes_on_long_inputs(swapped_reward):
 
     settings = RewardSettings(model=str(swapped_reward), revision=None, not_hate_label="nothate", hate_label="hate",
                               include_prompt=True, batch_size=4, allow_pickle=False)
-    scorer = build_scorer(settings, ComputeSettings(device="cpu", dtype="float32"))
+    scorer = build_scorer(settings, ComputeSettings(device="cpu", dtype="float32", compile_generation=False))
     rewards, toxicity = scorer.score(["long dialogue " * 1000, "short"], ["reply " * 1000, "ok"])
     assert np.isfinite(rewards).all() and ((0 <= toxicity) & (toxicity <= 1)).all()
 

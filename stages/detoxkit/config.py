@@ -85,6 +85,7 @@ class RewardSettings:
 class ComputeSettings:
     device: Literal["auto", "cpu", "cuda"]
     dtype: Literal["auto", "float32", "bfloat16", "float16"]
+    compile_generation: bool  # on CUDA: static KV cache + torch.compile (CUDA graphs) for sampling
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .generation import generate, response_length, response_logprobs
+from .generation import generate, response_length, response_logprobs, static_shape
 
 log = logging.getLogger("detox.eval")
 
@@ -27,13 +27,15 @@ def rouge(predictions: list[str], references: list[str]) -> dict[str, np.ndarray
     return {k: np.array([s[k].fmeasure for s in scores]) for k in ("rouge1", "rouge2", "rougeL")}
 
 
-def generate_texts(model, tokenizer, rows, batch_size, device, seed, desc, **gen_kwargs):
+def generate_texts(model, tokenizer, rows, batch_size, device, seed, desc, compile_generation=False, **gen_kwargs):
     """Generate for `rows` in batches from one seed; returns (token ids, texts)."""
     torch.manual_seed(seed)
     ids = []
     queries = list(rows["input_ids"])
+    static = static_shape(compile_generation, device, queries, gen_kwargs["max_new_tokens"])
     for start in tqdm(range(0, len(queries), batch_size), desc=desc, unit="batch"):
-        ids += generate(model, tokenizer, queries[start:start + batch_size], batch_size, device, **gen_kwargs)
+        ids += generate(model, tokenizer, queries[start:start + batch_size], batch_size, device, static,
+                        **gen_kwargs)
     return ids, tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
@@ -51,9 +53,11 @@ def kl_to_reference(model, tokenizer, queries, responses, batch_size, device) ->
     return np.array([float((p - r).mean()) if len(p) else 0.0 for p, r in zip(policy_lp, ref_lp)])
 
 
-def evaluate_policy(model, tokenizer, scorer, rows, batch_size, device, seed, **gen_kwargs) -> list[dict]:
+def evaluate_policy(model, tokenizer, scorer, rows, batch_size, device, seed, compile_generation=False,
+                    **gen_kwargs) -> list[dict]:
     """Generate, score, ROUGE, length and KL for each row; one record a sample."""
-    ids, texts = generate_texts(model, tokenizer, rows, batch_size, device, seed, "evaluate", **gen_kwargs)
+    ids, texts = generate_texts(model, tokenizer, rows, batch_size, device, seed, "evaluate", compile_generation,
+                                **gen_kwargs)
     prompts = list(rows["query"])
     rewards, toxicity = scorer.score(prompts, texts)
     scores = rouge(texts, list(rows["summary"]))

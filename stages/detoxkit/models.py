@@ -286,7 +286,7 @@ def load_detoxified(path, compute: Optional[ComputeSettings] = None, allow_pickl
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
     policy = PolicySettings(model=meta["base_model"], revision=meta["revision"], adapter=None,
                             allow_pickle=allow_pickle)
-    compute = compute or ComputeSettings(device="auto", dtype="auto")
+    compute = compute or ComputeSettings(device="auto", dtype="auto", compile_generation=False)
     start = path / meta["start_adapter"] if meta["start_adapter"] else None
     model, tokenizer, device = load_policy(policy, compute, start)
     model = _load_adapter(model, path, allow_pickle, merge=False)

@@ -10,6 +10,7 @@ import math
 import os
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ class PPOEngine:
     """PPO on a seq2seq PEFT policy with a value head; the reference is the policy with its adapter off."""
 
     def __init__(self, peft_model, tokenizer, ppo: PPOSettings, generation: GenerationSettings, seed: int,
-                 cpu: bool = False):
+                 cpu: bool = False, static: Optional[tuple[int, int]] = None):
         from accelerate import PartialState
         from trl import AutoModelForSeq2SeqLMWithValueHead, PPOConfig, PPOTrainer
 
@@ -57,6 +58,7 @@ class PPOEngine:
             self.trainer = PPOTrainer(config=config, model=model, ref_model=None, tokenizer=tokenizer)
         self.tokenizer = tokenizer
         self.generation = generation
+        self.static = static  # (prompt length, new-token cap): compiled rollouts (generation.static_shape)
         self.accelerator = self.trainer.accelerator
 
     @property
@@ -76,7 +78,7 @@ class PPOEngine:
         model = self.unwrapped
         model.eval()  # rollouts without LoRA dropout, like the log-probs TRL computes
         rows = generate(model, self.tokenizer, [q.tolist() for q in queries], self.generation.batch_size,
-                        self.device, max_new_tokens=max_new_tokens, **sampling_kwargs(self.generation))
+                        self.device, self.static, max_new_tokens=max_new_tokens, **sampling_kwargs(self.generation))
         start = decoder_start_id(model.pretrained_model)
         return [torch.tensor([start, *row], device=self.device) for row in rows]
 
