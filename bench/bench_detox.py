@@ -107,7 +107,7 @@ def run_phase(phase: str, args) -> dict:
     ids = tok(texts, truncation=True, max_length=512)["input_ids"]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     compiled = phase.endswith("_compiled")
-    static = static_shape(compiled, device, ids, args.new_tokens)
+    static = static_shape(compiled, model, ids, args.new_tokens)
     if compiled and static is None:
         raise SystemExit(f"{phase} needs --device cuda (compiled generation is CUDA only)")
     finite = []  # every PPO step's loss and KL, and every reward: checked for NaN/inf at the end
@@ -121,7 +121,7 @@ def run_phase(phase: str, args) -> dict:
         sync()
         parts[name] = parts.get(name, 0.0) + time.perf_counter() - t0
 
-    if phase.endswith("eval"):
+    if "_eval" in phase:
         from detoxkit.evaluation import generate_texts
 
         def work(q_ids, q_txt):
@@ -130,7 +130,7 @@ def run_phase(phase: str, args) -> dict:
                     with part("generate"), torch.no_grad():
                         out = model.generate(input_ids=torch.tensor([q], device=device), **sample)
                     with part("score"):  # one call per sample
-                        scorer.score([p], [tok.decode(out[0], skip_special_tokens=True)])
+                        finite.extend(scorer.score([p], [tok.decode(out[0], skip_special_tokens=True)])[0])
             else:
                 with part("generate"):
                     _, out = generate_texts(model, tok, {"input_ids": q_ids}, args.eval_batch, device, 0, "eval",
@@ -210,13 +210,15 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=64, help="fixed response length")
     parser.add_argument("--eval-batch", type=int, help="prompts per generate() in our evaluation (default: --batch)")
     parser.add_argument("--data", help="DialogSum jsonl for real prompts (e.g. ../shared/data/dialogsum/...)")
-    parser.add_argument("--phases", nargs="+", default=PHASES, choices=PHASES)
+    parser.add_argument("--phases", nargs="+", choices=PHASES,
+                        help="default: all (the compiled ones only with --device cuda)")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--phase-timeout", type=float, help="seconds a phase may take before it counts as failed")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--models", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.eval_batch = args.eval_batch or args.batch
+    args.phases = args.phases or [p for p in PHASES if args.device == "cuda" or not p.endswith("_compiled")]
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if args.phase:  # child process: run one phase, print its JSON

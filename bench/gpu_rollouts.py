@@ -46,7 +46,7 @@ def main():
                           checkpoint_every=0)
         texts = [f"Summarize: #Person1#: shall we meet at {i} o'clock? " * (1 + i % 5) for i in range(8)]
         queries = [torch.tensor(q) for q in tok(texts)["input_ids"]]
-        static = static_shape(True, device, [q.tolist() for q in queries], cap)
+        static = static_shape(True, model, [q.tolist() for q in queries], cap)
         static = static or (max(len(q) for q in queries), cap)  # CPU dry run: the static cache, uncompiled
         print(f"device {device}, dtype {model.dtype}, static shape {static}", flush=True)
         engine = PPOEngine(attach_lora(model, LoraSettings(r=4, alpha=8, dropout=0.05, target_modules=["q", "v"])),

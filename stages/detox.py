@@ -83,7 +83,7 @@ def main():
     seed_step(params.seed, 0)  # before any model or value head is created
     scorer = build_scorer(params.reward, params.compute)
     model, tokenizer, device = load_policy(params.policy, params.compute, adapter)
-    static = static_shape(True, device, train_split["input_ids"], gen.output_max_length - 1) \
+    static = static_shape(True, model, train_split["input_ids"], gen.output_max_length - 1) \
         if params.compute.compile_generation else None  # rollout lengths are drawn from [min, max)
     engine = PPOEngine(attach_lora(model, params.lora), tokenizer, ppo, gen, params.seed, cpu=device.type == "cpu",
                        static=static)

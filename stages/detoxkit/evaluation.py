@@ -32,7 +32,7 @@ def generate_texts(model, tokenizer, rows, batch_size, device, seed, desc, compi
     torch.manual_seed(seed)
     ids = []
     queries = list(rows["input_ids"])
-    static = static_shape(compile_generation, device, queries, gen_kwargs["max_new_tokens"])
+    static = static_shape(compile_generation, model, queries, gen_kwargs["max_new_tokens"])
     for start in tqdm(range(0, len(queries), batch_size), desc=desc, unit="batch"):
         ids += generate(model, tokenizer, queries[start:start + batch_size], batch_size, device, static,
                         **gen_kwargs)

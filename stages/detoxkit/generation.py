@@ -19,14 +19,15 @@ def pad_queries(tokenizer, queries: list[list[int]], device, length: Optional[in
     return tokenizer.pad({"input_ids": queries}, return_tensors="pt", **padding).to(device)
 
 
-def static_shape(compile_generation: bool, device, queries: list[list[int]], max_new_tokens: int):
+def static_shape(compile_generation: bool, model, queries: list[list[int]], max_new_tokens: int):
     """(prompt length, new-token cap) for compiled generation with a static KV cache, or None (eager).
 
     A compiled decoder step with CUDA graphs pays off only if its shapes never change: prompts are
     padded to the longest prompt of the run and the cache is sized for the longest response, so one
-    compilation serves every batch. CUDA only; on a CPU compiling costs more than it saves.
+    compilation serves every batch. CUDA and encoder-decoder policies only; on a CPU compiling costs
+    more than it saves.
     """
-    if not compile_generation or torch.device(device).type != "cuda":
+    if not compile_generation or model.device.type != "cuda" or not model.config.is_encoder_decoder:
         return None
     shape = max(len(q) for q in queries), max_new_tokens
     log.info("compiled generation: prompts padded to %d tokens, static KV cache for %d new tokens", *shape)
