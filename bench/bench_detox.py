@@ -72,7 +72,7 @@ def settings(models: Path, args):
     from detoxkit.config import (ComputeSettings, GenerationSettings, LoraSettings, PolicySettings, PPOSettings,
                                  RewardSettings, load_params)
 
-    p = load_params(["prompt"], ROOT / "params.yaml")
+    p = load_params(ROOT / "params.yaml")
     device = "cuda" if args.device == "cuda" else "cpu"
     return dict(
         template=p.prompt.template,

@@ -21,13 +21,13 @@ import torch
 from dvclive import Live
 from tqdm.auto import tqdm
 
-from detoxkit.config import PipelineError, load_params
+from detoxkit.config import PipelineError, check_split_sizes, load_params
 from detoxkit.data import load_prepared
 from detoxkit.generation import static_shape
-from detoxkit.io import atomic_dir, fingerprint, run_stage, write_json
+from detoxkit.io import atomic_dir, clear_stale, fingerprint, run_stage, write_json
 from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy, save_detoxified,
                              start_adapter_path, trainable_parameters)
-from detoxkit.ppo_engine import LOGGED, PPOEngine, check_finite
+from detoxkit.ppo_engine import LOGGED, PPOEngine, check_finite, read_checkpoint, restore_checkpoint
 from detoxkit.scoring import build_scorer
 
 log = logging.getLogger("detox.detox")
@@ -68,16 +68,18 @@ def main():
     parser.add_argument("--checkpoints", required=True, help="resumable state, outside DVC outputs")
     args = parser.parse_args()
 
-    params = load_params(["policy", "reward", "compute", "lora", "generation", "ppo"])
+    params = load_params()
     ppo, gen = params.ppo, params.generation
-    train_split = load_prepared(args.data)["train"]
-    if len(train_split) < ppo.batch_size:
-        raise PipelineError(f"the train split has {len(train_split)} prompts, fewer than ppo.batch_size "
-                            f"({ppo.batch_size}); lower ppo.batch_size or add data")
+    data = load_prepared(args.data)
+    check_split_sizes(params, len(data["train"]), len(data["test"]), args.data)
+    train_split = data["train"]
     adapter = start_adapter_path(params.policy, args.sft)
     ckpt_dir = Path(args.checkpoints)
     run_id = fingerprint({k: params.raw[k] for k in ("seed", "policy", "reward", "lora", "generation", "ppo")},
                          [args.data, adapter])
+    for out in (args.live, args.out):  # temporaries a killed run left behind
+        clear_stale(Path(out))
+    checkpoint = read_checkpoint(ckpt_dir, run_id)  # before any model loads: a bad one costs nothing
 
     check_lora_targets(check_policy_config(params.policy), params.lora)  # before any weights load
     seed_step(params.seed, 0)  # before any model or value head is created
@@ -90,12 +92,7 @@ def main():
     trainable, total = trainable_parameters(engine.unwrapped)
     log.info("trainable parameters (LoRA + value head): %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
 
-    resumed = engine.load_checkpoint(ckpt_dir, run_id)
-    if resumed is None:
-        log.info("checkpoint in %s is from other inputs; starting from step 0", ckpt_dir)
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        resumed = (0, [])
-    start, history = resumed
+    start, history = restore_checkpoint(engine, checkpoint, ckpt_dir)
     if start:
         log.info("resuming from checkpoint at step %d of %d", start, ppo.max_steps)
     is_main = engine.accelerator.is_main_process
@@ -133,7 +130,6 @@ def train(engine, scorer, tokenizer, train_split, params, start, history, live, 
         log.info("process %d of %d: %d rollouts per step here, %d in all", rank, world, ppo.batch_size,
                  ppo.batch_size * world)
     good_state, early_stop = engine.trainable_state(), None
-    note = f"The last good checkpoint is kept in {ckpt_dir}." if ppo.checkpoint_every else ""
     for step in tqdm(range(start, ppo.max_steps), initial=start, total=ppo.max_steps, desc="PPO", unit="step",
                      disable=not is_main):
         seed_step(params.seed, step, rank)
@@ -142,13 +138,13 @@ def train(engine, scorer, tokenizer, train_split, params, start, history, live, 
         responses = engine.generate(queries, rollout_length(gen, params.seed, step))
         texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
         rewards, toxicity = scorer.score(list(batch["query"]), texts)
-        check_finite({"reward": float(np.sum(rewards))}, step, note)
+        check_finite({"reward": float(np.sum(rewards))}, step, ckpt_dir, ppo.checkpoint_every)
 
         before_update = engine.trainable_state()
         stats = engine.step(queries, responses, rewards)
         row = {"step": step, "env/reward_mean": float(rewards.mean()), "env/toxicity_mean": float(toxicity.mean()),
                **{k: stats[k] for k in LOGGED if k in stats}}
-        check_finite({k: row[k] for k in ("objective/kl", "ppo/loss/total")}, step, note)
+        check_finite({k: row[k] for k in ("objective/kl", "ppo/loss/total")}, step, ckpt_dir, ppo.checkpoint_every)
         if row["objective/kl"] > ppo.max_kl:
             early_stop = {"step": step, "kl": row["objective/kl"]}
             engine.load_trainable_state(good_state)

@@ -11,7 +11,7 @@ Same test prompts, same seed, same sampling settings for both, so the report can
 import argparse
 import logging
 
-from detoxkit.config import load_params
+from detoxkit.config import check_split_sizes, load_params
 from detoxkit.data import load_prepared, take
 from detoxkit.evaluation import SAMPLE_COLUMNS, evaluate_policy, summarize
 from detoxkit.generation import sampling_kwargs
@@ -31,9 +31,11 @@ def main():
     parser.add_argument("--samples", required=True)
     args = parser.parse_args()
 
-    params = load_params(["policy", "reward", "compute", "generation", "evaluation"])
+    params = load_params()
     ev = params.evaluation
-    rows = take(load_prepared(args.data)["test"], ev.num_samples, "evaluation.num_samples")
+    data = load_prepared(args.data)
+    check_split_sizes(params, len(data["train"]), len(data["test"]), args.data)
+    rows = take(data["test"], ev.num_samples, "evaluation.num_samples")
     adapter = start_adapter_path(params.policy, args.sft)
     scorer = build_scorer(params.reward, params.compute)  # checks the labels before the policy loads
     if args.policy == "start":

@@ -5,7 +5,7 @@
 import argparse
 import logging
 
-from detoxkit.config import load_params
+from detoxkit.config import check_split_sizes, load_params
 from detoxkit.data import load_source, prepare
 from detoxkit.io import atomic_dir, run_stage
 from detoxkit.models import check_policy_config, load_tokenizer
@@ -18,11 +18,13 @@ def main():
     parser.add_argument("--out", required=True, help="folder for the tokenized train/test DatasetDict")
     args = parser.parse_args()
 
-    params = load_params(["data", "prompt", "policy"])
+    params = load_params()
     check_policy_config(params.policy)  # a wrong policy.model fails here, not after tokenizing
     tokenizer = load_tokenizer("policy.model", params.policy.model, params.policy.revision)
     raw = load_source(params.data)
     split = prepare(raw, params.data, params.prompt.template, tokenizer, params.seed)
+    # The sizes later stages need (ppo.batch_size, evaluation.num_samples...): fail now, not hours later.
+    check_split_sizes(params, len(split["train"]), len(split["test"]), f"data.source {params.data.source}")
     with atomic_dir(args.out) as tmp:
         split.save_to_disk(str(tmp))
     log.info("wrote %s: %d train, %d test prompts", args.out, len(split["train"]), len(split["test"]))

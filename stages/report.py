@@ -53,7 +53,7 @@ def main():
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
-    params = load_params(["report", "guard"])
+    params = load_params()
     rp = params.report
     before, after = read_csv(args.baseline), read_csv(args.detoxified)
     pairs = paired_samples(before, after)
@@ -72,10 +72,9 @@ def main():
     summary["kl_mean"] = m_after["kl_mean"]
     summary["guards"] = guards(m_before, m_after, params.guard)
     summary["detox"] = {k: train[k] for k in ("steps_done", "early_stopped", "early_stop_step")}
-    verdicts = [interval_verdict("Toxicity", (summary["toxicity"]["diff_ci_low"], summary["toxicity"]["diff_ci_high"]),
-                                 lower_is_better=True),
-                interval_verdict("Reward", (summary["reward"]["diff_ci_low"], summary["reward"]["diff_ci_high"]),
-                                 lower_is_better=False)]
+    verdicts = [interval_verdict(label, (summary[key]["diff_ci_low"], summary[key]["diff_ci_high"]), lower,
+                                 len(before), rp.min_pairs)
+                for key, label, lower in (("toxicity", "Toxicity", True), ("reward", "Reward", False))]
     qual = qualitative(before, after)
     history = render.read_live_history(args.live)
     write_reports(Path(args.out), summary, verdicts, qual, history, pairs, params, rp.qualitative_rows)

@@ -40,6 +40,7 @@ def train(params, data_dir, out_dir, live_dir):
     from dvclive import Live
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
+    from detoxkit.config import check_split_sizes
     from detoxkit.data import load_prepared, take
     from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy,
                                  trainable_parameters)
@@ -47,6 +48,7 @@ def train(params, data_dir, out_dir, live_dir):
     sft = params.sft
     check_lora_targets(check_policy_config(params.policy), sft.lora, "sft.lora")  # before any weights load
     data = load_prepared(data_dir)
+    check_split_sizes(params, len(data["train"]), len(data["test"]), str(data_dir))
     rows = take(data["test"], sft.eval_samples, "sft.eval_samples")
     torch.manual_seed(params.seed)
     plain = dataclasses.replace(params.policy, adapter=None)  # SFT starts from the plain model
@@ -69,6 +71,10 @@ def train(params, data_dir, out_dir, live_dir):
         live = Live(str(live_tmp), dvcyaml=False, save_dvc_exp=False)
 
         class LossToLive(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step >= state.max_steps:  # always log the last step's loss, whatever
+                    control.should_log = True             # logging_steps is (a short run has no other)
+
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if logs and "loss" in logs:
                     live.step = state.global_step
@@ -96,7 +102,7 @@ def main():
     parser.add_argument("--live", required=True)
     args = parser.parse_args()
 
-    params = load_params(["policy", "compute", "sft"])
+    params = load_params()
     if params.policy.adapter != "sft":
         with atomic_dir(args.out) as tmp:
             write_text(tmp / "SKIPPED.md", SKIPPED_NOTE)

@@ -185,3 +185,53 @@ def test_static_cache_generation_matches_eager(tiny):
     assert max(map(len, static)) <= 7
     with pytest.raises(ValueError, match="exceeds the static cache"):
         generate(model, tok, queries, 4, "cpu", static=shape, max_new_tokens=13, do_sample=False)
+
+
+def test_damaged_policy_outputs_are_named_with_the_fix(lab2_adapter, tmp_path):
+    """A truncated adapter or an invalid policy.json names the file and says `dvc checkout`, before any load."""
+    from detoxkit.models import start_adapter_path
+
+    folder = tmp_path / "sft"
+    shutil.copytree(lab2_adapter, folder)
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(PipelineError, match=rf"{weights} is damaged .* `dvc checkout {folder}`"):
+        start_adapter_path(policy("/nonexistent/base", adapter="sft"), folder)
+
+    detoxified = tmp_path / "detoxified"
+    detoxified.mkdir()
+    (detoxified / "policy.json").write_text('{"base_model": ')
+    with pytest.raises(PipelineError, match=rf"{detoxified / 'policy.json'} is damaged .* `dvc checkout"):
+        load_detoxified(detoxified, CPU)
+
+
+def test_reward_whose_weights_do_not_fit_its_config_is_named(tiny, tmp_path):
+    import json
+
+    bad = tmp_path / "reward"
+    shutil.copytree(tiny["dir"] / "reward", bad)
+    config = json.loads((bad / "config.json").read_text())
+    config["intermediate_size"] *= 2  # the saved feed-forward weights no longer fit
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PipelineError, match=rf"reward.model {bad}: its weights do not match its config.json "
+                                            r"\(.*size mismatch"):
+        load_reward(reward(bad), CPU)
+
+
+def test_policy_tokenizer_without_pad_token_pads_with_eos(tiny, tmp_path, caplog):
+    import logging
+
+    from transformers import AutoTokenizer
+
+    from detoxkit.models import load_tokenizer
+
+    folder = tmp_path / "policy"
+    shutil.copytree(tiny["dir"] / "policy", folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.pad_token = None
+    tok.save_pretrained(folder)
+    assert AutoTokenizer.from_pretrained(folder).pad_token is None
+    with caplog.at_level(logging.INFO, logger="detox.models"):
+        loaded = load_tokenizer("policy.model", str(folder), None)
+    assert loaded.pad_token == loaded.eos_token and loaded.pad_token is not None
+    assert "the tokenizer has no pad token; padding with" in caplog.text

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import ENV, STAGES, copy_repo, dvc, make_repo, ran_stages, set_params, sh
+from conftest import ENV, STAGES, changed_stages, copy_repo, dvc, make_repo, ran_stages, set_params, sh
 
 EVAL_KEYS = ["toxicity_mean", "toxicity_std", "reward_mean", "num_samples", "rouge1", "rouge2", "rougeL",
              "length_mean", "kl_mean"]
@@ -17,12 +17,6 @@ EVAL_KEYS = ["toxicity_mean", "toxicity_std", "reward_mean", "num_samples", "rou
 
 def finite(x):
     return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def changed_stages(repo):
-    """Stage names `dvc status` reports as changed themselves (stages downstream are decided by repro)."""
-    out = json.loads(dvc("status", "--json", cwd=repo).stdout or "{}")
-    return sorted(name.split(":")[-1] for name in out)
 
 
 def test_every_output_exists_with_finite_numbers(ran):
@@ -63,7 +57,7 @@ def test_every_output_exists_with_finite_numbers(ran):
 
 
 def test_outputs_are_git_ignored_and_status_is_clean(ran):
-    assert "up to date" in dvc("status", cwd=ran).stdout
+    assert changed_stages(ran) == []
     assert sh("git", "status", "--porcelain", cwd=ran).stdout == ""
     tracked = sh("git", "ls-files", cwd=ran).stdout.split()
     assert not [p for p in tracked if p.startswith(("data/", "models/", "metrics/", "reports/"))]
@@ -76,7 +70,7 @@ def test_learning_rate_change_reruns_only_detox_and_after(ran, tmp_path):
     out = dvc("repro", cwd=repo).stdout
     assert ran_stages(out) == ["detox", "evaluate", "report"]
     assert "Stage 'prepare' didn't change" in out and "Stage 'baseline' didn't change" in out
-    assert "up to date" in dvc("status", cwd=repo).stdout
+    assert changed_stages(repo) == []
 
 
 def test_sft_param_change_reruns_sft_and_after_but_ppo_change_does_not_touch_sft(ran, tmp_path):
@@ -85,7 +79,7 @@ def test_sft_param_change_reruns_sft_and_after_but_ppo_change_does_not_touch_sft
     assert changed_stages(repo) == ["detox"]
     set_params(repo, {"ppo.epochs": 1, "sft.learning_rate": 0.002})
     assert changed_stages(repo) == ["sft"]
-    out = dvc("repro", cwd=repo).stdout
+    out = dvc("repro", "--dry", cwd=repo).stdout  # what would run; running it is tested above
     assert ran_stages(out) == ["baseline", "detox", "evaluate", "report", "sft"]
     assert "Stage 'prepare' didn't change" in out
 
@@ -177,3 +171,31 @@ def test_dvc_plots_render_training_curves_and_distributions(ran, tmp_path):
         assert plots[name][0]["type"] == "vega", name
     dvc("plots", "show", "-o", tmp_path / "plots", cwd=ran)
     assert "vega" in (tmp_path / "plots/index.html").read_text()
+
+
+def test_new_weights_in_a_local_reward_folder_rerun_exactly_the_stages_that_use_it(ran, tmp_path, tiny):
+    import shutil
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    repo = copy_repo(ran, tmp_path / "repo")
+    reward = tmp_path / "reward"
+    shutil.copytree(tiny["dir"] / "reward", reward)
+    set_params(repo, {"reward.model": str(reward)})
+    dvc("repro", "lineage", cwd=repo)
+    dvc("commit", "-f", cwd=repo)  # the same weights at a new path: accept the outputs as they are
+    assert changed_stages(repo) == []
+    before = json.loads((repo / "metrics/models/reward.json").read_text())
+
+    model = AutoModelForSequenceClassification.from_pretrained(reward)
+    with torch.no_grad():
+        model.classifier.out_proj.bias.add_(0.5)
+    model.save_pretrained(reward)  # same folder, same params.yaml: only the weights changed
+    dvc("repro", "lineage", cwd=repo)  # what `dvc repro` runs first
+    after = json.loads((repo / "metrics/models/reward.json").read_text())
+    assert after["resolved"] != before["resolved"] and after["resolved"].startswith("sha256:")
+    assert changed_stages(repo) == ["baseline", "detox", "evaluate"]
+    assert ran_stages(dvc("repro", "--dry", cwd=repo).stdout) == ["baseline", "detox", "evaluate", "report"]
+    diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo).stdout)["metrics/models/reward.json"]
+    assert diff["resolved"]["new"] == after["resolved"]  # the lineage shows in `dvc metrics diff`

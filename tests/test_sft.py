@@ -39,3 +39,12 @@ def test_skipped_sft_is_a_constant_placeholder_that_loads_nothing(workdir, tmp_p
     run_script(d, "sft.py", *ARGS)
     assert (d / "models/sft/SKIPPED.md").read_text() == first  # downstream hashes do not change
     assert json.loads((d / "metrics/sft.json").read_text()) == {"enabled": False}
+
+
+def test_the_final_loss_is_logged_even_when_logging_steps_exceeds_the_run(workdir, tmp_path):
+    d = shutil.copytree(workdir, tmp_path / "w")
+    set_params(d, {"policy.adapter": "sft", "sft.max_steps": 2, "sft.logging_steps": 50, "sft.eval_samples": 2})
+    run_script(d, "sft.py", *ARGS)
+    rows = (d / "metrics/sft_train/plots/metrics/train/loss.tsv").read_text().splitlines()
+    assert rows[0] == "step\tloss" and [r.split("\t")[0] for r in rows[1:]] == ["2"]
+    assert float(rows[1].split("\t")[1]) > 0

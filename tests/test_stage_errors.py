@@ -47,7 +47,8 @@ def test_broken_data_file_is_reported_and_prepared_data_kept(scratch):
 
 def test_too_few_test_prompts_fails_before_any_model_loads(scratch, monkeypatch):
     set_params(scratch, {"evaluation.num_samples": 10_000, "reward.model": "/nonexistent"})
-    with pytest.raises(PipelineError, match="asks for 10000 samples but the test split has only 13"):
+    with pytest.raises(PipelineError, match="evaluation.num_samples asks for 10000 samples but the test split of "
+                                            "data/prepared has only 13"):
         run_main(monkeypatch, scratch, "evaluate", "--policy", "start", "--sft", "models/sft", "--data",
                  "data/prepared", "--metrics", "m.json", "--samples", "s.csv")
 
@@ -92,7 +93,8 @@ def test_nan_reward_stops_detox_naming_the_step(scratch, monkeypatch, tiny):
         model.classifier.out_proj.bias.fill_(float("nan"))
     model.save_pretrained(nan_reward)
     set_params(scratch, {"reward.model": str(nan_reward)})
-    with pytest.raises(PipelineError, match=r"PPO step 0: reward is not finite"):
+    with pytest.raises(PipelineError, match=r"PPO step 0: reward is not finite \(nan/inf\); training stopped. "
+                                            r"No checkpoint had been written yet"):
         run_main(monkeypatch, scratch, "detox", *DETOX_ARGS)
     assert not (scratch / "models/detoxified").exists()
 
@@ -124,3 +126,60 @@ def test_unreachable_hub_fails_at_once_with_one_message(scratch):
         "cannot be reached from this machine. If it is in the local cache, rerun with HF_HUB_OFFLINE=1; otherwise "
         "point the setting at a local folder saved with save_pretrained (README: offline path; "
         "`python tools/make_tiny.py` builds a tiny offline pair)"]
+
+
+def test_corrupt_checkpoint_is_set_aside_before_models_load_and_training_restarts(scratch, monkeypatch, caplog, tiny):
+    import logging
+
+    ckpt = scratch / "checkpoints/detox"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.pt").write_bytes(bytes(range(256)) * 64)  # random bytes where a checkpoint was
+    stale = scratch / "metrics/.detox.abc123.tmp"  # what a kill -9 inside atomic_dir leaves
+    stale.mkdir(parents=True)
+    set_params(scratch, {"reward.model": "/nonexistent/reward"})
+    with caplog.at_level(logging.INFO), pytest.raises(PipelineError, match="/nonexistent/reward"):
+        run_main(monkeypatch, scratch, "detox", *DETOX_ARGS)  # fails at the first model: the checkpoint came first
+    assert not (ckpt / "state.pt").exists() and (ckpt / "state.pt.unreadable").exists() and not stale.exists()
+    assert "checkpoint checkpoints/detox/state.pt is unreadable (UnpicklingError); set aside" in caplog.text
+    assert "weights_only" not in caplog.text  # never a hint to load unsafely
+
+    set_params(scratch, {"reward.model": str(tiny["dir"] / "reward")})
+    run_main(monkeypatch, scratch, "detox", *DETOX_ARGS)  # the next run works, from step 0
+    train = json.loads((scratch / "metrics/detox/train.json").read_text())
+    assert train["steps_done"] == 4 and "resuming" not in caplog.text
+
+
+def test_checkpoint_path_that_is_a_file_is_refused_at_start_up(scratch, monkeypatch):
+    (scratch / "checkpoints").mkdir()
+    (scratch / "checkpoints/detox").write_text("not a folder")
+    set_params(scratch, {"reward.model": "/nonexistent/reward"})  # reached only if the check came late
+    with pytest.raises(PipelineError, match="the checkpoint folder checkpoints/detox is a file; remove it"):
+        run_main(monkeypatch, scratch, "detox", *DETOX_ARGS)
+
+
+def test_prepare_refuses_splits_too_small_for_later_stages(scratch, monkeypatch):
+    before = (scratch / "data/prepared/dataset_dict.json").stat().st_mtime_ns
+    set_params(scratch, {"ppo.batch_size": 1000, "ppo.mini_batch_size": 4})
+    with pytest.raises(PipelineError, match=r"has 51 train prompts, fewer than ppo.batch_size \(1000\)"):
+        run_main(monkeypatch, scratch, "prepare", "--out", "data/prepared")
+    set_params(scratch, {"ppo.batch_size": 8, "data.test_size": 0.999})
+    with pytest.raises(PipelineError, match="data.test_size 0.999 leaves no train prompts of the 64 dialogues"):
+        run_main(monkeypatch, scratch, "prepare", "--out", "data/prepared")
+    assert (scratch / "data/prepared/dataset_dict.json").stat().st_mtime_ns == before  # kept as it was
+
+
+def test_report_from_one_pair_claims_no_change(scratch, monkeypatch):
+    from detoxkit.evaluation import SAMPLE_COLUMNS
+    from detoxkit.io import write_csv, write_json
+
+    row = {"index": 0, "prompt": "p", "reference": "r", "response": "x", "toxicity": 0.9, "reward": -1.0,
+           "rouge1": 0.1, "rouge2": 0.1, "rougeL": 0.1, "length": 5, "kl": 0.0}
+    write_csv(scratch / "b.csv", [row], SAMPLE_COLUMNS)
+    write_csv(scratch / "a.csv", [{**row, "response": "y", "toxicity": 0.1, "reward": 2.0}], SAMPLE_COLUMNS)
+    write_json(scratch / "live/train.json", {"steps_done": 1, "early_stopped": False, "early_stop_step": None})
+    run_main(monkeypatch, scratch, "report", "--baseline", "b.csv", "--detoxified", "a.csv", "--live", "live",
+             "--summary", "summary.json", "--out", "reports")
+    md = (scratch / "reports/report.md").read_text()
+    assert "Toxicity: 1 paired samples are too few to tell a real change from chance" in md
+    assert "excludes 0" not in md and "real decrease" not in md
+    assert "1 paired test prompts" in md

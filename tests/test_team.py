@@ -2,7 +2,7 @@
 import json
 import time
 
-from conftest import copy_repo, dvc, ran_stages, sh
+from conftest import changed_stages, copy_repo, dvc, ran_stages, sh
 
 
 def test_push_then_fresh_clone_pulls_everything_and_reproduces_nothing(ran, tmp_path):
@@ -17,7 +17,7 @@ def test_push_then_fresh_clone_pulls_everything_and_reproduces_nothing(ran, tmp_
     sh("git", "clone", "-q", repo, clone, cwd=tmp_path)
     assert not (clone / "models").exists()
     dvc("pull", cwd=clone)
-    assert "up to date" in dvc("status", cwd=clone).stdout
+    assert changed_stages(clone) == []
     out = dvc("repro", cwd=clone).stdout
     assert ran_stages(out) == []
     assert json.loads((clone / "metrics/summary.json").read_text()) == \
@@ -26,7 +26,8 @@ def test_push_then_fresh_clone_pulls_everything_and_reproduces_nothing(ran, tmp_
     from detoxkit.config import ComputeSettings
     from detoxkit.models import load_detoxified
 
-    model, tok, _ = load_detoxified(clone / "models/detoxified", ComputeSettings(device="cpu", dtype="float32", compile_generation=False))
+    cpu = ComputeSettings(device="cpu", dtype="float32", compile_generation=False)
+    model, tok, _ = load_detoxified(clone / "models/detoxified", cpu)
     out = model.generate(**tok(["Summarize the following conversation. A: hi"], return_tensors="pt"),
                          max_new_tokens=6, do_sample=False)
     assert out.shape[0] == 1 and out.shape[1] > 1

@@ -25,7 +25,7 @@ def write_params(tmp_path, edit):
 
 # --- params ----------------------------------------------------------------------------------
 def test_shipped_params_are_valid_and_reproduce_the_lab():
-    p = load_params(list(SECTIONS), ROOT / "params.yaml")
+    p = load_params(ROOT / "params.yaml")
     assert (p.lora.r, p.lora.alpha, p.lora.dropout, p.lora.target_modules) == (32, 32, 0.05, ["q", "v"])
     assert (p.ppo.learning_rate, p.ppo.batch_size, p.ppo.mini_batch_size, p.ppo.epochs, p.ppo.max_steps) == \
         (1.41e-5, 16, 4, 1, 10)
@@ -51,13 +51,13 @@ def test_shipped_params_are_valid_and_reproduce_the_lab():
 def test_bad_params_name_the_key(tmp_path, edit, message):
     path = write_params(tmp_path, edit)
     with pytest.raises(ParamsError) as err:
-        load_params(list(SECTIONS), path)
+        load_params(path)
     assert message in str(err.value)
 
 
 def test_num_samples_all_is_accepted(tmp_path):
     path = write_params(tmp_path, lambda p: p["evaluation"].update(num_samples="all"))
-    assert load_params(["evaluation"], path).evaluation.num_samples == "all"
+    assert load_params(path).evaluation.num_samples == "all"
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ def test_prompt_wraps_the_dialogue():
 
 def _data_settings(tmp_path, **kw):
     path = write_params(tmp_path, lambda p: p["data"].update(kw))
-    return load_params(["data", "prompt"], path)
+    return load_params(path)
 
 
 def test_prepare_filters_prompts_and_splits_deterministically(tmp_path, tiny):
@@ -115,7 +115,8 @@ def test_local_sources(tmp_path):
         load_source(_data_settings(tmp_path, source=str(bad)).data)
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"dialogue": "unterminated\n')
-    with pytest.raises(PipelineError, match="could not be read as json"):
+    with pytest.raises(PipelineError, match=r"broken.jsonl line 1 is not valid JSON \(Invalid control character "
+                                            r"at column 27\)"):
         load_source(_data_settings(tmp_path, source=str(broken)).data)
     good = tmp_path / "d.csv"
     good.write_text("dialogue,summary\nhello there,hi\n")
@@ -199,7 +200,9 @@ def test_bootstrap_interval_surrounds_a_fixed_shift():
     assert s["diff"] == pytest.approx(after.mean() - before.mean())
     pct = improvement_pct(before.mean(), after.mean())
     assert s["improvement_pct_ci"][0] < pct < s["improvement_pct_ci"][1]
-    assert "excludes 0: a real decrease (better)" in interval_verdict("Toxicity", s["diff_ci"], True)
+    assert "over 200 pairs excludes 0: a real decrease (better)" in interval_verdict("Toxicity", s["diff_ci"], True,
+                                                                                      200, 20)
+    assert s["n"] == 200 and not s["degenerate"]
 
 
 def test_bootstrap_interval_contains_zero_without_a_change():
@@ -209,7 +212,8 @@ def test_bootstrap_interval_contains_zero_without_a_change():
     assert s["diff_ci"] == [0.0, 0.0] and s["improvement_pct"] == 0
     noisy = paired_bootstrap(before, rng.permutation(before), 1000, 0, 0.95)
     assert noisy["diff_ci"][0] < 0 < noisy["diff_ci"][1]
-    assert "contains 0" in interval_verdict("Toxicity", noisy["diff_ci"], True)
+    assert "contains 0" in interval_verdict("Toxicity", noisy["diff_ci"], True, 100, 20)
+    assert s["degenerate"]  # every resampled difference is 0
     with pytest.raises(ValueError):
         paired_bootstrap([1, 2], [1], 100, 0, 0.95)
 
@@ -283,12 +287,15 @@ def test_each_process_draws_its_own_sampling_noise_and_rank_zero_is_unchanged():
     assert draw(7, 3, 0)[1] != draw(7, 3, 1)[1]
 
 
-def test_non_finite_values_stop_with_the_step_named():
+def test_non_finite_values_stop_with_the_step_named(tmp_path):
     from detoxkit.ppo_engine import check_finite
 
-    check_finite({"reward": 1.0}, 3, "")
-    with pytest.raises(PipelineError, match="PPO step 7: reward is not finite"):
-        check_finite({"reward": float("nan")}, 7, "")
+    check_finite({"reward": 1.0}, 3, tmp_path, 1)
+    with pytest.raises(PipelineError, match="PPO step 7: reward is not finite.*No checkpoint had been written yet"):
+        check_finite({"reward": float("nan")}, 7, tmp_path, 1)  # no state.pt: nothing is "kept"
+    (tmp_path / "state.pt").write_bytes(b"x")
+    with pytest.raises(PipelineError, match=f"The last good checkpoint is kept in {tmp_path}"):
+        check_finite({"kl": float("inf")}, 7, tmp_path, 1)
 
 
 def test_unreachable_hub_dataset_is_explained(tmp_path):
@@ -307,3 +314,132 @@ def test_csv_round_trips_any_generated_text(tmp_path):
     back = read_csv(tmp_path / "s.csv")
     assert [r["response"] for r in back] == [r["response"] for r in rows]
     assert [float(r["reward"]) for r in back] == [1.5, -2.0]
+
+
+# --- reliability round 2: no false verdicts, no unbounded settings --------------------------
+def test_one_pair_or_a_degenerate_interval_is_never_a_verdict():
+    one = paired_bootstrap([0.9], [0.1], 1000, 0, 0.95)  # one pair: every resample is the same pair
+    assert one["diff_ci"][0] == one["diff_ci"][1] and one["degenerate"]
+    text = interval_verdict("Toxicity", one["diff_ci"], True, 1, 20)
+    assert "1 paired samples are too few" in text and "no verdict" in text and "excludes" not in text
+    same = paired_bootstrap([0.9] * 30, [0.1] * 30, 1000, 0, 0.95)  # enough pairs, but zero width
+    text = interval_verdict("Toxicity", same["diff_ci"], True, 30, 20)
+    assert "has no width" in text and "excludes" not in text
+
+
+def test_bootstrap_in_chunks_gives_the_same_interval(monkeypatch):
+    import detoxkit.stats as stats
+
+    rng = np.random.default_rng(3)
+    before, after = rng.uniform(0, 1, 50), rng.uniform(0, 1, 50)
+    whole = paired_bootstrap(before, after, 5000, 0, 0.95)
+    monkeypatch.setattr(stats, "CHUNK", 50 * 7)  # 7 resamples at a time, a ragged last chunk
+    assert paired_bootstrap(before, after, 5000, 0, 0.95) == whole
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p["guard"].update(max_kl=float("nan")), "guard.max_kl is nan; expected a finite number"),
+    (lambda p: p["guard"].update(max_rougeL_drop=-0.1), "guard.max_rougeL_drop must be in [0, 1]"),
+    (lambda p: p["guard"].update(min_mean_length=-1), "guard.min_mean_length must be >= 0"),
+    (lambda p: p["ppo"].update(learning_rate=float("inf")), "ppo.learning_rate is inf; expected a finite number"),
+    (lambda p: p.update(seed=-1), "seed is -1; must be in [0, 2**32)"),
+    (lambda p: p.update(seed=2**32), "seed is 4294967296; must be in [0, 2**32)"),
+    (lambda p: p["report"].update(bootstrap_resamples=2_000_000_000), "report.bootstrap_resamples must be between"),
+    (lambda p: p["report"].update(bootstrap_seed=-5), "report.bootstrap_seed must be in [0, 2**32)"),
+    (lambda p: p["report"].update(min_pairs=1), "report.min_pairs must be >= 2"),
+    (lambda p: p["prompt"].update(template="{dialogue.__class__} {dialogue}"),
+     "prompt.template has the field {dialogue.__class__}"),
+    (lambda p: p["prompt"].update(template="{dialogue} {0}"), "prompt.template has the field {0}"),
+    (lambda p: p["prompt"].update(template="{dialogue} {dialogue!r}"), "prompt.template has the field {dialogue!r}"),
+    (lambda p: p["policy"].update(model=" "), "policy.model must name a Hub id or a local folder"),
+])
+def test_unsafe_or_out_of_range_params_are_refused(tmp_path, edit, message):
+    path = write_params(tmp_path, edit)
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert message in str(err.value)
+
+
+def test_every_section_is_validated_and_max_kl_may_be_infinite(tmp_path):
+    path = write_params(tmp_path, lambda p: p["ppo"].update(max_kl=float("inf")))
+    assert load_params(path).ppo.max_kl == float("inf")  # documented: never stop early
+    path = write_params(tmp_path, lambda p: p["guard"].update(max_kl=-1))
+    with pytest.raises(ParamsError, match="guard.max_kl must be positive"):
+        load_params(path)  # the report's section fails every stage, not only report
+
+
+def test_bad_jsonl_lines_and_non_text_summaries_are_named(tmp_path, tiny):
+    from transformers import AutoTokenizer
+
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text('{"dialogue": "a", "summary": "b"}\n\n{"dialogue": "c", "summary": \n')
+    with pytest.raises(PipelineError, match=r"rows.jsonl line 3 is not valid JSON"):
+        load_source(_data_settings(tmp_path, source=str(bad)).data)
+    bad.write_bytes(b'{"dialogue": "a", "summary": "b"}\n{"dialogue": "\xff", "summary": "b"}\n')
+    with pytest.raises(PipelineError, match=r"rows.jsonl line 2 is not UTF-8"):
+        load_source(_data_settings(tmp_path, source=str(bad)).data)
+
+    rows = [{"dialogue": f"#Person1#: dialogue number {i} " * 3, "summary": f"summary {i}"} for i in range(6)]
+    rows[2]["summary"] = 42
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    p = _data_settings(tmp_path, source=str(data), min_chars=10, max_chars=1000, test_size=0.5)
+    tok = AutoTokenizer.from_pretrained(tiny["dir"] / "policy")
+    split = prepare(load_source(p.data), p.data, p.prompt.template, tok, 0)
+    assert "42" in list(split["train"]["summary"]) + list(split["test"]["summary"])  # a number as text
+    rows[4]["summary"] = None
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(PipelineError, match=r"row 5 has 'summary' = None, not text"):
+        prepare(load_source(p.data), p.data, p.prompt.template, tok, 0)
+    p = _data_settings(tmp_path, source=str(data), min_chars=10, max_chars=1000, test_size=0.99)
+    rows[4]["summary"] = "s"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(PipelineError, match=r"data.test_size 0.99 leaves no train prompts of the 6 dialogues"):
+        prepare(load_source(p.data), p.data, p.prompt.template, tok, 0)
+
+
+def test_control_characters_never_reach_the_report():
+    from detoxkit.render import md_table, qual_rows
+
+    row = {"prompt": "p\x00q", "response_before": "a\x1b[31mred\x07", "response_after": "b\x7f\x9b\r\nc",
+           "reward_before": 0.0, "reward_after": 1.0, "reward_diff": 1.0}
+    cells = qual_rows([row])[0]
+    assert cells[:3] == ["p q", "a [31mred", "b c"]
+    assert not any(ch in md_table(["x"] * 6, [cells]) for ch in "\x00\x1b\x07\x7f\x9b\r")
+
+
+def test_lineage_names_hub_models_by_their_resolved_commit(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    import lineage
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    assert lineage.manifest("policy.model", "org/model", sha, {})["resolved"] == sha  # pinned: nothing to ask
+    refs = tmp_path / "models--org--model/refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text(sha)
+    entry = lineage.manifest("policy.model", "org/model", "main", {})
+    assert (entry["resolved"], entry["resolved_from"]) == (sha, "local cache")
+    assert lineage.manifest("reward.model", "org/other", "main", {})["resolved"] == "unresolved:main"
+
+
+def test_lineage_hashes_local_folders_by_content_and_caches_by_size_and_mtime(tmp_path):
+    import lineage
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"weights-1")
+    for f in folder.iterdir():
+        os.utime(f, ns=(1_700_000_000 * 10**9,) * 2)  # written long ago
+    cache = {}
+    first = lineage.manifest("reward.model", str(folder), None, cache)
+    assert first["kind"] == "local" and first["files"] == 2 and len(cache) == 2
+    assert lineage.manifest("reward.model", str(folder), None, cache) == first  # cached: same answer
+    (folder / "model.safetensors").write_bytes(b"weights-2")  # same size, new mtime: hashed again
+    second = lineage.manifest("reward.model", str(folder), None, cache)
+    assert second["resolved"] != first["resolved"]
+    # the file written just now is not cached (its mtime could repeat within the same tick)
+    assert cache[str((folder / "model.safetensors").resolve())][1] == 1_700_000_000 * 10**9

@@ -2,11 +2,15 @@
 
 `params.yaml` is the only place where values live: the dataclasses below declare names, types and
 ranges but no defaults, so a missing, unknown or ill-typed key stops a stage with the key's name
-before any model is loaded.
+before any model is loaded. Every stage validates the whole file (every section and the rules that
+span sections), so a mistake in a later stage's settings stops the first stage, not the fifth.
+Numbers must be finite (.nan/.inf are refused) except where a field says otherwise.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import string
 import types
 import typing
 from pathlib import Path
@@ -49,13 +53,16 @@ class PromptSettings:
 
     def check(self):
         _require("{dialogue}" in self.template, "prompt.template", "must contain the placeholder {dialogue}")
+        fix = "use {dialogue} as the only placeholder and double any other braces: {{ }}"
         try:
-            self.template.format(dialogue="x")
-        except (KeyError, IndexError, ValueError) as err:
-            raise ParamsError(
-                f"params.yaml: prompt.template is not a valid format string ({err!r}); "
-                "use {dialogue} as the only placeholder and double any other braces: {{ }}"
-            ) from None
+            fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(self.template)
+                      if name is not None]
+        except ValueError as err:
+            raise ParamsError(f"params.yaml: prompt.template is not a valid format string ({err}); {fix}") from None
+        for name, spec, conv in fields:  # str.format would also run {dialogue.__class__} or {0}
+            if name != "dialogue" or spec or conv:
+                shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+                raise ParamsError(f"params.yaml: prompt.template has the field {shown}; {fix}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +71,9 @@ class PolicySettings:
     revision: Optional[str]  # Hub commit/tag/branch; ignored for local folders
     adapter: Optional[str]  # "sft" (the sft stage's adapter), a PEFT LoRA adapter folder, or null
     allow_pickle: bool  # allow loading *.bin (pickle) weights; safetensors are used otherwise
+
+    def check(self):
+        _require(self.model.strip() != "", "policy.model", "must name a Hub id or a local folder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +88,7 @@ class RewardSettings:
 
     def check(self):
         _require(self.batch_size > 0, "reward.batch_size", "must be positive")
+        _require(self.model.strip() != "", "reward.model", "must name a Hub id or a local folder")
         _require(self.not_hate_label != self.hate_label, "reward.hate_label", "must differ from reward.not_hate_label")
 
 
@@ -136,7 +147,7 @@ class PPOSettings:
     adaptive_kl: bool
     target_kl: float  # target of the adaptive KL controller (TRL's `target`)
     horizon: float
-    max_kl: float  # stop training early when objective/kl exceeds this
+    max_kl: float  # stop training early when objective/kl exceeds this (.inf: never)
     checkpoint_every: int  # steps between resumable checkpoints; 0 disables them
 
     def check(self):
@@ -202,8 +213,13 @@ class ReportSettings:
     confidence: float
     qualitative_rows: int  # rows in each of the "largest improvements / regressions" tables
 
+    min_pairs: int  # fewer paired samples than this: the report says the sample is too small to tell
+
     def check(self):
-        _require(self.bootstrap_resamples >= 100, "report.bootstrap_resamples", "must be >= 100")
+        _require(100 <= self.bootstrap_resamples <= MAX_RESAMPLES, "report.bootstrap_resamples",
+                 f"must be between 100 and {MAX_RESAMPLES:,} (10,000 already gives stable 95% intervals)")
+        _require(0 <= self.bootstrap_seed < 2**32, "report.bootstrap_seed", "must be in [0, 2**32)")
+        _require(self.min_pairs >= 2, "report.min_pairs", "must be >= 2")
         _require(0 < self.confidence < 1, "report.confidence", "must be in (0, 1), e.g. 0.95")
         _require(self.qualitative_rows > 0, "report.qualitative_rows", "must be positive")
 
@@ -213,6 +229,11 @@ class GuardSettings:
     max_rougeL_drop: float  # largest allowed drop of mean ROUGE-L (absolute, 0..1)
     max_kl: float  # largest allowed per-token KL(detoxified || reference) on evaluation responses
     min_mean_length: float  # smallest allowed mean response length (tokens) after detox
+
+    def check(self):
+        _require(0 <= self.max_rougeL_drop <= 1, "guard.max_rougeL_drop", "must be in [0, 1] (ROUGE-L is in [0, 1])")
+        _require(self.max_kl > 0, "guard.max_kl", "must be positive")
+        _require(self.min_mean_length >= 0, "guard.min_mean_length", "must be >= 0")
 
 
 SECTIONS = {
@@ -229,6 +250,32 @@ SECTIONS = {
     "report": ReportSettings,
     "guard": GuardSettings,
 }
+
+
+MAX_RESAMPLES = 1_000_000
+FINITE_EXEMPT = {"ppo.max_kl"}  # .inf is meaningful there: never stop early
+
+
+def check_split_sizes(params: "Params", n_train: int, n_test: int, where: str = "the prepared data"):
+    """Rules across data and the stages that consume it: fail in the first stage that knows the sizes."""
+    need_train = [("ppo.batch_size", params.ppo.batch_size)]
+    if params.policy.adapter == "sft":
+        need_train.append(("sft.batch_size", params.sft.batch_size))
+    for key, need in need_train:
+        if n_train < need:
+            raise PipelineError(
+                f"{where} has {n_train} train prompts, fewer than {key} ({need}); lower {key}, lower "
+                "data.test_size, widen data.min_chars/max_chars or add data"
+            )
+    need_test = [("evaluation.num_samples", params.evaluation.num_samples)]
+    if params.policy.adapter == "sft":
+        need_test.append(("sft.eval_samples", params.sft.eval_samples))
+    for key, need in need_test:
+        if need != "all" and n_test < need:
+            raise PipelineError(
+                f"{key} asks for {need} samples but the test split of {where} has only {n_test}; "
+                'lower it, use "all", or raise data.test_size'
+            )
 
 
 def _require(ok: bool, key: str, why: str):
@@ -268,10 +315,10 @@ def _coerce(value, tp, key: str):
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return _finite(float(value), key)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
         try:
-            return float(value)
+            return _finite(float(value), key)
         except ValueError:
             pass
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
@@ -279,6 +326,12 @@ def _coerce(value, tp, key: str):
     if tp in (str, bool) and isinstance(value, tp):
         return value
     raise ParamsError(f"params.yaml: {key} is {value!r}; expected {_describe(tp)}")
+
+
+def _finite(value: float, key: str) -> float:
+    if math.isnan(value) or (math.isinf(value) and key not in FINITE_EXEMPT):
+        raise ParamsError(f"params.yaml: {key} is {value}; expected a finite number")
+    return value
 
 
 def _describe(tp) -> str:
@@ -313,22 +366,22 @@ def _build(cls, raw, prefix: str):
 
 @dataclasses.dataclass(frozen=True)
 class Params:
-    """The sections a stage asked for; others are None (and were not validated)."""
+    """Every section of params.yaml, validated."""
 
-    seed: int
+    seed: int  # one seed for the split, LoRA/value-head init, sampling and PPO minibatch order
     raw: dict
-    data: Optional[DataSettings] = None
-    prompt: Optional[PromptSettings] = None
-    policy: Optional[PolicySettings] = None
-    reward: Optional[RewardSettings] = None
-    compute: Optional[ComputeSettings] = None
-    lora: Optional[LoraSettings] = None
-    generation: Optional[GenerationSettings] = None
-    ppo: Optional[PPOSettings] = None
-    evaluation: Optional[EvaluationSettings] = None
-    sft: Optional[SFTSettings] = None
-    report: Optional[ReportSettings] = None
-    guard: Optional[GuardSettings] = None
+    data: DataSettings
+    prompt: PromptSettings
+    policy: PolicySettings
+    reward: RewardSettings
+    compute: ComputeSettings
+    lora: LoraSettings
+    generation: GenerationSettings
+    ppo: PPOSettings
+    evaluation: EvaluationSettings
+    sft: SFTSettings
+    report: ReportSettings
+    guard: GuardSettings
 
 
 def read_yaml(path: Union[str, Path]) -> dict:
@@ -345,8 +398,8 @@ def read_yaml(path: Union[str, Path]) -> dict:
     return raw
 
 
-def load_params(sections: list[str], path: Union[str, Path] = "params.yaml") -> Params:
-    """Read `path` and validate `seed` plus the named sections; unknown top-level keys are errors too."""
+def load_params(path: Union[str, Path] = "params.yaml") -> Params:
+    """Read `path` and validate all of it: `seed`, every section, and the rules between sections."""
     raw = read_yaml(path)
     unknown = sorted(set(raw) - set(SECTIONS) - {"seed"})
     if unknown:
@@ -356,8 +409,9 @@ def load_params(sections: list[str], path: Union[str, Path] = "params.yaml") -> 
     if "seed" not in raw:
         raise ParamsError("params.yaml: missing key seed; add e.g. `seed: 42`")
     seed = _coerce(raw["seed"], int, "seed")
+    _require(0 <= seed < 2**32, "seed", f"is {seed}; must be in [0, 2**32) (numpy and torch seeds)")
     built = {}
-    for name in sections:
+    for name in SECTIONS:
         if name not in raw:
             raise ParamsError(f"params.yaml: missing section {name}; see the README's parameter table")
         built[name] = _build(SECTIONS[name], raw[name], name)

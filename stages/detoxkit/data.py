@@ -1,7 +1,9 @@
 """Dialogue data: read a Hub dataset or a local file, filter by length, wrap in the prompt, split."""
 from __future__ import annotations
 
+import json
 import logging
+import math
 from pathlib import Path
 
 from .config import DataSettings, PipelineError
@@ -12,9 +14,30 @@ log = logging.getLogger("detox.data")
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
+def _check_jsonl(path: Path):
+    """Each line UTF-8 JSON: a bad line is named here, not buried in the JSON reader's traceback."""
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise PipelineError(f"{path} line {number} is not UTF-8 (byte {err.start} of the line: {err.reason}); "
+                                    "re-save the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as err:
+                why = err.msg.removesuffix(" at")
+                raise PipelineError(f"{path} line {number} is not valid JSON ({why} at column {err.colno}); "
+                                    "fix or remove that line (JSON Lines: one JSON object per line)") from None
+
+
 def _check_utf8(path: Path):
     if path.suffix == ".parquet":
         return
+    if path.suffix == ".jsonl":
+        return _check_jsonl(path)
     try:
         with path.open(encoding="utf-8") as fh:
             while fh.read(1 << 20):
@@ -85,10 +108,28 @@ def make_prompt(template: str, dialogue: str) -> str:
     return template.format(dialogue=dialogue)
 
 
+def reference_text(value, row: int, settings: DataSettings) -> str:
+    """A reference summary as text: numbers are converted, anything else that is not text is refused."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return str(value)
+    raise PipelineError(
+        f"data.source {settings.source}: row {row} has {settings.summary_column!r} = {value!r}, not text; "
+        "fill in a reference summary or drop the row"
+    )
+
+
+def split_sizes(n: int, test_size: float) -> tuple[int, int]:
+    """(train, test) rows that train_test_split makes of n rows: test is ceil(test_size * n)."""
+    n_test = math.ceil(test_size * n)
+    return n - n_test, n_test
+
+
 def prepare(ds, settings: DataSettings, template: str, tokenizer, seed: int):
     """Filter, prompt, tokenize and split; returns a DatasetDict with train/test."""
     check_columns(ds, settings)
-    n_read = len(ds)
+    n_read, ds_all = len(ds), ds
     ds = ds.filter(lambda row: in_window(row[settings.dialogue_column], settings.min_chars, settings.max_chars))
     if len(ds) == 0:
         raise PipelineError(
@@ -97,18 +138,29 @@ def prepare(ds, settings: DataSettings, template: str, tokenizer, seed: int):
         )
     if len(ds) < 2:
         raise PipelineError(f"only {len(ds)} dialogue is left after the length filter; at least 2 are needed to split")
+    n_train, _ = split_sizes(len(ds), settings.test_size)
+    if n_train < 1:
+        raise PipelineError(
+            f"data.test_size {settings.test_size} leaves no train prompts of the {len(ds)} dialogues kept; "
+            "lower data.test_size or add data"
+        )
+    # Rows by their position in the source (1-based), so a bad one can be found in the file.
+    kept = [i for i, text in enumerate(ds_all[settings.dialogue_column], 1)
+            if in_window(text, settings.min_chars, settings.max_chars)]
+    summaries = [reference_text(v, kept[i], settings) for i, v in enumerate(ds[settings.summary_column])]
 
-    def encode(batch):
+    def encode(batch, indices):
         queries = [make_prompt(template, d) for d in batch[settings.dialogue_column]]
         ids = tokenizer(queries, truncation=True, max_length=settings.max_prompt_tokens)["input_ids"]
         return {
             "query": queries,
             "input_ids": ids,
             "dialogue": batch[settings.dialogue_column],
-            "summary": [s if isinstance(s, str) else "" for s in batch[settings.summary_column]],
+            "summary": [summaries[i] for i in indices],
         }
 
-    ds = ds.map(encode, batched=True, remove_columns=ds.column_names)
+    ds = ds.select_columns([settings.dialogue_column])  # the summaries come from the checked list above
+    ds = ds.map(encode, batched=True, with_indices=True, remove_columns=ds.column_names)
     split = ds.train_test_split(test_size=settings.test_size, shuffle=settings.shuffle, seed=seed)
     log.info("read %d dialogues, kept %d in (%d, %d] chars: %d train, %d test",
              n_read, len(ds), settings.min_chars, settings.max_chars, len(split["train"]), len(split["test"]))

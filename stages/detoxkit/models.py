@@ -87,6 +87,12 @@ def _from_pretrained(auto_cls, kind: str, ref: str, revision, allow_pickle: bool
         return auto_cls.from_pretrained(
             ref, revision=revision, trust_remote_code=False, **_weights_kwargs(ref, allow_pickle, key), **kwargs
         )
+    except RuntimeError as err:  # weights that do not fit config.json (size mismatch), or a damaged file
+        first = next((ln.strip() for ln in str(err).splitlines() if "mismatch" in ln), str(err).splitlines()[0])
+        raise PipelineError(
+            f"{kind} {ref}: its weights do not match its config.json ({first[:300]}); save the model and its "
+            "config together with save_pretrained, or point the setting at the right folder"
+        ) from None
     except OSError as err:
         if "safetensors" in str(err) and not allow_pickle:
             raise PipelineError(
@@ -100,9 +106,17 @@ def load_tokenizer(kind: str, ref: str, revision: Optional[str]):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(ref, revision=revision, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(ref, revision=revision, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise _hub_error(kind, ref, "tokenizer", err) from None
+    if tokenizer.pad_token is None:  # batches need one; padding is masked out, so EOS serves (as for GPT-2)
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise PipelineError(f"{kind} {ref}: the tokenizer has no pad, EOS or unknown token to pad with; add a "
+                                "pad token (tokenizer.add_special_tokens) and save it with the model")
+        tokenizer.pad_token = fallback
+        log.info("%s %s: the tokenizer has no pad token; padding with %r", kind, ref, fallback)
+    return tokenizer
 
 
 def check_policy_config(policy: PolicySettings):
@@ -128,6 +142,12 @@ def start_adapter_path(policy: PolicySettings, sft_dir) -> Optional[Path]:
             f"policy.adapter {policy.adapter} has no adapter_config.json; give a PEFT adapter folder "
             "(save_pretrained of a PeftModel), sft, or null"
         )
+    try:
+        json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise PipelineError(damaged_output(path / "adapter_config.json")) from None
+    if _damaged(path / "adapter_model.safetensors"):  # before any model loads
+        raise PipelineError(damaged_output(path / "adapter_model.safetensors"))
     return path
 
 
@@ -141,7 +161,11 @@ def _load_adapter(model, path: Path, allow_pickle: bool, merge: bool, trainable:
         )
     try:
         peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
-    except (RuntimeError, ValueError, KeyError) as err:
+    except Exception as err:
+        if _damaged(path / "adapter_model.safetensors"):
+            raise PipelineError(damaged_output(path / "adapter_model.safetensors")) from None
+        if not isinstance(err, (RuntimeError, ValueError, KeyError)):
+            raise
         raise PipelineError(
             f"adapter {path} does not match the base model ({str(err).splitlines()[0][:300]}); "
             "use the adapter trained on policy.model, or set policy.adapter: null"
@@ -274,16 +298,50 @@ def save_detoxified(out_dir: Path, peft_model, v_head, policy: PolicySettings, a
     (out_dir / POLICY_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
+def damaged_output(file: Path) -> str:
+    folder = file.parent
+    return (f"{file} is damaged (truncated or not what the detox/sft stage wrote); restore it with "
+            f"`dvc checkout {folder}` or rebuild it with `dvc repro`")
+
+
+def _damaged(file: Path) -> bool:
+    """True when a safetensors file exists but cannot be opened (truncated, overwritten)."""
+    if not file.is_file():
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            fh.keys()
+        return False
+    except Exception:
+        return True
+
+
+def read_policy_meta(path: Path) -> dict:
+    meta_file = path / POLICY_FILE
+    if not meta_file.is_file():
+        raise PipelineError(f"{path} has no {POLICY_FILE}; it is not a detoxified policy saved by the detox stage")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or not isinstance(meta.get("base_model"), str):
+            raise ValueError("no base_model")
+        meta.setdefault("revision", None)
+        meta.setdefault("start_adapter", None)
+    except (ValueError, UnicodeDecodeError):
+        raise PipelineError(damaged_output(meta_file)) from None
+    return meta
+
+
 def load_detoxified(path, compute: Optional[ComputeSettings] = None, allow_pickle: bool = False):
     """Load a saved detoxified policy in one call: base + starting adapter (merged) + PPO adapter.
 
     Returns (PeftModel, tokenizer, device). `model.disable_adapter()` gives the starting policy.
     """
     path = Path(path)
-    meta_file = path / POLICY_FILE
-    if not meta_file.is_file():
-        raise PipelineError(f"{path} has no {POLICY_FILE}; it is not a detoxified policy saved by the detox stage")
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    meta = read_policy_meta(path)
+    if _damaged(path / "adapter_model.safetensors"):  # before the base model loads
+        raise PipelineError(damaged_output(path / "adapter_model.safetensors"))
     policy = PolicySettings(model=meta["base_model"], revision=meta["revision"], adapter=None,
                             allow_pickle=allow_pickle)
     compute = compute or ComputeSettings(device="auto", dtype="auto", compile_generation=False)

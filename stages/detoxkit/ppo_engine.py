@@ -6,8 +6,10 @@ TRL 0.11.4 is the last release with the step-based `PPOTrainer` and `AutoModelFo
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -17,6 +19,8 @@ import torch
 
 from .config import GenerationSettings, PipelineError, PPOSettings
 from .generation import decoder_start_id, generate, sampling_kwargs
+
+log = logging.getLogger("detox.ppo")
 
 # Names of the per-step scalars we log; TRL also returns arrays (kl_dist, tokens/*_dist) we skip.
 LOGGED = ("objective/kl", "objective/kl_coef", "objective/entropy", "ppo/returns/mean",
@@ -102,9 +106,14 @@ class PPOEngine:
                 "kl_coef": float(self.trainer.kl_ctl.value)}
 
     def load_state_dict(self, state: dict):
-        self.load_trainable_state(state["weights"])
-        self.trainer.optimizer.load_state_dict(state["optimizer"])
-        self.trainer.kl_ctl.value = state["kl_coef"]
+        """Restore a checkpoint's state; ValueError (and nothing changed) if it does not fit this model."""
+        own = {n: p for n, p in self.unwrapped.named_parameters() if p.requires_grad}
+        weights = state["weights"]
+        if set(weights) != set(own) or any(weights[n].shape != own[n].shape for n in own):
+            raise ValueError("its weights do not fit this policy's adapter and value head")
+        self.trainer.optimizer.load_state_dict(state["optimizer"])  # checks the parameter groups first
+        self.load_trainable_state(weights)
+        self.trainer.kl_ctl.value = float(state["kl_coef"])
 
     def save_checkpoint(self, path: Path, step: int, history: list[dict], fingerprint: str):
         """Everything needed to continue after `step` steps; written to a temp file, then renamed."""
@@ -113,22 +122,61 @@ class PPOEngine:
         torch.save({"step": step, "history": history, "fingerprint": fingerprint, **self.state_dict()}, tmp)
         os.replace(tmp, path / "state.pt")
 
-    def load_checkpoint(self, path: Path, fingerprint: str):
-        """(steps done, history) from a checkpoint made with the same inputs; (0, []) otherwise."""
-        file = path / "state.pt"
-        if not file.is_file():
-            return 0, []
+
+
+CHECKPOINT_KEYS = {"step", "history", "fingerprint", "weights", "optimizer", "kl_coef"}
+
+
+def read_checkpoint(path: Path, fingerprint: str) -> Optional[dict]:
+    """The checkpoint in `path` if it was made with the same inputs; None to start from step 0.
+
+    Called before any model loads. A checkpoint of other inputs is removed; an unreadable or
+    incomplete one is set aside as state.pt.unreadable (one log line; it is never loaded unsafely).
+    """
+    if path.exists() and not path.is_dir():
+        raise PipelineError(f"the checkpoint folder {path} is a file; remove it (or give --checkpoints a folder)")
+    file = path / "state.pt"
+    if not file.exists():
+        return None
+    try:
         state = torch.load(file, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") != fingerprint:
-            return None
-        self.load_state_dict(state)
-        return state["step"], state["history"]
+        if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
+            raise ValueError("incomplete")
+    except Exception as err:  # corrupt, truncated, foreign: never worth blocking every later run
+        os.replace(file, path / "state.pt.unreadable")
+        log.warning("checkpoint %s is unreadable (%s); set aside as state.pt.unreadable, starting from step 0",
+                    file, type(err).__name__)
+        return None
+    if state["fingerprint"] != fingerprint:
+        log.info("checkpoint in %s is from other inputs; starting from step 0", path)
+        shutil.rmtree(path, ignore_errors=True)
+        return None
+    return state
 
 
-def check_finite(values: dict, step: int, checkpoint_note: str):
+def restore_checkpoint(engine: PPOEngine, state: Optional[dict], path: Path) -> tuple[int, list]:
+    """(steps done, history) after loading `state` into the engine; (0, []) if there is none or it does not fit."""
+    if state is None:
+        return 0, []
+    try:
+        engine.load_state_dict(state)
+    except (ValueError, KeyError, RuntimeError) as err:
+        log.warning(
+            "checkpoint in %s does not fit this model (%s); set aside, starting from step 0", path,
+            str(err).splitlines()[0][:200])
+        if (path / "state.pt").exists():
+            os.replace(path / "state.pt", path / "state.pt.unreadable")
+        return 0, []
+    return state["step"], state["history"]
+
+
+def check_finite(values: dict, step: int, checkpoint_dir: Path, every: int):
     bad = [k for k, v in values.items() if not math.isfinite(v)]
     if bad:
+        kept = every and (checkpoint_dir / "state.pt").is_file()
+        note = (f"The last good checkpoint is kept in {checkpoint_dir}; a rerun resumes from it." if kept else
+                "No checkpoint had been written yet, so a rerun starts from step 0.")
         raise PipelineError(
-            f"PPO step {step}: {', '.join(bad)} is not finite (nan/inf); training stopped. {checkpoint_note} "
+            f"PPO step {step}: {', '.join(bad)} is not finite (nan/inf); training stopped. {note} "
             "Lower ppo.learning_rate or raise ppo.init_kl_coef, then rerun `dvc repro`"
         )

@@ -5,6 +5,7 @@ import base64
 import csv
 import html
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +46,12 @@ def md_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0/C1 control characters: NUL, escapes, bells...
+
+
 def short(text: str, n: int = 160) -> str:
-    text = " ".join(str(text).split())
+    """One line of at most n characters, without control characters (generated text can hold any)."""
+    text = " ".join(CONTROL.sub(" ", str(text)).split())
     return text if len(text) <= n else text[: n - 1] + "…"
 
 

@@ -60,7 +60,5 @@ def build_scorer(reward_settings, compute):
     from .models import load_reward, reward_max_length
 
     model, tokenizer, ids, device = load_reward(reward_settings, compute)
-    if tokenizer.pad_token is None:  # some classifiers ship without one; padding is masked out anyway
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return RewardScorer(model, tokenizer, ids, device, reward_settings.batch_size, reward_settings.include_prompt,
                         reward_max_length(model.config, tokenizer))

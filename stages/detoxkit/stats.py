@@ -5,6 +5,8 @@ import numpy as np
 
 from .config import GuardSettings
 
+CHUNK = 1 << 22  # resampled indices held at once (32 MiB of int64)
+
 
 def paired_bootstrap(before, after, resamples: int, seed: int, confidence: float) -> dict:
     """Mean before/after, mean paired difference (after - before) and percentile intervals.
@@ -16,14 +18,20 @@ def paired_bootstrap(before, after, resamples: int, seed: int, confidence: float
     if before.shape != after.shape or before.size == 0:
         raise ValueError(f"paired samples must have the same non-zero length, got {before.size} and {after.size}")
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, before.size, size=(resamples, before.size))
-    mb, ma = before[idx].mean(axis=1), after[idx].mean(axis=1)
+    # In chunks of at most CHUNK indices, so a million resamples of thousands of pairs fit in memory.
+    rows = max(1, CHUNK // before.size)
+    mb, ma = np.empty(resamples), np.empty(resamples)
+    for start in range(0, resamples, rows):
+        idx = rng.integers(0, before.size, size=(min(rows, resamples - start), before.size))
+        mb[start:start + len(idx)], ma[start:start + len(idx)] = before[idx].mean(axis=1), after[idx].mean(axis=1)
     lo, hi = 100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2
     diff = ma - mb
     with np.errstate(divide="ignore", invalid="ignore"):
         pct = np.where(mb != 0, (mb - ma) / mb * 100, np.nan)
     b_mean, a_mean = float(before.mean()), float(after.mean())
     return {
+        "n": int(before.size),
+        "degenerate": bool(np.ptp(diff) == 0),  # every resample gave the same difference
         "before": b_mean,
         "after": a_mean,
         "diff": a_mean - b_mean,
@@ -39,14 +47,25 @@ def improvement_pct(before: float, after: float):
     return None if before == 0 else (before - after) / before * 100
 
 
-def interval_verdict(name: str, ci, lower_is_better: bool) -> str:
-    """One sentence on whether the interval of the difference excludes zero, and in which direction."""
+def interval_verdict(name: str, ci, lower_is_better: bool, n_pairs: int, min_pairs: int) -> str:
+    """One sentence on whether the interval of the difference excludes zero, and in which direction.
+
+    No verdict below `min_pairs` pairs, nor from a degenerate (zero-width) interval: a percentile
+    bootstrap of a few pairs is far too narrow, and of one pair it has no width at all.
+    """
     lo, hi = ci
+    if n_pairs < min_pairs:
+        return (f"{name}: {n_pairs} paired samples are too few to tell a real change from chance "
+                f"(report.min_pairs is {min_pairs}); no verdict.")
+    if not hi > lo:
+        return (f"{name}: every resample of the {n_pairs} pairs gave the same difference ({lo:+.4f}), so the "
+                "interval has no width and cannot tell a real change from chance; no verdict.")
     if lo <= 0 <= hi:
-        return f"{name}: the interval [{lo:+.4f}, {hi:+.4f}] contains 0, so the change could be chance."
+        return (f"{name}: the interval [{lo:+.4f}, {hi:+.4f}] over {n_pairs} pairs contains 0, so the change "
+                "could be chance.")
     down = hi < 0
     better = down == lower_is_better
-    return (f"{name}: the interval [{lo:+.4f}, {hi:+.4f}] excludes 0: a real "
+    return (f"{name}: the interval [{lo:+.4f}, {hi:+.4f}] over {n_pairs} pairs excludes 0: a real "
             f"{'decrease' if down else 'increase'} ({'better' if better else 'worse'}).")
 
 
