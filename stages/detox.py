@@ -21,7 +21,7 @@ import torch
 from dvclive import Live
 from tqdm.auto import tqdm
 
-from detoxkit.config import PipelineError, check_split_sizes, load_params
+from detoxkit.config import check_split_sizes, load_params
 from detoxkit.data import load_prepared
 from detoxkit.generation import static_shape
 from detoxkit.io import atomic_dir, clear_stale, fingerprint, run_stage, write_json

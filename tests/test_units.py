@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from detoxkit.config import SECTIONS, ParamsError, PipelineError, load_params
+from detoxkit.config import ParamsError, PipelineError, load_params
 from detoxkit.data import in_window, load_source, make_prompt, prepare, take
 from detoxkit.io import atomic_dir, write_json
 from detoxkit.models import label_ids
@@ -47,6 +47,21 @@ def test_shipped_params_are_valid_and_reproduce_the_lab():
     (lambda p: p["prompt"].update(template="no placeholder"), "prompt.template must contain the placeholder"),
     (lambda p: p.update(ppo_typo={}), "unknown section 'ppo_typo'"),
     (lambda p: p["lora"].update(target_modules="q"), "lora.target_modules is 'q'; expected a list"),
+    # no NaN/inf, ranges on every limit, no format-string tricks
+    (lambda p: p["guard"].update(max_kl=float("nan")), "guard.max_kl is nan; expected a finite number"),
+    (lambda p: p["guard"].update(max_rougeL_drop=-0.1), "guard.max_rougeL_drop must be in [0, 1]"),
+    (lambda p: p["guard"].update(min_mean_length=-1), "guard.min_mean_length must be >= 0"),
+    (lambda p: p["ppo"].update(learning_rate=float("inf")), "ppo.learning_rate is inf; expected a finite number"),
+    (lambda p: p.update(seed=-1), "seed is -1; must be in [0, 2**32)"),
+    (lambda p: p.update(seed=2**32), "seed is 4294967296; must be in [0, 2**32)"),
+    (lambda p: p["report"].update(bootstrap_resamples=2_000_000_000), "report.bootstrap_resamples must be between"),
+    (lambda p: p["report"].update(bootstrap_seed=-5), "report.bootstrap_seed must be in [0, 2**32)"),
+    (lambda p: p["report"].update(min_pairs=1), "report.min_pairs must be >= 2"),
+    (lambda p: p["prompt"].update(template="{dialogue.__class__} {dialogue}"),
+     "prompt.template has the field {dialogue.__class__}"),
+    (lambda p: p["prompt"].update(template="{dialogue} {0}"), "prompt.template has the field {0}"),
+    (lambda p: p["prompt"].update(template="{dialogue} {dialogue!r}"), "prompt.template has the field {dialogue!r}"),
+    (lambda p: p["policy"].update(model=" "), "policy.model must name a Hub id or a local folder"),
 ])
 def test_bad_params_name_the_key(tmp_path, edit, message):
     path = write_params(tmp_path, edit)
@@ -335,29 +350,6 @@ def test_bootstrap_in_chunks_gives_the_same_interval(monkeypatch):
     whole = paired_bootstrap(before, after, 5000, 0, 0.95)
     monkeypatch.setattr(stats, "CHUNK", 50 * 7)  # 7 resamples at a time, a ragged last chunk
     assert paired_bootstrap(before, after, 5000, 0, 0.95) == whole
-
-
-@pytest.mark.parametrize("edit, message", [
-    (lambda p: p["guard"].update(max_kl=float("nan")), "guard.max_kl is nan; expected a finite number"),
-    (lambda p: p["guard"].update(max_rougeL_drop=-0.1), "guard.max_rougeL_drop must be in [0, 1]"),
-    (lambda p: p["guard"].update(min_mean_length=-1), "guard.min_mean_length must be >= 0"),
-    (lambda p: p["ppo"].update(learning_rate=float("inf")), "ppo.learning_rate is inf; expected a finite number"),
-    (lambda p: p.update(seed=-1), "seed is -1; must be in [0, 2**32)"),
-    (lambda p: p.update(seed=2**32), "seed is 4294967296; must be in [0, 2**32)"),
-    (lambda p: p["report"].update(bootstrap_resamples=2_000_000_000), "report.bootstrap_resamples must be between"),
-    (lambda p: p["report"].update(bootstrap_seed=-5), "report.bootstrap_seed must be in [0, 2**32)"),
-    (lambda p: p["report"].update(min_pairs=1), "report.min_pairs must be >= 2"),
-    (lambda p: p["prompt"].update(template="{dialogue.__class__} {dialogue}"),
-     "prompt.template has the field {dialogue.__class__}"),
-    (lambda p: p["prompt"].update(template="{dialogue} {0}"), "prompt.template has the field {0}"),
-    (lambda p: p["prompt"].update(template="{dialogue} {dialogue!r}"), "prompt.template has the field {dialogue!r}"),
-    (lambda p: p["policy"].update(model=" "), "policy.model must name a Hub id or a local folder"),
-])
-def test_unsafe_or_out_of_range_params_are_refused(tmp_path, edit, message):
-    path = write_params(tmp_path, edit)
-    with pytest.raises(ParamsError) as err:
-        load_params(path)
-    assert message in str(err.value)
 
 
 def test_every_section_is_validated_and_max_kl_may_be_infinite(tmp_path):
