@@ -129,8 +129,11 @@ def split_sizes(n: int, test_size: float) -> tuple[int, int]:
 def prepare(ds, settings: DataSettings, template: str, tokenizer, seed: int):
     """Filter, prompt, tokenize and split; returns a DatasetDict with train/test."""
     check_columns(ds, settings)
-    n_read, ds_all = len(ds), ds
-    ds = ds.filter(lambda row: in_window(row[settings.dialogue_column], settings.min_chars, settings.max_chars))
+    n_read = len(ds)
+    # Rows kept, by their position in the source, so a bad one can be named as the file's row.
+    kept = [i for i, text in enumerate(ds[settings.dialogue_column])
+            if in_window(text, settings.min_chars, settings.max_chars)]
+    ds = ds.select(kept)
     if len(ds) == 0:
         raise PipelineError(
             f"no dialogues left after the length filter: read {n_read}, kept 0 with "
@@ -144,10 +147,7 @@ def prepare(ds, settings: DataSettings, template: str, tokenizer, seed: int):
             f"data.test_size {settings.test_size} leaves no train prompts of the {len(ds)} dialogues kept; "
             "lower data.test_size or add data"
         )
-    # Rows by their position in the source (1-based), so a bad one can be found in the file.
-    kept = [i for i, text in enumerate(ds_all[settings.dialogue_column], 1)
-            if in_window(text, settings.min_chars, settings.max_chars)]
-    summaries = [reference_text(v, kept[i], settings) for i, v in enumerate(ds[settings.summary_column])]
+    summaries = [reference_text(v, kept[i] + 1, settings) for i, v in enumerate(ds[settings.summary_column])]
 
     def encode(batch, indices):
         queries = [make_prompt(template, d) for d in batch[settings.dialogue_column]]
