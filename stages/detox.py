@@ -85,8 +85,9 @@ def main():
     seed_step(params.seed, 0)  # before any model or value head is created
     scorer = build_scorer(params.reward, params.compute)
     model, tokenizer, device = load_policy(params.policy, params.compute, adapter)
-    static = static_shape(True, model, train_split["input_ids"], gen.output_max_length - 1) \
-        if params.compute.compile_generation else None  # rollout lengths are drawn from [min, max)
+    # rollout lengths are drawn from [min, max): one static cache for the longest
+    static = static_shape(params.compute.compile_generation, model, train_split["input_ids"],
+                          gen.output_max_length - 1)
     engine = PPOEngine(attach_lora(model, params.lora), tokenizer, ppo, gen, params.seed, cpu=device.type == "cpu",
                        static=static)
     trainable, total = trainable_parameters(engine.unwrapped)

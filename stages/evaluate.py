@@ -45,7 +45,8 @@ def main():
     log.info("evaluating %s on %d test prompts", args.policy, len(rows))
 
     records = evaluate_policy(model, tokenizer, scorer, rows, ev.batch_size, device, params.seed,
-                              params.compute.compile_generation, max_new_tokens=ev.max_new_tokens, **sampling_kwargs(params.generation))
+                              params.compute.compile_generation, max_new_tokens=ev.max_new_tokens,
+                              **sampling_kwargs(params.generation))
     metrics = summarize(records)
     write_csv(args.samples, records, SAMPLE_COLUMNS)
     write_json(args.metrics, metrics)

@@ -48,7 +48,8 @@ def _static_kwargs(shape: tuple[int, int], max_new_tokens: int) -> dict:
         raise ValueError(f"max_new_tokens {max_new_tokens} exceeds the static cache's {cap}")
     # The cache (and so the compiled graph) is sized for `cap` tokens; this batch stops after its own count.
     # Decoder ids start with the decoder start token, so the decoder holds 1 + new tokens.
-    return {"max_new_tokens": cap, "cache_implementation": "static", "stopping_criteria": StoppingCriteriaList([StopAfter()]),
+    return {"max_new_tokens": cap, "cache_implementation": "static",
+            "stopping_criteria": StoppingCriteriaList([StopAfter()]),
             "compile_config": CompileConfig(fullgraph=False, dynamic=False, mode="reduce-overhead")}
 
 
