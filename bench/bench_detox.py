@@ -1,6 +1,8 @@
 """Benchmark: the lab's per-sample loops against our batched detox and evaluation code, same machine and model.
 
     python bench/bench_detox.py --size tiny                       # CPU, tiny model (a few minutes)
+    python bench/bench_detox.py --size tiny-gpt2                  # CPU, tiny causal (GPT-2) policy
+    python bench/bench_detox.py --size gpt2-small --steps 2       # GPT-2-small architecture (causal)
     python bench/bench_detox.py --size flan-t5-base --batch 16    # GPU, FLAN-T5-base architecture
     python bench/bench_detox.py --size flan-t5-base --batch 64 --phases ours_ppo ours_eval
 
@@ -35,26 +37,34 @@ PHASES = ["lab_ppo", "ours_ppo", "lab_eval", "ours_eval", "ours_ppo_refcopy", "o
           "ours_eval_compiled"]
 FLAN_T5_BASE = dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12,
                     vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+GPT2_SMALL = dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024)  # the tiny BPE vocabulary is kept
 ROBERTA_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+SIZES = {"tiny": "policy", "flan-t5-base": "policy", "tiny-gpt2": "gpt2", "gpt2-small": "gpt2"}  # policy folder
 
 
 def build_models(out: Path, size: str, data: str | None):
-    """Tiny pair from make_tiny; for flan-t5-base, the same tokenizers with base-sized random models."""
+    """Tiny models from make_tiny; for flan-t5-base and gpt2-small, the same tokenizers with full-sized random
+    models (and a RoBERTa-base classifier)."""
     import torch
     from make_tiny import build_all
-    from transformers import (AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification,
-                              RobertaForSequenceClassification, T5ForConditionalGeneration)
+    from transformers import (AutoConfig, GPT2LMHeadModel, RobertaForSequenceClassification,
+                              T5ForConditionalGeneration)
 
     build_all(out)
+    if size == "gpt2-small":
+        torch.manual_seed(0)
+        gc = AutoConfig.from_pretrained(out / "gpt2")
+        gc.update(GPT2_SMALL)
+        GPT2LMHeadModel(gc).save_pretrained(out / "gpt2")
+    if size in ("flan-t5-base", "gpt2-small"):
+        rc = AutoConfig.from_pretrained(out / "reward")
+        rc.update({**ROBERTA_BASE, "vocab_size": 50265, "max_position_embeddings": 514})
+        RobertaForSequenceClassification(rc).save_pretrained(out / "reward")
     if size == "flan-t5-base":
         torch.manual_seed(0)
         pc = AutoConfig.from_pretrained(out / "policy")
         pc.update(FLAN_T5_BASE)
         T5ForConditionalGeneration(pc).save_pretrained(out / "policy")
-        rc = AutoConfig.from_pretrained(out / "reward")
-        rc.update({**ROBERTA_BASE, "vocab_size": 50265, "max_position_embeddings": 514})
-        RobertaForSequenceClassification(rc).save_pretrained(out / "reward")
-        del AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
 
 def prompts(args, template, n):
@@ -76,11 +86,11 @@ def settings(models: Path, args):
     device = "cuda" if args.device == "cuda" else "cpu"
     return dict(
         template=p.prompt.template,
-        policy=PolicySettings(model=str(models / "policy"), revision=None, adapter=None, allow_pickle=False),
+        policy=PolicySettings(model=str(models / SIZES[args.size]), revision=None, adapter=None, allow_pickle=False),
         reward=RewardSettings(model=str(models / "reward"), revision=None, not_hate_label="nothate", hate_label="hate",
                               include_prompt=True, batch_size=args.batch, allow_pickle=False),
         compute=ComputeSettings(device=device, dtype="auto", compile_generation=False),
-        lora=LoraSettings(r=32, alpha=32, dropout=0.05, target_modules=["q", "v"]),
+        lora=LoraSettings(r=32, alpha=32, dropout=0.05, target_modules="auto"),
         gen=GenerationSettings(min_length=5, top_k=0, top_p=1.0, do_sample=True, output_min_length=args.new_tokens,
                                output_max_length=args.new_tokens + 1, batch_size=args.batch),
         ppo=PPOSettings(learning_rate=1.41e-5, batch_size=args.batch, mini_batch_size=min(4, args.batch), epochs=1,
@@ -107,6 +117,7 @@ def run_phase(phase: str, args) -> dict:
     ids = tok(texts, truncation=True, max_length=512)["input_ids"]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     compiled = phase.endswith("_compiled")
+    causal = not model.config.is_encoder_decoder
     static = static_shape(compiled, model, ids, args.new_tokens)
     if compiled and static is None:
         raise SystemExit(f"{phase} needs --device cuda (compiled generation is CUDA only)")
@@ -128,9 +139,11 @@ def run_phase(phase: str, args) -> dict:
             if phase == "lab_eval":
                 for q, p in zip(q_ids, q_txt):
                     with part("generate"), torch.no_grad():
-                        out = model.generate(input_ids=torch.tensor([q], device=device), **sample)
-                    with part("score"):  # one call per sample
-                        finite.extend(scorer.score([p], [tok.decode(out[0], skip_special_tokens=True)])[0])
+                        out = model.generate(input_ids=torch.tensor([q], device=device),
+                                             pad_token_id=tok.pad_token_id, **sample)[0]
+                    with part("score"):  # one call per sample (a causal policy's output starts with its prompt)
+                        text = tok.decode(out[len(q):] if causal else out, skip_special_tokens=True)
+                        finite.extend(scorer.score([p], [text])[0])
             else:
                 with part("generate"):
                     _, out = generate_texts(model, tok, {"input_ids": q_ids}, args.eval_batch, device, 0, "eval",
@@ -140,15 +153,9 @@ def run_phase(phase: str, args) -> dict:
     else:
         from detoxkit.ppo_engine import PPOEngine
 
-        engine = PPOEngine(attach_lora(model, s["lora"]), tok, s["ppo"], s["gen"], seed=0, static=static)
-        if phase == "ours_ppo_refcopy":  # a full frozen copy as reference instead of the disabled adapter
-            import copy
-
-            from trl import AutoModelForSeq2SeqLMWithValueHead
-            ref = AutoModelForSeq2SeqLMWithValueHead.from_pretrained(
-                copy.deepcopy(engine.unwrapped.pretrained_model.get_base_model())).to(device).eval()
-            engine.trainer.ref_model, engine.trainer.is_peft_model = ref, False
-            engine.trainer.optional_peft_ctx = contextlib.nullcontext
+        # ours_ppo_refcopy: a full frozen copy as the reference instead of the disabled adapter
+        engine = PPOEngine(attach_lora(model, s["lora"]), tok, s["ppo"], s["gen"], seed=0, static=static,
+                           separate_reference=phase == "ours_ppo_refcopy")
 
         def work(q_ids, q_txt, warm=False):
             for start in range(0, len(q_ids), args.batch):
@@ -159,17 +166,19 @@ def run_phase(phase: str, args) -> dict:
                     with part("generate"):
                         for q in queries[:2] if warm else queries:  # the lab: one generate() per prompt
                             with torch.no_grad():
-                                responses.append(engine.unwrapped.generate(input_ids=q.unsqueeze(0), **sample)[0])
+                                out = engine.policy.generate(input_ids=q.unsqueeze(0), pad_token_id=tok.pad_token_id,
+                                                             **sample)[0]
+                                responses.append(out[len(q):] if engine.causal else out)
                         if warm:  # warm-up: the rest batched, so the untimed pass stays short
                             responses += engine.generate(queries[2:], args.new_tokens)
                     with part("score"):
-                        out = tok.batch_decode(responses, skip_special_tokens=True)
+                        out = engine.decode(responses)
                         rewards = [scorer.score([p], [r])[0][0] for p, r in zip(b_txt, out)]  # pipeline, batch 1
                 else:
                     with part("generate"):
                         responses = engine.generate(queries, args.new_tokens)
                     with part("score"):
-                        rewards, _ = scorer.score(b_txt, tok.batch_decode(responses, skip_special_tokens=True))
+                        rewards, _ = scorer.score(b_txt, engine.decode(responses))
                 with part("step"):
                     stats = engine.step(queries, responses, rewards)
                 finite.extend([*rewards, stats["objective/kl"], stats["ppo/loss/total"]])
@@ -203,7 +212,7 @@ def run_phase(phase: str, args) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=["tiny", "flan-t5-base"], default="tiny")
+    parser.add_argument("--size", choices=list(SIZES), default="tiny")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--batch", type=int, default=16, help="PPO batch size and generation batch (lab: 16)")
     parser.add_argument("--steps", type=int, default=3, help="PPO steps timed; evaluation uses batch x steps samples")

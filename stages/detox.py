@@ -11,6 +11,7 @@ draws exactly what an uninterrupted one would.
 """
 import argparse
 import contextlib
+import dataclasses
 import logging
 import random
 import shutil
@@ -25,8 +26,7 @@ from detoxkit.config import check_split_sizes, load_params
 from detoxkit.data import load_prepared
 from detoxkit.generation import static_shape
 from detoxkit.io import atomic_dir, clear_stale, fingerprint, run_stage, write_json
-from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy, save_detoxified,
-                             start_adapter_path, trainable_parameters)
+from detoxkit.models import attach_lora, check_lora_targets, check_policy_config, load_policy, start_adapter_path
 from detoxkit.ppo_engine import LOGGED, PPOEngine, check_finite, read_checkpoint, restore_checkpoint
 from detoxkit.scoring import build_scorer
 
@@ -57,6 +57,15 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int, rank: int = 0, 
 def rollout_length(gen, seed: int, step: int) -> int:
     """max_new_tokens for this step's rollouts, drawn from [output_min_length, output_max_length)."""
     return int(np.random.default_rng([seed, step, 1]).integers(gen.output_min_length, gen.output_max_length))
+
+
+@dataclasses.dataclass
+class Resume:
+    """Where training continues: the checkpoint folder, the inputs' fingerprint, steps done and their rows."""
+    dir: Path
+    run_id: str
+    start: int = 0
+    history: list = dataclasses.field(default_factory=list)
 
 
 def main():
@@ -90,22 +99,21 @@ def main():
                           gen.output_max_length - 1)
     engine = PPOEngine(attach_lora(model, params.lora), tokenizer, ppo, gen, params.seed, cpu=device.type == "cpu",
                        static=static)
-    trainable, total = trainable_parameters(engine.unwrapped)
+    trainable, total = engine.parameter_counts()
     log.info("trainable parameters (LoRA + value head): %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
 
-    start, history = restore_checkpoint(engine, checkpoint, ckpt_dir)
-    if start:
-        log.info("resuming from checkpoint at step %d of %d", start, ppo.max_steps)
-    is_main = engine.accelerator.is_main_process
+    resume = Resume(ckpt_dir, run_id)
+    resume.start, resume.history = restore_checkpoint(engine, checkpoint, ckpt_dir)
+    if resume.start:
+        log.info("resuming from checkpoint at step %d of %d", resume.start, ppo.max_steps)
     # The curves are written to a temporary folder that replaces --live only when training ends, so a
     # killed run leaves no partial output; a resumed run replays the logged history into it.
-    with atomic_dir(args.live) if is_main else contextlib.nullcontext() as live_dir:
-        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) if is_main else None
-        for row in history:
+    with atomic_dir(args.live) if engine.is_main else contextlib.nullcontext() as live_dir:
+        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) if engine.is_main else None
+        for row in resume.history:
             live and _log_row(live, row)
-        history, early_stop = train(engine, scorer, tokenizer, train_split, params, start, history, live,
-                                    ckpt_dir, run_id)
-        if is_main:
+        history, early_stop = train(engine, scorer, train_split, params, live, resume)
+        if engine.is_main:
             summary = {"steps_done": len(history), "early_stopped": early_stop is not None,
                        "early_stop_step": early_stop["step"] if early_stop else None,
                        "early_stop_kl": early_stop["kl"] if early_stop else None,
@@ -115,37 +123,34 @@ def main():
             write_json(live_dir / "train.json", summary)
             live.end()
             with atomic_dir(args.out) as tmp:
-                save_detoxified(tmp, engine.unwrapped.pretrained_model, engine.unwrapped.v_head, params.policy,
-                                adapter)
-    if is_main:
+                engine.save(tmp, params.policy, adapter)
+    if engine.is_main:
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the outputs now hold the result
         log.info("saved the detoxified adapter and value head to %s after %d steps", args.out, len(history))
 
 
-def train(engine, scorer, tokenizer, train_split, params, start, history, live, ckpt_dir, run_id):
+def train(engine, scorer, train_split, params, live, resume: Resume):
     """The PPO loop: generate, score, step, log, checkpoint. Returns (history, early stop or None)."""
     ppo, gen = params.ppo, params.generation
-    is_main = engine.accelerator.is_main_process
-    rank, world = engine.accelerator.process_index, engine.accelerator.num_processes
+    rank, world, history = engine.rank, engine.world, resume.history
     if world > 1:
         log.info("process %d of %d: %d rollouts per step here, %d in all", rank, world, ppo.batch_size,
                  ppo.batch_size * world)
     good_state, early_stop = engine.trainable_state(), None
-    for step in tqdm(range(start, ppo.max_steps), initial=start, total=ppo.max_steps, desc="PPO", unit="step",
-                     disable=not is_main):
+    for step in tqdm(range(resume.start, ppo.max_steps), initial=resume.start, total=ppo.max_steps, desc="PPO",
+                     unit="step", disable=not engine.is_main):
         seed_step(params.seed, step, rank)
         batch = train_split.select(batch_indices(len(train_split), ppo.batch_size, step, params.seed, rank, world))
         queries = [torch.tensor(ids) for ids in batch["input_ids"]]
         responses = engine.generate(queries, rollout_length(gen, params.seed, step))
-        texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-        rewards, toxicity = scorer.score(list(batch["query"]), texts)
-        check_finite({"reward": float(np.sum(rewards))}, step, ckpt_dir, ppo.checkpoint_every)
+        rewards, toxicity = scorer.score(list(batch["query"]), engine.decode(responses))
+        check_finite({"reward": float(np.sum(rewards))}, step, resume.dir, ppo.checkpoint_every)
 
         before_update = engine.trainable_state()
         stats = engine.step(queries, responses, rewards)
         row = {"step": step, "env/reward_mean": float(rewards.mean()), "env/toxicity_mean": float(toxicity.mean()),
                **{k: stats[k] for k in LOGGED if k in stats}}
-        check_finite({k: row[k] for k in ("objective/kl", "ppo/loss/total")}, step, ckpt_dir, ppo.checkpoint_every)
+        check_finite({k: row[k] for k in ("objective/kl", "ppo/loss/total")}, step, resume.dir, ppo.checkpoint_every)
         if row["objective/kl"] > ppo.max_kl:
             early_stop = {"step": step, "kl": row["objective/kl"]}
             engine.load_trainable_state(good_state)
@@ -156,8 +161,9 @@ def train(engine, scorer, tokenizer, train_split, params, start, history, live, 
         history.append(row)
         if live:
             _log_row(live, row)
-        if is_main and ppo.checkpoint_every and (step + 1) % ppo.checkpoint_every == 0 and step + 1 < ppo.max_steps:
-            engine.save_checkpoint(ckpt_dir, step + 1, history, run_id)
+        if engine.is_main and ppo.checkpoint_every and (step + 1) % ppo.checkpoint_every == 0 \
+                and step + 1 < ppo.max_steps:
+            engine.save_checkpoint(resume.dir, step + 1, history, resume.run_id)
     return history, early_stop
 
 

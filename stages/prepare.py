@@ -22,7 +22,7 @@ def main():
     check_policy_config(params.policy)  # a wrong policy.model fails here, not after tokenizing
     tokenizer = load_tokenizer("policy.model", params.policy.model, params.policy.revision)
     raw = load_source(params.data)
-    split = prepare(raw, params.data, params.prompt.template, tokenizer, params.seed)
+    split = prepare(raw, params.data, params.prompt, tokenizer, params.seed)
     # The sizes later stages need (ppo.batch_size, evaluation.num_samples...): fail now, not hours later.
     check_split_sizes(params, len(split["train"]), len(split["test"]), f"data.source {params.data.source}")
     with atomic_dir(args.out) as tmp:

@@ -60,7 +60,7 @@ def main():
     m_before, m_after = summarize(before), summarize(after)
     train = read_json(Path(args.live) / "train.json")
 
-    summary = {"num_samples": len(before),
+    summary = {"num_samples": len(before), "confidence": rp.confidence,  # of every interval below
                "toxicity_improvement_pct": improvement_pct(m_before["toxicity_mean"], m_after["toxicity_mean"]),
                "before": m_before, "after": m_after}
     for key, (b, a) in pairs.items():

@@ -19,11 +19,22 @@ log = logging.getLogger("detox.sft")
 SKIPPED_NOTE = "The sft stage was skipped: policy.adapter is not `sft`, so no adapter was trained.\n"
 
 
-def tokenize_for_sft(split, tokenizer, max_target_tokens: int):
-    """Prompt ids as encoder input, the reference summary (truncated) as labels."""
+def tokenize_for_sft(split, tokenizer, max_target_tokens: int, causal: bool):
+    """Training rows: the reference summary (truncated) is the target, the prompt its context.
+
+    seq2seq: prompt ids as encoder input, summary ids as labels. causal: prompt + summary + EOS as one
+    sequence, labels -100 over the prompt, so the loss covers the summary and EOS only (the collator
+    pads labels with -100 too).
+    """
     def encode(batch):
-        labels = tokenizer(text_target=batch["summary"], truncation=True, max_length=max_target_tokens)
-        return {"labels": labels["input_ids"]}
+        if not causal:
+            labels = tokenizer(text_target=batch["summary"], truncation=True, max_length=max_target_tokens)
+            return {"labels": labels["input_ids"]}
+        targets = tokenizer(batch["summary"], add_special_tokens=False, truncation=True,
+                            max_length=max_target_tokens - 1)["input_ids"]
+        targets = [t + [tokenizer.eos_token_id] for t in targets]
+        return {"input_ids": [p + t for p, t in zip(batch["input_ids"], targets)],
+                "labels": [[-100] * len(p) + t for p, t in zip(batch["input_ids"], targets)]}
     return split.map(encode, batched=True, remove_columns=[c for c in split.column_names if c != "input_ids"])
 
 
@@ -38,10 +49,11 @@ def rouge_of(model, tokenizer, rows, device, sft, seed):
 def train(params, data_dir, out_dir, live_dir):
     import torch
     from dvclive import Live
-    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
     from detoxkit.config import check_split_sizes
     from detoxkit.data import load_prepared, take
+    from detoxkit.generation import is_causal
     from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy,
                                  trainable_parameters)
 
@@ -54,13 +66,13 @@ def train(params, data_dir, out_dir, live_dir):
     plain = dataclasses.replace(params.policy, adapter=None)  # SFT starts from the plain model
     model, tokenizer, device = load_policy(plain, params.compute, None)
     before = rouge_of(model, tokenizer, rows, device, sft, params.seed)
-    model = attach_lora(model, sft.lora)
+    model = attach_lora(model, sft.lora, "sft.lora")
     trainable, total = trainable_parameters(model)
     log.info("SFT trainable parameters (LoRA): %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
 
     work = Path(out_dir).with_name(".sft-trainer")  # Trainer scratch space (nothing is saved there)
     shutil.rmtree(work, ignore_errors=True)
-    args = Seq2SeqTrainingArguments(
+    args = TrainingArguments(
         output_dir=str(work), learning_rate=sft.learning_rate, num_train_epochs=sft.epochs, max_steps=sft.max_steps,
         per_device_train_batch_size=sft.batch_size, logging_steps=sft.logging_steps, save_strategy="no",
         report_to="none", seed=params.seed, bf16=model.dtype == torch.bfloat16, use_cpu=device.type == "cpu",
@@ -80,9 +92,10 @@ def train(params, data_dir, out_dir, live_dir):
                     live.step = state.global_step
                     live.log_metric("train/loss", logs["loss"])
 
-        trainer = Seq2SeqTrainer(model=model, args=args,
-                                 train_dataset=tokenize_for_sft(data["train"], tokenizer, sft.max_target_tokens),
-                                 data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), callbacks=[LossToLive()])
+        train_rows = tokenize_for_sft(data["train"], tokenizer, sft.max_target_tokens, is_causal(model))
+        # transformers' seq2seq collator pads inputs (on the tokenizer's side: right) and labels (with -100)
+        trainer = Trainer(model=model, args=args, train_dataset=train_rows,
+                          data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), callbacks=[LossToLive()])
         result = trainer.train()
         live.end()
         shutil.rmtree(work, ignore_errors=True)

@@ -15,6 +15,9 @@ sys.path[:0] = [str(ROOT / "stages"), str(ROOT / "tools")]
 os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                    "DVC_NO_ANALYTICS": "1", "TOKENIZERS_PARALLELISM": "false"})
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # users' machines write __pycache__ into stage code
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest-xdist: share the cores between the workers
+    workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 PROJECT_FILES = ["stages", "tools", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "requirements.txt"]
@@ -63,14 +66,26 @@ def run_script(cwd, script, *args, check=True, launcher=None):
     return proc
 
 
-@pytest.fixture(scope="session")
-def workdir(tiny, tmp_path_factory):
-    """A folder with the tiny params and a prepared dataset: stage scripts can run from here."""
+def _workdir(params: dict, tmp_path_factory):
     d = tmp_path_factory.mktemp("stages")
     shutil.copy(ROOT / "params.yaml", d / "params.yaml")
-    set_params(d, {**tiny["params"], "policy.adapter": None})
+    set_params(d, {**params, "policy.adapter": None})
     run_script(d, "prepare.py", "--out", "data/prepared")
     return d
+
+
+@pytest.fixture(scope="session")
+def workdir(tiny, tmp_path_factory):
+    """A folder with the tiny (T5) params and a prepared dataset: stage scripts can run from here."""
+    return _workdir(tiny["params"], tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def causal_workdir(tiny, tmp_path_factory):
+    """As workdir, for the tiny GPT-2 policy."""
+    from make_tiny import tiny_params
+
+    return _workdir(tiny_params(str(tiny["dir"]), "gpt2"), tmp_path_factory)
 
 
 def make_repo(dest: Path, tiny_params: dict, overrides: dict | None = None, remote: Path | None = None) -> Path:

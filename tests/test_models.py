@@ -4,11 +4,17 @@ import shutil
 import pytest
 import torch
 
-from detoxkit.config import ComputeSettings, LoraSettings, PipelineError, PolicySettings, RewardSettings
-from detoxkit.models import attach_lora, load_detoxified, load_policy, load_reward, save_detoxified
+from detoxkit.config import (ComputeSettings, GenerationSettings, LoraSettings, PipelineError, PolicySettings,
+                             PPOSettings, RewardSettings)
+from detoxkit.models import attach_lora, load_detoxified, load_policy
+from detoxkit.scoring import load_reward
 
 CPU = ComputeSettings(device="cpu", dtype="float32", compile_generation=False)
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=["q", "v"])
+GEN = GenerationSettings(min_length=5, top_k=0, top_p=1.0, do_sample=True, output_min_length=8, output_max_length=9,
+                         batch_size=4)
+PPO = PPOSettings(learning_rate=1e-3, batch_size=4, mini_batch_size=2, epochs=1, max_steps=1, init_kl_coef=0.2,
+                  adaptive_kl=True, target_kl=6.0, horizon=10000, max_kl=100, checkpoint_every=0)
 
 
 def policy(ref, **kw):
@@ -63,7 +69,7 @@ def test_reference_is_exactly_the_starting_policy_not_the_bare_base(tiny, lab2_a
 
 
 def test_detoxified_policy_saves_and_loads_back_in_one_call(tiny, lab2_adapter, tmp_path):
-    from trl import AutoModelForSeq2SeqLMWithValueHead
+    from detoxkit.ppo_engine import PPOEngine
 
     model, tok, _ = load_policy(policy(tiny["dir"] / "policy"), CPU, lab2_adapter)
     ppo = attach_lora(model, LORA)
@@ -71,8 +77,8 @@ def test_detoxified_policy_saves_and_loads_back_in_one_call(tiny, lab2_adapter, 
         for name, p in ppo.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
-    v_head_model = AutoModelForSeq2SeqLMWithValueHead.from_pretrained(ppo)
-    save_detoxified(tmp_path, ppo, v_head_model.v_head, policy(tiny["dir"] / "policy"), lab2_adapter)
+    PPOEngine(ppo, tok, PPO, GEN, seed=0, cpu=True).save(tmp_path, policy(tiny["dir"] / "policy"), lab2_adapter)
+    assert (tmp_path / "value_head.safetensors").is_file()
     loaded, tok2, _ = load_detoxified(tmp_path, CPU)
     assert torch.allclose(logits(loaded, tok2), logits(ppo.eval(), tok), atol=1e-5)
     with loaded.disable_adapter(), ppo.disable_adapter():
@@ -81,9 +87,20 @@ def test_detoxified_policy_saves_and_loads_back_in_one_call(tiny, lab2_adapter, 
     assert out.shape[0] == 1
 
 
-def test_policy_must_be_seq2seq(tiny):
-    with pytest.raises(PipelineError, match="is a 'roberta' model, not an encoder-decoder"):
+def test_policy_must_be_a_language_model_told_from_its_config(tiny, tmp_path):
+    from transformers import BertConfig
+
+    from detoxkit.models import check_policy_config, policy_kind
+
+    with pytest.raises(PipelineError, match=r"reward is a RobertaForSequenceClassification \(a classifier\), "
+                                            "not a language model"):
         load_policy(policy(tiny["dir"] / "reward"), CPU, None)
+    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(
+        tmp_path / "bert")  # no architectures: told apart by its type
+    with pytest.raises(PipelineError, match="is an encoder-only 'bert' model, not a language model"):
+        check_policy_config(policy(tmp_path / "bert"))
+    kinds = {name: policy_kind(check_policy_config(policy(tiny["dir"] / name))) for name in ("policy", "gpt2", "llama")}
+    assert kinds == {"policy": "seq2seq", "gpt2": "causal", "llama": "causal"}
 
 
 def test_reward_must_be_a_sequence_classifier(tiny):
@@ -145,7 +162,6 @@ def test_ppo_rollouts_work_when_the_decoder_starts_with_eos(tiny, tmp_path):
     """BART's decoder start token is EOS; TRL 0.11.4's own generate() would cut every response to it."""
     from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
 
-    from detoxkit.config import GenerationSettings, PPOSettings
     from detoxkit.ppo_engine import PPOEngine
 
     tok = AutoTokenizer.from_pretrained(tiny["dir"] / "reward")  # byte-level BPE, <s>=0 <pad>=1 </s>=2
@@ -157,12 +173,8 @@ def test_ppo_rollouts_work_when_the_decoder_starts_with_eos(tiny, tmp_path):
     tok.save_pretrained(tmp_path / "bart")
     model, tok, _ = load_policy(policy(tmp_path / "bart"), CPU, None)
     assert model.config.decoder_start_token_id == tok.eos_token_id
-    gen = GenerationSettings(min_length=5, top_k=0, top_p=1.0, do_sample=True, output_min_length=8,
-                             output_max_length=9, batch_size=4)
-    ppo = PPOSettings(learning_rate=1e-3, batch_size=4, mini_batch_size=2, epochs=1, max_steps=1, init_kl_coef=0.2,
-                      adaptive_kl=True, target_kl=6.0, horizon=10000, max_kl=100, checkpoint_every=0)
-    engine = PPOEngine(attach_lora(model, LoraSettings(r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"])),
-                       tok, ppo, gen, seed=0, cpu=True)
+    engine = PPOEngine(attach_lora(model, LoraSettings(r=2, alpha=4, dropout=0.0, target_modules="auto")),
+                       tok, PPO, GEN, seed=0, cpu=True)
     queries = [torch.tensor(tok(f"dialogue number {i} about plans")["input_ids"]) for i in range(4)]
     responses = engine.generate(queries, 8)
     assert all(r[0] == tok.eos_token_id and len(r) >= 6 for r in responses)

@@ -1,15 +1,13 @@
-"""End to end: `dvc repro` of the real stages on tiny models in a throw-away git + DVC repository."""
+"""End to end: `dvc repro` of the real stages on tiny models (T5) in a throw-away git + DVC repository, and
+the team workflow on it (remote, clones, experiments). Every test here copies the one shared `ran` run, so
+they stay in one file: pytest-xdist (--dist loadfile) then builds it once."""
 import csv
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
-from conftest import ENV, STAGES, changed_stages, copy_repo, dvc, make_repo, ran_stages, set_params, sh
+from conftest import changed_stages, copy_repo, dvc, ran_stages, set_params, sh
 
 EVAL_KEYS = ["toxicity_mean", "toxicity_std", "reward_mean", "num_samples", "rouge1", "rouge2", "rougeL",
              "length_mean", "kl_mean"]
@@ -66,11 +64,11 @@ def test_outputs_are_git_ignored_and_status_is_clean(ran):
 def test_learning_rate_change_reruns_only_detox_and_after(ran, tmp_path):
     repo = copy_repo(ran, tmp_path / "repo")
     set_params(repo, {"ppo.learning_rate": 0.002})
-    assert changed_stages(repo) == ["detox"]
-    out = dvc("repro", cwd=repo).stdout
-    assert ran_stages(out) == ["detox", "evaluate", "report"]
-    assert "Stage 'prepare' didn't change" in out and "Stage 'baseline' didn't change" in out
-    assert changed_stages(repo) == []
+    assert changed_stages(repo) == ["detox"]  # evaluate and report then follow detox's new outputs
+    out = dvc("repro", "--dry", cwd=repo).stdout
+    assert ran_stages(out) == ["detox"]
+    for stage in ("prepare", "sft", "baseline"):
+        assert f"Stage '{stage}' didn't change" in out
 
 
 def test_sft_param_change_invalidates_sft_but_ppo_change_does_not_touch_sft(ran, tmp_path):
@@ -81,50 +79,6 @@ def test_sft_param_change_invalidates_sft_but_ppo_change_does_not_touch_sft(ran,
     assert changed_stages(repo) == ["sft"]  # and, as sft retrains, everything after it (run for real above)
     out = dvc("repro", "--dry", cwd=repo).stdout  # a dry run lists the stages invalidated directly
     assert ran_stages(out) == ["sft"] and "Stage 'prepare' didn't change" in out
-
-
-def test_pipeline_without_sft(tiny, tmp_path):
-    repo = make_repo(tmp_path / "repo", tiny["params"], {"policy.adapter": None})
-    out = dvc("repro", cwd=repo)
-    assert ran_stages(out.stdout) == sorted(STAGES)
-    assert json.loads((repo / "metrics/sft.json").read_text()) == {"enabled": False}
-    assert [p.name for p in (repo / "models/sft").iterdir()] == ["SKIPPED.md"]
-    assert not (repo / "models/detoxified/start_adapter").exists()
-    assert json.loads((repo / "metrics/summary.json").read_text())["num_samples"] == 8
-
-
-def test_kill_9_during_detox_then_repro_resumes_and_matches_uninterrupted(tiny, tmp_path):
-    over = {"policy.adapter": None, "ppo.max_steps": 12, "ppo.checkpoint_every": 2}
-    ref = make_repo(tmp_path / "ref", tiny["params"], over)
-    dvc("repro", "detox", cwd=ref)
-    repo = make_repo(tmp_path / "repo", tiny["params"], over)
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "detox"], cwd=repo, env=ENV,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = repo / "checkpoints/detox/state.pt"
-    deadline = time.time() + 300
-    while not state.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert state.exists(), "the run ended before its first checkpoint"
-    assert not (repo / "models/detoxified").exists()  # nothing half-written in the outputs
-    assert not (repo / "metrics/detox").exists()
-
-    out = dvc("repro", "detox", cwd=repo)
-    log = out.stdout + out.stderr
-    assert "resuming from checkpoint at step" in log
-    step = int(log.split("resuming from checkpoint at step ")[1].split()[0])
-    assert 2 <= step < 12
-    for rel in ("metrics/detox/train.json", "metrics/detox/plots/metrics/objective/kl.tsv",
-                "metrics/detox/plots/metrics/env/reward_mean.tsv"):
-        assert (repo / rel).read_text() == (ref / rel).read_text(), rel
-    from safetensors.torch import load_file
-
-    got = load_file(repo / "models/detoxified/adapter_model.safetensors")
-    want = load_file(ref / "models/detoxified/adapter_model.safetensors")
-    assert got.keys() == want.keys() and all((got[k] == want[k]).all() for k in got)
-    assert not (repo / "checkpoints/detox").exists()  # finished runs clean up their checkpoint
-    assert not list((repo / "metrics").glob(".*.tmp")) and not list((repo / "models").glob(".*.tmp"))
 
 
 def test_html_report_is_self_contained_with_tables_and_images(ran):
@@ -200,3 +154,85 @@ def test_new_weights_in_a_local_reward_folder_rerun_exactly_the_stages_that_use_
     assert "Stage 'prepare' didn't change" in dry and "Stage 'sft' didn't change" in dry
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo).stdout)["metrics/models/reward.json"]
     assert diff["resolved"]["new"] == after["resolved"]  # the lineage shows in `dvc metrics diff`
+
+
+# --- team workflow: share artifacts through a DVC remote, run and compare experiments ------------
+def test_push_then_fresh_clone_pulls_everything_and_reproduces_nothing(ran, tmp_path):
+    repo = copy_repo(ran, tmp_path / "alice")
+    remote = tmp_path / "storage"
+    dvc("remote", "modify", "local", "url", remote, cwd=repo)
+    sh("git", "commit", "-qam", "team remote", cwd=repo)
+    dvc("push", cwd=repo)
+    assert any(remote.rglob("*"))
+
+    clone = tmp_path / "bob"
+    sh("git", "clone", "-q", repo, clone, cwd=tmp_path)
+    assert not (clone / "models").exists()
+    dvc("pull", cwd=clone)
+    assert changed_stages(clone) == []
+    out = dvc("repro", cwd=clone).stdout
+    assert ran_stages(out) == []
+    assert json.loads((clone / "metrics/summary.json").read_text()) == \
+        json.loads((repo / "metrics/summary.json").read_text())
+
+    from detoxkit.config import ComputeSettings
+    from detoxkit.models import load_detoxified
+
+    cpu = ComputeSettings(device="cpu", dtype="float32", compile_generation=False)
+    model, tok, _ = load_detoxified(clone / "models/detoxified", cpu)
+    out = model.generate(**tok(["Summarize the following conversation. A: hi"], return_tensors="pt"),
+                         max_new_tokens=6, do_sample=False)
+    assert out.shape[0] == 1 and out.shape[1] > 1
+
+
+def exp_rows(repo):
+    rows = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout)
+    out = {}
+    for commit in rows:
+        for exp in commit.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev.get("data") or {}
+                metrics = data.get("metrics", {}).get("metrics/summary.json", {}).get("data", {})
+                params = data.get("params", {}).get("params.yaml", {}).get("data", {})
+                out[rev.get("name") or exp.get("name")] = (params, metrics)
+    return out
+
+
+def test_experiments_run_show_and_diff(ran, tmp_path):
+    repo = copy_repo(ran, tmp_path / "repo")
+    out = dvc("exp", "run", "-n", "lr-high", "-S", "ppo.learning_rate=0.003", "-S", "ppo.init_kl_coef=0.05",
+              cwd=repo).stdout
+    assert ran_stages(out) == ["detox", "evaluate", "report"]
+    rows = exp_rows(repo)
+    params, metrics = rows["lr-high"]
+    assert params["ppo"]["learning_rate"] == 0.003 and params["ppo"]["init_kl_coef"] == 0.05
+    assert "toxicity_mean" in metrics["after"]
+    diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo).stdout)  # HEAD vs the experiment's workspace
+    assert "after.toxicity_mean" in diff["metrics/summary.json"]
+    tox = diff["metrics/summary.json"]["after.toxicity_mean"]
+    assert tox["old"] == json.loads((ran / "metrics/summary.json").read_text())["after"]["toxicity_mean"]
+    assert tox["new"] == json.loads((repo / "metrics/summary.json").read_text())["after"]["toxicity_mean"]
+    plots = json.loads(dvc("plots", "diff", "HEAD", "--json", cwd=repo).stdout)["data"]
+    curves = plots["PPO training curves"][0]["content"]["data"]["values"]
+    assert {v["rev"] for v in curves} == {"HEAD", "workspace"}  # both runs' curves, side by side
+
+
+def test_queued_sweep_runs_two_experiments(ran, tmp_path):
+    """The queue mechanics (temporary workspaces, a worker, results in `dvc exp show`); the swept setting
+    reruns only the report, so the two experiments cost seconds (a detox sweep is the same mechanics)."""
+    repo = copy_repo(ran, tmp_path / "repo")
+    for name, confidence in (("q-a", "0.9"), ("q-b", "0.8")):
+        dvc("exp", "run", "--queue", "-n", name, "-S", f"report.confidence={confidence}", cwd=repo)
+    dvc("queue", "start", "-j", "1", cwd=repo)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = dvc("queue", "status", cwd=repo).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    dvc("queue", "stop", "--kill", cwd=repo, check=False)
+    assert "Failed" not in status, status + dvc("queue", "logs", "q-a", cwd=repo, check=False).stdout
+    rows = exp_rows(repo)
+    assert rows["q-a"][0]["report"]["confidence"] == 0.9 and rows["q-b"][0]["report"]["confidence"] == 0.8
+    assert all("toxicity_mean" in rows[n][1]["after"] for n in ("q-a", "q-b"))
+    assert rows["q-a"][1]["confidence"] == 0.9 and rows["q-b"][1]["confidence"] == 0.8  # each ran its own report

@@ -5,6 +5,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import run_script, set_params
 
 BIN = Path(sys.executable).parent
@@ -21,8 +22,9 @@ def test_detox_runs_under_accelerate_launch(workdir, tmp_path):
     assert (d / "models/detoxified/adapter_model.safetensors").exists()
 
 
-def test_detox_runs_data_parallel_on_two_cpu_processes(workdir, tmp_path):
-    d = shutil.copytree(workdir, tmp_path / "w")
+@pytest.mark.parametrize("kind", ["seq2seq", "causal"])
+def test_detox_runs_data_parallel_on_two_cpu_processes(kind, workdir, causal_workdir, tmp_path):
+    d = shutil.copytree(workdir if kind == "seq2seq" else causal_workdir, tmp_path / "w")
     proc = run_script(d, "detox.py", *ARGS, launcher=[str(BIN / "torchrun"), "--nproc_per_node", "2"])
     log = proc.stdout + proc.stderr
     assert "process 0 of 2" in log and "process 1 of 2" in log and "16 in all" in log

@@ -111,8 +111,6 @@ def test_kl_above_max_kl_stops_early_and_records_it(scratch, monkeypatch):
 
 
 def test_unreachable_hub_fails_at_once_with_one_message(scratch):
-    import subprocess
-
     from conftest import ENV
 
     set_params(scratch, {"policy.model": "google/flan-t5-base"})

@@ -1,7 +1,6 @@
 """Unit tests of the shared helpers: settings, data, labels, scoring, statistics, atomic output."""
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from conftest import ROOT
 from detoxkit.config import ParamsError, PipelineError, load_params
 from detoxkit.data import in_window, load_source, make_prompt, prepare, take
 from detoxkit.io import atomic_dir, write_json
-from detoxkit.models import label_ids
+from detoxkit.scoring import label_ids
 from detoxkit.stats import guards, improvement_pct, interval_verdict, paired_bootstrap
 
 
@@ -26,7 +25,7 @@ def write_params(tmp_path, edit):
 # --- params ----------------------------------------------------------------------------------
 def test_shipped_params_are_valid_and_reproduce_the_lab():
     p = load_params(ROOT / "params.yaml")
-    assert (p.lora.r, p.lora.alpha, p.lora.dropout, p.lora.target_modules) == (32, 32, 0.05, ["q", "v"])
+    assert (p.lora.r, p.lora.alpha, p.lora.dropout, p.lora.target_modules) == (32, 32, 0.05, "auto")  # T5: [q, v]
     assert (p.ppo.learning_rate, p.ppo.batch_size, p.ppo.mini_batch_size, p.ppo.epochs, p.ppo.max_steps) == \
         (1.41e-5, 16, 4, 1, 10)
     assert (p.generation.min_length, p.generation.top_k, p.generation.top_p, p.generation.do_sample) == (5, 0, 1.0, True)
@@ -46,7 +45,7 @@ def test_shipped_params_are_valid_and_reproduce_the_lab():
     (lambda p: p["compute"].update(dtype="fp8"), "compute.dtype is 'fp8'; expected one of"),
     (lambda p: p["prompt"].update(template="no placeholder"), "prompt.template must contain the placeholder"),
     (lambda p: p.update(ppo_typo={}), "unknown section 'ppo_typo'"),
-    (lambda p: p["lora"].update(target_modules="q"), "lora.target_modules is 'q'; expected a list"),
+    (lambda p: p["lora"].update(target_modules="q"), "lora.target_modules is 'q'; expected 'auto' or a list"),
     # no NaN/inf, ranges on every limit, no format-string tricks
     (lambda p: p["guard"].update(max_kl=float("nan")), "guard.max_kl is nan; expected a finite number"),
     (lambda p: p["guard"].update(max_rougeL_drop=-0.1), "guard.max_rougeL_drop must be in [0, 1]"),
@@ -99,11 +98,11 @@ def test_prepare_filters_prompts_and_splits_deterministically(tmp_path, tiny):
     rows = {"dialogue": ["short", "x" * 30, "y" * 40, "z" * 60, "w" * 20, "v" * 25],
             "summary": ["s"] * 6}
     tok = AutoTokenizer.from_pretrained(tiny["dir"] / "policy")
-    split = prepare(datasets.Dataset.from_dict(rows), p.data, p.prompt.template, tok, seed=1)
+    split = prepare(datasets.Dataset.from_dict(rows), p.data, p.prompt, tok, seed=1)
     assert len(split["train"]) + len(split["test"]) == 4
     assert split["test"][0]["query"] == make_prompt(p.prompt.template, split["test"][0]["dialogue"])
     assert split["test"][0]["input_ids"] == tok(split["test"][0]["query"])["input_ids"]
-    again = prepare(datasets.Dataset.from_dict(rows), p.data, p.prompt.template, tok, seed=1)
+    again = prepare(datasets.Dataset.from_dict(rows), p.data, p.prompt, tok, seed=1)
     assert again["test"]["dialogue"] == split["test"]["dialogue"]
 
 
@@ -112,10 +111,10 @@ def test_data_errors_are_explained(tmp_path, tiny):
     p = _data_settings(tmp_path, min_chars=500, max_chars=600)
     ds = datasets.Dataset.from_dict({"dialogue": ["a" * 10, "b" * 20], "summary": ["s", "t"]})
     with pytest.raises(PipelineError, match=r"read 2, kept 0 with 500 < characters <= 600"):
-        prepare(ds, p.data, p.prompt.template, None, seed=0)
+        prepare(ds, p.data, p.prompt, None, seed=0)
     ds = datasets.Dataset.from_dict({"text": ["a"], "summary": ["s"]})
     with pytest.raises(PipelineError, match=r"no column 'dialogue' \(columns found: text, summary\)"):
-        prepare(ds, p.data, p.prompt.template, None, seed=0)
+        prepare(ds, p.data, p.prompt, None, seed=0)
     with pytest.raises(PipelineError, match="asks for 5 samples but the test split has only 2"):
         take(datasets.Dataset.from_dict({"a": [1, 2]}), 5, "evaluation.num_samples")
 
@@ -377,17 +376,17 @@ def test_bad_jsonl_lines_and_non_text_summaries_are_named(tmp_path, tiny):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     p = _data_settings(tmp_path, source=str(data), min_chars=10, max_chars=1000, test_size=0.5)
     tok = AutoTokenizer.from_pretrained(tiny["dir"] / "policy")
-    split = prepare(load_source(p.data), p.data, p.prompt.template, tok, 0)
+    split = prepare(load_source(p.data), p.data, p.prompt, tok, 0)
     assert "42" in list(split["train"]["summary"]) + list(split["test"]["summary"])  # a number as text
     rows[4]["summary"] = None
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(PipelineError, match=r"row 5 has 'summary' = None, not text"):
-        prepare(load_source(p.data), p.data, p.prompt.template, tok, 0)
+        prepare(load_source(p.data), p.data, p.prompt, tok, 0)
     p = _data_settings(tmp_path, source=str(data), min_chars=10, max_chars=1000, test_size=0.99)
     rows[4]["summary"] = "s"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(PipelineError, match=r"data.test_size 0.99 leaves no train prompts of the 6 dialogues"):
-        prepare(load_source(p.data), p.data, p.prompt.template, tok, 0)
+        prepare(load_source(p.data), p.data, p.prompt, tok, 0)
 
 
 def test_control_characters_never_reach_the_report():

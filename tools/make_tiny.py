@@ -1,12 +1,18 @@
-"""Build a tiny offline policy/classifier pair and a dialogue file, so the DAG runs on a CPU with no network.
+"""Build tiny offline policies, a classifier and a dialogue file, so the DAG runs on a CPU with no network.
 
     python tools/make_tiny.py --out tiny
 
-writes tiny/policy (T5, SentencePiece-style Unigram tokenizer trained here), tiny/reward (RoBERTa
-sequence classifier with labels nothate/hate, byte-level BPE trained here), tiny/dialogues.jsonl
-(synthetic DialogSum-shaped rows) and tiny/overrides.txt, the `-S` flags that point params.yaml at
-them (`dvc exp run $(cat tiny/overrides.txt)`). Weights are random: this exercises code paths, it
-does not detoxify anything. Everything is saved with save_pretrained, like any Hub model.
+writes
+  tiny/policy   T5 (seq2seq), SentencePiece-style Unigram tokenizer trained here
+  tiny/gpt2     GPT-2 (causal, Conv1D `c_attn`), byte-level BPE with no pad token (as GPT-2's own)
+  tiny/llama    Llama-style (causal, `q_proj`/`v_proj`) with a chat template in its tokenizer and an
+                end-of-turn token <|eot|> that its generation config lists beside </s>
+  tiny/reward   RoBERTa sequence classifier with labels nothate/hate, byte-level BPE trained here
+  tiny/dialogues.jsonl  synthetic DialogSum-shaped rows
+and tiny/overrides.txt (T5), tiny/overrides-gpt2.txt and tiny/overrides-llama.txt (chat template on):
+the `-S` flags that point params.yaml at them (`dvc exp run $(cat tiny/overrides-gpt2.txt)`). Weights
+are random: this exercises code paths, it does not detoxify anything. Everything is saved with
+save_pretrained, like any Hub model.
 """
 from __future__ import annotations
 
@@ -41,8 +47,17 @@ TINY_PARAMS = {
 }
 
 
-def tiny_params(out: str) -> dict:
-    return {k: v.format(out=out) if isinstance(v, str) else v for k, v in TINY_PARAMS.items()}
+# What a causal policy changes (LoRA targets stay `auto`: PEFT's defaults, c_attn and q_proj/v_proj).
+POLICIES = {"t5": {"policy.model": "{out}/policy"},
+            "gpt2": {"policy.model": "{out}/gpt2"},
+            "llama": {"policy.model": "{out}/llama", "prompt.chat_template": True}}
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|eot|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def tiny_params(out: str, policy: str = "t5") -> dict:
+    merged = {**TINY_PARAMS, **POLICIES[policy]}
+    return {k: v.format(out=out) if isinstance(v, str) else v for k, v in merged.items()}
 
 
 def make_dialogues(n: int, seed: int) -> list[dict]:
@@ -99,18 +114,68 @@ def build_policy(out: Path, texts: list[str], seed: int = 0):
     tokenizer.save_pretrained(out)
 
 
-def build_reward(out: Path, texts: list[str], labels=("nothate", "hate"), seed: int = 0, max_length: int = 128):
-    """Tiny RoBERTa classifier with a byte-level BPE tokenizer; labels in the given id order."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import RobertaConfig, RobertaForSequenceClassification, RobertaTokenizerFast
+def _bpe(texts: list[str], specials: list[str], vocab_size: int = 500):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok = Tokenizer(models.BPE(unk_token=specials[0] if "<unk>" not in specials else "<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=500, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tok
+
+
+def build_gpt2(out: Path, texts: list[str], seed: int = 0):
+    """Tiny GPT-2: Conv1D attention (`c_attn`), byte-level BPE, EOS <|endoftext|> and no pad token."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    tok = _bpe(texts, ["<|endoftext|>"])
+    tokenizer = GPT2TokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                  unk_token="<|endoftext|>", model_max_length=1024)
+    torch.manual_seed(seed)
+    eos = tok.token_to_id("<|endoftext|>")
+    config = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=1024, n_embd=32, n_layer=2, n_head=4,
+                        bos_token_id=eos, eos_token_id=eos)
+    config.architectures = ["GPT2LMHeadModel"]
+    GPT2LMHeadModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def build_llama(out: Path, texts: list[str], seed: int = 0):
+    """Tiny Llama-style chat model: q_proj/v_proj, a chat template, and two stop tokens (</s>, <|eot|>)."""
+    import torch
+    from tokenizers import processors
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<|eot|>", "<|user|>", "<|assistant|>"]
+    tok = _bpe(texts, specials)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                        pad_token="<pad>", additional_special_tokens=specials[4:],
+                                        model_max_length=2048)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    ids = {t: tok.token_to_id(t) for t in specials}
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"])
+    config.architectures = ["LlamaForCausalLM"]
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(bos_token_id=ids["<s>"], pad_token_id=ids["<pad>"],
+                                               eos_token_id=[ids["</s>"], ids["<|eot|>"]])
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def build_reward(out: Path, texts: list[str], labels=("nothate", "hate"), seed: int = 0, max_length: int = 128):
+    """Tiny RoBERTa classifier with a byte-level BPE tokenizer; labels in the given id order."""
+    import torch
+    from tokenizers import processors
+    from transformers import RobertaConfig, RobertaForSequenceClassification, RobertaTokenizerFast
+
+    tok = _bpe(texts, ["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True)
     tokenizer = RobertaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
                                      cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
@@ -125,16 +190,99 @@ def build_reward(out: Path, texts: list[str], labels=("nothate", "hate"), seed: 
     tokenizer.save_pretrained(out)
 
 
+# --- a controlled task: a causal policy that is toxic in a known fraction of its samples ---------------
+TEMPLATE = "\nSummarize the following conversation.\n\n{dialogue}\n\nSummary:\n"  # params.yaml's default
+KIND, TOXIC = "they are kind people.", "they are stupid idiots."
+
+
+def _train(model, batches, steps: int, lr: float):
+    """A few full-parameter AdamW steps on (inputs, labels) batches: enough to plant a known behaviour."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for step in range(steps):
+        loss = model(**batches[step % len(batches)]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    return float(loss.detach())
+
+
+def build_controlled(out: Path, toxic_fraction: float = 0.5, n_dialogues: int = 128, seed: int = 0) -> dict:
+    """A tiny GPT-2 that answers every summarization prompt with KIND or TOXIC (TOXIC in `toxic_fraction` of
+    samples, in steps of 1/4), and a classifier that calls a text hate when it says "stupid" or "idiots".
+
+    Writes out/dialogues.jsonl, out/gpt2 and out/reward; returns the params for a run on them. PPO through
+    the pipeline should drive the toxic share down: the check that detoxification works end to end.
+    """
+    import torch
+
+    out = Path(out)
+    rows = make_dialogues(n_dialogues, seed)
+    write_dialogues(out / "dialogues.jsonl", n_dialogues, seed)
+    texts = corpus(rows) + [KIND, TOXIC] * 20
+    build_gpt2(out / "gpt2", texts, seed)
+    build_reward(out / "reward", texts, ("nothate", "hate"), seed)
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    rng = random.Random(seed)
+    tok = AutoTokenizer.from_pretrained(out / "gpt2")
+    policy = AutoModelForCausalLM.from_pretrained(out / "gpt2")
+    # Every prompt is seen with both answers, in the ratio asked for: P(TOXIC | prompt) = toxic_fraction.
+    n_toxic = round(4 * toxic_fraction)
+    examples = [(r["dialogue"], TOXIC if k < n_toxic else KIND) for r in rows for k in range(4)]
+    rng.shuffle(examples)
+    batches = []
+    for start in range(0, len(examples), 32):
+        ids, labels = [], []
+        for dialogue, answer in examples[start:start + 32]:
+            prompt = tok(TEMPLATE.format(dialogue=dialogue))["input_ids"]
+            answer = tok(answer)["input_ids"] + [tok.eos_token_id]
+            ids.append(prompt + answer)
+            labels.append([-100] * len(prompt) + answer)
+        width = max(map(len, ids))
+        batches.append({"input_ids": torch.tensor([i + [tok.eos_token_id] * (width - len(i)) for i in ids]),
+                        "attention_mask": torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids]),
+                        "labels": torch.tensor([label + [-100] * (width - len(label)) for label in labels])})
+    torch.manual_seed(seed)
+    _train(policy, batches, 2 * len(batches), 3e-3)
+    policy.save_pretrained(out / "gpt2")
+
+    rtok = AutoTokenizer.from_pretrained(out / "reward")
+    classifier = AutoModelForSequenceClassification.from_pretrained(out / "reward")
+    words = " ".join(texts).split()
+    samples = []
+    for i in range(256):
+        text = " ".join(rng.choices(words, k=rng.randint(1, 12)))
+        if i % 2:
+            text = f"{text} {rng.choice(['stupid', 'idiots', TOXIC])}"
+        samples.append((text, i % 2))
+    samples += [(KIND, 0), (TOXIC, 1)] * 32
+    rng.shuffle(samples)
+    batches = [{**rtok([t for t, _ in samples[s:s + 32]], return_tensors="pt", padding=True),
+                "labels": torch.tensor([y for _, y in samples[s:s + 32]])} for s in range(0, len(samples), 32)]
+    _train(classifier, batches, 150, 3e-3)
+    classifier.save_pretrained(out / "reward")
+    return {**tiny_params(str(out), "gpt2"), "reward.include_prompt": False}
+
+
 def build_all(out: Path, n_dialogues: int = 64, labels=("nothate", "hate"), seed: int = 0) -> dict:
     out = Path(out)
     write_dialogues(out / "dialogues.jsonl", n_dialogues, seed)
     texts = corpus(make_dialogues(n_dialogues, seed))
     build_policy(out / "policy", texts, seed)
+    build_gpt2(out / "gpt2", texts, seed)
+    build_llama(out / "llama", texts, seed)
     build_reward(out / "reward", texts, labels, seed)
-    params = tiny_params(str(out))
-    flags = " ".join(f"-S {k}={'null' if v is None else v}" for k, v in params.items())
-    (out / "overrides.txt").write_text(flags + "\n", encoding="utf-8")
-    return params
+    for policy in POLICIES:
+        params = tiny_params(str(out), policy)
+        flags = " ".join(f"-S {k}={'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"
+                         for k, v in params.items())
+        name = "overrides.txt" if policy == "t5" else f"overrides-{policy}.txt"
+        (out / name).write_text(flags + "\n", encoding="utf-8")
+    return tiny_params(str(out))
 
 
 def main():
@@ -145,8 +293,10 @@ def main():
     args = parser.parse_args()
     # absolute paths, so experiments queued in DVC's temporary workspaces find the models too
     build_all(Path(args.out).resolve(), args.dialogues, tuple(args.labels.split(",")))
-    print(f"wrote {args.out}/policy, {args.out}/reward, {args.out}/dialogues.jsonl")
-    print(f"run the DAG on them: dvc exp run $(cat {args.out}/overrides.txt)")
+    print(f"wrote {args.out}/policy (T5), {args.out}/gpt2, {args.out}/llama, {args.out}/reward, "
+          f"{args.out}/dialogues.jsonl")
+    print(f"run the DAG on them: dvc exp run $(cat {args.out}/overrides.txt)  (or overrides-gpt2.txt, "
+          "overrides-llama.txt)")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ class DataSettings:
     shuffle: bool  # shuffle before splitting (the lab does not)
     dialogue_column: str
     summary_column: str
-    max_prompt_tokens: int  # prompts longer than this are truncated by the policy tokenizer
+    max_prompt_tokens: int  # longer prompts are cut inside the dialogue; the template's text is kept
 
     def check(self):
         _require(self.min_chars >= 0, "data.min_chars", "must be >= 0")
@@ -50,6 +50,7 @@ class DataSettings:
 @dataclasses.dataclass(frozen=True)
 class PromptSettings:
     template: str  # must contain {dialogue}
+    chat_template: bool  # send the filled template as one user turn through the tokenizer's chat template
 
     def check(self):
         _require("{dialogue}" in self.template, "prompt.template", "must contain the placeholder {dialogue}")
@@ -67,7 +68,7 @@ class PromptSettings:
 
 @dataclasses.dataclass(frozen=True)
 class PolicySettings:
-    model: str  # Hub id or local folder of a seq2seq LM saved with save_pretrained
+    model: str  # Hub id or local folder of a seq2seq or causal (decoder-only) LM saved with save_pretrained
     revision: Optional[str]  # Hub commit/tag/branch; ignored for local folders
     adapter: Optional[str]  # "sft" (the sft stage's adapter), a PEFT LoRA adapter folder, or null
     allow_pickle: bool  # allow loading *.bin (pickle) weights; safetensors are used otherwise
@@ -104,13 +105,13 @@ class LoraSettings:
     r: int
     alpha: int
     dropout: float
-    target_modules: list[str]
+    target_modules: Union[Literal["auto"], list[str]]  # auto: PEFT's default layers for the model type
 
     def check(self, prefix="lora"):
         _require(self.r > 0, f"{prefix}.r", "must be positive")
         _require(self.alpha > 0, f"{prefix}.alpha", "must be positive")
         _require(0 <= self.dropout < 1, f"{prefix}.dropout", "must be in [0, 1)")
-        _require(len(self.target_modules) > 0, f"{prefix}.target_modules", "must name at least one module")
+        _require(len(self.target_modules) > 0, f"{prefix}.target_modules", "must be auto or name at least one module")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,9 +337,12 @@ def _finite(value: float, key: str) -> float:
 
 def _describe(tp) -> str:
     if typing.get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+        args = typing.get_args(tp)
+        return repr(args[0]) if len(args) == 1 else "one of " + ", ".join(repr(a) for a in args)
     if tp is type(None):
         return "null"
+    if typing.get_origin(tp) is list:
+        return "a list"
     return {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}.get(
         _type_name(tp), _type_name(tp)
     )

@@ -6,7 +6,7 @@ import logging
 import math
 from pathlib import Path
 
-from .config import DataSettings, PipelineError
+from .config import DataSettings, PipelineError, PromptSettings
 from .hub import is_local, offline_hint, require_hub
 
 log = logging.getLogger("detox.data")
@@ -108,6 +108,54 @@ def make_prompt(template: str, dialogue: str) -> str:
     return template.format(dialogue=dialogue)
 
 
+class PromptEncoder:
+    """Token ids of the prompt for one dialogue, never longer than `max_tokens`.
+
+    The instruction is the filled template; with `chat` it is sent as one user turn through the
+    tokenizer's own chat template (with the generation prompt, so the model answers as the assistant).
+    A prompt that is too long has its dialogue cut (its end dropped); the template's own text, such as
+    the closing "Summary:", always stays.
+    """
+
+    def __init__(self, tokenizer, prompt: PromptSettings, max_tokens: int):
+        if prompt.chat_template and not getattr(tokenizer, "chat_template", None):
+            raise PipelineError(
+                f"prompt.chat_template is true but the tokenizer of {tokenizer.name_or_path} has no chat template; "
+                "set prompt.chat_template: false (a plain prompt), or use the model's chat/instruct version"
+            )
+        self.tokenizer, self.template, self.chat, self.max_tokens = tokenizer, prompt.template, prompt.chat_template, max_tokens
+        overhead = len(self.encode(make_prompt(self.template, "")))
+        if overhead >= max_tokens:
+            raise PipelineError(
+                f"prompt.template alone takes {overhead} tokens, which leaves no room for a dialogue within "
+                f"data.max_prompt_tokens ({max_tokens}); raise data.max_prompt_tokens or shorten the template"
+            )
+
+    def encode(self, text: str) -> list[int]:
+        if self.chat:
+            return list(self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
+                                                           add_generation_prompt=True))
+        return self.tokenizer(text)["input_ids"]
+
+    def __call__(self, dialogue: str) -> tuple[str, list[int], bool]:
+        """(instruction text, prompt ids, whether the dialogue was cut)."""
+        text = make_prompt(self.template, dialogue)
+        ids = self.encode(text)
+        if len(ids) <= self.max_tokens:
+            return text, ids, False
+        pieces = self.tokenizer(dialogue, add_special_tokens=False, return_offsets_mapping=self.tokenizer.is_fast)
+        keep = len(pieces["input_ids"])
+        while len(ids) > self.max_tokens:
+            keep -= len(ids) - self.max_tokens
+            if self.tokenizer.is_fast:
+                cut = dialogue[: pieces["offset_mapping"][keep - 1][1]] if keep > 0 else ""
+            else:
+                cut = self.tokenizer.decode(pieces["input_ids"][:max(keep, 0)])
+            text = make_prompt(self.template, cut)
+            ids = self.encode(text)
+        return text, ids, True
+
+
 def reference_text(value, row: int, settings: DataSettings) -> str:
     """A reference summary as text: numbers are converted, anything else that is not text is refused."""
     if isinstance(value, str):
@@ -126,7 +174,7 @@ def split_sizes(n: int, test_size: float) -> tuple[int, int]:
     return n - n_test, n_test
 
 
-def prepare(ds, settings: DataSettings, template: str, tokenizer, seed: int):
+def prepare(ds, settings: DataSettings, prompt: PromptSettings, tokenizer, seed: int):
     """Filter, prompt, tokenize and split; returns a DatasetDict with train/test."""
     check_columns(ds, settings)
     n_read = len(ds)
@@ -148,13 +196,16 @@ def prepare(ds, settings: DataSettings, template: str, tokenizer, seed: int):
             "lower data.test_size or add data"
         )
     summaries = [reference_text(v, kept[i] + 1, settings) for i, v in enumerate(ds[settings.summary_column])]
+    encoder = PromptEncoder(tokenizer, prompt, settings.max_prompt_tokens)
+    n_cut = 0
 
     def encode(batch, indices):
-        queries = [make_prompt(template, d) for d in batch[settings.dialogue_column]]
-        ids = tokenizer(queries, truncation=True, max_length=settings.max_prompt_tokens)["input_ids"]
+        nonlocal n_cut
+        queries, ids, cut = zip(*map(encoder, batch[settings.dialogue_column]))
+        n_cut += sum(cut)
         return {
-            "query": queries,
-            "input_ids": ids,
+            "query": list(queries),  # the instruction as text (what the classifier sees with include_prompt)
+            "input_ids": [list(i) for i in ids],  # what the policy sees (chat markup included)
             "dialogue": batch[settings.dialogue_column],
             "summary": [summaries[i] for i in indices],
         }
@@ -162,6 +213,9 @@ def prepare(ds, settings: DataSettings, template: str, tokenizer, seed: int):
     ds = ds.select_columns([settings.dialogue_column])  # the summaries come from the checked list above
     ds = ds.map(encode, batched=True, with_indices=True, remove_columns=ds.column_names)
     split = ds.train_test_split(test_size=settings.test_size, shuffle=settings.shuffle, seed=seed)
+    if n_cut:
+        log.info("%d of %d prompts were longer than data.max_prompt_tokens (%d): their dialogues were cut",
+                 n_cut, len(ds), settings.max_prompt_tokens)
     log.info("read %d dialogues, kept %d in (%d, %d] chars: %d train, %d test",
              n_read, len(ds), settings.min_chars, settings.max_chars, len(split["train"]), len(split["test"]))
     return split

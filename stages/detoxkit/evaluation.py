@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .generation import generate, response_length, response_logprobs, static_shape
+from .generation import decode, generate, response_length, response_logprobs, static_shape, stop_ids
 
 log = logging.getLogger("detox.eval")
 
@@ -36,7 +36,7 @@ def generate_texts(model, tokenizer, rows, batch_size, device, seed, desc, compi
     for start in tqdm(range(0, len(queries), batch_size), desc=desc, unit="batch"):
         ids += generate(model, tokenizer, queries[start:start + batch_size], batch_size, device, static,
                         **gen_kwargs)
-    return ids, tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return ids, decode(tokenizer, ids, stop_ids(model, tokenizer))
 
 
 def kl_to_reference(model, tokenizer, queries, responses, batch_size, device) -> np.ndarray:
@@ -62,11 +62,12 @@ def evaluate_policy(model, tokenizer, scorer, rows, batch_size, device, seed, co
     rewards, toxicity = scorer.score(prompts, texts)
     scores = rouge(texts, list(rows["summary"]))
     kl = kl_to_reference(model, tokenizer, list(rows["input_ids"]), ids, batch_size, device)
+    stops = stop_ids(model, tokenizer)
     return [
         {"index": i, "prompt": prompts[i], "reference": rows["summary"][i], "response": texts[i],
          "toxicity": float(toxicity[i]), "reward": float(rewards[i]),
          "rouge1": float(scores["rouge1"][i]), "rouge2": float(scores["rouge2"][i]),
-         "rougeL": float(scores["rougeL"][i]), "length": response_length(ids[i], tokenizer), "kl": float(kl[i])}
+         "rougeL": float(scores["rougeL"][i]), "length": response_length(ids[i], tokenizer, stops), "kl": float(kl[i])}
         for i in range(len(texts))
     ]
 

@@ -1,4 +1,10 @@
-"""Batched, padded generation for evaluation, and per-token log-probabilities of given responses."""
+"""Batched, padded generation for rollouts and evaluation, and per-token log-probabilities of responses.
+
+Works for both kinds of policy. A seq2seq policy's response is its decoder output after the decoder
+start token; a causal (decoder-only) policy's response is what follows the prompt, never the prompt:
+prompts are left-padded so every row continues at the same position, and only the new tokens are kept.
+A response ends at its first stop token (EOS, or any end-of-turn token the generation config lists).
+"""
 from __future__ import annotations
 
 import logging
@@ -14,9 +20,21 @@ def sampling_kwargs(gen) -> dict:
     return {"min_length": gen.min_length, "top_k": gen.top_k, "top_p": gen.top_p, "do_sample": gen.do_sample}
 
 
-def pad_queries(tokenizer, queries: list[list[int]], device, length: Optional[int] = None):
+def is_causal(model) -> bool:
+    return not model.config.is_encoder_decoder
+
+
+def stop_ids(model, tokenizer) -> list[int]:
+    """Tokens that end a response: the tokenizer's EOS and every EOS the generation config lists
+    (chat models end a turn with their own token, e.g. <|im_end|> or <|eot_id|>)."""
+    listed = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = {tokenizer.eos_token_id, *(listed if isinstance(listed, (list, tuple)) else [listed])}
+    return sorted(i for i in ids if i is not None)
+
+
+def pad_queries(tokenizer, queries: list[list[int]], device, length: Optional[int] = None, side: str = "right"):
     padding = {"padding": "max_length", "max_length": length} if length else {}
-    return tokenizer.pad({"input_ids": queries}, return_tensors="pt", **padding).to(device)
+    return tokenizer.pad({"input_ids": queries}, return_tensors="pt", padding_side=side, **padding).to(device)
 
 
 def static_shape(compile_generation: bool, model, queries: list[list[int]], max_new_tokens: int):
@@ -24,10 +42,13 @@ def static_shape(compile_generation: bool, model, queries: list[list[int]], max_
 
     A compiled decoder step with CUDA graphs pays off only if its shapes never change: prompts are
     padded to the longest prompt of the run and the cache is sized for the longest response, so one
-    compilation serves every batch. CUDA and encoder-decoder policies only; on a CPU compiling costs
-    more than it saves.
+    compilation serves every batch. CUDA and seq2seq policies only (measured there; README
+    "Performance"); on a CPU compiling costs more than it saves.
     """
-    if not compile_generation or model.device.type != "cuda" or not model.config.is_encoder_decoder:
+    if not compile_generation or model.device.type != "cuda":
+        return None
+    if is_causal(model):
+        log.info("compiled generation is used for seq2seq policies only; sampling this causal policy eagerly")
         return None
     shape = max(len(q) for q in queries), max_new_tokens
     log.info("compiled generation: prompts padded to %d tokens, static KV cache for %d new tokens", *shape)
@@ -53,38 +74,57 @@ def _static_kwargs(shape: tuple[int, int], max_new_tokens: int) -> dict:
             "compile_config": CompileConfig(fullgraph=False, dynamic=False, mode="reduce-overhead")}
 
 
+def cut_at_stop(row: list[int], stops: list[int], pad_id: Optional[int]) -> list[int]:
+    """The response up to and including its first stop token; trailing padding dropped if it has none."""
+    for i, token in enumerate(row):
+        if token in stops:
+            return row[: i + 1]
+    while row and row[-1] == pad_id:
+        row = row[:-1]
+    return row
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, queries: list[list[int]], batch_size: int, device,
              static: Optional[tuple[int, int]] = None, **gen_kwargs):
-    """Responses as lists of token ids (decoder start token dropped, cut after the first EOS).
+    """Responses as lists of token ids: new tokens only, cut after the first stop token.
 
     `static` (from static_shape) compiles the decoder step: every batch is padded to the same prompt
     length and the same number of rows (the rows added to a short last batch are dropped again).
+    `min_length` counts a seq2seq decoder's start token (the lab's min_length 5: at least 4 new tokens);
+    a causal policy gets the same number of new tokens (generate() would count its prompt instead).
     """
+    causal = is_causal(model)
+    stops = stop_ids(model, tokenizer)
+    kwargs = dict(gen_kwargs)
+    if causal and "min_length" in kwargs:
+        kwargs.setdefault("min_new_tokens", max(kwargs.pop("min_length") - 1, 0))
     out = []
     for start in range(0, len(queries), batch_size):
         chunk = queries[start:start + batch_size]
-        kwargs = dict(gen_kwargs)
+        step_kwargs = dict(kwargs)
         if static:
             rows = len(chunk)
             chunk = chunk + [chunk[0]] * (batch_size - rows)
-            kwargs.update(_static_kwargs(static, kwargs.pop("max_new_tokens")))
-        batch = pad_queries(tokenizer, chunk, device, static[0] if static else None)
-        seqs = model.generate(**batch, pad_token_id=tokenizer.pad_token_id, **kwargs)[:, 1:].cpu()
+            step_kwargs.update(_static_kwargs(static, step_kwargs.pop("max_new_tokens")))
+        batch = pad_queries(tokenizer, chunk, device, static[0] if static else None, "left" if causal else "right")
+        seqs = model.generate(**batch, pad_token_id=tokenizer.pad_token_id, eos_token_id=stops, **step_kwargs)
+        seqs = seqs[:, batch["input_ids"].shape[1]:] if causal else seqs[:, 1:]
         if static:
             seqs = seqs[:rows]
-        for row in seqs.tolist():
-            if tokenizer.eos_token_id in row:
-                row = row[: row.index(tokenizer.eos_token_id) + 1]
-            while row and row[-1] == tokenizer.pad_token_id:
-                row.pop()
-            out.append(row)
+        out.extend(cut_at_stop(row, stops, tokenizer.pad_token_id) for row in seqs.cpu().tolist())
     return out
 
 
-def response_length(ids: list[int], tokenizer) -> int:
-    """Tokens of content: the response without EOS/padding."""
-    return sum(1 for t in ids if t not in (tokenizer.eos_token_id, tokenizer.pad_token_id))
+def decode(tokenizer, responses, stops: list[int]) -> list[str]:
+    """Response texts: special tokens skipped, and a final stop token dropped even if it is not special."""
+    rows = [list(map(int, r)) for r in responses]
+    return tokenizer.batch_decode([r[:-1] if r and r[-1] in stops else r for r in rows], skip_special_tokens=True)
+
+
+def response_length(ids: list[int], tokenizer, stops: list[int]) -> int:
+    """Tokens of content: the response without its stop token and padding."""
+    return sum(1 for t in ids if t not in stops and t != tokenizer.pad_token_id)
 
 
 def decoder_start_id(model) -> int:
@@ -96,20 +136,41 @@ def decoder_start_id(model) -> int:
     return model.config.pad_token_id
 
 
+def _padded_responses(responses, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(r) for r in responses))
+    ids = torch.full((len(responses), width), fill, dtype=torch.long)
+    mask = torch.zeros((len(responses), width), dtype=torch.long)
+    for i, r in enumerate(responses):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def _response_logits(model, tokenizer, queries, responses, device) -> torch.Tensor:
+    """Logits that predict each response token, shape (rows, longest response, vocabulary)."""
+    resp, resp_mask = _padded_responses(responses, tokenizer.pad_token_id)
+    if not is_causal(model):
+        enc = pad_queries(tokenizer, queries, device)
+        decoder_in = torch.cat([torch.full((len(resp), 1), decoder_start_id(model)), resp[:, :-1]], dim=1)
+        return model(**enc, decoder_input_ids=decoder_in.to(device)).logits
+    # Left-padded prompts, then the responses: every response starts at the same column, positions
+    # follow the attention mask (as in generate()), and only the logits over the responses are kept.
+    enc = pad_queries(tokenizer, queries, device, side="left")
+    ids = torch.cat([enc["input_ids"], resp.to(device)], dim=1)
+    mask = torch.cat([enc["attention_mask"], resp_mask.to(device)], dim=1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=resp.shape[1] + 1).logits
+    return logits[:, :-1]
+
+
 @torch.inference_mode()
 def response_logprobs(model, tokenizer, queries, responses, batch_size: int, device) -> list[torch.Tensor]:
     """Per-token log p(response token | prompt, previous tokens) under `model`, one tensor per sample."""
-    start_id = decoder_start_id(model)
     out = []
     for start in range(0, len(queries), batch_size):
-        enc = pad_queries(tokenizer, queries[start:start + batch_size], device)
         resp = responses[start:start + batch_size]
-        width = max(1, max(len(r) for r in resp))
-        labels = torch.full((len(resp), width), -100, dtype=torch.long)
-        for i, r in enumerate(resp):
-            labels[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        decoder_in = torch.cat([torch.full((len(resp), 1), start_id), labels[:, :-1].clamp(min=0)], dim=1)
-        logits = model(**enc, decoder_input_ids=decoder_in.to(device)).logits.float().cpu()
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        out.extend(logp[i, : len(r)] for i, r in enumerate(resp))
+        logits = _response_logits(model, tokenizer, queries[start:start + batch_size], resp, device)
+        labels, _ = _padded_responses(resp, 0)
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.to(logits.device).unsqueeze(-1)).squeeze(-1)
+        out.extend(logp[i, : len(r)].cpu() for i, r in enumerate(resp))
     return out

@@ -1,5 +1,7 @@
-"""Loading the policy, the reward classifier and adapters, safely and with clear errors.
+"""Loading the policy and its adapters, safely and with clear errors (the reward classifier: scoring.py).
 
+The policy is a seq2seq LM (T5, BART) or a decoder-only causal LM (GPT-2, Llama, Qwen, SmolLM...); the
+kind is read from its config (`policy_kind`), never from a setting.
 Safety: never `trust_remote_code`; weights come from safetensors unless `allow_pickle` is set.
 Policy layout: a Lab-2 (or sft-stage) LoRA adapter is merged into the base weights, and PPO trains a
 fresh LoRA adapter on top. Disabling that PPO adapter then gives back exactly the starting policy,
@@ -15,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from .config import ComputeSettings, LoraSettings, PipelineError, PolicySettings, RewardSettings
+from .config import ComputeSettings, LoraSettings, PipelineError, PolicySettings
 from .hub import is_local, offline_hint, require_hub
 
 log = logging.getLogger("detox.models")
@@ -82,7 +84,7 @@ def load_config(kind: str, ref: str, revision: Optional[str]):
         raise _hub_error(kind, ref, "config.json", err) from None
 
 
-def _from_pretrained(auto_cls, kind: str, ref: str, revision, allow_pickle: bool, key: str, **kwargs):
+def from_pretrained_safely(auto_cls, kind: str, ref: str, revision, allow_pickle: bool, key: str, **kwargs):
     try:
         return auto_cls.from_pretrained(
             ref, revision=revision, trust_remote_code=False, **_weights_kwargs(ref, allow_pickle, key), **kwargs
@@ -119,15 +121,53 @@ def load_tokenizer(kind: str, ref: str, revision: Optional[str]):
     return tokenizer
 
 
+SEQ2SEQ, CAUSAL = "seq2seq", "causal"
+GENERATING = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def policy_kind(config) -> str:
+    """seq2seq or causal, from the config alone; anything else (a classifier, an encoder) is refused."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES)
+
+    archs = list(getattr(config, "architectures", None) or [])
+    model_type = config.model_type
+    if getattr(config, "is_encoder_decoder", False):
+        if model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+            return SEQ2SEQ
+        what = f"an encoder-decoder {model_type!r} model with no text-to-text LM class (speech or vision?)"
+    elif archs:
+        if any(a.endswith(GENERATING) for a in archs) and model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            return CAUSAL
+        kind = " (a classifier)" if any("Classification" in a for a in archs) else ""
+        what = f"a {archs[0]}{kind}"
+    elif model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return CAUSAL
+    elif model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        what = f"an encoder-only {model_type!r} model"
+    else:
+        what = f"a {model_type!r} model"
+    raise PipelineError(
+        f"policy.model is {what}, not a language model that writes text; give a seq2seq LM (T5, BART) or a "
+        "decoder-only causal LM (GPT-2, Llama, Qwen, SmolLM)"
+    )
+
+
 def check_policy_config(policy: PolicySettings):
-    """Fail before loading weights when policy.model is not a seq2seq LM (e.g. a GPT or a classifier)."""
+    """The policy's config, read before any weights load; fails unless it is a seq2seq or causal LM."""
     config = load_config("policy.model", policy.model, policy.revision)
-    if not getattr(config, "is_encoder_decoder", False):
-        raise PipelineError(
-            f"policy.model {policy.model} is a {config.model_type!r} model, not an encoder-decoder (seq2seq) LM; "
-            "this pipeline trains seq2seq summarizers such as FLAN-T5"
-        )
+    try:
+        policy_kind(config)
+    except PipelineError as err:
+        raise PipelineError(str(err).replace("policy.model is", f"policy.model {policy.model} is", 1)) from None
     return config
+
+
+def auto_class(kind: str):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM if kind == SEQ2SEQ else AutoModelForCausalLM
 
 
 def start_adapter_path(policy: PolicySettings, sft_dir) -> Optional[Path]:
@@ -179,104 +219,87 @@ def _load_adapter(model, path: Path, allow_pickle: bool, merge: bool, trainable:
 
 
 def load_policy(policy: PolicySettings, compute: ComputeSettings, adapter: Optional[Path]):
-    """Base seq2seq LM with the starting adapter (if any) merged in; returns (model, tokenizer, device)."""
-    from transformers import AutoModelForSeq2SeqLM
+    """Base LM with the starting adapter (if any) merged in; returns (model, tokenizer, device).
 
-    check_policy_config(policy)
+    A causal policy's tokenizer pads on the right (TRL's PPO step and the SFT collator need it);
+    generation pads prompts on the left itself (generation.pad_queries).
+    """
+    kind = policy_kind(check_policy_config(policy))
     device = resolve_device(compute)
     dtype = resolve_dtype(compute, device)
     tokenizer = load_tokenizer("policy.model", policy.model, policy.revision)
-    model = _from_pretrained(AutoModelForSeq2SeqLM, "policy.model", policy.model, policy.revision,
-                             policy.allow_pickle, "policy", dtype=dtype)
+    if kind == CAUSAL:
+        tokenizer.padding_side = "right"
+    model = from_pretrained_safely(auto_class(kind), "policy.model", policy.model, policy.revision,
+                                   policy.allow_pickle, "policy", dtype=dtype)
     if adapter is not None:
         model = _load_adapter(model, adapter, policy.allow_pickle, merge=True)
         log.info("merged starting adapter %s into %s", adapter, policy.model)
     model.to(device).eval()
-    log.info("policy %s on %s in %s", policy.model, device, str(dtype).removeprefix("torch."))
+    log.info("%s policy %s on %s in %s", kind, policy.model, device, str(dtype).removeprefix("torch."))
     return model, tokenizer, device
 
 
-def label_ids(config, not_hate_label: str, hate_label: str) -> tuple[int, int]:
-    """Look the reward and toxicity labels up by name; a wrong index would reward toxicity."""
-    label2id = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
-    missing = [name for name in (not_hate_label, hate_label) if name not in label2id]
+def _layers(config) -> dict:
+    """The policy's modules by name, from its skeleton on the meta device (no memory, no weights)."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        skeleton = auto_class(policy_kind(config)).from_config(config)
+    return dict(skeleton.named_modules())
+
+
+def _adaptable(modules: dict) -> list[str]:
+    from transformers.pytorch_utils import Conv1D
+
+    return sorted({n.rsplit(".", 1)[-1] for n, m in modules.items() if isinstance(m, (torch.nn.Linear, Conv1D))})
+
+
+def lora_targets(config, lora: LoraSettings, key: str = "lora") -> list[str]:
+    """The layer names LoRA adapts; `auto` is PEFT's own default for the model type.
+
+    Fails before any weights load when a name matches no layer: PEFT matches a name against the end of
+    each module path (`q` matches `encoder.block.0...SelfAttention.q`) and only complains when nothing
+    matches, so a typo in one of several names would silently train fewer layers.
+    """
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    modules = _layers(config)
+    targets = lora.target_modules
+    if targets == "auto":
+        targets = PEFT_DEFAULTS.get(config.model_type)
+        if targets is None:
+            raise PipelineError(
+                f"{key}.target_modules is auto, but PEFT has no default layers for {config.model_type!r} models; "
+                f"list the layers to adapt, e.g. [q_proj, v_proj]. Its linear layers are {_adaptable(modules)}"
+            )
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in modules)]
     if missing:
         raise PipelineError(
-            f"the reward classifier has no label {missing[0]!r}; its labels are {sorted(label2id)}. "
-            "Set reward.not_hate_label / reward.hate_label to the names it uses, or pick a hate-speech classifier"
+            f"{key}.target_modules {missing} match no layer of the {config.model_type!r} policy; its linear layers "
+            f"are {_adaptable(modules)}. Use auto (PEFT's default for the model type) or names from that list"
         )
-    return label2id[not_hate_label], label2id[hate_label]
-
-
-def reward_max_length(config, tokenizer) -> int:
-    """Longest input the classifier accepts (RoBERTa reserves 2 positions for its padding offset)."""
-    limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else 10**9
-    max_pos = getattr(config, "max_position_embeddings", None)
-    if max_pos:
-        offset = 2 if "roberta" in getattr(config, "model_type", "") else 0
-        limit = min(limit, max_pos - offset)
-    return limit
-
-
-def load_reward(reward: RewardSettings, compute: ComputeSettings):
-    """Classifier, tokenizer, (not_hate_id, hate_id), device. Labels are checked before weights load."""
-    from transformers import AutoModelForSequenceClassification
-    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
-
-    config = load_config("reward.model", reward.model, reward.revision)
-    archs = config.architectures or []
-    if archs and not any(a.endswith("ForSequenceClassification") for a in archs) or (
-        not archs and config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
-    ):
-        what = archs[0] if archs else config.model_type
-        raise PipelineError(
-            f"reward.model {reward.model} is a {what}, not a sequence classifier (…ForSequenceClassification)"
-        )
-    ids = label_ids(config, reward.not_hate_label, reward.hate_label)
-    device = resolve_device(compute)
-    tokenizer = load_tokenizer("reward.model", reward.model, reward.revision)
-    model = _from_pretrained(AutoModelForSequenceClassification, "reward.model", reward.model, reward.revision,
-                             reward.allow_pickle, "reward", dtype=resolve_dtype(compute, device))
-    model.to(device).eval()
-    return model, tokenizer, ids, device
-
-
-def lora_config(lora: LoraSettings):
-    from peft import LoraConfig, TaskType
-
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=list(lora.target_modules), bias="none", task_type=TaskType.SEQ_2_SEQ_LM)
+    return list(targets)
 
 
 def check_lora_targets(config, lora: LoraSettings, key: str = "lora"):
-    """Fail before any weights load when a target module names no layer of the policy.
-
-    PEFT matches a name against the end of each module path (`q` matches `encoder.block.0...SelfAttention.q`)
-    and only complains when nothing matches; a typo in one of several names would silently train fewer
-    layers. The check builds the model's skeleton on the meta device (no memory, no weights).
-    """
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForSeq2SeqLM
-
-    with init_empty_weights():
-        skeleton = AutoModelForSeq2SeqLM.from_config(config)
-    modules = dict(skeleton.named_modules())
-    missing = [t for t in lora.target_modules if not any(n == t or n.endswith("." + t) for n in modules)]
-    if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in modules.items() if isinstance(m, torch.nn.Linear)})
-        raise PipelineError(
-            f"{key}.target_modules {missing} match no layer of the {config.model_type!r} policy; its linear layers "
-            f"are {linear}. T5 uses [q, v] (the lab), BART-style models [q_proj, v_proj]"
-        )
+    """Fail before any weights load when the LoRA targets do not fit the policy (see lora_targets)."""
+    lora_targets(config, lora, key)
 
 
-def attach_lora(model, lora: LoraSettings):
-    from peft import get_peft_model
+def attach_lora(model, lora: LoraSettings, key: str = "lora"):
+    """A fresh LoRA adapter on the layers lora_targets names; PEFT's task type follows the policy's kind."""
+    from peft import LoraConfig, TaskType, get_peft_model
 
+    kind = policy_kind(model.config)
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
+                        target_modules=lora_targets(model.config, lora, key),
+                        fan_in_fan_out=model.config.model_type == "gpt2",  # GPT-2's Conv1D stores W transposed
+                        task_type=TaskType.SEQ_2_SEQ_LM if kind == SEQ2SEQ else TaskType.CAUSAL_LM)
     try:
-        return get_peft_model(model, lora_config(lora))
+        return get_peft_model(model, config)
     except ValueError as err:
-        raise PipelineError(f"lora.target_modules {lora.target_modules} do not fit the policy: {err}") from None
+        raise PipelineError(f"{key}.target_modules {lora.target_modules} do not fit the policy: {err}") from None
 
 
 def trainable_parameters(model) -> tuple[int, int]:

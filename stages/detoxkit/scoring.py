@@ -2,12 +2,16 @@
 
 reward   = raw logit of the not-hate label (what PPO maximises, as in the lab)
 toxicity = softmax probability of the hate label (what `evaluate`'s toxicity measurement reports)
-Both labels are looked up by name (models.label_ids), never by position.
+Both labels are looked up by name (label_ids), never by position. The classifier loads under the
+policy's rules (models.py): safetensors unless allowed otherwise, never remote code.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from .config import ComputeSettings, PipelineError, RewardSettings
+from .models import from_pretrained_safely, load_config, load_tokenizer, resolve_device, resolve_dtype
 
 
 def join(prompt: str, response: str) -> str:
@@ -56,9 +60,52 @@ class RewardScorer:
         return torch.cat(rewards).numpy(), torch.cat(toxicity).numpy()
 
 
-def build_scorer(reward_settings, compute):
-    from .models import load_reward, reward_max_length
+def label_ids(config, not_hate_label: str, hate_label: str) -> tuple[int, int]:
+    """Look the reward and toxicity labels up by name; a wrong index would reward toxicity."""
+    label2id = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
+    missing = [name for name in (not_hate_label, hate_label) if name not in label2id]
+    if missing:
+        raise PipelineError(
+            f"the reward classifier has no label {missing[0]!r}; its labels are {sorted(label2id)}. "
+            "Set reward.not_hate_label / reward.hate_label to the names it uses, or pick a hate-speech classifier"
+        )
+    return label2id[not_hate_label], label2id[hate_label]
 
+
+def reward_max_length(config, tokenizer) -> int:
+    """Longest input the classifier accepts (RoBERTa reserves 2 positions for its padding offset)."""
+    limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else 10**9
+    max_pos = getattr(config, "max_position_embeddings", None)
+    if max_pos:
+        offset = 2 if "roberta" in getattr(config, "model_type", "") else 0
+        limit = min(limit, max_pos - offset)
+    return limit
+
+
+def load_reward(reward: RewardSettings, compute: ComputeSettings):
+    """Classifier, tokenizer, (not_hate_id, hate_id), device. Labels are checked before weights load."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    config = load_config("reward.model", reward.model, reward.revision)
+    archs = config.architectures or []
+    if archs and not any(a.endswith("ForSequenceClassification") for a in archs) or (
+        not archs and config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    ):
+        what = archs[0] if archs else config.model_type
+        raise PipelineError(
+            f"reward.model {reward.model} is a {what}, not a sequence classifier (…ForSequenceClassification)"
+        )
+    ids = label_ids(config, reward.not_hate_label, reward.hate_label)
+    device = resolve_device(compute)
+    tokenizer = load_tokenizer("reward.model", reward.model, reward.revision)
+    model = from_pretrained_safely(AutoModelForSequenceClassification, "reward.model", reward.model, reward.revision,
+                             reward.allow_pickle, "reward", dtype=resolve_dtype(compute, device))
+    model.to(device).eval()
+    return model, tokenizer, ids, device
+
+
+def build_scorer(reward_settings, compute):
     model, tokenizer, ids, device = load_reward(reward_settings, compute)
     return RewardScorer(model, tokenizer, ids, device, reward_settings.batch_size, reward_settings.include_prompt,
                         reward_max_length(model.config, tokenizer))
