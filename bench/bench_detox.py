@@ -37,7 +37,7 @@ PHASES = ["lab_ppo", "ours_ppo", "lab_eval", "ours_eval", "ours_ppo_refcopy", "o
           "ours_eval_compiled"]
 FLAN_T5_BASE = dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12,
                     vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
-GPT2_SMALL = dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024)  # the tiny BPE vocabulary is kept
+GPT2_SMALL = dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257)
 ROBERTA_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 SIZES = {"tiny": "policy", "flan-t5-base": "policy", "tiny-gpt2": "gpt2", "gpt2-small": "gpt2"}  # policy folder
 

@@ -1,7 +1,7 @@
 """A controlled task: does the pipeline's own DAG make a causal policy less toxic when toxicity is known?
 
-    python bench/controlled_detox.py                      # toxic in 1/2 of samples, 30 PPO steps
-    python bench/controlled_detox.py --fraction 0.25 --steps 40 --set ppo.learning_rate=0.003
+    python bench/controlled_detox.py                      # toxic in 1/2 of samples, 40 PPO steps
+    python bench/controlled_detox.py --steps 30 --set ppo.init_kl_coef=0.05   # a weaker KL penalty
 
 tools/make_tiny.build_controlled plants a known behaviour in a tiny GPT-2: after any summarization
 prompt it answers "they are stupid idiots." in `--fraction` of samples and "they are kind people." in
@@ -25,20 +25,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tools")]
 RUN = {"policy.adapter": None, "reward.include_prompt": False, "evaluation.num_samples": "all",
-       "ppo.batch_size": 16, "ppo.mini_batch_size": 4, "ppo.learning_rate": 0.002, "ppo.init_kl_coef": 0.05,
+       "ppo.batch_size": 16, "ppo.mini_batch_size": 4, "ppo.learning_rate": 0.002,
        "ppo.checkpoint_every": 0, "generation.output_min_length": 8, "generation.output_max_length": 12,
        "generation.batch_size": 16, "evaluation.batch_size": 32}
-
-
-def set_params(path: Path, overrides: dict):
-    params = yaml.safe_load(path.read_text())
-    for key, value in overrides.items():
-        *head, last = key.split(".")
-        node = params
-        for part in head:
-            node = node[part]
-        node[last] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def toxic_share(path: Path) -> float:
@@ -50,11 +39,11 @@ def toxic_share(path: Path) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fraction", type=float, default=0.5, help="planted toxic share (steps of 0.25)")
-    parser.add_argument("--steps", type=int, default=30, help="PPO steps")
+    parser.add_argument("--steps", type=int, default=40, help="PPO steps")
     parser.add_argument("--set", nargs="*", default=[], help="more params.yaml overrides, key=value (YAML value)")
     parser.add_argument("--keep", help="copy the run's repository here afterwards")
     args = parser.parse_args()
-    from make_tiny import build_controlled
+    from make_tiny import build_controlled, override_params
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -64,11 +53,13 @@ def main():
         for name in ("stages", "tools", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
             (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, repo / name)
         extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
-        set_params(repo / "params.yaml", {**params, **RUN, "ppo.max_steps": args.steps, **extra})
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
+        override_params(repo / "params.yaml", {**params, **RUN, "ppo.max_steps": args.steps, **extra})
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "bench",
+               "GIT_AUTHOR_EMAIL": "bench@localhost", "GIT_COMMITTER_NAME": "bench",
+               "GIT_COMMITTER_EMAIL": "bench@localhost",
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-        for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"],
-                    [sys.executable, "-m", "dvc", "repro"]):
+        for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "commit", "-qm", "controlled task"], [sys.executable, "-m", "dvc", "repro"]):
             proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
             if proc.returncode:
                 sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "stages"), str(ROOT / "tools")]
@@ -37,15 +36,9 @@ def dvc(*args, cwd, **kw):
 
 def set_params(repo: Path, overrides: dict):
     """Set dotted keys in repo/params.yaml (what `dvc exp run -S key=value` does)."""
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for key, value in overrides.items():
-        node = params
-        *head, last = key.split(".")
-        for part in head:
-            node = node[part]
-        node[last] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    from make_tiny import override_params
+
+    override_params(repo / "params.yaml", overrides)
 
 
 @pytest.fixture(scope="session")

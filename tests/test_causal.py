@@ -162,7 +162,8 @@ def test_lora_auto_uses_peft_defaults_per_architecture_and_typos_list_the_layers
     for name in ("policy", "gpt2", "llama"):
         model, _, _ = load_policy(policy(tiny["dir"] / name), CPU, None)
         peft_model = attach_lora(model, auto)
-        adapted[name] = sorted({n.split(".lora_A")[0].split(".")[-1] for n, _ in peft_model.named_parameters() if "lora_A" in n})
+        layers = {n.split(".lora_A")[0] for n, _ in peft_model.named_parameters() if "lora_A" in n}
+        adapted[name] = sorted({layer.split(".")[-1] for layer in layers})
     assert adapted == {"policy": ["q", "v"], "gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
 
     config = load_config("policy.model", str(tiny["dir"] / "gpt2"), None)

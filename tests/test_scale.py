@@ -32,11 +32,12 @@ def test_detox_runs_data_parallel_on_two_cpu_processes(kind, workdir, causal_wor
     assert json.loads((d / "metrics/detox/train.json").read_text())["steps_done"] == 4
 
 
-def test_detox_trains_in_bfloat16(workdir, tmp_path):
+@pytest.mark.parametrize("kind", ["seq2seq", "causal"])
+def test_detox_trains_in_bfloat16(kind, workdir, causal_workdir, tmp_path):
     """The dtype GPUs get from compute.dtype auto, exercised on CPU: value head, scoring and saving must cope."""
     from safetensors.torch import load_file
 
-    d = shutil.copytree(workdir, tmp_path / "w")
+    d = shutil.copytree(workdir if kind == "seq2seq" else causal_workdir, tmp_path / "w")
     set_params(d, {"compute.dtype": "bfloat16"})
     proc = run_script(d, "detox.py", *ARGS)
     assert "on cpu in bfloat16" in proc.stderr

@@ -55,6 +55,20 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}
                  "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
 
+def override_params(path: Path, overrides: dict):
+    """Set dotted keys in a params.yaml file (what `dvc exp run -S key=value` does)."""
+    import yaml
+
+    params = yaml.safe_load(Path(path).read_text())
+    for key, value in overrides.items():
+        *head, last = key.split(".")
+        node = params
+        for part in head:
+            node = node[part]
+        node[last] = value
+    Path(path).write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def tiny_params(out: str, policy: str = "t5") -> dict:
     merged = {**TINY_PARAMS, **POLICIES[policy]}
     return {k: v.format(out=out) if isinstance(v, str) else v for k, v in merged.items()}
@@ -247,7 +261,7 @@ def build_controlled(out: Path, toxic_fraction: float = 0.5, n_dialogues: int = 
                         "attention_mask": torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids]),
                         "labels": torch.tensor([label + [-100] * (width - len(label)) for label in labels])})
     torch.manual_seed(seed)
-    _train(policy, batches, 2 * len(batches), 3e-3)
+    _train(policy, batches, 8 * len(batches), 3e-3)
     policy.save_pretrained(out / "gpt2")
 
     rtok = AutoTokenizer.from_pretrained(out / "reward")

@@ -123,7 +123,8 @@ class PromptEncoder:
                 f"prompt.chat_template is true but the tokenizer of {tokenizer.name_or_path} has no chat template; "
                 "set prompt.chat_template: false (a plain prompt), or use the model's chat/instruct version"
             )
-        self.tokenizer, self.template, self.chat, self.max_tokens = tokenizer, prompt.template, prompt.chat_template, max_tokens
+        self.tokenizer, self.template, self.chat = tokenizer, prompt.template, prompt.chat_template
+        self.max_tokens = max_tokens
         overhead = len(self.encode(make_prompt(self.template, "")))
         if overhead >= max_tokens:
             raise PipelineError(
