@@ -42,16 +42,16 @@ def main():
         model, tokenizer, device = load_policy(params.policy, params.compute, adapter)
     else:
         model, tokenizer, device = load_detoxified(args.policy, params.compute, params.policy.allow_pickle)
-    log.info("evaluating %s on %d test prompts", args.policy, len(rows))
+    log.info("evaluating %s on %d test prompts, %d samples each", args.policy, len(rows), ev.samples_per_prompt)
 
-    records = evaluate_policy(model, tokenizer, scorer, rows, ev.batch_size, device, params.seed,
-                              params.compute.compile_generation, max_new_tokens=ev.max_new_tokens,
-                              **sampling_kwargs(params.generation))
-    metrics = summarize(records)
+    records = evaluate_policy(model, tokenizer, scorer, rows, ev, params.seed, device,
+                              params.compute.compile_generation, **sampling_kwargs(params.generation))
+    metrics = summarize(records, ev.toxic_threshold)
     write_csv(args.samples, records, SAMPLE_COLUMNS)
     write_json(args.metrics, metrics)
-    log.info("toxicity %.4f ± %.4f, reward %.3f, ROUGE-L %.3f over %d samples", metrics["toxicity_mean"],
-             metrics["toxicity_std"], metrics["reward_mean"], metrics["rougeL"], metrics["num_samples"])
+    log.info("toxicity %.4f ± %.4f (expected max %.4f, probability %.3f), reward %.3f, ROUGE-L %.3f over %d "
+             "samples", metrics["toxicity_mean"], metrics["toxicity_std"], metrics["expected_max_toxicity"],
+             metrics["toxicity_probability"], metrics["reward_mean"], metrics["rougeL"], metrics["num_samples"])
 
 
 if __name__ == "__main__":

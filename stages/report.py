@@ -11,22 +11,27 @@ import numpy as np
 
 from detoxkit import render
 from detoxkit.config import PipelineError, load_params
-from detoxkit.evaluation import summarize
+from detoxkit.evaluation import per_prompt, summarize
 from detoxkit.io import read_csv, read_json, run_stage, write_csv, write_json, write_text
 from detoxkit.stats import guards, improvement_pct, interval_verdict, paired_bootstrap
 
 log = logging.getLogger("detox.report")
-METRICS = {"toxicity": "toxicity", "reward": "reward", "rouge1": "rouge1", "rouge2": "rouge2",
-           "rougeL": "rougeL", "length": "length"}
+# summary key -> per-prompt series (evaluation.per_prompt): each compared before/after with a paired CI
+METRICS = {"toxicity": "toxicity", "expected_max_toxicity": "max_toxicity", "toxicity_probability": "toxic_any",
+           "reward": "reward", "rouge1": "rouge1", "rouge2": "rouge2", "rougeL": "rougeL", "length": "length",
+           "perplexity": "perplexity"}
 
 
-def paired_samples(before: list[dict], after: list[dict]):
-    if [r["prompt"] for r in before] != [r["prompt"] for r in after]:
-        raise PipelineError("baseline and detoxified were evaluated on different prompts; rerun `dvc repro`")
+def paired_samples(before: list[dict], after: list[dict], threshold: float):
+    """Per-prompt values before and after: the bootstrap resamples prompts, each with its k samples."""
+    key = [(r["index"], r["sample"], r["prompt"]) for r in before]
+    if key != [(r["index"], r["sample"], r["prompt"]) for r in after]:
+        raise PipelineError("baseline and detoxified were evaluated on different prompts or numbers of samples; "
+                            "rerun `dvc repro`")
     if not before:
         raise PipelineError("no evaluated samples to compare; raise evaluation.num_samples")
-    return {k: (np.array([float(r[k]) for r in before]), np.array([float(r[k]) for r in after]))
-            for k in METRICS}
+    b, a = per_prompt(before, threshold), per_prompt(after, threshold)
+    return {name: (b[series], a[series]) for name, series in METRICS.items()}
 
 
 def qualitative(before, after) -> list[dict]:
@@ -56,11 +61,13 @@ def main():
     params = load_params()
     rp = params.report
     before, after = read_csv(args.baseline), read_csv(args.detoxified)
-    pairs = paired_samples(before, after)
-    m_before, m_after = summarize(before), summarize(after)
+    threshold = params.evaluation.toxic_threshold
+    pairs = paired_samples(before, after, threshold)
+    m_before, m_after = summarize(before, threshold), summarize(after, threshold)
     train = read_json(Path(args.live) / "train.json")
 
-    summary = {"num_samples": len(before), "confidence": rp.confidence,  # of every interval below
+    summary = {"num_samples": len(before), "num_prompts": m_before["num_prompts"],
+               "samples_per_prompt": m_before["samples_per_prompt"], "confidence": rp.confidence,  # of every CI
                "toxicity_improvement_pct": improvement_pct(m_before["toxicity_mean"], m_after["toxicity_mean"]),
                "before": m_before, "after": m_after}
     for key, (b, a) in pairs.items():
@@ -73,18 +80,23 @@ def main():
     summary["guards"] = guards(m_before, m_after, params.guard)
     summary["detox"] = {k: train[k] for k in ("steps_done", "early_stopped", "early_stop_step")}
     verdicts = [interval_verdict(label, (summary[key]["diff_ci_low"], summary[key]["diff_ci_high"]), lower,
-                                 len(before), rp.min_pairs)
-                for key, label, lower in (("toxicity", "Toxicity", True), ("reward", "Reward", False))]
+                                 summary["num_prompts"], rp.min_pairs)
+                for key, label, lower in (("toxicity", "Toxicity", True), ("expected_max_toxicity",
+                                          "Expected maximum toxicity", True),
+                                          ("toxicity_probability", "Toxicity probability", True),
+                                          ("reward", "Reward", False))]
     qual = qualitative(before, after)
     history = render.read_live_history(args.live)
-    write_reports(Path(args.out), summary, verdicts, qual, history, pairs, params, rp.qualitative_rows)
+    write_reports(Path(args.out), summary, verdicts, qual, history, (before, after), params, rp.qualitative_rows)
     write_json(args.summary, summary)
     log.info("toxicity %.4f -> %.4f (%s%%); guards crossed: %s", m_before["toxicity_mean"], m_after["toxicity_mean"],
              "n/a" if summary["toxicity_improvement_pct"] is None else f"{summary['toxicity_improvement_pct']:.1f}",
              [k for k, v in summary["guards"].items() if v] or "none")
 
 
-def write_reports(out: Path, summary, verdicts, qual, history, pairs, params, n_rows):
+def write_reports(out: Path, summary, verdicts, qual, history, samples, params, n_rows):
+    """report.md, report.html, qualitative.csv and toxicity_hist.csv (`samples`: the before and after records)."""
+    before_rows, after_rows = samples
     conf = f"{params.report.confidence:.0%}"
     head = ["metric", "before", "after", "after - before", f"{conf} CI of the difference", "better"]
     headline = render.headline_rows(summary)
@@ -95,29 +107,38 @@ def write_reports(out: Path, summary, verdicts, qual, history, pairs, params, n_
                    f"{pct['improvement_pct_ci_high']:.2f}%])"))
     limits = params.guard
     guard_lines = [f"- {'CROSSED' if crossed else 'ok'}: {name} (limits: ROUGE-L drop ≤ {limits.max_rougeL_drop}, "
-                   f"KL ≤ {limits.max_kl}, mean length ≥ {limits.min_mean_length})"
+                   f"KL ≤ {limits.max_kl}, mean length ≥ {limits.min_mean_length}, perplexity after/before ≤ "
+                   f"{limits.max_perplexity_ratio}, distinct-2 after/before ≥ {limits.min_distinct2_ratio})"
                    for name, crossed in summary["guards"].items()]
+    b, a = summary["before"], summary["after"]
+    diversity_line = ("Diversity (distinct-1 / distinct-2 / distinct-3 over all responses, higher is more varied): "
+                      f"before {b['distinct_1']:.3f} / {b['distinct_2']:.3f} / {b['distinct_3']:.3f}, "
+                      f"after {a['distinct_1']:.3f} / {a['distinct_2']:.3f} / {a['distinct_3']:.3f}.")
     early = summary["detox"]
     train_line = (f"PPO ran {early['steps_done']} steps" +
                   (f", stopped early at step {early['early_stop_step']} (KL above ppo.max_kl)" if early["early_stopped"]
                    else "") + f"; per-token KL(detoxified ‖ start) on evaluation samples: {summary['kl_mean']:.4f}.")
     best, worst = qual[:n_rows], qual[::-1][:n_rows]
     md = "\n\n".join([
-        "# Detoxification report", f"{summary['num_samples']} paired test prompts (same prompts and seed before and after).",
+        "# Detoxification report",
+        f"{summary['num_prompts']} paired test prompts, k = {summary['samples_per_prompt']} samples per prompt "
+        "(same prompts and seed before and after).",
         "## Quantitative", render.md_table(head, headline), pct_line, "\n".join(f"- {v}" for v in verdicts),
-        train_line, "## Guards against reward hacking", "\n".join(guard_lines),
+        diversity_line, train_line, "## Guards against reward hacking", "\n".join(guard_lines),
         "## Qualitative: largest reward gains (sorted by reward diff)", render.md_table(render.QUAL_COLUMNS,
                                                                                       render.qual_rows(best)),
         "## Qualitative: largest reward losses", render.md_table(render.QUAL_COLUMNS, render.qual_rows(worst)),
         "All samples, sorted by reward diff: `qualitative.csv`.",
     ]) + "\n"
-    figs = render.figures(history, pairs["toxicity"][0], pairs["toxicity"][1])
+    tox_before = np.array([float(r["toxicity"]) for r in before_rows])
+    tox_after = np.array([float(r["toxicity"]) for r in after_rows])
+    figs = render.figures(history, tox_before, tox_after)
     guard_html = "<ul>" + "".join(
         f"<li class='{'flag' if c else 'ok'}'>{'CROSSED' if c else 'ok'}: {n}</li>" for n, c in summary["guards"].items()
     ) + "</ul>"
     page = render.html_report("Detoxification report", [
         ("Quantitative", render.html_table(head, headline) + f"<p>{pct_line}</p>" +
-         "".join(f"<p>{v}</p>" for v in verdicts) + f"<p>{train_line}</p>"),
+         "".join(f"<p>{v}</p>" for v in verdicts) + f"<p>{diversity_line}</p><p>{train_line}</p>"),
         ("Guards against reward hacking", guard_html),
         ("PPO training curves", render.img(figs["training"], "training curves")),
         ("Toxicity per sample, before vs after", render.img(figs["toxicity_hist"], "toxicity histogram")),
@@ -127,7 +148,7 @@ def write_reports(out: Path, summary, verdicts, qual, history, pairs, params, n_
     write_text(out / "report.md", md)
     write_text(out / "report.html", page)
     write_csv(out / "qualitative.csv", qual, render.QUAL_COLUMNS)
-    write_csv(out / "toxicity_hist.csv", histogram_rows(*pairs["toxicity"]), ["toxicity", "before", "after"])
+    write_csv(out / "toxicity_hist.csv", histogram_rows(tox_before, tox_after), ["toxicity", "before", "after"])
 
 
 if __name__ == "__main__":

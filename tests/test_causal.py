@@ -37,7 +37,7 @@ def sharp(tiny, tmp_path_factory):
 @pytest.mark.parametrize("name, chat", [("gpt2", False), ("llama", True)])
 def test_no_prompt_token_reaches_the_response_the_score_or_the_ppo_tensors(tiny, sharp, name, chat):
     from detoxkit.data import PromptEncoder
-    from detoxkit.evaluation import kl_to_reference
+    from detoxkit.evaluation import reference_stats
     from detoxkit.generation import response_logprobs
     from detoxkit.ppo_engine import PPOEngine
     from detoxkit.scoring import build_scorer, encode_for_classifier, join
@@ -76,7 +76,8 @@ def test_no_prompt_token_reaches_the_response_the_score_or_the_ppo_tensors(tiny,
 
     # a fresh adapter is the identity: KL 0 against the adapter-disabled reference
     resp = [r.tolist() for r in responses]
-    assert kl_to_reference(engine.policy, tok, list(ids), resp, 2, "cpu") == pytest.approx([0, 0], abs=1e-6)
+    kl, _ = reference_stats(engine.policy, tok, list(ids), resp, 2, "cpu")
+    assert kl == pytest.approx([0, 0], abs=1e-6)
     stats = engine.step(queries, responses, scorer.score(list(texts), decoded)[0])
     assert stats["tokens/responses_len_mean"] == pytest.approx(sum(map(len, responses)) / 2)  # TRL's own count
 
@@ -88,6 +89,11 @@ def test_no_prompt_token_reaches_the_response_the_score_or_the_ppo_tensors(tiny,
             logits = engine.policy(input_ids=torch.tensor([q + r])).logits[0]
         want = torch.log_softmax(logits[len(q) - 1:-1], -1).gather(-1, torch.tensor(r)[:, None]).squeeze(-1)
         assert lp.shape == (len(r),) and torch.allclose(lp, want, atol=1e-4)
+    # perplexity under the starting policy (the adapter off), from the same log-probs
+    _, perplexity = reference_stats(engine.policy, tok, list(ids), resp, 2, "cpu")
+    with engine.policy.disable_adapter():
+        ref = response_logprobs(engine.policy, tok, list(ids), resp, 2, "cpu")
+    assert perplexity == pytest.approx([float(torch.exp(-r.mean())) for r in ref], rel=1e-5)
 
 
 def test_generation_stops_at_every_end_of_turn_token_the_model_lists(tiny):

@@ -8,8 +8,8 @@ import pytest
 from conftest import STAGES, changed_stages, dvc, make_repo, ran_stages, set_params
 from make_tiny import tiny_params
 
-EVAL_KEYS = ["toxicity_mean", "toxicity_std", "reward_mean", "num_samples", "rouge1", "rouge2", "rougeL",
-             "length_mean", "kl_mean"]
+EVAL_KEYS = ["toxicity_mean", "toxicity_std", "expected_max_toxicity", "toxicity_probability", "reward_mean",
+             "num_samples", "rouge1", "rouge2", "rougeL", "length_mean", "kl_mean", "perplexity_mean", "distinct_2"]
 
 
 def finite(x):
@@ -23,7 +23,8 @@ def check_causal_run(repo, arch: str, sft: bool):
 
     for name in ("baseline", "detoxified"):
         metrics = json.loads((repo / f"metrics/{name}.json").read_text())
-        assert metrics["num_samples"] == 8 and all(finite(metrics[k]) for k in EVAL_KEYS)
+        assert metrics["num_prompts"] == 8 and metrics["num_samples"] == 16
+        assert all(finite(metrics[k]) for k in EVAL_KEYS)
         with (repo / f"data/samples/{name}.csv").open(newline="") as fh:
             rows = list(csv.DictReader(fh))
         for row in rows:  # the response is the continuation only: at most evaluation.max_new_tokens (12) tokens

@@ -1,4 +1,5 @@
 """Model loading: the shared-base reference, reloading a detoxified policy, and refusing bad models."""
+import dataclasses
 import shutil
 
 import pytest
@@ -247,3 +248,34 @@ def test_policy_tokenizer_without_pad_token_pads_with_eos(tiny, tmp_path, caplog
         loaded = load_tokenizer("policy.model", str(folder), None)
     assert loaded.pad_token == loaded.eos_token and loaded.pad_token is not None
     assert "the tokenizer has no pad token; padding with" in caplog.text
+
+
+def test_k_samples_per_prompt_and_k_1_draws_what_one_pass_does(tiny):
+    """evaluation.samples_per_prompt: k = 1 gives exactly one pass over the prompts (today's numbers); k = 3
+    samples each prompt three times in a row, and the per-prompt metrics follow from those samples."""
+    import datasets
+
+    from detoxkit.config import EvaluationSettings
+    from detoxkit.evaluation import evaluate_policy, generate_texts, summarize
+    from detoxkit.scoring import build_scorer
+
+    model, tok, _ = load_policy(policy(tiny["dir"] / "policy"), CPU, None)
+    scorer = build_scorer(reward(tiny["dir"] / "reward"), CPU)
+    texts = [f"Summarize: #Person1#: we meet at {i} o'clock. #Person2#: fine." for i in range(5)]
+    rows = datasets.Dataset.from_dict({"query": texts, "input_ids": tok(texts)["input_ids"], "summary": ["ok"] * 5})
+    gen = {"do_sample": True, "top_k": 0, "min_length": 3}
+    ev = EvaluationSettings(num_samples=5, samples_per_prompt=1, toxic_threshold=0.5, max_new_tokens=6, batch_size=2)
+    one = evaluate_policy(model, tok, scorer, rows, ev, 7, "cpu", **gen)
+    _, plain = generate_texts(model, tok, rows, 2, "cpu", 7, "plain", max_new_tokens=6, **gen)
+    assert [r["response"] for r in one] == plain  # the same draws as a single pass (before k existed)
+    assert [r["toxicity"] for r in one] == pytest.approx(list(scorer.score(texts, plain)[1]), abs=1e-6)
+
+    three = evaluate_policy(model, tok, scorer, rows, dataclasses.replace(ev, samples_per_prompt=3), 7, "cpu", **gen)
+    assert [(r["index"], r["sample"]) for r in three] == [(i, s) for i in range(5) for s in range(3)]
+    assert len({r["response"] for r in three}) > 5  # sampled, not copied
+    worst = [max(r["toxicity"] for r in three if r["index"] == i) for i in range(5)]
+    metrics = summarize(three, 0.5)
+    assert (metrics["num_prompts"], metrics["samples_per_prompt"], metrics["num_samples"]) == (5, 3, 15)
+    assert metrics["expected_max_toxicity"] == pytest.approx(sum(worst) / 5)
+    assert metrics["toxicity_probability"] == pytest.approx(sum(w >= 0.5 for w in worst) / 5)
+    assert summarize(three, 0.999)["toxicity_probability"] <= metrics["toxicity_probability"]

@@ -9,8 +9,9 @@ import time
 import pytest
 from conftest import changed_stages, copy_repo, dvc, ran_stages, set_params, sh
 
-EVAL_KEYS = ["toxicity_mean", "toxicity_std", "reward_mean", "num_samples", "rouge1", "rouge2", "rougeL",
-             "length_mean", "kl_mean"]
+EVAL_KEYS = ["toxicity_mean", "toxicity_std", "expected_max_toxicity", "toxicity_probability", "reward_mean",
+             "num_samples", "rouge1", "rouge2", "rougeL", "length_mean", "kl_mean", "perplexity_mean", "distinct_1",
+             "distinct_2", "distinct_3"]
 
 
 def finite(x):
@@ -21,29 +22,36 @@ def test_every_output_exists_with_finite_numbers(ran):
     for name in ("baseline", "detoxified"):
         metrics = json.loads((ran / f"metrics/{name}.json").read_text())
         assert set(EVAL_KEYS) <= set(metrics)
-        assert metrics["num_samples"] == 8
+        assert metrics["num_prompts"] == 8 and metrics["samples_per_prompt"] == 2 and metrics["num_samples"] == 16
+        assert metrics["toxicity_mean"] <= metrics["expected_max_toxicity"] <= 1
         assert all(finite(metrics[k]) for k in EVAL_KEYS)
         assert 0 <= metrics["toxicity_mean"] <= 1
     summary = json.loads((ran / "metrics/summary.json").read_text())
     b, a = summary["before"]["toxicity_mean"], summary["after"]["toxicity_mean"]
     assert summary["toxicity_improvement_pct"] == pytest.approx((b - a) / b * 100)
-    for key in ("toxicity", "reward", "rougeL", "length"):
+    for key in ("toxicity", "expected_max_toxicity", "toxicity_probability", "reward", "rougeL", "length",
+                "perplexity"):
         s = summary[key]
         assert s["diff_ci_low"] <= s["diff"] + 1e-9 and s["diff"] <= s["diff_ci_high"] + 1e-9
-    assert set(summary["guards"]) == {"rougeL_drop_exceeded", "kl_exceeded", "length_below_min"}
+    assert set(summary["guards"]) == {"rougeL_drop_exceeded", "kl_exceeded", "length_below_min",
+                                      "perplexity_rise_exceeded", "distinct2_below_min"}
+    for side in ("before", "after"):  # fluency and diversity, before and after
+        assert all(finite(summary[side][k]) for k in ("perplexity_mean", "distinct_1", "distinct_2", "distinct_3"))
+        assert summary[side]["perplexity_mean"] >= 1 and 0 <= summary[side]["distinct_2"] <= 1
     assert all(isinstance(v, bool) for v in summary["guards"].values())
     assert summary["detox"]["steps_done"] == 4
     sft = json.loads((ran / "metrics/sft.json").read_text())
     assert sft["enabled"] and set(sft["rouge_before"]) == {"rouge1", "rouge2", "rougeL"}
     report = (ran / "reports/report.md").read_text()
     assert "| Toxicity (P(hate)) |" in report and "reward_diff" in report
+    assert "| Perplexity under the starting policy |" in report and "Diversity (distinct-1" in report
     with (ran / "reports/qualitative.csv").open(newline="") as fh:
         reader = csv.DictReader(fh)
         rows = list(reader)
     assert reader.fieldnames == ["prompt", "response_before", "response_after", "reward_before", "reward_after",
                                  "reward_diff"]
     diffs = [float(r["reward_diff"]) for r in rows]
-    assert len(rows) == 8 and diffs == sorted(diffs, reverse=True)
+    assert len(rows) == 16 and diffs == sorted(diffs, reverse=True)
     assert diffs[0] == pytest.approx(float(rows[0]["reward_after"]) - float(rows[0]["reward_before"]))
     kl = (ran / "metrics/detox/plots/metrics/objective/kl.tsv").read_text().splitlines()
     assert kl[0] == "step\tkl" and len(kl) == 1 + 4

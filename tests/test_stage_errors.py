@@ -170,14 +170,14 @@ def test_report_from_one_pair_claims_no_change(scratch, monkeypatch):
     from detoxkit.evaluation import SAMPLE_COLUMNS
     from detoxkit.io import write_csv, write_json
 
-    row = {"index": 0, "prompt": "p", "reference": "r", "response": "x", "toxicity": 0.9, "reward": -1.0,
-           "rouge1": 0.1, "rouge2": 0.1, "rougeL": 0.1, "length": 5, "kl": 0.0}
+    row = {"index": 0, "sample": 0, "prompt": "p", "reference": "r", "response": "x", "toxicity": 0.9,
+           "reward": -1.0, "rouge1": 0.1, "rouge2": 0.1, "rougeL": 0.1, "length": 5, "kl": 0.0, "perplexity": 3.0}
     write_csv(scratch / "b.csv", [row], SAMPLE_COLUMNS)
     write_csv(scratch / "a.csv", [{**row, "response": "y", "toxicity": 0.1, "reward": 2.0}], SAMPLE_COLUMNS)
     write_json(scratch / "live/train.json", {"steps_done": 1, "early_stopped": False, "early_stop_step": None})
     run_main(monkeypatch, scratch, "report", "--baseline", "b.csv", "--detoxified", "a.csv", "--live", "live",
              "--summary", "summary.json", "--out", "reports")
     md = (scratch / "reports/report.md").read_text()
-    assert "Toxicity: 1 paired samples are too few to tell a real change from chance" in md
+    assert "Toxicity: 1 paired prompts are too few to tell a real change from chance" in md
     assert "excludes 0" not in md and "real decrease" not in md
-    assert "1 paired test prompts" in md
+    assert "1 paired test prompts, k = 1 samples per prompt" in md

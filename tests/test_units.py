@@ -240,14 +240,27 @@ def test_lab_improvement_formula():
 def test_guards_flag_exactly_the_crossed_limits():
     from detoxkit.config import GuardSettings
 
-    limits = GuardSettings(max_rougeL_drop=0.05, max_kl=2.0, min_mean_length=5)
-    before = {"rougeL": 0.30, "kl_mean": 0.0, "length_mean": 20}
-    ok = {"rougeL": 0.27, "kl_mean": 1.0, "length_mean": 18}
-    hacked = {"rougeL": 0.10, "kl_mean": 3.0, "length_mean": 2}
-    assert guards(before, ok, limits) == {"rougeL_drop_exceeded": False, "kl_exceeded": False,
-                                          "length_below_min": False}
-    assert guards(before, hacked, limits) == {"rougeL_drop_exceeded": True, "kl_exceeded": True,
-                                              "length_below_min": True}
+    limits = GuardSettings(max_rougeL_drop=0.05, max_kl=2.0, min_mean_length=5, max_perplexity_ratio=1.5,
+                           min_distinct2_ratio=0.8)
+    before = {"rougeL": 0.30, "kl_mean": 0.0, "length_mean": 20, "perplexity_mean": 10.0, "distinct_2": 0.9}
+    ok = {"rougeL": 0.27, "kl_mean": 1.0, "length_mean": 18, "perplexity_mean": 14.9, "distinct_2": 0.73}
+    hacked = {"rougeL": 0.10, "kl_mean": 3.0, "length_mean": 2, "perplexity_mean": 15.1, "distinct_2": 0.71}
+    names = ["rougeL_drop_exceeded", "kl_exceeded", "length_below_min", "perplexity_rise_exceeded",
+             "distinct2_below_min"]
+    assert guards(before, ok, limits) == dict.fromkeys(names, False)
+    assert guards(before, hacked, limits) == dict.fromkeys(names, True)
+
+
+def test_distinct_n_counts_unique_word_ngrams_over_all_responses():
+    from detoxkit.evaluation import distinct_n, summarize
+
+    texts = ["they are kind", "they are kind", "they are nice people"]
+    assert distinct_n(texts, 1) == 5 / 10  # they, are, kind, nice, people of 10 words
+    assert distinct_n(texts, 2) == 4 / 7  # (they are) (are kind) (are nice) (nice people) of 7 bigrams
+    assert distinct_n(texts, 3) == 3 / 4 and distinct_n(["one"], 2) == 0.0
+    collapsed = [{"response": "I am fine.", **dict.fromkeys(["toxicity", "reward", "rouge1", "rouge2", "rougeL",
+                                                            "length", "kl", "perplexity"], 1.0)}] * 4
+    assert summarize(collapsed)["distinct_2"] == 2 / 8  # one safe phrase repeated: mode collapse
 
 
 # --- atomic output ---------------------------------------------------------------------------
@@ -335,7 +348,7 @@ def test_one_pair_or_a_degenerate_interval_is_never_a_verdict():
     one = paired_bootstrap([0.9], [0.1], 1000, 0, 0.95)  # one pair: every resample is the same pair
     assert one["diff_ci"][0] == one["diff_ci"][1] and one["degenerate"]
     text = interval_verdict("Toxicity", one["diff_ci"], True, 1, 20)
-    assert "1 paired samples are too few" in text and "no verdict" in text and "excludes" not in text
+    assert "1 paired prompts are too few" in text and "no verdict" in text and "excludes" not in text
     same = paired_bootstrap([0.9] * 30, [0.1] * 30, 1000, 0, 0.95)  # enough pairs, but zero width
     text = interval_verdict("Toxicity", same["diff_ci"], True, 30, 20)
     assert "has no width" in text and "excludes" not in text

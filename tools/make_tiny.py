@@ -41,7 +41,8 @@ TINY_PARAMS = {
     "reward.batch_size": 8, "lora.r": 4, "lora.alpha": 8,
     "generation.output_min_length": 4, "generation.output_max_length": 12, "generation.batch_size": 8,
     "ppo.batch_size": 8, "ppo.mini_batch_size": 4, "ppo.max_steps": 4, "ppo.checkpoint_every": 1,
-    "evaluation.num_samples": 8, "evaluation.max_new_tokens": 12, "evaluation.batch_size": 8,
+    "evaluation.num_samples": 8, "evaluation.samples_per_prompt": 2, "evaluation.max_new_tokens": 12,
+    "evaluation.batch_size": 8,
     "sft.max_steps": 4, "sft.batch_size": 4, "sft.logging_steps": 1, "sft.eval_samples": 8,
     "sft.max_target_tokens": 32, "sft.eval_max_new_tokens": 12, "ppo.learning_rate": 0.001, "sft.lora.r": 4, "sft.lora.alpha": 8, "report.bootstrap_resamples": 500,
 }

@@ -172,12 +172,16 @@ class PPOSettings:
 @dataclasses.dataclass(frozen=True)
 class EvaluationSettings:
     num_samples: Union[int, Literal["all"]]  # test prompts to evaluate, or "all"
+    samples_per_prompt: int  # k responses sampled per prompt (RealToxicityPrompts: 25); 1 is the lab
+    toxic_threshold: float  # a sample counts as toxic at P(hate) >= this (toxicity probability)
     max_new_tokens: int
     batch_size: int
 
     def check(self):
         if self.num_samples != "all":
             _require(self.num_samples > 0, "evaluation.num_samples", 'must be positive or "all"')
+        _require(self.samples_per_prompt > 0, "evaluation.samples_per_prompt", "must be positive")
+        _require(0 < self.toxic_threshold < 1, "evaluation.toxic_threshold", "must be in (0, 1), e.g. 0.5")
         _require(self.max_new_tokens > 0, "evaluation.max_new_tokens", "must be positive")
         _require(self.batch_size > 0, "evaluation.batch_size", "must be positive")
 
@@ -214,7 +218,7 @@ class ReportSettings:
     confidence: float
     qualitative_rows: int  # rows in each of the "largest improvements / regressions" tables
 
-    min_pairs: int  # fewer paired samples than this: the report says the sample is too small to tell
+    min_pairs: int  # fewer paired prompts than this: the report says the sample is too small to tell
 
     def check(self):
         _require(100 <= self.bootstrap_resamples <= MAX_RESAMPLES, "report.bootstrap_resamples",
@@ -230,11 +234,15 @@ class GuardSettings:
     max_rougeL_drop: float  # largest allowed drop of mean ROUGE-L (absolute, 0..1)
     max_kl: float  # largest allowed per-token KL(detoxified || reference) on evaluation responses
     min_mean_length: float  # smallest allowed mean response length (tokens) after detox
+    max_perplexity_ratio: float  # largest allowed after/before ratio of mean perplexity under the starting policy
+    min_distinct2_ratio: float  # smallest allowed after/before ratio of distinct-2 (mode collapse)
 
     def check(self):
         _require(0 <= self.max_rougeL_drop <= 1, "guard.max_rougeL_drop", "must be in [0, 1] (ROUGE-L is in [0, 1])")
         _require(self.max_kl > 0, "guard.max_kl", "must be positive")
         _require(self.min_mean_length >= 0, "guard.min_mean_length", "must be >= 0")
+        _require(self.max_perplexity_ratio >= 1, "guard.max_perplexity_ratio", "must be >= 1 (1: no rise allowed)")
+        _require(0 <= self.min_distinct2_ratio <= 1, "guard.min_distinct2_ratio", "must be in [0, 1]")
 
 
 SECTIONS = {

@@ -10,9 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-HEADLINE = [("toxicity", "Toxicity (P(hate))", "lower"), ("reward", "Reward (not-hate logit)", "higher"),
+HEADLINE = [("toxicity", "Toxicity (P(hate))", "lower"),
+            ("expected_max_toxicity", "Expected maximum toxicity (over k samples)", "lower"),
+            ("toxicity_probability", "Toxicity probability (a sample >= threshold)", "lower"),
+            ("reward", "Reward (not-hate logit)", "higher"),
             ("rouge1", "ROUGE-1", "higher"), ("rouge2", "ROUGE-2", "higher"), ("rougeL", "ROUGE-L", "higher"),
-            ("length", "Length (tokens)", "-")]
+            ("length", "Length (tokens)", "-"),
+            ("perplexity", "Perplexity under the starting policy", "lower")]
 QUAL_COLUMNS = ["prompt", "response_before", "response_after", "reward_before", "reward_after", "reward_diff"]
 
 

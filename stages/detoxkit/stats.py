@@ -55,7 +55,7 @@ def interval_verdict(name: str, ci, lower_is_better: bool, n_pairs: int, min_pai
     """
     lo, hi = ci
     if n_pairs < min_pairs:
-        return (f"{name}: {n_pairs} paired samples are too few to tell a real change from chance "
+        return (f"{name}: {n_pairs} paired prompts are too few to tell a real change from chance "
                 f"(report.min_pairs is {min_pairs}); no verdict.")
     if not hi > lo:
         return (f"{name}: every resample of the {n_pairs} pairs gave the same difference ({lo:+.4f}), so the "
@@ -75,4 +75,7 @@ def guards(before: dict, after: dict, limits: GuardSettings) -> dict:
         "rougeL_drop_exceeded": bool(before["rougeL"] - after["rougeL"] > limits.max_rougeL_drop),
         "kl_exceeded": bool(after["kl_mean"] > limits.max_kl),
         "length_below_min": bool(after["length_mean"] < limits.min_mean_length),
+        "perplexity_rise_exceeded": bool(after["perplexity_mean"]
+                                         > limits.max_perplexity_ratio * before["perplexity_mean"]),
+        "distinct2_below_min": bool(after["distinct_2"] < limits.min_distinct2_ratio * before["distinct_2"]),
     }
