@@ -25,6 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tools")]
 RUN = {"policy.adapter": None, "reward.include_prompt": False, "evaluation.num_samples": "all",
+       "evaluation.samples_per_prompt": 1,  # one sample a prompt, as in the README's figures
        "ppo.batch_size": 16, "ppo.mini_batch_size": 4, "ppo.learning_rate": 0.002,
        "ppo.checkpoint_every": 0, "generation.output_min_length": 8, "generation.output_max_length": 12,
        "generation.batch_size": 16, "evaluation.batch_size": 32}

@@ -258,9 +258,9 @@ def test_distinct_n_counts_unique_word_ngrams_over_all_responses():
     assert distinct_n(texts, 1) == 5 / 10  # they, are, kind, nice, people of 10 words
     assert distinct_n(texts, 2) == 4 / 7  # (they are) (are kind) (are nice) (nice people) of 7 bigrams
     assert distinct_n(texts, 3) == 3 / 4 and distinct_n(["one"], 2) == 0.0
-    collapsed = [{"response": "I am fine.", **dict.fromkeys(["toxicity", "reward", "rouge1", "rouge2", "rougeL",
-                                                            "length", "kl", "perplexity"], 1.0)}] * 4
-    assert summarize(collapsed)["distinct_2"] == 2 / 8  # one safe phrase repeated: mode collapse
+    collapsed = [{"index": i, "response": "I am fine.", **dict.fromkeys(
+        ["toxicity", "reward", "rouge1", "rouge2", "rougeL", "length", "kl", "perplexity"], 1.0)} for i in range(4)]
+    assert summarize(collapsed, 0.5)["distinct_2"] == 2 / 8  # one safe phrase repeated: mode collapse
 
 
 # --- atomic output ---------------------------------------------------------------------------
