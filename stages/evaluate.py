@@ -16,7 +16,7 @@ from detoxkit.data import load_prepared, take
 from detoxkit.evaluation import SAMPLE_COLUMNS, evaluate_policy, summarize
 from detoxkit.generation import sampling_kwargs
 from detoxkit.io import run_stage, write_csv, write_json
-from detoxkit.models import load_detoxified, load_policy, start_adapter_path
+from detoxkit.models import check_context, check_policy_config, load_detoxified, load_policy, start_adapter_path
 from detoxkit.scoring import build_scorer
 
 log = logging.getLogger("detox.evaluate")
@@ -37,6 +37,7 @@ def main():
     check_split_sizes(params, len(data["train"]), len(data["test"]), args.data)
     rows = take(data["test"], ev.num_samples, "evaluation.num_samples")
     adapter = start_adapter_path(params.policy, args.sft)
+    check_context(check_policy_config(params.policy), params)  # before any weights load
     scorer = build_scorer(params.reward, params.compute)  # checks the labels before the policy loads
     if args.policy == "start":
         model, tokenizer, device = load_policy(params.policy, params.compute, adapter)

@@ -180,3 +180,26 @@ def test_lora_auto_uses_peft_defaults_per_architecture_and_typos_list_the_layers
     with pytest.raises(PipelineError, match="sft.lora.target_modules is auto, but PEFT has no default layers for "
                                             "'xglm' models"):
         check_lora_targets(config, auto, "sft.lora")
+
+
+def test_prompt_and_response_must_fit_a_causal_policys_window(tiny):
+    import dataclasses
+
+    from conftest import ROOT
+
+    from detoxkit.config import load_params
+    from detoxkit.models import check_context
+
+    params = load_params(ROOT / "params.yaml")  # 512 prompt tokens, rollouts of up to 399 new tokens
+    config = load_config("policy.model", str(tiny["dir"] / "gpt2"), None)
+    check_context(config, params)  # GPT-2's 1024 positions: fits
+    config.n_positions = 800
+    with pytest.raises(PipelineError, match=r"reads at most 800 tokens, but a prompt of up to data.max_prompt_tokens "
+                                            r"\(512\) plus 399 new tokens \(generation.output_max_length\) needs 911; "
+                                            r"lower data.max_prompt_tokens to 401 or less"):
+        check_context(config, params)
+    config.n_positions = 300
+    with pytest.raises(PipelineError, match=r"lower generation.output_max_length well below 300"):
+        check_context(config, params)
+    t5 = load_config("policy.model", str(tiny["dir"] / "policy"), None)
+    check_context(t5, dataclasses.replace(params, data=dataclasses.replace(params.data, max_prompt_tokens=10**6)))

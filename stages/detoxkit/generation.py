@@ -108,7 +108,9 @@ def generate(model, tokenizer, queries: list[list[int]], batch_size: int, device
             chunk = chunk + [chunk[0]] * (batch_size - rows)
             step_kwargs.update(_static_kwargs(static, step_kwargs.pop("max_new_tokens")))
         batch = pad_queries(tokenizer, chunk, device, static[0] if static else None, "left" if causal else "right")
-        seqs = model.generate(**batch, pad_token_id=tokenizer.pad_token_id, eos_token_id=stops, **step_kwargs)
+        if stops:  # else the model's generation config decides (a tokenizer and config without any EOS)
+            step_kwargs["eos_token_id"] = stops
+        seqs = model.generate(**batch, pad_token_id=tokenizer.pad_token_id, **step_kwargs)
         seqs = seqs[:, batch["input_ids"].shape[1]:] if causal else seqs[:, 1:]
         if static:
             seqs = seqs[:rows]

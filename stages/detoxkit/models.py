@@ -164,6 +164,28 @@ def check_policy_config(policy: PolicySettings):
     return config
 
 
+def check_context(config, params):
+    """A causal policy reads prompt and response in one window: fail before any weights load when the
+    longest prompt (data.max_prompt_tokens) plus the most new tokens a stage asks for does not fit in it."""
+    window = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if policy_kind(config) != CAUSAL or not window:
+        return
+    asks = [("generation.output_max_length", params.generation.output_max_length - 1),
+            ("evaluation.max_new_tokens", params.evaluation.max_new_tokens)]
+    if params.policy.adapter == "sft":
+        asks += [("sft.eval_max_new_tokens", params.sft.eval_max_new_tokens),
+                 ("sft.max_target_tokens", params.sft.max_target_tokens)]
+    key, new = max(asks, key=lambda a: a[1])
+    prompt = params.data.max_prompt_tokens
+    if prompt + new > window:
+        fix = (f"lower data.max_prompt_tokens to {window - new} or less (longer dialogues are cut to fit), or "
+               f"lower {key}" if window - new >= 64 else f"lower {key} well below {window}")
+        raise PipelineError(
+            f"policy.model {params.policy.model} reads at most {window} tokens, but a prompt of up to "
+            f"data.max_prompt_tokens ({prompt}) plus {new} new tokens ({key}) needs {prompt + new}; {fix}"
+        )
+
+
 def auto_class(kind: str):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
