@@ -37,8 +37,8 @@ def main():
     check_split_sizes(params, len(data["train"]), len(data["test"]), args.data)
     rows = take(data["test"], ev.num_samples, "evaluation.num_samples")
     adapter = start_adapter_path(params.policy, args.sft)
-    check_context(check_policy_config(params.policy), params)  # before any weights load
     scorer = build_scorer(params.reward, params.compute)  # checks the labels before the policy loads
+    check_context(check_policy_config(params.policy), params)  # before the policy's weights load
     if args.policy == "start":
         model, tokenizer, device = load_policy(params.policy, params.compute, adapter)
     else:
