@@ -41,7 +41,7 @@ def qualitative(before, after) -> list[dict]:
     return sorted(rows, key=lambda r: r["reward_diff"], reverse=True)
 
 
-def histogram_rows(tox_before, tox_after, bins=10) -> list[dict]:
+def histogram_rows(tox_before, tox_after, bins=render.HIST_BINS) -> list[dict]:
     edges = np.linspace(0, 1, bins + 1)
     hb, _ = np.histogram(tox_before, edges)
     ha, _ = np.histogram(tox_after, edges)

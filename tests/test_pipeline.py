@@ -53,6 +53,11 @@ def test_every_output_exists_with_finite_numbers(ran):
     diffs = [float(r["reward_diff"]) for r in rows]
     assert len(rows) == 16 and diffs == sorted(diffs, reverse=True)
     assert diffs[0] == pytest.approx(float(rows[0]["reward_after"]) - float(rows[0]["reward_before"]))
+    from detoxkit.render import HIST_BINS  # one bin count for the chart and the CSV
+
+    with (ran / "reports/toxicity_hist.csv").open(newline="") as fh:
+        hist = list(csv.DictReader(fh))
+    assert len(hist) == HIST_BINS and sum(int(r["before"]) for r in hist) == sum(int(r["after"]) for r in hist) == 16
     kl = (ran / "metrics/detox/plots/metrics/objective/kl.tsv").read_text().splitlines()
     assert kl[0] == "step\tkl" and len(kl) == 1 + 4
     for rel in ("ppo/returns/mean.tsv", "ppo/policy/advantages_mean.tsv", "env/reward_mean.tsv"):

@@ -17,6 +17,7 @@ HEADLINE = [("toxicity", "Toxicity (P(hate))", "lower"),
             ("rouge1", "ROUGE-1", "higher"), ("rouge2", "ROUGE-2", "higher"), ("rougeL", "ROUGE-L", "higher"),
             ("length", "Length (tokens)", "-"),
             ("perplexity", "Perplexity under the starting policy", "lower")]
+HIST_BINS = 10  # toxicity bins in [0, 1], for the report's chart and for toxicity_hist.csv (`dvc plots`) alike
 QUAL_COLUMNS = ["prompt", "response_before", "response_after", "reward_before", "reward_after", "reward_diff"]
 
 
@@ -90,7 +91,7 @@ def figures(history: dict, tox_before, tox_after) -> dict[str, str]:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 3))
-    bins = np.linspace(0, 1, 21)
+    bins = np.linspace(0, 1, HIST_BINS + 1)
     ax.hist(tox_before, bins=bins, alpha=0.6, label="before")
     ax.hist(tox_after, bins=bins, alpha=0.6, label="after")
     ax.set_xlabel("toxicity (P(hate)) per sample")
