@@ -103,7 +103,7 @@ def run_phase(phase: str, args) -> dict:
     import numpy as np
     import torch
 
-    from detoxkit.generation import sampling_kwargs, static_shape
+    from detoxkit.generation import is_causal, sampling_kwargs, static_shape
     from detoxkit.models import attach_lora, load_policy
     from detoxkit.scoring import build_scorer
 
@@ -117,7 +117,7 @@ def run_phase(phase: str, args) -> dict:
     ids = tok(texts, truncation=True, max_length=512)["input_ids"]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     compiled = phase.endswith("_compiled")
-    causal = not model.config.is_encoder_decoder
+    causal = is_causal(model)
     static = static_shape(compiled, model, ids, args.new_tokens)
     if compiled and static is None:
         raise SystemExit(f"{phase} needs --device cuda (compiled generation is CUDA only)")

@@ -26,8 +26,7 @@ from detoxkit.config import check_split_sizes, load_params
 from detoxkit.data import load_prepared
 from detoxkit.generation import static_shape
 from detoxkit.io import atomic_dir, clear_stale, fingerprint, run_stage, write_json
-from detoxkit.models import (attach_lora, check_context, check_lora_targets, check_policy_config, load_policy,
-                             start_adapter_path)
+from detoxkit.models import attach_lora, check_lora_targets, check_policy, load_policy, start_adapter_path
 from detoxkit.ppo_engine import LOGGED, PPOEngine, check_finite, read_checkpoint, restore_checkpoint
 from detoxkit.scoring import build_scorer
 
@@ -91,9 +90,7 @@ def main():
         clear_stale(Path(out))
     checkpoint = read_checkpoint(ckpt_dir, run_id)  # before any model loads: a bad one costs nothing
 
-    config = check_policy_config(params.policy)  # before any weights load
-    check_context(config, params)
-    check_lora_targets(config, params.lora)
+    check_lora_targets(check_policy(params), params.lora)  # before any weights load
     seed_step(params.seed, 0)  # before any model or value head is created
     scorer = build_scorer(params.reward, params.compute)
     model, tokenizer, device = load_policy(params.policy, params.compute, adapter)

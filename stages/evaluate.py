@@ -16,7 +16,7 @@ from detoxkit.data import load_prepared, take
 from detoxkit.evaluation import SAMPLE_COLUMNS, evaluate_policy, summarize
 from detoxkit.generation import sampling_kwargs
 from detoxkit.io import run_stage, write_csv, write_json
-from detoxkit.models import check_context, check_policy_config, load_detoxified, load_policy, start_adapter_path
+from detoxkit.models import check_policy, load_detoxified, load_policy, start_adapter_path
 from detoxkit.scoring import build_scorer
 
 log = logging.getLogger("detox.evaluate")
@@ -38,7 +38,7 @@ def main():
     rows = take(data["test"], ev.num_samples, "evaluation.num_samples")
     adapter = start_adapter_path(params.policy, args.sft)
     scorer = build_scorer(params.reward, params.compute)  # checks the labels before the policy loads
-    check_context(check_policy_config(params.policy), params)  # before the policy's weights load
+    check_policy(params)  # before the policy's weights load
     if args.policy == "start":
         model, tokenizer, device = load_policy(params.policy, params.compute, adapter)
     else:

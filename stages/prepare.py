@@ -8,7 +8,7 @@ import logging
 from detoxkit.config import check_split_sizes, load_params
 from detoxkit.data import load_source, prepare
 from detoxkit.io import atomic_dir, run_stage
-from detoxkit.models import check_context, check_policy_config, load_tokenizer
+from detoxkit.models import check_policy, load_tokenizer
 
 log = logging.getLogger("detox.prepare")
 
@@ -19,7 +19,7 @@ def main():
     args = parser.parse_args()
 
     params = load_params()
-    check_context(check_policy_config(params.policy), params)  # a wrong policy.model fails here, not later
+    check_policy(params)  # a wrong policy.model fails here, not later
     tokenizer = load_tokenizer("policy.model", params.policy.model, params.policy.revision)
     raw = load_source(params.data)
     split = prepare(raw, params.data, params.prompt, tokenizer, params.seed)

@@ -54,13 +54,10 @@ def train(params, data_dir, out_dir, live_dir):
     from detoxkit.config import check_split_sizes
     from detoxkit.data import load_prepared, take
     from detoxkit.generation import is_causal
-    from detoxkit.models import (attach_lora, check_context, check_lora_targets, check_policy_config, load_policy,
-                                 trainable_parameters)
+    from detoxkit.models import attach_lora, check_lora_targets, check_policy, load_policy, trainable_parameters
 
     sft = params.sft
-    config = check_policy_config(params.policy)  # before any weights load
-    check_context(config, params)
-    check_lora_targets(config, sft.lora, "sft.lora")
+    check_lora_targets(check_policy(params), sft.lora, "sft.lora")  # before any weights load
     data = load_prepared(data_dir)
     check_split_sizes(params, len(data["train"]), len(data["test"]), str(data_dir))
     rows = take(data["test"], sft.eval_samples, "sft.eval_samples")

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny offline models built once, and throw-away git + DVC copies of the project."""
+import math
 import os
 import shutil
 import subprocess
@@ -20,6 +21,10 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest-xdist: share the cores
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 PROJECT_FILES = ["stages", "tools", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "requirements.txt"]
+
+
+def finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def sh(*cmd, cwd, check=True, timeout=600):

@@ -2,18 +2,13 @@
 model, with sft off and on."""
 import csv
 import json
-import math
 
 import pytest
-from conftest import STAGES, changed_stages, dvc, make_repo, ran_stages, set_params
+from conftest import STAGES, changed_stages, dvc, finite, make_repo, ran_stages, set_params
 from make_tiny import tiny_params
 
 EVAL_KEYS = ["toxicity_mean", "toxicity_std", "expected_max_toxicity", "toxicity_probability", "reward_mean",
              "num_samples", "rouge1", "rouge2", "rougeL", "length_mean", "kl_mean", "perplexity_mean", "distinct_2"]
-
-
-def finite(x):
-    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def check_causal_run(repo, arch: str, sft: bool):

@@ -3,19 +3,14 @@ the team workflow on it (remote, clones, experiments). Every test here copies th
 they stay in one file: pytest-xdist (--dist loadfile) then builds it once."""
 import csv
 import json
-import math
 import time
 
 import pytest
-from conftest import changed_stages, copy_repo, dvc, ran_stages, set_params, sh
+from conftest import changed_stages, copy_repo, dvc, finite, ran_stages, set_params, sh
 
 EVAL_KEYS = ["toxicity_mean", "toxicity_std", "expected_max_toxicity", "toxicity_probability", "reward_mean",
              "num_samples", "rouge1", "rouge2", "rougeL", "length_mean", "kl_mean", "perplexity_mean", "distinct_1",
              "distinct_2", "distinct_3"]
-
-
-def finite(x):
-    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def test_every_output_exists_with_finite_numbers(ran):

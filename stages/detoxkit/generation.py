@@ -148,9 +148,9 @@ def _padded_responses(responses, fill: int) -> tuple[torch.Tensor, torch.Tensor]
     return ids, mask
 
 
-def _response_logits(model, tokenizer, queries, responses, device) -> torch.Tensor:
-    """Logits that predict each response token, shape (rows, longest response, vocabulary)."""
-    resp, resp_mask = _padded_responses(responses, tokenizer.pad_token_id)
+def _response_logits(model, tokenizer, queries, resp, resp_mask, device) -> torch.Tensor:
+    """Logits that predict each response token, shape (rows, longest response, vocabulary), for the
+    responses padded by _padded_responses."""
     if not is_causal(model):
         enc = pad_queries(tokenizer, queries, device)
         decoder_in = torch.cat([torch.full((len(resp), 1), decoder_start_id(model)), resp[:, :-1]], dim=1)
@@ -171,8 +171,8 @@ def response_logprobs(model, tokenizer, queries, responses, batch_size: int, dev
     out = []
     for start in range(0, len(queries), batch_size):
         resp = responses[start:start + batch_size]
-        logits = _response_logits(model, tokenizer, queries[start:start + batch_size], resp, device)
-        labels, _ = _padded_responses(resp, 0)
+        labels, mask = _padded_responses(resp, tokenizer.pad_token_id)  # padding is cut off below
+        logits = _response_logits(model, tokenizer, queries[start:start + batch_size], labels, mask, device)
         logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.to(logits.device).unsqueeze(-1)).squeeze(-1)
         out.extend(logp[i, : len(r)].cpu() for i, r in enumerate(resp))
     return out

@@ -186,6 +186,14 @@ def check_context(config, params):
         )
 
 
+def check_policy(params):
+    """Everything about policy.model that can be checked from its config, before any weights load: that it
+    is a language model, and (causal) that prompt and response fit its window. Returns the config."""
+    config = check_policy_config(params.policy)
+    check_context(config, params)
+    return config
+
+
 def auto_class(kind: str):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
@@ -277,36 +285,36 @@ def _adaptable(modules: dict) -> list[str]:
     return sorted({n.rsplit(".", 1)[-1] for n, m in modules.items() if isinstance(m, (torch.nn.Linear, Conv1D))})
 
 
-def lora_targets(config, lora: LoraSettings, key: str = "lora") -> list[str]:
-    """The layer names LoRA adapts; `auto` is PEFT's own default for the model type.
-
-    Fails before any weights load when a name matches no layer: PEFT matches a name against the end of
-    each module path (`q` matches `encoder.block.0...SelfAttention.q`) and only complains when nothing
-    matches, so a typo in one of several names would silently train fewer layers.
-    """
+def lora_targets(config, lora: LoraSettings) -> Optional[list[str]]:
+    """The layer names LoRA adapts: the list given, or for `auto` PEFT's own default for the model type
+    (None if PEFT has none)."""
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
 
+    if lora.target_modules == "auto":
+        return PEFT_DEFAULTS.get(config.model_type)
+    return list(lora.target_modules)
+
+
+def check_lora_targets(config, lora: LoraSettings, key: str = "lora"):
+    """Fail before any weights load when the LoRA targets do not fit the policy.
+
+    PEFT matches a name against the end of each module path (`q` matches
+    `encoder.block.0...SelfAttention.q`) and only complains when nothing matches, so a typo in one of
+    several names would silently train fewer layers. Checked on the model's meta-device skeleton.
+    """
     modules = _layers(config)
-    targets = lora.target_modules
-    if targets == "auto":
-        targets = PEFT_DEFAULTS.get(config.model_type)
-        if targets is None:
-            raise PipelineError(
-                f"{key}.target_modules is auto, but PEFT has no default layers for {config.model_type!r} models; "
-                f"list the layers to adapt, e.g. [q_proj, v_proj]. Its linear layers are {_adaptable(modules)}"
-            )
+    targets = lora_targets(config, lora)
+    if targets is None:
+        raise PipelineError(
+            f"{key}.target_modules is auto, but PEFT has no default layers for {config.model_type!r} models; "
+            f"list the layers to adapt, e.g. [q_proj, v_proj]. Its linear layers are {_adaptable(modules)}"
+        )
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in modules)]
     if missing:
         raise PipelineError(
             f"{key}.target_modules {missing} match no layer of the {config.model_type!r} policy; its linear layers "
             f"are {_adaptable(modules)}. Use auto (PEFT's default for the model type) or names from that list"
         )
-    return list(targets)
-
-
-def check_lora_targets(config, lora: LoraSettings, key: str = "lora"):
-    """Fail before any weights load when the LoRA targets do not fit the policy (see lora_targets)."""
-    lora_targets(config, lora, key)
 
 
 def attach_lora(model, lora: LoraSettings, key: str = "lora"):
@@ -315,7 +323,7 @@ def attach_lora(model, lora: LoraSettings, key: str = "lora"):
 
     kind = policy_kind(model.config)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
-                        target_modules=lora_targets(model.config, lora, key),
+                        target_modules=lora_targets(model.config, lora),
                         fan_in_fan_out=model.config.model_type == "gpt2",  # GPT-2's Conv1D stores W transposed
                         task_type=TaskType.SEQ_2_SEQ_LM if kind == SEQ2SEQ else TaskType.CAUSAL_LM)
     try:
