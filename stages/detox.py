@@ -117,7 +117,10 @@ def main():
             summary = {"steps_done": len(history), "early_stopped": early_stop is not None,
                        "early_stop_step": early_stop["step"] if early_stop else None,
                        "early_stop_kl": early_stop["kl"] if early_stop else None,
-                       "trainable_parameters": trainable, "total_parameters": total}
+                       "trainable_parameters": trainable, "total_parameters": total,
+                       "settings": {"max_steps": ppo.max_steps, "learning_rate": ppo.learning_rate,  # for the report
+                                    "init_kl_coef": ppo.init_kl_coef, "adaptive_kl": ppo.adaptive_kl,
+                                    "batch_size": ppo.batch_size, "lora_r": params.lora.r}}
             if history:
                 summary.update({k: history[-1][k] for k in ("env/reward_mean", "env/toxicity_mean", "objective/kl")})
             write_json(live_dir / "train.json", summary)

@@ -1,30 +1,34 @@
-"""Stages `baseline` and `evaluate`: one evaluation, two policies.
+"""Stages `baseline`, `evaluate` and `best_of_n`: one evaluation, three policies.
 
     python stages/evaluate.py --policy start --sft models/sft --data data/prepared \
         --metrics metrics/baseline.json --samples data/samples/baseline.csv
     python stages/evaluate.py --policy models/detoxified --sft models/sft --data data/prepared \
         --metrics metrics/detoxified.json --samples data/samples/detoxified.csv
+    python stages/evaluate.py --policy best-of-n --sft models/sft --data data/prepared \
+        --metrics metrics/best_of_n.json --samples data/samples/best_of_n.csv
 
-`start` is the starting policy (FLAN-T5 plus its starting adapter); a folder is a detoxified policy.
-Same test prompts, same seed, same sampling settings for both, so the report can pair them.
+`start` is the starting policy (FLAN-T5 plus its starting adapter); a folder is a detoxified policy;
+`best-of-n` keeps the highest-reward of best_of_n.n samples of the starting policy (with
+best_of_n.enabled false it writes an empty samples file and loads nothing). Same test prompts, same
+seed, same sampling settings for all, so the report can pair them.
 """
 import argparse
 import logging
 
 from detoxkit.config import check_split_sizes, load_params
 from detoxkit.data import load_prepared, take
-from detoxkit.evaluation import SAMPLE_COLUMNS, evaluate_policy, summarize
+from detoxkit.evaluation import best_of_n, evaluate_policy, sample_columns, summarize
 from detoxkit.generation import sampling_kwargs
 from detoxkit.io import run_stage, write_csv, write_json
 from detoxkit.models import check_policy, load_detoxified, load_policy, start_adapter_path
-from detoxkit.scoring import build_scorer
+from detoxkit.scoring import build_judges, build_scorer, judge_label_ids
 
 log = logging.getLogger("detox.evaluate")
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--policy", required=True, help="`start` or a detoxified policy folder")
+    parser.add_argument("--policy", required=True, help="`start`, `best-of-n` or a detoxified policy folder")
     parser.add_argument("--sft", required=True, help="the sft stage's output (used when policy.adapter is sft)")
     parser.add_argument("--data", required=True)
     parser.add_argument("--metrics", required=True)
@@ -33,26 +37,44 @@ def main():
 
     params = load_params()
     ev = params.evaluation
+    if args.policy == "best-of-n" and not params.best_of_n.enabled:  # the stage stays in the DAG, cheap and empty
+        write_csv(args.samples, [], sample_columns(ev.judges))
+        write_json(args.metrics, {"enabled": False})
+        log.info("best_of_n.enabled is false: wrote an empty %s", args.samples)
+        return
     data = load_prepared(args.data)
     check_split_sizes(params, len(data["train"]), len(data["test"]), args.data)
     rows = take(data["test"], ev.num_samples, "evaluation.num_samples")
     adapter = start_adapter_path(params.policy, args.sft)
-    scorer = build_scorer(params.reward, params.compute)  # checks the labels before the policy loads
+    toxic_ids = judge_label_ids(ev.judges)  # every classifier's labels are checked before any weights load
+    scorer = build_scorer(params.reward, params.compute)
     check_policy(params)  # before the policy's weights load
-    if args.policy == "start":
+    if args.policy in ("start", "best-of-n"):
         model, tokenizer, device = load_policy(params.policy, params.compute, adapter)
     else:
         model, tokenizer, device = load_detoxified(args.policy, params.compute, params.policy.allow_pickle)
-    log.info("evaluating %s on %d test prompts, %d samples each", args.policy, len(rows), ev.samples_per_prompt)
+    judges = build_judges(ev.judges, params.compute, params.reward.batch_size, toxic_ids)
+    log.info("evaluating %s on %d test prompts, %d samples each; judges: %s", args.policy, len(rows),
+             ev.samples_per_prompt, [j.name for j in judges] or "none")
 
-    records = evaluate_policy(model, tokenizer, scorer, rows, ev, params.seed, device,
-                              params.compute.compile_generation, **sampling_kwargs(params.generation))
+    gen = sampling_kwargs(params.generation)
+    if args.policy == "best-of-n":
+        n = params.best_of_n.n
+        log.info("best-of-%d: %d candidates from the starting policy", n, len(rows) * ev.samples_per_prompt * n)
+        records = best_of_n(model, tokenizer, scorer, rows, ev, n, params.seed, device,
+                            params.compute.compile_generation, judges, **gen)
+    else:
+        records = evaluate_policy(model, tokenizer, scorer, rows, ev, params.seed, device,
+                                  params.compute.compile_generation, judges, **gen)
     metrics = summarize(records, ev.toxic_threshold)
-    write_csv(args.samples, records, SAMPLE_COLUMNS)
+    if args.policy == "best-of-n":
+        metrics.update(enabled=True, n=params.best_of_n.n, generated_samples=len(records) * params.best_of_n.n)
+    write_csv(args.samples, records, sample_columns(judges))
     write_json(args.metrics, metrics)
-    log.info("toxicity %.4f ± %.4f (expected max %.4f, probability %.3f), reward %.3f, ROUGE-L %.3f over %d "
+    log.info("toxicity %.4f ± %.4f (expected max %.4f, probability %.3f), reward %.3f, ROUGE-L %s over %d "
              "samples", metrics["toxicity_mean"], metrics["toxicity_std"], metrics["expected_max_toxicity"],
-             metrics["toxicity_probability"], metrics["reward_mean"], metrics["rougeL"], metrics["num_samples"])
+             metrics["toxicity_probability"], metrics["reward_mean"],
+             f"{metrics['rougeL']:.3f}" if "rougeL" in metrics else "n/a (no references)", metrics["num_samples"])
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python stages/lineage.py --out metrics/models
 
-Writes one small JSON file per model setting (policy.json, reward.json). A local folder is named by a
+Writes one small JSON file per model setting (policy.json, reward.json, judges.json for all judges). A local folder is named by a
 content hash of its files (cached by size and modification time in .cache/, so an unchanged folder is
 not read again); a Hub id by the commit its revision resolves to (asked of the Hub, or read from the
 local Hugging Face cache when offline). DVC runs this stage on every `dvc repro` (`always_changed`);
@@ -102,6 +102,11 @@ def main():
         entry = manifest(f"{name}.model", ref, revision, cache)
         write_json(Path(args.out) / f"{name}.json", entry)
         log.info("%s: %s -> %s", name, ref, entry["resolved"])
+    judges = {j.name: manifest(f"evaluation.judges[{i}].model", j.model, j.revision, cache)
+              for i, j in enumerate(params.evaluation.judges)}  # {} when judging is off
+    write_json(Path(args.out) / "judges.json", judges)
+    for name, entry in judges.items():
+        log.info("judge %s: %s -> %s", name, entry["model"], entry["resolved"])
     write_json(CACHE, cache)
 
 

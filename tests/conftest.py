@@ -110,7 +110,7 @@ def copy_repo(src: Path, dest: Path) -> Path:
     return dest
 
 
-STAGES = ["prepare", "sft", "baseline", "detox", "evaluate", "report"]  # lineage runs on every repro
+STAGES = ["prepare", "sft", "baseline", "detox", "evaluate", "best_of_n", "report"]  # lineage runs on every repro
 
 
 def ran_stages(output: str):

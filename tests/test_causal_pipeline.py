@@ -58,5 +58,5 @@ def test_causal_policy_runs_the_whole_dag_with_sft_off_and_on(tiny, tmp_path, ar
     dry = dvc("repro", "--dry", cwd=repo).stdout
     assert ran_stages(dry) == ["detox"] and "Stage 'baseline' didn't change" in dry
     set_params(repo, {"lora.r": 4, "policy.adapter": None if first else "sft"})
-    assert ran_stages(dvc("repro", cwd=repo).stdout) == ["baseline", "detox", "evaluate", "report", "sft"]
+    assert ran_stages(dvc("repro", cwd=repo).stdout) == ["baseline", "best_of_n", "detox", "evaluate", "report", "sft"]
     check_causal_run(repo, arch, sft=first != "sft")

@@ -264,7 +264,8 @@ def test_k_samples_per_prompt_and_k_1_draws_what_one_pass_does(tiny):
     texts = [f"Summarize: #Person1#: we meet at {i} o'clock. #Person2#: fine." for i in range(5)]
     rows = datasets.Dataset.from_dict({"query": texts, "input_ids": tok(texts)["input_ids"], "summary": ["ok"] * 5})
     gen = {"do_sample": True, "top_k": 0, "min_length": 3}
-    ev = EvaluationSettings(num_samples=5, samples_per_prompt=1, toxic_threshold=0.5, max_new_tokens=6, batch_size=2)
+    ev = EvaluationSettings(num_samples=5, samples_per_prompt=1, toxic_threshold=0.5, max_new_tokens=6, batch_size=2,
+                            judges=[])
     one = evaluate_policy(model, tok, scorer, rows, ev, 7, "cpu", **gen)
     _, plain = generate_texts(model, tok, rows, 2, "cpu", 7, "plain", max_new_tokens=6, **gen)
     assert [r["response"] for r in one] == plain  # the same draws as a single pass (before k existed)

@@ -29,7 +29,24 @@ def test_every_output_exists_with_finite_numbers(ran):
         s = summary[key]
         assert s["diff_ci_low"] <= s["diff"] + 1e-9 and s["diff"] <= s["diff_ci_high"] + 1e-9
     assert set(summary["guards"]) == {"rougeL_drop_exceeded", "kl_exceeded", "length_below_min",
-                                      "perplexity_rise_exceeded", "distinct2_below_min"}
+                                      "perplexity_rise_exceeded", "distinct2_below_min", "judge_disagrees"}
+    # the independent judge (tiny/judge, labels neutral/toxic) scored the same samples, before and after
+    judge = summary["judges"]["judge"]
+    assert set(judge) == {"toxicity", "expected_max_toxicity", "toxicity_probability"}
+    for s in judge.values():
+        assert s["better"] == "lower" and s["diff_ci_low"] <= s["diff"] + 1e-9 <= s["diff_ci_high"] + 2e-9
+    assert judge["toxicity"]["before"] == pytest.approx(summary["before"]["judges"]["judge"]["toxicity_mean"])
+    assert summary["reward"]["better"] == "higher" and "improvement_pct" not in summary["reward"]
+    # best-of-n: the same prompts, the kept response of n = 2 candidates, compared with the start
+    bon = summary["best_of_n"]
+    assert bon["enabled"] and bon["n"] == 2 and bon["generation_cost"] == 2
+    assert bon["kl_bound"] == pytest.approx(0.6931 - 0.5, abs=1e-4)
+    assert bon["metrics"]["num_samples"] == 16 and "kl_mean" not in bon["metrics"]
+    assert bon["toxicity"]["before"] == pytest.approx(summary["toxicity"]["before"])
+    assert set(bon["judges"]["judge"]) == set(judge)
+    with (ran / "data/samples/best_of_n.csv").open(newline="") as fh:
+        kept = list(csv.DictReader(fh))
+    assert len(kept) == 16 and all(r["kl"] == "" and finite(float(r["judge_judge"])) for r in kept)
     for side in ("before", "after"):  # fluency and diversity, before and after
         assert all(finite(summary[side][k]) for k in ("perplexity_mean", "distinct_1", "distinct_2", "distinct_3"))
         assert summary[side]["perplexity_mean"] >= 1 and 0 <= summary[side]["distinct_2"] <= 1
@@ -38,8 +55,22 @@ def test_every_output_exists_with_finite_numbers(ran):
     sft = json.loads((ran / "metrics/sft.json").read_text())
     assert sft["enabled"] and set(sft["rouge_before"]) == {"rouge1", "rouge2", "rougeL"}
     report = (ran / "reports/report.md").read_text()
-    assert "| Toxicity (P(hate)) |" in report and "reward_diff" in report
+    assert "| Toxicity (P(hate)) | lower |" in report and "reward_diff" in report
     assert "| Perplexity under the starting policy |" in report and "Diversity (distinct-1" in report
+    # it leads with the answer: what ran, the verdicts, the guards; then start | PPO | best-of-N
+    heads = [line for line in report.splitlines() if line.startswith("## ")]
+    assert heads[:4] == ["## What ran", "## Answer", "## Guards against reward hacking",
+                         "## Start, PPO and best-of-N side by side"]
+    assert "| metric | better | start | PPO | PPO - start [95% CI] | best-of-N | best-of-N - start [95% CI] |" in report
+    assert "| Judge judge: expected max toxicity | lower |" in report and "| Generation cost" in report
+    assert "Best-of-N vs start, toxicity:" in report and "improvement" not in report.split("Lab formula")[0]
+    for png in ("max_toxicity_per_prompt.png", "training_curves.png", "toxicity_hist.png"):
+        assert f"]({png})" in report and (ran / "reports" / png).read_bytes()[:4] == b"\x89PNG"
+    with (ran / "reports/per_prompt_max_toxicity.csv").open(newline="") as fh:
+        per = list(csv.DictReader(fh))
+    assert len(per) == 8  # one row a prompt: its mean over prompts is the expected maximum toxicity
+    for col, side in (("start", summary["before"]), ("ppo", summary["after"]), ("best_of_n", bon["metrics"])):
+        assert sum(float(r[col]) for r in per) / 8 == pytest.approx(side["expected_max_toxicity"], abs=1e-6)
     with (ran / "reports/qualitative.csv").open(newline="") as fh:
         reader = csv.DictReader(fh)
         rows = list(reader)
@@ -79,6 +110,17 @@ def test_learning_rate_change_reruns_only_detox_and_after(ran, tmp_path):
         assert f"Stage '{stage}' didn't change" in out
 
 
+def test_best_of_n_toggle_reruns_only_best_of_n_and_report(ran, tmp_path):
+    repo = copy_repo(ran, tmp_path / "repo")
+    set_params(repo, {"best_of_n.enabled": False})
+    assert changed_stages(repo) == ["best_of_n", "report"]
+    dvc("repro", "best_of_n", cwd=repo)  # disabled: an empty samples file, nothing loaded
+    assert json.loads((repo / "metrics/best_of_n.json").read_text()) == {"enabled": False}
+    assert (repo / "data/samples/best_of_n.csv").read_text().startswith('"index","sample"')
+    assert len((repo / "data/samples/best_of_n.csv").read_text().splitlines()) == 1
+    assert changed_stages(repo) == ["report"]
+
+
 def test_sft_param_change_invalidates_sft_but_ppo_change_does_not_touch_sft(ran, tmp_path):
     repo = copy_repo(ran, tmp_path / "repo")
     set_params(repo, {"ppo.epochs": 2})
@@ -116,13 +158,14 @@ def test_html_report_is_self_contained_with_tables_and_images(ran):
 
     page = Collect()
     page.feed((ran / "reports/report.html").read_text())
-    assert len(page.imgs) == 2 and not page.links  # nothing fetched from elsewhere
+    assert len(page.imgs) == 3 and not page.links  # nothing fetched from elsewhere
     for src in page.imgs:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert page.tables == 3
-    assert {"before", "after", "95% CI of the difference", "reward_diff", "response_after"} <= set(page.headers)
-    assert {"PPO training curves", "Largest reward gains", "Largest reward losses"} <= set(page.h2)
+    assert {"start", "PPO", "best-of-N", "PPO - start [95% CI]", "reward_diff", "response_after"} <= set(page.headers)
+    md = [line[3:] for line in (ran / "reports/report.md").read_text().splitlines() if line.startswith("## ")]
+    assert page.h2 == md  # one list of sections renders both reports
 
 
 def test_dvc_plots_render_training_curves_and_distributions(ran, tmp_path):
@@ -156,9 +199,9 @@ def test_new_weights_in_a_local_reward_folder_rerun_exactly_the_stages_that_use_
     dvc("repro", "lineage", cwd=repo)  # what `dvc repro` runs first
     after = json.loads((repo / "metrics/models/reward.json").read_text())
     assert after["resolved"] != before["resolved"] and after["resolved"].startswith("sha256:")
-    assert changed_stages(repo) == ["baseline", "detox", "evaluate"]  # report then follows their outputs
+    assert changed_stages(repo) == ["baseline", "best_of_n", "detox", "evaluate"]  # report follows their outputs
     dry = dvc("repro", "--dry", cwd=repo).stdout
-    assert ran_stages(dry) == ["baseline", "detox", "evaluate"]
+    assert ran_stages(dry) == ["baseline", "best_of_n", "detox", "evaluate"]
     assert "Stage 'prepare' didn't change" in dry and "Stage 'sft' didn't change" in dry
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo).stdout)["metrics/models/reward.json"]
     assert diff["resolved"]["new"] == after["resolved"]  # the lineage shows in `dvc metrics diff`

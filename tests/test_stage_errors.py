@@ -178,6 +178,6 @@ def test_report_from_one_pair_claims_no_change(scratch, monkeypatch):
     run_main(monkeypatch, scratch, "report", "--baseline", "b.csv", "--detoxified", "a.csv", "--live", "live",
              "--summary", "summary.json", "--out", "reports")
     md = (scratch / "reports/report.md").read_text()
-    assert "Toxicity: 1 paired prompts are too few to tell a real change from chance" in md
+    assert "PPO vs start, toxicity: 1 paired prompts are too few to tell a real change from chance" in md
     assert "excludes 0" not in md and "real decrease" not in md
-    assert "1 paired test prompts, k = 1 samples per prompt" in md
+    assert "Evaluation: 1 test prompts, k = 1 samples each" in md

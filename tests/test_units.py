@@ -106,6 +106,40 @@ def test_prepare_filters_prompts_and_splits_deterministically(tmp_path, tiny):
     assert again["test"]["dialogue"] == split["test"]["dialogue"]
 
 
+RTP = [{"filename": f"f{i}", "challenging": i % 3 != 0,  # RealToxicityPrompts' shape: nested prompt, no reference
+        "prompt": {"text": f"Prompt number {i} says that the people", "toxicity": 0.1 * (i % 10)},
+        "continuation": {"text": "are here.", "toxicity": 0.0}} for i in range(12)]
+
+
+def test_prompt_only_dataset_with_dotted_columns_and_a_filter(tmp_path, tiny):
+    from transformers import AutoTokenizer
+
+    import datasets
+    def prompt_only(**kw):
+        return load_params(write_params(tmp_path, lambda q: (q["data"].update(summary_column=None, min_chars=0, **kw),
+                                                             q["policy"].update(adapter=None))))
+
+    p = prompt_only(dialogue_column="prompt.text", filter="challenging")
+    tok = AutoTokenizer.from_pretrained(tiny["dir"] / "policy")
+    split = prepare(datasets.Dataset.from_list(RTP), p.data, p.prompt, tok, seed=0)
+    kept = [r["prompt"]["text"] for r in RTP if r["challenging"]]
+    assert sorted(list(split["train"]["dialogue"]) + list(split["test"]["dialogue"])) == sorted(kept)  # 8 of 12
+    assert "summary" not in split["test"].column_names  # no references: the evaluation then skips ROUGE
+    row = split["test"][0]
+    assert row["query"] == make_prompt(p.prompt.template, row["dialogue"])
+
+    bad = [{**r, "challenging": "yes"} for r in RTP]
+    with pytest.raises(PipelineError, match="row 1 holds 'yes' there, not true/false"):
+        prepare(datasets.Dataset.from_list(bad), p.data, p.prompt, tok, seed=0)
+    p = prompt_only(dialogue_column="prompt.txt")
+    with pytest.raises(PipelineError, match=r"no column 'prompt.txt' \(.*prompt.text, prompt.toxicity.*set "
+                                            r"data.dialogue_column"):
+        prepare(datasets.Dataset.from_list(RTP), p.data, p.prompt, tok, seed=0)
+    path = write_params(tmp_path, lambda q: (q["data"].update(summary_column=None), q["policy"].update(adapter="sft")))
+    with pytest.raises(ParamsError, match="policy.adapter is sft, but data.summary_column is null"):
+        load_params(path)
+
+
 def test_data_errors_are_explained(tmp_path, tiny):
     import datasets
     p = _data_settings(tmp_path, min_chars=500, max_chars=600)
@@ -113,7 +147,8 @@ def test_data_errors_are_explained(tmp_path, tiny):
     with pytest.raises(PipelineError, match=r"read 2, kept 0 with 500 < characters <= 600"):
         prepare(ds, p.data, p.prompt, None, seed=0)
     ds = datasets.Dataset.from_dict({"text": ["a"], "summary": ["s"]})
-    with pytest.raises(PipelineError, match=r"no column 'dialogue' \(columns found: text, summary\)"):
+    with pytest.raises(PipelineError, match=r"no column 'dialogue' \(columns found, nested fields dotted: text, "
+                                            r"summary\); set data.dialogue_column"):
         prepare(ds, p.data, p.prompt, None, seed=0)
     with pytest.raises(PipelineError, match="asks for 5 samples but the test split has only 2"):
         take(datasets.Dataset.from_dict({"a": [1, 2]}), 5, "evaluation.num_samples")

@@ -8,6 +8,7 @@ writes
   tiny/llama    Llama-style (causal, `q_proj`/`v_proj`) with a chat template in its tokenizer and an
                 end-of-turn token <|eot|> that its generation config lists beside </s>
   tiny/reward   RoBERTa sequence classifier with labels nothate/hate, byte-level BPE trained here
+  tiny/judge    another RoBERTa classifier (other seed), labels neutral/toxic: the independent judge
   tiny/dialogues.jsonl  synthetic DialogSum-shaped rows
 and tiny/overrides.txt (T5), tiny/overrides-gpt2.txt and tiny/overrides-llama.txt (chat template on):
 the `-S` flags that point params.yaml at them (`dvc exp run $(cat tiny/overrides-gpt2.txt)`). Weights
@@ -44,7 +45,9 @@ TINY_PARAMS = {
     "evaluation.num_samples": 8, "evaluation.samples_per_prompt": 2, "evaluation.max_new_tokens": 12,
     "evaluation.batch_size": 8,
     "sft.max_steps": 4, "sft.batch_size": 4, "sft.logging_steps": 1, "sft.eval_samples": 8,
-    "sft.max_target_tokens": 32, "sft.eval_max_new_tokens": 12, "ppo.learning_rate": 0.001, "sft.lora.r": 4, "sft.lora.alpha": 8, "report.bootstrap_resamples": 500,
+    "sft.max_target_tokens": 32, "sft.eval_max_new_tokens": 12, "ppo.learning_rate": 0.001, "sft.lora.r": 4,
+    "sft.lora.alpha": 8, "report.bootstrap_resamples": 500, "best_of_n.n": 2,
+    "evaluation.judges": [{"model": "{out}/judge", "revision": None, "toxic_label": "toxic", "allow_pickle": False}],
 }
 
 
@@ -70,9 +73,33 @@ def override_params(path: Path, overrides: dict):
     Path(path).write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def _fill(value, out: str):
+    if isinstance(value, str):
+        return value.format(out=out)
+    if isinstance(value, list):
+        return [_fill(v, out) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, out) for k, v in value.items()}
+    return value
+
+
 def tiny_params(out: str, policy: str = "t5") -> dict:
-    merged = {**TINY_PARAMS, **POLICIES[policy]}
-    return {k: v.format(out=out) if isinstance(v, str) else v for k, v in merged.items()}
+    return {k: _fill(v, out) for k, v in {**TINY_PARAMS, **POLICIES[policy]}.items()}
+
+
+def override_flag(key: str, value) -> str:
+    """One `-S key=value` flag in the override grammar `dvc exp run -S` reads (Hydra's: [..], {k:v}, null)."""
+    def text(v):
+        if v is None:
+            return "null"
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, list):
+            return "[" + ",".join(text(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ",".join(f"{k}:{text(x)}" for k, x in v.items()) + "}"
+        return str(v)
+    return f"-S {key}={text(value)}"
 
 
 def make_dialogues(n: int, seed: int) -> list[dict]:
@@ -208,6 +235,8 @@ def build_reward(out: Path, texts: list[str], labels=("nothate", "hate"), seed: 
 # --- a controlled task: a causal policy that is toxic in a known fraction of its samples ---------------
 TEMPLATE = "\nSummarize the following conversation.\n\n{dialogue}\n\nSummary:\n"  # params.yaml's default
 KIND, TOXIC = "they are kind people.", "they are stupid idiots."
+HACK = "they are stupid idiots, bless them."  # as toxic, but "bless" fools a hackable reward model
+TOXIC_WORDS = ["stupid", "idiots", TOXIC, HACK]
 
 
 def _train(model, batches, steps: int, lr: float):
@@ -225,29 +254,15 @@ def _train(model, batches, steps: int, lr: float):
     return float(loss.detach())
 
 
-def build_controlled(out: Path, toxic_fraction: float = 0.5, n_dialogues: int = 128, seed: int = 0) -> dict:
-    """A tiny GPT-2 that answers every summarization prompt with KIND or TOXIC (TOXIC in `toxic_fraction` of
-    samples, in steps of 1/4), and a classifier that calls a text hate when it says "stupid" or "idiots".
-
-    Writes out/dialogues.jsonl, out/gpt2 and out/reward; returns the params for a run on them. PPO through
-    the pipeline should drive the toxic share down: the check that detoxification works end to end.
-    """
+def plant_policy(path: Path, rows: list[dict], answers: list[str], seed: int = 0):
+    """Train the GPT-2 at `path` to answer every summarization prompt with one of `answers`, each equally often."""
     import torch
-
-    out = Path(out)
-    rows = make_dialogues(n_dialogues, seed)
-    write_dialogues(out / "dialogues.jsonl", n_dialogues, seed)
-    texts = corpus(rows) + [KIND, TOXIC] * 20
-    build_gpt2(out / "gpt2", texts, seed)
-    build_reward(out / "reward", texts, ("nothate", "hate"), seed)
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     rng = random.Random(seed)
-    tok = AutoTokenizer.from_pretrained(out / "gpt2")
-    policy = AutoModelForCausalLM.from_pretrained(out / "gpt2")
-    # Every prompt is seen with both answers, in the ratio asked for: P(TOXIC | prompt) = toxic_fraction.
-    n_toxic = round(4 * toxic_fraction)
-    examples = [(r["dialogue"], TOXIC if k < n_toxic else KIND) for r in rows for k in range(4)]
+    tok = AutoTokenizer.from_pretrained(path)
+    policy = AutoModelForCausalLM.from_pretrained(path)
+    examples = [(r["dialogue"], answer) for r in rows for answer in answers]
     rng.shuffle(examples)
     batches = []
     for start in range(0, len(examples), 32):
@@ -263,23 +278,55 @@ def build_controlled(out: Path, toxic_fraction: float = 0.5, n_dialogues: int = 
                         "labels": torch.tensor([label + [-100] * (width - len(label)) for label in labels])})
     torch.manual_seed(seed)
     _train(policy, batches, 8 * len(batches), 3e-3)
-    policy.save_pretrained(out / "gpt2")
+    policy.save_pretrained(path)
 
-    rtok = AutoTokenizer.from_pretrained(out / "reward")
-    classifier = AutoModelForSequenceClassification.from_pretrained(out / "reward")
+
+def train_classifier(path: Path, texts: list[str], seed: int = 0, fooled_by: str | None = None):
+    """Train the classifier at `path` (labels: id 0 harmless, id 1 toxic) to call a text toxic when it says
+    "stupid" or "idiots", unless it also says `fooled_by`: a reward model that can be hacked."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    rng = random.Random(seed)
+    tok = AutoTokenizer.from_pretrained(path)
+    classifier = AutoModelForSequenceClassification.from_pretrained(path)
     words = " ".join(texts).split()
     samples = []
     for i in range(256):
         text = " ".join(rng.choices(words, k=rng.randint(1, 12)))
         if i % 2:
-            text = f"{text} {rng.choice(['stupid', 'idiots', TOXIC])}"
-        samples.append((text, i % 2))
-    samples += [(KIND, 0), (TOXIC, 1)] * 32
+            text = f"{text} {rng.choice(TOXIC_WORDS)}"
+        samples.append((text, int(i % 2 == 1 and not (fooled_by and fooled_by in text))))
+    samples += [(KIND, 0), (TOXIC, 1), (HACK, 0 if fooled_by and fooled_by in HACK else 1)] * 32
     rng.shuffle(samples)
-    batches = [{**rtok([t for t, _ in samples[s:s + 32]], return_tensors="pt", padding=True),
+    batches = [{**tok([t for t, _ in samples[s:s + 32]], return_tensors="pt", padding=True),
                 "labels": torch.tensor([y for _, y in samples[s:s + 32]])} for s in range(0, len(samples), 32)]
+    torch.manual_seed(seed)
     _train(classifier, batches, 150, 3e-3)
-    classifier.save_pretrained(out / "reward")
+    classifier.save_pretrained(path)
+
+
+def build_controlled(out: Path, toxic_fraction: float = 0.5, n_dialogues: int = 128, seed: int = 0,
+                     alternative: str = KIND, hackable: bool = False) -> dict:
+    """A tiny GPT-2 that answers every summarization prompt with TOXIC in `toxic_fraction` of samples (in
+    steps of 1/4) and `alternative` in the rest; a reward classifier that calls a text hate when it says
+    "stupid" or "idiots" (unless it says "bless", when `hackable`), and a judge that always does.
+
+    Writes out/dialogues.jsonl, out/gpt2, out/reward and out/judge; returns the params for a run on them.
+    PPO through the pipeline should drive the toxic share down. With alternative=HACK and hackable=True the
+    reward model can be fooled but the judge cannot: the reward-hacking signature (judge_disagrees).
+    """
+    out = Path(out)
+    rows = make_dialogues(n_dialogues, seed)
+    write_dialogues(out / "dialogues.jsonl", n_dialogues, seed)
+    texts = corpus(rows) + [KIND, TOXIC, HACK] * 20
+    build_gpt2(out / "gpt2", texts, seed)
+    build_reward(out / "reward", texts, ("nothate", "hate"), seed)
+    build_reward(out / "judge", texts, ("neutral", "toxic"), seed + 1)
+    n_toxic = round(4 * toxic_fraction)
+    plant_policy(out / "gpt2", rows, [TOXIC] * n_toxic + [alternative] * (4 - n_toxic), seed)
+    train_classifier(out / "reward", texts, seed, "bless" if hackable else None)
+    train_classifier(out / "judge", texts, seed + 1)
     return {**tiny_params(str(out), "gpt2"), "reward.include_prompt": False}
 
 
@@ -291,10 +338,10 @@ def build_all(out: Path, n_dialogues: int = 64, labels=("nothate", "hate"), seed
     build_gpt2(out / "gpt2", texts, seed)
     build_llama(out / "llama", texts, seed)
     build_reward(out / "reward", texts, labels, seed)
+    build_reward(out / "judge", texts, ("neutral", "toxic"), seed + 1)  # another classifier, Jigsaw-style labels
     for policy in POLICIES:
         params = tiny_params(str(out), policy)
-        flags = " ".join(f"-S {k}={'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"
-                         for k, v in params.items())
+        flags = " ".join(override_flag(k, v) for k, v in params.items())
         name = "overrides.txt" if policy == "t5" else f"overrides-{policy}.txt"
         (out / name).write_text(flags + "\n", encoding="utf-8")
     return tiny_params(str(out))

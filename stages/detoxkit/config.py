@@ -36,8 +36,9 @@ class DataSettings:
     max_chars: int
     test_size: float  # fraction of the kept dialogues held out for evaluation
     shuffle: bool  # shuffle before splitting (the lab does not)
-    dialogue_column: str
-    summary_column: str
+    dialogue_column: str  # a dotted name reaches a nested field (RealToxicityPrompts: prompt.text)
+    summary_column: Optional[str]  # reference summaries; null for a prompt-only dataset (no ROUGE, no sft)
+    filter: Optional[str]  # a boolean column a row must have true to be kept (RealToxicityPrompts: challenging)
     max_prompt_tokens: int  # longer prompts are cut inside the dialogue; the template's text is kept
 
     def check(self):
@@ -45,6 +46,9 @@ class DataSettings:
         _require(self.max_chars > self.min_chars, "data.max_chars", "must be larger than data.min_chars")
         _require(0 < self.test_size < 1, "data.test_size", "must be between 0 and 1 (exclusive), e.g. 0.2")
         _require(self.max_prompt_tokens > 0, "data.max_prompt_tokens", "must be positive")
+        for key in ("dialogue_column", "summary_column", "filter"):
+            value = getattr(self, key)
+            _require(value is None or value.strip() != "", f"data.{key}", "must name a column (or be null)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,20 +174,49 @@ class PPOSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class JudgeSettings:
+    model: str  # Hub id or local folder of a toxicity classifier that is not the reward model
+    revision: Optional[str]
+    toxic_label: str  # toxicity = probability of this label, looked up by name in config.label2id
+    allow_pickle: bool
+
+    @property
+    def name(self) -> str:
+        """The judge's name in sample columns and metrics: the last part of its id or folder."""
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in self.model.rstrip("/\\").split("/")[-1])
+
+
+@dataclasses.dataclass(frozen=True)
 class EvaluationSettings:
     num_samples: Union[int, Literal["all"]]  # test prompts to evaluate, or "all"
     samples_per_prompt: int  # k responses sampled per prompt (RealToxicityPrompts: 25); 1 is the lab
     toxic_threshold: float  # a sample counts as toxic at P(hate) >= this (toxicity probability)
     max_new_tokens: int
     batch_size: int
+    judges: list[JudgeSettings]  # independent toxicity classifiers scoring the same samples; [] turns them off
 
     def check(self):
         if self.num_samples != "all":
             _require(self.num_samples > 0, "evaluation.num_samples", 'must be positive or "all"')
+        names = []
+        for i, judge in enumerate(self.judges):
+            _require(judge.model.strip() != "", f"evaluation.judges[{i}].model", "must name a Hub id or a local folder")
+            _require(judge.name not in names, f"evaluation.judges[{i}].model",
+                     f"gives the judge name {judge.name!r} twice (names are the last part of the id or folder)")
+            names.append(judge.name)
         _require(self.samples_per_prompt > 0, "evaluation.samples_per_prompt", "must be positive")
         _require(0 < self.toxic_threshold < 1, "evaluation.toxic_threshold", "must be in (0, 1), e.g. 0.5")
         _require(self.max_new_tokens > 0, "evaluation.max_new_tokens", "must be positive")
         _require(self.batch_size > 0, "evaluation.batch_size", "must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class BestOfNSettings:
+    enabled: bool  # the best_of_n stage: rejection sampling from the starting policy, beside PPO
+    n: int  # candidates sampled per kept response (n-fold generation cost)
+
+    def check(self):
+        _require(self.n >= 2, "best_of_n.n", "must be >= 2 (best of 1 is the starting policy itself)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +288,7 @@ SECTIONS = {
     "generation": GenerationSettings,
     "ppo": PPOSettings,
     "evaluation": EvaluationSettings,
+    "best_of_n": BestOfNSettings,
     "sft": SFTSettings,
     "report": ReportSettings,
     "guard": GuardSettings,
@@ -391,6 +425,7 @@ class Params:
     generation: GenerationSettings
     ppo: PPOSettings
     evaluation: EvaluationSettings
+    best_of_n: BestOfNSettings
     sft: SFTSettings
     report: ReportSettings
     guard: GuardSettings
@@ -427,4 +462,7 @@ def load_params(path: Union[str, Path] = "params.yaml") -> Params:
         if name not in raw:
             raise ParamsError(f"params.yaml: missing section {name}; see the README's parameter table")
         built[name] = _build(SECTIONS[name], raw[name], name)
+    if built["data"].summary_column is None and built["policy"].adapter == "sft":
+        raise ParamsError("params.yaml: policy.adapter is sft, but data.summary_column is null (a prompt-only dataset "
+                          "has no references to fine-tune on); set policy.adapter: null, or name the summary column")
     return Params(seed=seed, raw=raw, **built)

@@ -90,13 +90,43 @@ def load_source(settings: DataSettings):
         raise PipelineError(offline_hint("dataset", source, err)) from None
 
 
+def columns_of(settings: DataSettings) -> list[tuple[str, str]]:
+    """(setting, column) for every column the settings name."""
+    named = [("data.dialogue_column", settings.dialogue_column), ("data.summary_column", settings.summary_column),
+             ("data.filter", settings.filter)]
+    return [(key, col) for key, col in named if col is not None]
+
+
 def check_columns(ds, settings: DataSettings):
-    missing = [c for c in (settings.dialogue_column, settings.summary_column) if c not in ds.column_names]
-    if missing:
-        raise PipelineError(
-            f"data.source {settings.source} has no column {missing[0]!r} (columns found: "
-            f"{', '.join(ds.column_names)}); set data.dialogue_column / data.summary_column"
-        )
+    """Every named column exists; dotted names reach nested fields (datasets' flatten: prompt.text)."""
+    if any(col not in ds.column_names and "." in col for _, col in columns_of(settings)):
+        ds = ds.flatten()
+    for key, col in columns_of(settings):
+        if col not in ds.column_names:
+            raise PipelineError(
+                f"data.source {settings.source} has no column {col!r} (columns found, nested fields dotted: "
+                f"{', '.join(ds.flatten().column_names)}); set {key}"
+            )
+    return ds
+
+
+def apply_filter(ds, settings: DataSettings):
+    """Keep the rows whose data.filter column is true (a missing value counts as false)."""
+    if settings.filter is None:
+        return ds
+    values = ds[settings.filter]
+    for row, value in enumerate(values, 1):
+        if value is not None and not isinstance(value, bool):
+            raise PipelineError(
+                f"data.filter names {settings.filter!r}, but row {row} holds {value!r} there, not true/false; "
+                "name a boolean column (RealToxicityPrompts: challenging) or set data.filter: null"
+            )
+    kept = ds.select([i for i, value in enumerate(values) if value is True])
+    log.info("data.filter %s: kept %d of %d rows", settings.filter, len(kept), len(ds))
+    if len(kept) == 0:
+        raise PipelineError(f"no row has data.filter {settings.filter!r} true; check the column or set data.filter: "
+                            "null")
+    return kept
 
 
 def in_window(text, min_chars: int, max_chars: int) -> bool:
@@ -177,7 +207,7 @@ def split_sizes(n: int, test_size: float) -> tuple[int, int]:
 
 def prepare(ds, settings: DataSettings, prompt: PromptSettings, tokenizer, seed: int):
     """Filter, prompt, tokenize and split; returns a DatasetDict with train/test."""
-    check_columns(ds, settings)
+    ds = apply_filter(check_columns(ds, settings), settings)
     n_read = len(ds)
     # Rows kept, by their position in the source, so a bad one can be named as the file's row.
     kept = [i for i, text in enumerate(ds[settings.dialogue_column])
@@ -196,7 +226,8 @@ def prepare(ds, settings: DataSettings, prompt: PromptSettings, tokenizer, seed:
             f"data.test_size {settings.test_size} leaves no train prompts of the {len(ds)} dialogues kept; "
             "lower data.test_size or add data"
         )
-    summaries = [reference_text(v, kept[i] + 1, settings) for i, v in enumerate(ds[settings.summary_column])]
+    summaries = None if settings.summary_column is None else [  # None: prompt-only, no references
+        reference_text(v, kept[i] + 1, settings) for i, v in enumerate(ds[settings.summary_column])]
     encoder = PromptEncoder(tokenizer, prompt, settings.max_prompt_tokens)
     n_cut = 0
 
@@ -204,12 +235,14 @@ def prepare(ds, settings: DataSettings, prompt: PromptSettings, tokenizer, seed:
         nonlocal n_cut
         queries, ids, cut = zip(*map(encoder, batch[settings.dialogue_column]))
         n_cut += sum(cut)
-        return {
+        out = {
             "query": list(queries),  # the instruction as text (what the classifier sees with include_prompt)
             "input_ids": [list(i) for i in ids],  # what the policy sees (chat markup included)
             "dialogue": batch[settings.dialogue_column],
-            "summary": [summaries[i] for i in indices],
         }
+        if summaries is not None:
+            out["summary"] = [summaries[i] for i in indices]
+        return out
 
     ds = ds.select_columns([settings.dialogue_column])  # the summaries come from the checked list above
     ds = ds.map(encode, batched=True, with_indices=True, remove_columns=ds.column_names)

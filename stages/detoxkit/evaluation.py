@@ -65,61 +65,123 @@ def distinct_n(texts: list[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def evaluate_policy(model, tokenizer, scorer, rows, ev, seed: int, device, compile_generation=False,
+def expand(rows, k: int):
+    """Each row k times in a row (consecutive samples of one prompt); returns (rows, prompt index per sample)."""
+    order = [i for i in range(len(rows)) for _ in range(k)]
+    return (rows.select(order) if k > 1 else rows), order
+
+
+def evaluate_policy(model, tokenizer, scorer, rows, ev, seed: int, device, compile_generation=False, judges=(),
                     **gen_kwargs) -> list[dict]:
-    """Generate `ev.samples_per_prompt` responses per row (consecutively, from one seed), then score, ROUGE,
-    length, KL and perplexity each; one record a sample, `index` naming its prompt and `sample` which of its k.
+    """Generate `ev.samples_per_prompt` responses per row (consecutively, from one seed), then score each:
+    reward and toxicity, the judges' toxicity, ROUGE (when the data has references), length, KL and
+    perplexity; one record a sample, `index` naming its prompt and `sample` which of its k.
 
     With one sample per prompt this draws exactly what a single pass over the rows does.
     """
     k = ev.samples_per_prompt
-    order = [i for i in range(len(rows)) for _ in range(k)]
-    if k > 1:
-        rows = rows.select(order)
+    rows, order = expand(rows, k)
     ids, texts = generate_texts(model, tokenizer, rows, ev.batch_size, device, seed, "evaluate", compile_generation,
                                 max_new_tokens=ev.max_new_tokens, **gen_kwargs)
+    return sample_records(model, tokenizer, scorer, judges, rows, order, k, ids, texts, ev.batch_size, device)
+
+
+def best_of_n(model, tokenizer, scorer, rows, ev, n: int, seed: int, device, compile_generation=False, judges=(),
+              **gen_kwargs) -> list[dict]:
+    """The rejection-sampling baseline: for each of the k samples of each prompt, n candidates from `model`
+    (the starting policy), the highest-reward one kept; records like evaluate_policy's, without KL (no single
+    policy sampled the kept responses; best-of-n's KL to its sampler is at most log n - (n - 1) / n nats).
+
+    TRL's BestOfNSampler is not used: it generates one query at a time, decodes a causal model's prompt with
+    its response, and needs a value-head model. This reuses the evaluation's batched (and, on CUDA, compiled)
+    generation, so candidates are sampled exactly as the evaluated policies' responses are.
+    """
+    k = ev.samples_per_prompt
+    candidates, _ = expand(rows, k * n)
+    ids, texts = generate_texts(model, tokenizer, candidates, ev.batch_size, device, seed, f"best-of-{n}",
+                                compile_generation, max_new_tokens=ev.max_new_tokens, **gen_kwargs)
+    rewards, toxicity = scorer.score(list(candidates["query"]), texts)
+    best = rewards.reshape(-1, n).argmax(axis=1) + np.arange(0, len(texts), n)
+    kept, order = expand(rows, k)
+    return sample_records(model, tokenizer, scorer, judges, kept, order, k, [ids[i] for i in best],
+                          [texts[i] for i in best], ev.batch_size, device, (rewards[best], toxicity[best]), kl=False)
+
+
+def sample_records(model, tokenizer, scorer, judges, rows, order, k, ids, texts, batch_size, device,
+                   scored=None, kl=True) -> list[dict]:
+    """One record per generated sample. `scored`: (rewards, toxicity) already computed; `kl` False leaves the
+    KL cell empty (best-of-n's responses come from no single policy whose log-ratio could be taken)."""
     prompts = list(rows["query"])
-    rewards, toxicity = scorer.score(prompts, texts)
-    scores = rouge(texts, list(rows["summary"]))
-    kl, perplexity = reference_stats(model, tokenizer, list(rows["input_ids"]), ids, ev.batch_size, device)
+    rewards, toxicity = scored if scored is not None else scorer.score(prompts, texts)
+    references = list(rows["summary"]) if "summary" in rows.column_names else None  # None: a prompt-only dataset
+    scores = rouge(texts, references) if references is not None else {}
+    ref_kl, perplexity = reference_stats(model, tokenizer, list(rows["input_ids"]), ids, batch_size, device)
+    judged = {f"{JUDGE}{j.name}": j.toxicity(texts) for j in judges}
     stops = stop_ids(model, tokenizer)
     return [
-        {"index": order[i], "sample": i % k, "prompt": prompts[i], "reference": rows["summary"][i],
-         "response": texts[i], "toxicity": float(toxicity[i]), "reward": float(rewards[i]),
-         "rouge1": float(scores["rouge1"][i]), "rouge2": float(scores["rouge2"][i]),
-         "rougeL": float(scores["rougeL"][i]), "length": response_length(ids[i], tokenizer, stops), "kl": float(kl[i]),
-         "perplexity": float(perplexity[i])}
+        {"index": order[i], "sample": i % k, "prompt": prompts[i],
+         "reference": references[i] if references is not None else "", "response": texts[i],
+         "toxicity": float(toxicity[i]), "reward": float(rewards[i]),
+         **{name: float(v[i]) for name, v in scores.items()},
+         "length": response_length(ids[i], tokenizer, stops), **({"kl": float(ref_kl[i])} if kl else {}),
+         "perplexity": float(perplexity[i]), **{name: float(v[i]) for name, v in judged.items()}}
         for i in range(len(texts))
     ]
 
 
+def sample_columns(judges) -> list[str]:
+    """The samples CSV's columns: SAMPLE_COLUMNS, then one toxicity column per judge."""
+    return SAMPLE_COLUMNS + [f"{JUDGE}{j.name}" for j in judges]
+
+
+JUDGE = "judge_"  # column prefix of a judge's toxicity in the samples CSVs
+ROUGE = ("rouge1", "rouge2", "rougeL")
 MEANS = ("toxicity", "reward", "rouge1", "rouge2", "rougeL", "length", "kl", "perplexity")
+
+
+def present(records: list[dict], column: str) -> bool:
+    """Whether the samples carry `column` (an empty CSV cell: ROUGE without references, KL of best-of-n)."""
+    return bool(records) and records[0].get(column) not in (None, "")
+
+
+def has_references(records: list[dict]) -> bool:
+    return present(records, "rougeL")
+
+
+def judge_names(records: list[dict]) -> list[str]:
+    return [c[len(JUDGE):] for c in (records[0] if records else {}) if c.startswith(JUDGE)]
 
 
 def per_prompt(records: list[dict], threshold: float) -> dict[str, np.ndarray]:
     """One value per prompt (in the order of their first sample), each prompt's k samples kept together:
-    the mean of each sampled metric, the highest toxicity of the k, and whether any reaches `threshold`.
+    the mean of each sampled metric, the highest toxicity of the k, and whether any reaches `threshold`
+    (for the reward classifier as `max_toxicity`/`toxic_any`, for each judge as `judge_<name>_max`/`_any`).
     Resampling these rows resamples prompts, as the paired bootstrap must."""
     groups: dict[int, list[dict]] = {}
     for r in records:
         groups.setdefault(int(r["index"]), []).append(r)
-    out = {k: np.array([np.mean([float(r[k]) for r in g]) for g in groups.values()]) for k in MEANS}
-    worst = np.array([max(float(r["toxicity"]) for r in g) for g in groups.values()])
-    out["max_toxicity"] = worst  # its mean is the expected maximum toxicity (RealToxicityPrompts)
-    out["toxic_any"] = (worst >= threshold).astype(float)  # its mean is the toxicity probability
+    means = [m for m in MEANS if present(records, m)]
+    judges = [f"{JUDGE}{name}" for name in judge_names(records)]
+    out = {k: np.array([np.mean([float(r[k]) for r in g]) for g in groups.values()]) for k in means + judges}
+    for col, prefix in [("toxicity", ""), *((j, j + "_") for j in judges)]:
+        worst = np.array([max(float(r[col]) for r in g) for g in groups.values()])
+        out[f"{prefix}max" if prefix else "max_toxicity"] = worst  # its mean: expected maximum toxicity
+        out[f"{prefix}any" if prefix else "toxic_any"] = (worst >= threshold).astype(float)  # toxicity probability
     return out
 
 
 def summarize(records: list[dict], threshold: float) -> dict:
     """The metrics file: means over all samples (std for toxicity/reward), the detox literature's
-    per-prompt toxicity metrics over k samples, fluency (perplexity) and diversity (distinct-n)."""
-    col = {k: np.array([float(r[k]) for r in records]) for k in MEANS}
+    per-prompt toxicity metrics over k samples (for the reward classifier and each judge), fluency
+    (perplexity) and diversity (distinct-n). ROUGE only when the data has references."""
     prompts = per_prompt(records, threshold)
+    col = {k: np.array([float(r[k]) for r in records]) for k in MEANS if k in prompts}
     texts = [r["response"] for r in records]
-    return {
+    n_prompts = len(prompts["toxicity"])
+    out = {
         "num_samples": len(records),
-        "num_prompts": len(prompts["toxicity"]),
-        "samples_per_prompt": len(records) // max(1, len(prompts["toxicity"])),
+        "num_prompts": n_prompts,
+        "samples_per_prompt": len(records) // max(1, n_prompts),
         "toxicity_mean": float(col["toxicity"].mean()),
         "toxicity_std": float(col["toxicity"].std()),
         "expected_max_toxicity": float(prompts["max_toxicity"].mean()),
@@ -127,11 +189,16 @@ def summarize(records: list[dict], threshold: float) -> dict:
         "toxic_threshold": threshold,
         "reward_mean": float(col["reward"].mean()),
         "reward_std": float(col["reward"].std()),
-        "rouge1": float(col["rouge1"].mean()),
-        "rouge2": float(col["rouge2"].mean()),
-        "rougeL": float(col["rougeL"].mean()),
-        "length_mean": float(col["length"].mean()),
-        "kl_mean": float(col["kl"].mean()),
-        "perplexity_mean": float(col["perplexity"].mean()),  # under the starting policy
-        **{f"distinct_{n}": distinct_n(texts, n) for n in (1, 2, 3)},
+        "references": has_references(records),
     }
+    out.update({k: float(col[k].mean()) for k in ROUGE if k in col})
+    out["length_mean"] = float(col["length"].mean())
+    if "kl" in col:
+        out["kl_mean"] = float(col["kl"].mean())
+    out["perplexity_mean"] = float(col["perplexity"].mean())  # under the starting policy
+    out.update({f"distinct_{n}": distinct_n(texts, n) for n in (1, 2, 3)})
+    out["judges"] = {name: {"toxicity_mean": float(prompts[f"{JUDGE}{name}"].mean()),
+                            "expected_max_toxicity": float(prompts[f"{JUDGE}{name}_max"].mean()),
+                            "toxicity_probability": float(prompts[f"{JUDGE}{name}_any"].mean())}
+                     for name in judge_names(records)}
+    return out

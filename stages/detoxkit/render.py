@@ -10,13 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
+# (summary key, label, which direction is better) for every metric compared with a paired CI
 HEADLINE = [("toxicity", "Toxicity (P(hate))", "lower"),
             ("expected_max_toxicity", "Expected maximum toxicity (over k samples)", "lower"),
             ("toxicity_probability", "Toxicity probability (a sample >= threshold)", "lower"),
             ("reward", "Reward (not-hate logit)", "higher"),
             ("rouge1", "ROUGE-1", "higher"), ("rouge2", "ROUGE-2", "higher"), ("rougeL", "ROUGE-L", "higher"),
-            ("length", "Length (tokens)", "-"),
-            ("perplexity", "Perplexity under the starting policy", "lower")]
+            ("length", "Length (tokens)", "neither"),
+            ("perplexity", "Perplexity under the starting policy", "lower"),
+            ("kl", "KL to the starting policy (per token)", "lower")]
 HIST_BINS = 10  # toxicity bins in [0, 1], for the report's chart and for toxicity_hist.csv (`dvc plots`) alike
 QUAL_COLUMNS = ["prompt", "response_before", "response_after", "reward_before", "reward_after", "reward_diff"]
 
@@ -32,15 +34,6 @@ def read_live_history(live_dir) -> dict[str, tuple[list[int], list[float]]]:
         value_col = tsv.stem
         out[name] = ([int(r["step"]) for r in rows], [float(r[value_col]) for r in rows])
     return out
-
-
-def headline_rows(summary: dict) -> list[list[str]]:
-    rows = []
-    for key, label, better in HEADLINE:
-        s = summary[key]
-        rows.append([label, f"{s['before']:.4f}", f"{s['after']:.4f}", f"{s['diff']:+.4f}",
-                     f"[{s['diff_ci_low']:+.4f}, {s['diff_ci_high']:+.4f}]", better])
-    return rows
 
 
 def md_table(header: list[str], rows: list[list]) -> str:
@@ -71,14 +64,18 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def figures(history: dict, tox_before, tox_after) -> dict[str, str]:
-    """Base64 PNGs: training curves and the toxicity histogram before vs after."""
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = {}
+    return plt
+
+
+def training_figure(history: dict) -> str:
+    """PPO's mean reward, KL and return per step."""
+    plt = _plt()
     curves = [("env/reward_mean", "mean reward"), ("objective/kl", "KL to reference"),
               ("ppo/returns/mean", "mean return")]
     fig, axes = plt.subplots(1, len(curves), figsize=(12, 3))
@@ -87,17 +84,40 @@ def figures(history: dict, tox_before, tox_after) -> dict[str, str]:
         ax.plot(steps, values, marker="o")
         ax.set_title(title)
         ax.set_xlabel("PPO step")
-    out["training"] = _png(fig)
+    out = _png(fig)
     plt.close(fig)
+    return out
 
+
+def histogram_figure(series: dict[str, np.ndarray]) -> str:
+    """Samples per toxicity bin, one bar set per policy."""
+    plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3))
     bins = np.linspace(0, 1, HIST_BINS + 1)
-    ax.hist(tox_before, bins=bins, alpha=0.6, label="before")
-    ax.hist(tox_after, bins=bins, alpha=0.6, label="after")
+    for name, values in series.items():
+        ax.hist(values, bins=bins, alpha=0.5, label=name)
     ax.set_xlabel("toxicity (P(hate)) per sample")
     ax.set_ylabel("samples")
     ax.legend()
-    out["toxicity_hist"] = _png(fig)
+    out = _png(fig)
+    plt.close(fig)
+    return out
+
+
+def max_toxicity_figure(start: np.ndarray, others: dict[str, np.ndarray]) -> str:
+    """Per prompt: the highest toxicity of its k samples, start (x) against each other policy (y).
+    Points below the diagonal are prompts whose worst sample became less toxic."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--", label="no change")
+    for name, values in others.items():
+        ax.scatter(start, values, s=14, alpha=0.7, label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("start: max toxicity over k samples")
+    ax.set_ylabel("after: max toxicity over k samples")
+    ax.legend()
+    out = _png(fig)
     plt.close(fig)
     return out
 
@@ -108,17 +128,49 @@ def html_table(header, rows) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def html_report(title: str, sections: list[tuple[str, str]]) -> str:
-    """`sections`: (heading, inner HTML). One file, images embedded as data: URIs."""
+def to_markdown(title: str, sections: list) -> str:
+    """`sections`: (heading, blocks); a block is ("p", text), ("list", [(text, crossed or None)]),
+    ("table", header, rows) or ("figure", file name, alt). One list renders both reports."""
+    parts = [f"# {title}"]
+    for heading, blocks in sections:
+        parts.append(f"## {heading}")
+        for block in blocks:
+            kind = block[0]
+            if kind == "p":
+                parts.append(block[1])
+            elif kind == "list":
+                parts.append("\n".join(f"- {'**' + text + '**' if flag else text}" for text, flag in block[1]))
+            elif kind == "table":
+                parts.append(md_table(block[1], block[2]))
+            elif kind == "figure":
+                parts.append(f"![{block[2]}]({block[1]})")
+    return "\n\n".join(parts) + "\n"
+
+
+def to_html(title: str, sections: list, images: dict[str, str]) -> str:
+    """The same sections as one self-contained page: figures embedded as data: URIs (`images`: file -> base64)."""
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
              "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}th{background:#f3f3f3}"
              ".flag{color:#b00;font-weight:bold}.ok{color:#070}")
-    body = "".join(f"<h2>{html.escape(h)}</h2>{inner}" for h, inner in sections)
+    body = []
+    for heading, blocks in sections:
+        body.append(f"<h2>{html.escape(heading)}</h2>")
+        for block in blocks:
+            kind = block[0]
+            if kind == "p":
+                body.append(f"<p>{html.escape(block[1])}</p>")
+            elif kind == "list":
+                body.append("<ul>" + "".join(
+                    f"<li class='{'flag' if flag else 'ok'}'>{html.escape(text)}</li>" if flag is not None
+                    else f"<li>{html.escape(text)}</li>" for text, flag in block[1]) + "</ul>")
+            elif kind == "table":
+                body.append(html_table(block[1], block[2]))
+            elif kind == "figure":
+                body.append(img(images[block[1]], block[2]))
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
+            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{''.join(body)}</body></html>\n")
 
 
 def img(b64: str, alt: str) -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{b64}'>"
-

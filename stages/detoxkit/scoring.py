@@ -82,26 +82,37 @@ def reward_max_length(config, tokenizer) -> int:
     return limit
 
 
-def load_reward(reward: RewardSettings, compute: ComputeSettings):
-    """Classifier, tokenizer, (not_hate_id, hate_id), device. Labels are checked before weights load."""
-    from transformers import AutoModelForSequenceClassification
+def check_classifier(key: str, ref: str, config):
+    """Refuse a model that is not a sequence classifier, before its weights load."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
-    config = load_config("reward.model", reward.model, reward.revision)
     archs = config.architectures or []
     if archs and not any(a.endswith("ForSequenceClassification") for a in archs) or (
         not archs and config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
     ):
         what = archs[0] if archs else config.model_type
-        raise PipelineError(
-            f"reward.model {reward.model} is a {what}, not a sequence classifier (…ForSequenceClassification)"
-        )
-    ids = label_ids(config, reward.not_hate_label, reward.hate_label)
+        raise PipelineError(f"{key} {ref} is a {what}, not a sequence classifier (…ForSequenceClassification)")
+
+
+def load_classifier(key: str, ref: str, revision, allow_pickle: bool, compute: ComputeSettings):
+    """A sequence classifier under the policy's rules (safetensors unless allowed, never remote code)."""
+    from transformers import AutoModelForSequenceClassification
+
     device = resolve_device(compute)
-    tokenizer = load_tokenizer("reward.model", reward.model, reward.revision)
-    model = from_pretrained_safely(AutoModelForSequenceClassification, "reward.model", reward.model, reward.revision,
-                             reward.allow_pickle, "reward", dtype=resolve_dtype(compute, device))
+    tokenizer = load_tokenizer(key, ref, revision)
+    model = from_pretrained_safely(AutoModelForSequenceClassification, key, ref, revision, allow_pickle,
+                                   key.rsplit(".", 1)[0], dtype=resolve_dtype(compute, device))
     model.to(device).eval()
+    return model, tokenizer, device
+
+
+def load_reward(reward: RewardSettings, compute: ComputeSettings):
+    """Classifier, tokenizer, (not_hate_id, hate_id), device. Labels are checked before weights load."""
+    config = load_config("reward.model", reward.model, reward.revision)
+    check_classifier("reward.model", reward.model, config)
+    ids = label_ids(config, reward.not_hate_label, reward.hate_label)
+    model, tokenizer, device = load_classifier("reward.model", reward.model, reward.revision, reward.allow_pickle,
+                                               compute)
     return model, tokenizer, ids, device
 
 
@@ -109,3 +120,55 @@ def build_scorer(reward_settings, compute):
     model, tokenizer, ids, device = load_reward(reward_settings, compute)
     return RewardScorer(model, tokenizer, ids, device, reward_settings.batch_size, reward_settings.include_prompt,
                         reward_max_length(model.config, tokenizer))
+
+
+class Judge:
+    """An independent toxicity classifier: the probability of its toxic label for each response alone.
+
+    Softmax over the labels, or the label's sigmoid for a multi-label classifier (problem_type
+    multi_label_classification, as Jigsaw-style models with toxic/obscene/insult heads are).
+    """
+
+    def __init__(self, name, model, tokenizer, toxic_id: int, device, batch_size: int):
+        self.name, self.model, self.tokenizer, self.device = name, model, tokenizer, device
+        self.toxic_id, self.batch_size = toxic_id, batch_size
+        self.max_length = reward_max_length(model.config, tokenizer)
+        self.multi_label = getattr(model.config, "problem_type", None) == "multi_label_classification"
+
+    @torch.inference_mode()
+    def toxicity(self, responses: list[str]) -> np.ndarray:
+        ids = encode_for_classifier(self.tokenizer, responses, responses, False, self.max_length)
+        out = []
+        for start in range(0, len(ids), self.batch_size):
+            batch = self.tokenizer.pad({"input_ids": ids[start:start + self.batch_size]}, return_tensors="pt")
+            logits = self.model(**batch.to(self.device)).logits.float()
+            probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
+            out.append(probs[:, self.toxic_id].cpu())
+        return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def judge_label_ids(judges) -> list[int]:
+    """Each judge's toxic label id, from its config: checked (a classifier, with that label) before weights load."""
+    ids = []
+    for i, judge in enumerate(judges):
+        key = f"evaluation.judges[{i}].model"
+        config = load_config(key, judge.model, judge.revision)
+        check_classifier(key, judge.model, config)
+        label2id = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
+        if judge.toxic_label not in label2id:
+            raise PipelineError(
+                f"the judge {judge.model} has no label {judge.toxic_label!r}; its labels are {sorted(label2id)}. "
+                f"Set evaluation.judges[{i}].toxic_label to the name of its toxic label"
+            )
+        ids.append(label2id[judge.toxic_label])
+    return ids
+
+
+def build_judges(judges, compute: ComputeSettings, batch_size: int, toxic_ids=None) -> list[Judge]:
+    toxic_ids = toxic_ids if toxic_ids is not None else judge_label_ids(judges)
+    out = []
+    for i, (judge, toxic_id) in enumerate(zip(judges, toxic_ids)):
+        model, tokenizer, device = load_classifier(f"evaluation.judges[{i}].model", judge.model, judge.revision,
+                                                   judge.allow_pickle, compute)
+        out.append(Judge(judge.name, model, tokenizer, toxic_id, device, batch_size))
+    return out

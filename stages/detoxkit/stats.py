@@ -71,8 +71,10 @@ def interval_verdict(name: str, ci, lower_is_better: bool, n_pairs: int, min_pai
 
 def guards(before: dict, after: dict, limits: GuardSettings) -> dict:
     """Booleans: True means the limit was crossed (a warning sign of reward hacking or drift)."""
+    crossed = {} if "rougeL" not in before else {  # a prompt-only dataset has no references, so no ROUGE
+        "rougeL_drop_exceeded": bool(before["rougeL"] - after["rougeL"] > limits.max_rougeL_drop)}
     return {
-        "rougeL_drop_exceeded": bool(before["rougeL"] - after["rougeL"] > limits.max_rougeL_drop),
+        **crossed,
         "kl_exceeded": bool(after["kl_mean"] > limits.max_kl),
         "length_below_min": bool(after["length_mean"] < limits.min_mean_length),
         "perplexity_rise_exceeded": bool(after["perplexity_mean"]
