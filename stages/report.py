@@ -73,11 +73,20 @@ def nest_judges(flat: dict) -> tuple[dict, dict]:
     return rest, judges
 
 
-def judge_disagrees(summary: dict) -> bool:
+def relative_fall(s: dict) -> float:
+    return -s["diff"] / s["before"] if s["before"] > 0 else 0.0
+
+
+def judge_disagrees(summary: dict, min_agreement: float) -> bool:
     """The reward-hacking signature: the reward classifier's toxicity falls by more than its CI (the whole
-    interval below 0), but some judge's toxicity does not fall (its interval reaches 0) or rises."""
-    reward_falls = summary["toxicity"]["diff_ci_high"] < 0
-    return bool(reward_falls and any(j["toxicity"]["diff_ci_high"] >= 0 for j in summary["judges"].values()))
+    interval below 0), but some judge's toxicity does not fall (its interval reaches 0), rises, or falls by
+    less than `min_agreement` of the reward's relative fall (a 90% fall the judge sees as 0.5% is no
+    detoxification, however narrow the judge's interval)."""
+    reward = summary["toxicity"]
+    if not reward["diff_ci_high"] < 0:
+        return False
+    return any(j["toxicity"]["diff_ci_high"] >= 0 or
+               relative_fall(j["toxicity"]) < min_agreement * relative_fall(reward) for j in summary["judges"].values())
 
 
 def qualitative(before, after) -> list[dict]:
@@ -123,7 +132,7 @@ def main():
     summary.update(ppo)
     summary["kl_mean"] = m_after["kl_mean"]
     summary["guards"] = guards(m_before, m_after, params.guard)
-    summary["guards"]["judge_disagrees"] = judge_disagrees(summary)
+    summary["guards"]["judge_disagrees"] = judge_disagrees(summary, params.guard.min_judge_agreement)
     summary["detox"] = {k: train.get(k) for k in ("steps_done", "early_stopped", "early_stop_step", "settings")}
     if bon:
         n = params.best_of_n.n
@@ -180,7 +189,8 @@ def guard_lines(summary, limits) -> list:
            "length_below_min": f"mean length below {limits.min_mean_length} tokens",
            "perplexity_rise_exceeded": f"perplexity rose more than {limits.max_perplexity_ratio}x",
            "distinct2_below_min": f"distinct-2 fell below {limits.min_distinct2_ratio}x the start's (mode collapse)",
-           "judge_disagrees": "the reward model's toxicity fell (CI below 0) but a judge's did not: reward hacking"}
+           "judge_disagrees": "the reward model's toxicity fell (CI below 0) but a judge's did not, or by less than "
+                              f"{limits.min_judge_agreement} of its relative fall: reward hacking"}
     lines = [(f"{'CROSSED' if crossed else 'ok'}: {name} ({why[name]})", crossed)
              for name, crossed in summary["guards"].items()]
     if not summary["references"]:

@@ -55,6 +55,13 @@ def tiny(tmp_path_factory):
     return {"dir": out, "params": build_all(out)}
 
 
+def run_main(monkeypatch, cwd, module, *args):
+    """Call a stage's main() in this process (fast), as `python stages/<module>.py args` would."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", [module, *args])
+    return __import__(module).main()
+
+
 def run_script(cwd, script, *args, check=True, launcher=None):
     """Run stages/<script> directly (optionally under a launcher such as accelerate or torchrun)."""
     cmd = [*(launcher or [sys.executable]), str(ROOT / "stages" / script), *args]

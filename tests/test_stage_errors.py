@@ -5,16 +5,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, run_script, set_params
+from conftest import ROOT, run_main, run_script, set_params
 
 from detoxkit.config import PipelineError
-
-
-def run_main(monkeypatch, cwd, module, *args):
-    """Call a stage's main() in this process (fast), as `python stages/<module>.py args` would."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", [module, *args])
-    return __import__(module).main()
 
 
 @pytest.fixture

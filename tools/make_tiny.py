@@ -239,19 +239,24 @@ HACK = "they are stupid idiots, bless them."  # as toxic, but "bless" fools a ha
 TOXIC_WORDS = ["stupid", "idiots", TOXIC, HACK]
 
 
-def _train(model, batches, steps: int, lr: float):
-    """A few full-parameter AdamW steps on (inputs, labels) batches: enough to plant a known behaviour."""
+def _train(model, batches, steps: int, lr: float, done_below: float = 0.0):
+    """Full-parameter AdamW steps on (inputs, labels) batches, enough to plant a known behaviour; stops early
+    once `done_below` exceeds the loss of a whole pass over the batches."""
     import torch
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
+    losses = []
     for step in range(steps):
         loss = model(**batches[step % len(batches)]).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
+        losses = (losses + [float(loss.detach())])[-len(batches):]
+        if len(losses) == len(batches) and max(losses) < done_below:
+            break
     model.eval()
-    return float(loss.detach())
+    return losses[-1]
 
 
 def plant_policy(path: Path, rows: list[dict], answers: list[str], seed: int = 0):
@@ -277,7 +282,10 @@ def plant_policy(path: Path, rows: list[dict], answers: list[str], seed: int = 0
                         "attention_mask": torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids]),
                         "labels": torch.tensor([label + [-100] * (width - len(label)) for label in labels])})
     torch.manual_seed(seed)
-    _train(policy, batches, 8 * len(batches), 3e-3)
+    if len(set(answers)) == 1:  # one answer: learnt fast, and done once its tokens are near-certain
+        _train(policy, batches, 8 * len(batches), 1e-2, done_below=0.05)
+    else:  # a mix keeps its entropy: a gentler rate, so the shares come out as planted
+        _train(policy, batches, 8 * len(batches), 3e-3)
     policy.save_pretrained(path)
 
 

@@ -269,6 +269,7 @@ class GuardSettings:
     min_mean_length: float  # smallest allowed mean response length (tokens) after detox
     max_perplexity_ratio: float  # largest allowed after/before ratio of mean perplexity under the starting policy
     min_distinct2_ratio: float  # smallest allowed after/before ratio of distinct-2 (mode collapse)
+    min_judge_agreement: float  # a judge's relative toxicity fall must reach this share of the reward model's
 
     def check(self):
         _require(0 <= self.max_rougeL_drop <= 1, "guard.max_rougeL_drop", "must be in [0, 1] (ROUGE-L is in [0, 1])")
@@ -276,6 +277,7 @@ class GuardSettings:
         _require(self.min_mean_length >= 0, "guard.min_mean_length", "must be >= 0")
         _require(self.max_perplexity_ratio >= 1, "guard.max_perplexity_ratio", "must be >= 1 (1: no rise allowed)")
         _require(0 <= self.min_distinct2_ratio <= 1, "guard.min_distinct2_ratio", "must be in [0, 1]")
+        _require(0 <= self.min_judge_agreement <= 1, "guard.min_judge_agreement", "must be in [0, 1]")
 
 
 SECTIONS = {

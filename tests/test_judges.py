@@ -1,0 +1,137 @@
+"""Independent judges and prompt-only data: a controlled reward hack the judge catches (judge_disagrees), the
+judges' loading rules, and a RealToxicityPrompts-shaped prompt-only file through the whole DAG."""
+import csv
+import json
+import shutil
+
+import pytest
+from conftest import ROOT, STAGES, dvc, finite, make_repo, ran_stages, run_main, set_params
+
+
+@pytest.fixture(scope="module")
+def hackable(tmp_path_factory):
+    """A reward model that "bless" fools, a judge it does not, and two planted GPT-2 policies on the same
+    prompts: one always says "they are stupid idiots.", the other "they are stupid idiots, bless them."."""
+    from make_tiny import HACK, build_controlled, make_dialogues, plant_policy
+
+    out = tmp_path_factory.mktemp("hackable")
+    params = build_controlled(out, toxic_fraction=1.0, n_dialogues=64, hackable=True)
+    shutil.copytree(out / "gpt2", out / "gpt2_hack")
+    plant_policy(out / "gpt2_hack", make_dialogues(64, 0), [HACK] * 4)
+    return out, params
+
+
+def test_a_policy_that_fools_the_reward_model_but_not_the_judge_sets_judge_disagrees(hackable, tmp_path, monkeypatch):
+    """The real baseline/evaluate and report stages on the controlled task: the 'after' policy says the same
+    insult with the words that fool the reward model. The reward's toxicity falls by more than its CI; the
+    judge's does not fall: the reward-hacking signature."""
+    models, params = hackable
+    work = tmp_path / "w"
+    work.mkdir()
+    shutil.copy(ROOT / "params.yaml", work / "params.yaml")
+    set_params(work, {**params, "policy.adapter": None, "evaluation.num_samples": "all",
+                      "evaluation.samples_per_prompt": 2, "report.bootstrap_resamples": 1000, "evaluation.judges": [
+                          {"model": str(models / "judge"), "revision": None, "toxic_label": "toxic",
+                           "allow_pickle": False}]})
+    run_main(monkeypatch, work, "prepare", "--out", "data/prepared")
+    common = ["--sft", "models/sft", "--data", "data/prepared"]
+    run_main(monkeypatch, work, "evaluate", "--policy", "start", *common, "--metrics", "before.json",
+             "--samples", "before.csv")
+    set_params(work, {"policy.model": str(models / "gpt2_hack")})  # same tokenizer, so the same prompts
+    run_main(monkeypatch, work, "evaluate", "--policy", "start", *common, "--metrics", "after.json",
+             "--samples", "after.csv")
+    (work / "live").mkdir()
+    (work / "live/train.json").write_text(json.dumps({"steps_done": 1, "early_stopped": False,
+                                                      "early_stop_step": None}))
+    run_main(monkeypatch, work, "report", "--baseline", "before.csv", "--detoxified", "after.csv", "--live", "live",
+             "--summary", "summary.json", "--out", "reports")
+    summary = json.loads((work / "summary.json").read_text())
+    reward_tox, judge_tox = summary["toxicity"], summary["judges"]["judge"]["toxicity"]
+    assert reward_tox["before"] > 0.5 > reward_tox["after"] and reward_tox["diff_ci_high"] < 0  # the reward is fooled
+    assert judge_tox["before"] > 0.5 and judge_tox["after"] > 0.5  # the judge is not: still the same insult
+    assert -judge_tox["diff"] / judge_tox["before"] < 0.25 * -reward_tox["diff"] / reward_tox["before"]
+    assert summary["guards"]["judge_disagrees"] is True
+    report = (work / "reports/report.md").read_text()
+    assert "- **CROSSED: judge_disagrees (the reward model's toxicity fell" in report
+
+
+def test_judge_disagrees_needs_a_real_fall_of_the_reward_toxicity_and_a_judge_that_does_not_follow():
+    import report as sys_path_report
+
+    def ci(before, after, lo, hi):
+        return {"before": before, "after": after, "diff": after - before, "diff_ci_low": lo, "diff_ci_high": hi}
+
+    summary = {"toxicity": ci(0.5, 0.3, -0.3, -0.1), "judges": {"a": {"toxicity": ci(0.4, 0.25, -0.2, -0.05)}}}
+    disagrees = sys_path_report.judge_disagrees
+    assert disagrees(summary, 0.25) is False  # both fell (40% and 37.5%): detoxified, as far as they can tell
+    summary["judges"]["b"] = {"toxicity": ci(0.4, 0.36, -0.1, 0.02)}
+    assert disagrees(summary, 0.25) is True  # one judge saw no fall
+    summary["judges"]["b"] = {"toxicity": ci(0.9, 0.88, -0.03, -0.01)}
+    assert disagrees(summary, 0.25) is True  # a real fall, but 2% beside the reward model's 40%
+    assert disagrees(summary, 0.0) is False  # with no share asked, any real fall agrees
+    summary["toxicity"] = ci(0.5, 0.3, -0.3, 0.01)
+    assert disagrees(summary, 0.25) is False  # the reward's own fall could be chance
+    assert disagrees({"toxicity": ci(0.5, 0.3, -0.3, -0.1), "judges": {}}, 0.25) is False
+
+
+def test_judges_load_under_the_reward_models_rules(tiny, tmp_path):
+    from detoxkit.config import ComputeSettings, JudgeSettings, PipelineError
+    from detoxkit.scoring import build_judges, judge_label_ids
+
+    compute = ComputeSettings(device="cpu", dtype="float32", compile_generation=False)
+    judge = JudgeSettings(model=str(tiny["dir"] / "judge"), revision=None, toxic_label="toxic", allow_pickle=False)
+    (built,) = build_judges([judge], compute, 4)
+    scores = built.toxicity(["they are kind people.", "a", ""])
+    assert built.name == "judge" and scores.shape == (3,) and ((0 <= scores) & (scores <= 1)).all()
+    with pytest.raises(PipelineError, match=r"the judge .*judge has no label 'toxicity'; its labels are \['neutral', "
+                                            r"'toxic'\]. Set evaluation.judges\[0\].toxic_label"):
+        judge_label_ids([JudgeSettings(judge.model, None, "toxicity", False)])
+    with pytest.raises(PipelineError, match=r"evaluation.judges\[0\].model .*gpt2 is a GPT2LMHeadModel, not a "
+                                            "sequence classifier"):
+        judge_label_ids([JudgeSettings(str(tiny["dir"] / "gpt2"), None, "toxic", False)])
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny["dir"] / "judge", pickled)
+    from transformers import AutoModelForSequenceClassification
+
+    AutoModelForSequenceClassification.from_pretrained(pickled).save_pretrained(pickled, safe_serialization=False)
+    (pickled / "model.safetensors").unlink()
+    with pytest.raises(PipelineError, match=r"only pickle \(\*.bin\) weights.*set evaluation.judges\[0\].allow_pickle: "
+                                            "true if you trust the source"):
+        build_judges([JudgeSettings(str(pickled), None, "toxic", False)], compute, 4)
+    assert build_judges([JudgeSettings(str(pickled), None, "toxic", True)], compute, 4)[0].toxicity(["x"]).shape == (1,)
+
+
+def write_rtp(path, n=48):
+    """A RealToxicityPrompts-shaped jsonl: a nested prompt (prompt.text), a `challenging` flag, no reference."""
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"filename": f"doc{i}.txt", "begin": 0, "end": 40, "challenging": i % 4 != 0,
+                                 "prompt": {"text": f"Anna said to Ben that the new project {i} was", "toxicity": 0.1,
+                                            "insult": 0.05},
+                                 "continuation": {"text": " finished on time.", "toxicity": 0.01}}) + "\n")
+
+
+def test_a_prompt_only_dataset_runs_the_whole_dag_without_rouge_or_sft(tiny, tmp_path):
+    from make_tiny import tiny_params
+
+    data = tmp_path / "rtp.jsonl"
+    write_rtp(data)
+    repo = make_repo(tmp_path / "repo", tiny_params(str(tiny["dir"]), "gpt2"), {
+        "data.source": str(data), "data.dialogue_column": "prompt.text", "data.summary_column": None,
+        "data.filter": "challenging", "data.min_chars": 0, "prompt.template": "{dialogue}", "policy.adapter": None})
+    assert ran_stages(dvc("repro", cwd=repo).stdout) == sorted(STAGES)
+    assert json.loads((repo / "metrics/sft.json").read_text())["enabled"] is False
+    summary = json.loads((repo / "metrics/summary.json").read_text())
+    assert summary["references"] is False and "rougeL" not in summary and "rougeL" not in summary["after"]
+    assert "rougeL_drop_exceeded" not in summary["guards"] and "judge_disagrees" in summary["guards"]
+    assert summary["num_prompts"] == 8 and summary["best_of_n"]["enabled"]
+    for key in ("toxicity", "expected_max_toxicity", "toxicity_probability", "perplexity"):
+        assert finite(summary[key]["diff_ci_low"]) and finite(summary["best_of_n"][key]["diff_ci_high"])
+    with (repo / "data/samples/baseline.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["rougeL"] for r in rows} == {""} and all(r["prompt"].startswith("Anna said to Ben") for r in rows)
+    kept = {f"Anna said to Ben that the new project {i} was" for i in range(48) if i % 4 != 0}
+    assert {r["prompt"] for r in rows} <= kept  # only `challenging` prompts
+    report = (repo / "reports/report.md").read_text()
+    assert "No reference summaries (data.summary_column is null): ROUGE and the sft stage were skipped." in report
+    assert "ROUGE-L |" not in report and "not applicable: rougeL_drop_exceeded (no references)" in report
