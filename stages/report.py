@@ -1,7 +1,8 @@
 """Stage `report`: paired statistics (start, PPO, best-of-N), guards, and the Markdown/HTML/CSV report.
 
     python stages/report.py --baseline data/samples/baseline.csv --detoxified data/samples/detoxified.csv \
-        --best-of-n data/samples/best_of_n.csv --live metrics/detox --summary metrics/summary.json --out reports
+        --best-of-n data/samples/best_of_n.csv --live metrics/detox --summary metrics/summary.json \
+        --best-of-n-summary metrics/best_of_n_summary.json --out reports
 
 The report leads with the answer (what ran, one verdict per headline metric, the guards crossed), then
 shows start, PPO and best-of-N side by side. Markdown and HTML are rendered from one list of sections.
@@ -110,6 +111,8 @@ def main():
     parser.add_argument("--best-of-n", help="the best_of_n stage's samples (empty when it is disabled)")
     parser.add_argument("--live", required=True, help="the detox stage's DVCLive folder")
     parser.add_argument("--summary", required=True)
+    parser.add_argument("--best-of-n-summary", help="where to write best-of-n against the start (kept out of "
+                        "--summary, so toggling best-of-n changes nothing downstream of the PPO comparison)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -123,7 +126,10 @@ def main():
     m_before, m_after = summarize(before, threshold), summarize(after, threshold)
     train = read_json(Path(args.live) / "train.json")
 
-    summary = {"num_samples": len(before), "num_prompts": m_before["num_prompts"],
+    summary = {"setup": {"policy": params.policy.model, "adapter": params.policy.adapter,  # what ran (model card)
+                         "reward": params.reward.model, "not_hate_label": params.reward.not_hate_label,
+                         "judges": [j.model for j in params.evaluation.judges]},
+               "num_samples": len(before), "num_prompts": m_before["num_prompts"],
                "samples_per_prompt": m_before["samples_per_prompt"], "confidence": rp.confidence,  # of every CI
                "toxic_threshold": threshold, "references": m_before["references"],
                "toxicity_improvement_pct": improvement_pct(m_before["toxicity_mean"], m_after["toxicity_mean"]),
@@ -145,7 +151,10 @@ def main():
 
     with atomic_dir(args.out) as tmp:
         write_reports(tmp, summary, (before, after, bon), render.read_live_history(args.live), params)
+    bon_summary = summary.pop("best_of_n")
     write_json(args.summary, summary)
+    if args.best_of_n_summary:
+        write_json(args.best_of_n_summary, bon_summary)
     log.info("toxicity %.4f -> %.4f (%s%%); guards crossed: %s", m_before["toxicity_mean"], m_after["toxicity_mean"],
              "n/a" if summary["toxicity_improvement_pct"] is None else f"{summary['toxicity_improvement_pct']:.1f}",
              [k for k, v in summary["guards"].items() if v] or "none")

@@ -3,7 +3,7 @@ model, with sft off and on."""
 import csv
 import json
 
-import pytest
+import yaml
 from conftest import STAGES, changed_stages, dvc, finite, make_repo, ran_stages, set_params
 from make_tiny import tiny_params
 
@@ -37,26 +37,20 @@ def check_causal_run(repo, arch: str, sft: bool):
     out = model.generate(input_ids=tok(["Summary:"], return_tensors="pt")["input_ids"], max_new_tokens=3,
                          do_sample=False, pad_token_id=tok.pad_token_id)
     assert out.shape[1] > 1
+    card = yaml.safe_load((repo / "models/detoxified/README.md").read_text().split("---\n")[1])
+    assert card["pipeline_tag"] == "text-generation" and card["library_name"] == "peft"
 
 
-@pytest.mark.parametrize("arch, first", [("gpt2", None), ("llama", "sft")])
-def test_causal_policy_runs_the_whole_dag_with_sft_off_and_on(tiny, tmp_path, arch, first):
-    """GPT-2 (Conv1D, no pad token) and a Llama-style chat model (prompt.chat_template on) through every stage."""
-    repo = make_repo(tmp_path / "repo", tiny_params(str(tiny["dir"]), arch), {"policy.adapter": first})
+def test_gpt2_runs_the_whole_dag_with_sft_off_then_on(tiny, tmp_path):
+    """GPT-2 (Conv1D, no pad token) through every stage; the Llama-style chat model: test_chat_pipeline.py."""
+    repo = make_repo(tmp_path / "repo", tiny_params(str(tiny["dir"]), "gpt2"), {"policy.adapter": None})
     assert ran_stages(dvc("repro", cwd=repo).stdout) == sorted(STAGES)
-    check_causal_run(repo, arch, sft=first == "sft")
-    if arch == "llama":  # the chat markup is in what the policy reads, not in the instruction text
-        import datasets
-        from transformers import AutoTokenizer
-
-        row = datasets.load_from_disk(str(repo / "data/prepared"))["test"][0]
-        shown = AutoTokenizer.from_pretrained(tiny["dir"] / "llama").decode(row["input_ids"])
-        assert shown.startswith("<|user|>\n\nSummarize") and shown.endswith("Summary:\n<|eot|>\n<|assistant|>\n")
-        assert "<|" not in row["query"]
+    check_causal_run(repo, "gpt2", sft=False)
     set_params(repo, {"lora.r": 2})  # a LoRA change reruns detox (then evaluate and report), nothing before it
     assert changed_stages(repo) == ["detox"]
     dry = dvc("repro", "--dry", cwd=repo).stdout
     assert ran_stages(dry) == ["detox"] and "Stage 'baseline' didn't change" in dry
-    set_params(repo, {"lora.r": 4, "policy.adapter": None if first else "sft"})
-    assert ran_stages(dvc("repro", cwd=repo).stdout) == ["baseline", "best_of_n", "detox", "evaluate", "report", "sft"]
-    check_causal_run(repo, arch, sft=first != "sft")
+    set_params(repo, {"lora.r": 4, "policy.adapter": "sft"})
+    assert ran_stages(dvc("repro", cwd=repo).stdout) == ["baseline", "best_of_n", "detox", "evaluate", "publish",
+                                                          "report", "sft"]
+    check_causal_run(repo, "gpt2", sft=True)

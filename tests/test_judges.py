@@ -1,11 +1,10 @@
-"""Independent judges and prompt-only data: a controlled reward hack the judge catches (judge_disagrees), the
-judges' loading rules, and a RealToxicityPrompts-shaped prompt-only file through the whole DAG."""
-import csv
+"""Independent judges: a controlled reward hack the judge catches (judge_disagrees), and the judges' loading
+rules. (A prompt-only dataset through the whole DAG: test_chat_pipeline.py.)"""
 import json
 import shutil
 
 import pytest
-from conftest import ROOT, STAGES, dvc, finite, make_repo, ran_stages, run_main, set_params
+from conftest import ROOT, run_main, set_params
 
 
 @pytest.fixture(scope="module")
@@ -99,39 +98,3 @@ def test_judges_load_under_the_reward_models_rules(tiny, tmp_path):
                                             "true if you trust the source"):
         build_judges([JudgeSettings(str(pickled), None, "toxic", False)], compute, 4)
     assert build_judges([JudgeSettings(str(pickled), None, "toxic", True)], compute, 4)[0].toxicity(["x"]).shape == (1,)
-
-
-def write_rtp(path, n=48):
-    """A RealToxicityPrompts-shaped jsonl: a nested prompt (prompt.text), a `challenging` flag, no reference."""
-    with path.open("w", encoding="utf-8") as fh:
-        for i in range(n):
-            fh.write(json.dumps({"filename": f"doc{i}.txt", "begin": 0, "end": 40, "challenging": i % 4 != 0,
-                                 "prompt": {"text": f"Anna said to Ben that the new project {i} was", "toxicity": 0.1,
-                                            "insult": 0.05},
-                                 "continuation": {"text": " finished on time.", "toxicity": 0.01}}) + "\n")
-
-
-def test_a_prompt_only_dataset_runs_the_whole_dag_without_rouge_or_sft(tiny, tmp_path):
-    from make_tiny import tiny_params
-
-    data = tmp_path / "rtp.jsonl"
-    write_rtp(data)
-    repo = make_repo(tmp_path / "repo", tiny_params(str(tiny["dir"]), "gpt2"), {
-        "data.source": str(data), "data.dialogue_column": "prompt.text", "data.summary_column": None,
-        "data.filter": "challenging", "data.min_chars": 0, "prompt.template": "{dialogue}", "policy.adapter": None})
-    assert ran_stages(dvc("repro", cwd=repo).stdout) == sorted(STAGES)
-    assert json.loads((repo / "metrics/sft.json").read_text())["enabled"] is False
-    summary = json.loads((repo / "metrics/summary.json").read_text())
-    assert summary["references"] is False and "rougeL" not in summary and "rougeL" not in summary["after"]
-    assert "rougeL_drop_exceeded" not in summary["guards"] and "judge_disagrees" in summary["guards"]
-    assert summary["num_prompts"] == 8 and summary["best_of_n"]["enabled"]
-    for key in ("toxicity", "expected_max_toxicity", "toxicity_probability", "perplexity"):
-        assert finite(summary[key]["diff_ci_low"]) and finite(summary["best_of_n"][key]["diff_ci_high"])
-    with (repo / "data/samples/baseline.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    assert {r["rougeL"] for r in rows} == {""} and all(r["prompt"].startswith("Anna said to Ben") for r in rows)
-    kept = {f"Anna said to Ben that the new project {i} was" for i in range(48) if i % 4 != 0}
-    assert {r["prompt"] for r in rows} <= kept  # only `challenging` prompts
-    report = (repo / "reports/report.md").read_text()
-    assert "No reference summaries (data.summary_column is null): ROUGE and the sft stage were skipped." in report
-    assert "ROUGE-L |" not in report and "not applicable: rougeL_drop_exceeded (no references)" in report

@@ -38,7 +38,8 @@ def test_every_output_exists_with_finite_numbers(ran):
     assert judge["toxicity"]["before"] == pytest.approx(summary["before"]["judges"]["judge"]["toxicity_mean"])
     assert summary["reward"]["better"] == "higher" and "improvement_pct" not in summary["reward"]
     # best-of-n: the same prompts, the kept response of n = 2 candidates, compared with the start
-    bon = summary["best_of_n"]
+    bon = json.loads((ran / "metrics/best_of_n_summary.json").read_text())
+    assert "best_of_n" not in summary  # its own file: toggling best-of-n changes nothing the publish stage reads
     assert bon["enabled"] and bon["n"] == 2 and bon["generation_cost"] == 2
     assert bon["kl_bound"] == pytest.approx(0.6931 - 0.5, abs=1e-4)
     assert bon["metrics"]["num_samples"] == 16 and "kl_mean" not in bon["metrics"]
@@ -93,6 +94,28 @@ def test_every_output_exists_with_finite_numbers(ran):
     assert (ran / "models/detoxified/value_head.safetensors").is_file()
 
 
+def test_the_published_folder_has_a_hub_model_card_with_the_headline_metrics(ran):
+    import yaml
+
+    folder = ran / "models/detoxified"  # the publish stage: the PPO adapter (models/ppo) and its model card
+    ppo = {p.name for p in (ran / "models/ppo").iterdir()}  # (PEFT's save_pretrained writes a stub README.md)
+    assert {p.name for p in folder.iterdir()} == ppo | {"README.md"}
+    assert (folder / "adapter_model.safetensors").read_bytes() == (ran / "models/ppo/adapter_model.safetensors").read_bytes()
+    card = (folder / "README.md").read_text()
+    _, front, body = card.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    params = yaml.safe_load((ran / "params.yaml").read_text())
+    assert meta["base_model"] == params["policy"]["model"] and meta["library_name"] == "peft"
+    assert meta["pipeline_tag"] == "text2text-generation" and {"trl", "ppo", "lora", "detoxification"} <= set(meta["tags"])
+    summary = json.loads((ran / "metrics/summary.json").read_text())
+    tox, judge = summary["toxicity"], summary["judges"]["judge"]["toxicity"]
+    assert (f"| Toxicity (reward classifier, P(hate)) | {tox['before']:.4f} | {tox['after']:.4f} | {tox['diff']:+.4f} "
+            f"[{tox['diff_ci_low']:+.4f}, {tox['diff_ci_high']:+.4f}] |") in body
+    assert f"| Judge judge: toxicity | {judge['before']:.4f} |" in body and "| Expected maximum toxicity" in body
+    assert "## Training procedure" in body and "| lora_r | 4 |" in body and "| learning_rate | 0.001 |" in body
+    assert "PPO ran 4 of 4 steps" in body and "start_adapter/" in body
+
+
 def test_outputs_are_git_ignored_and_status_is_clean(ran):
     assert changed_stages(ran) == []
     assert sh("git", "status", "--porcelain", cwd=ran).stdout == ""
@@ -119,6 +142,12 @@ def test_best_of_n_toggle_reruns_only_best_of_n_and_report(ran, tmp_path):
     assert (repo / "data/samples/best_of_n.csv").read_text().startswith('"index","sample"')
     assert len((repo / "data/samples/best_of_n.csv").read_text().splitlines()) == 1
     assert changed_stages(repo) == ["report"]
+    assert ran_stages(dvc("repro", cwd=repo).stdout) == ["report"]  # summary.json is unchanged: publish stays
+    assert json.loads((repo / "metrics/best_of_n_summary.json").read_text()) == {"enabled": False}
+    report = (repo / "reports/report.md").read_text()
+    assert "- Best-of-N: off (best_of_n.enabled is false)." in report and "| best-of-N |" not in report
+    with (repo / "reports/per_prompt_max_toxicity.csv").open(newline="") as fh:
+        assert {r["best_of_n"] for r in csv.DictReader(fh)} == {""}
 
 
 def test_sft_param_change_invalidates_sft_but_ppo_change_does_not_touch_sft(ran, tmp_path):
@@ -253,7 +282,7 @@ def test_experiments_run_show_and_diff(ran, tmp_path):
     repo = copy_repo(ran, tmp_path / "repo")
     out = dvc("exp", "run", "-n", "lr-high", "-S", "ppo.learning_rate=0.003", "-S", "ppo.init_kl_coef=0.05",
               cwd=repo).stdout
-    assert ran_stages(out) == ["detox", "evaluate", "report"]
+    assert ran_stages(out) == ["detox", "evaluate", "publish", "report"]
     rows = exp_rows(repo)
     params, metrics = rows["lr-high"]
     assert params["ppo"]["learning_rate"] == 0.003 and params["ppo"]["init_kl_coef"] == 0.05

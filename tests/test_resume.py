@@ -24,7 +24,7 @@ def test_kill_9_during_causal_detox_then_repro_resumes_and_matches_uninterrupted
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert state.exists(), "the run ended before its first checkpoint"
-    assert not (repo / "models/detoxified").exists()  # nothing half-written in the outputs
+    assert not (repo / "models/ppo").exists()  # nothing half-written in the outputs
     assert not (repo / "metrics/detox").exists()
 
     out = dvc("repro", "detox", cwd=repo)
@@ -37,8 +37,8 @@ def test_kill_9_during_causal_detox_then_repro_resumes_and_matches_uninterrupted
         assert (repo / rel).read_text() == (ref / rel).read_text(), rel
     from safetensors.torch import load_file
 
-    got = load_file(repo / "models/detoxified/adapter_model.safetensors")
-    want = load_file(ref / "models/detoxified/adapter_model.safetensors")
+    got = load_file(repo / "models/ppo/adapter_model.safetensors")
+    want = load_file(ref / "models/ppo/adapter_model.safetensors")
     assert got.keys() == want.keys() and all((got[k] == want[k]).all() for k in got)
     assert not (repo / "checkpoints/detox").exists()  # finished runs clean up their checkpoint
     assert not list((repo / "metrics").glob(".*.tmp")) and not list((repo / "models").glob(".*.tmp"))

@@ -276,7 +276,7 @@ def test_guards_flag_exactly_the_crossed_limits():
     from detoxkit.config import GuardSettings
 
     limits = GuardSettings(max_rougeL_drop=0.05, max_kl=2.0, min_mean_length=5, max_perplexity_ratio=1.5,
-                           min_distinct2_ratio=0.8)
+                           min_distinct2_ratio=0.8, min_judge_agreement=0.25)
     before = {"rougeL": 0.30, "kl_mean": 0.0, "length_mean": 20, "perplexity_mean": 10.0, "distinct_2": 0.9}
     ok = {"rougeL": 0.27, "kl_mean": 1.0, "length_mean": 18, "perplexity_mean": 14.9, "distinct_2": 0.73}
     hacked = {"rougeL": 0.10, "kl_mean": 3.0, "length_mean": 2, "perplexity_mean": 15.1, "distinct_2": 0.71}

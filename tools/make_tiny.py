@@ -46,7 +46,7 @@ TINY_PARAMS = {
     "evaluation.batch_size": 8,
     "sft.max_steps": 4, "sft.batch_size": 4, "sft.logging_steps": 1, "sft.eval_samples": 8,
     "sft.max_target_tokens": 32, "sft.eval_max_new_tokens": 12, "ppo.learning_rate": 0.001, "sft.lora.r": 4,
-    "sft.lora.alpha": 8, "report.bootstrap_resamples": 500, "best_of_n.n": 2,
+    "sft.lora.alpha": 8, "report.bootstrap_resamples": 500, "best_of_n.enabled": False, "best_of_n.n": 2,
     "evaluation.judges": [{"model": "{out}/judge", "revision": None, "toxic_label": "toxic", "allow_pickle": False}],
 }
 

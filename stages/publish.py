@@ -1,0 +1,110 @@
+"""Stage `publish`: the detoxified policy as a folder ready for the Hugging Face Hub, with its model card.
+
+    python stages/publish.py --policy models/ppo --summary metrics/summary.json --live metrics/detox \
+        --out models/detoxified
+
+Copies the detox stage's adapter folder and adds README.md in the Hub's model-card layout: YAML metadata
+(base_model, library_name: peft, tags), then what was trained, on what, with which settings, and the
+headline metrics with their confidence intervals from the report stage. The folder can be pushed as it is
+(`huggingface-cli upload <user>/<name> models/detoxified`). Everything comes from the artifacts the card
+describes (the adapter's own files, the detox stage's train.json, metrics/summary.json), so the card
+cannot disagree with them.
+"""
+import argparse
+import logging
+import shutil
+from pathlib import Path
+
+import yaml
+
+from detoxkit.config import load_params
+from detoxkit.io import atomic_dir, read_json, run_stage, write_text
+from detoxkit.models import read_policy_meta
+
+log = logging.getLogger("detox.publish")
+HEADLINE = [("toxicity", "Toxicity (reward classifier, P(hate))"),
+            ("expected_max_toxicity", "Expected maximum toxicity over k samples"),
+            ("toxicity_probability", "Toxicity probability (a sample at or above the threshold)"),
+            ("perplexity", "Perplexity under the starting policy"), ("rougeL", "ROUGE-L")]
+
+
+def ci(s: dict) -> str:
+    return f"{s['before']:.4f} | {s['after']:.4f} | {s['diff']:+.4f} [{s['diff_ci_low']:+.4f}, {s['diff_ci_high']:+.4f}]"
+
+
+def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_source: str) -> str:
+    causal = adapter.get("task_type") == "CAUSAL_LM"
+    run, ran = summary.get("setup", {}), train.get("settings") or {}
+    front = {"base_model": meta["base_model"], "library_name": "peft",
+             "pipeline_tag": "text-generation" if causal else "text2text-generation",
+             "tags": ["trl", "ppo", "lora", "detoxification", "rlhf", "dvc"]}
+    if "/" in data_source and not Path(data_source).exists():  # a Hub dataset id
+        front["datasets"] = [data_source]
+    conf = f"{summary['confidence']:.0%}"
+    rows = [f"| {label} | {ci(summary[key])} |" for key, label in HEADLINE if key in summary]
+    rows += [f"| Judge {name}: toxicity | {ci(m['toxicity'])} |" for name, m in summary.get("judges", {}).items()]
+    crossed = [name for name, c in summary["guards"].items() if c]
+    lines = [
+        "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+        f"# {meta['base_model'].rstrip('/').split('/')[-1]}, detoxified with PPO", "",
+        "A LoRA adapter trained with PPO (TRL, value head, KL penalty against the frozen starting policy) to make "
+        f"`{meta['base_model']}` less toxic, by the reproducible DVC pipeline of this repository.", "",
+        "## Model description", "",
+        f"- Base model: `{meta['base_model']}` (revision `{meta.get('revision')}`)"
+        + (", with a starting LoRA adapter (`start_adapter/`, from the sft stage) merged before PPO"
+           if meta.get("start_adapter") else ""),
+        f"- Trained: the LoRA weights (r = {ran.get('lora_r')}) and PPO's value head, "
+        f"{train.get('trainable_parameters') or 0:,} of {train.get('total_parameters') or 0:,} parameters",
+        f"- Reward: the raw `{run.get('not_hate_label', 'nothate')}` logit of `{run.get('reward', '?')}`", "",
+        "## Training data", "",
+        f"Prompts from `{data_source}` (the pipeline's train split); evaluated on {summary['num_prompts']} held-out "
+        f"prompts, k = {summary['samples_per_prompt']} samples each.", "",
+        "## Training procedure", "",
+        f"PPO ran {train.get('steps_done')} of {ran.get('max_steps', '?')} steps" +
+        (f", stopped early at step {train.get('early_stop_step')} (KL above ppo.max_kl)" if train.get("early_stopped")
+         else "") + ".", "",
+        "| setting | value |", "|---|---|",
+        *[f"| {k} | {v} |" for k, v in ran.items()], "",
+        "## Evaluation", "",
+        f"Same prompts and seed before (the starting policy) and after; differences with {conf} bootstrap "
+        "confidence intervals over prompts.", "",
+        "| metric | before | after | after - before [CI] |", "|---|---|---|---|", *rows, "",
+        f"Reward-hacking guards crossed: {', '.join(crossed) if crossed else 'none'}.", "",
+        "## How to use", "",
+        "```python",
+        "import sys; sys.path.insert(0, 'stages')  # this repository's stages/ folder",
+        "from detoxkit.models import load_detoxified",
+        "model, tokenizer, device = load_detoxified('models/detoxified')  # base + start adapter + PPO adapter",
+        "```", "",
+        "Or with PEFT alone: load the base model" + (", merge `start_adapter/`" if meta.get("start_adapter") else "") +
+        ", then `PeftModel.from_pretrained(base, '<this folder>')`. `value_head.safetensors` is PPO's value head, "
+        "needed only to continue training.", "",
+        "## Limitations", "",
+        "Toxicity is measured by classifiers, which miss what they were not trained on; check the judges and the "
+        "guards above, and read the samples in the pipeline's report before relying on this model.", "",
+    ]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--policy", required=True, help="the detox stage's adapter folder")
+    parser.add_argument("--summary", required=True, help="the report stage's metrics/summary.json")
+    parser.add_argument("--live", required=True, help="the detox stage's DVCLive folder (train.json)")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    params = load_params()
+    policy = Path(args.policy)
+    meta = read_policy_meta(policy)  # a clear error for a folder the detox stage did not write
+    summary, train = read_json(args.summary), read_json(Path(args.live) / "train.json")
+    adapter = read_json(policy / "adapter_config.json")
+    card = model_card(meta, adapter, summary, train, params.data.source)
+    with atomic_dir(args.out) as tmp:
+        shutil.copytree(policy, tmp, dirs_exist_ok=True)
+        write_text(tmp / "README.md", card)
+    log.info("wrote %s: the adapter and its model card (README.md)", args.out)
+
+
+if __name__ == "__main__":
+    run_stage(main)

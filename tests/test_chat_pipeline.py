@@ -1,0 +1,58 @@
+"""A Llama-style chat model (prompt.chat_template on) end to end: first summarizing DialogSum-shaped dialogues
+with sft on, then continuing RealToxicityPrompts-shaped prompts, a prompt-only dataset (no references: no
+ROUGE, no sft), with best-of-N on."""
+import csv
+import json
+
+from conftest import STAGES, dvc, finite, make_repo, ran_stages, set_params
+from make_tiny import tiny_params
+from test_causal_pipeline import check_causal_run
+
+
+def write_rtp(path, n=48):
+    """A RealToxicityPrompts-shaped jsonl: a nested prompt (prompt.text), a `challenging` flag, no reference."""
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"filename": f"doc{i}.txt", "begin": 0, "end": 40, "challenging": i % 4 != 0,
+                                 "prompt": {"text": f"Anna said to Ben that the new project {i} was", "toxicity": 0.1,
+                                            "insult": 0.05},
+                                 "continuation": {"text": " finished on time.", "toxicity": 0.01}}) + "\n")
+
+
+def test_chat_model_summarizes_with_sft_then_continues_a_prompt_only_dataset(tiny, tmp_path):
+    repo = make_repo(tmp_path / "repo", tiny_params(str(tiny["dir"]), "llama"), {"policy.adapter": "sft"})
+    assert ran_stages(dvc("repro", cwd=repo).stdout) == sorted(STAGES)
+    check_causal_run(repo, "llama", sft=True)
+    import datasets
+    from transformers import AutoTokenizer
+
+    row = datasets.load_from_disk(str(repo / "data/prepared"))["test"][0]
+    tok = AutoTokenizer.from_pretrained(tiny["dir"] / "llama")
+    shown = tok.decode(row["input_ids"])  # the chat markup is in what the policy reads, not in the instruction
+    assert shown.startswith("<|user|>\n\nSummarize") and shown.endswith("Summary:\n<|eot|>\n<|assistant|>\n")
+    assert "<|" not in row["query"]
+
+    data = tmp_path / "rtp.jsonl"
+    write_rtp(data)
+    set_params(repo, {"data.source": str(data), "data.dialogue_column": "prompt.text", "data.summary_column": None,
+                      "data.filter": "challenging", "data.min_chars": 0, "prompt.template": "{dialogue}",
+                      "policy.adapter": None, "best_of_n.enabled": True})
+    assert ran_stages(dvc("repro", cwd=repo).stdout) == sorted(STAGES)
+    assert json.loads((repo / "metrics/sft.json").read_text())["enabled"] is False
+    summary = json.loads((repo / "metrics/summary.json").read_text())
+    bon = json.loads((repo / "metrics/best_of_n_summary.json").read_text())
+    assert summary["references"] is False and "rougeL" not in summary and "rougeL" not in summary["after"]
+    assert "rougeL_drop_exceeded" not in summary["guards"] and "judge_disagrees" in summary["guards"]
+    assert summary["num_prompts"] == 8 and bon["enabled"] and bon["metrics"]["references"] is False
+    for key in ("toxicity", "expected_max_toxicity", "toxicity_probability", "perplexity"):
+        assert finite(summary[key]["diff_ci_low"]) and finite(bon[key]["diff_ci_high"])
+    with (repo / "data/samples/baseline.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    challenging = {f"Anna said to Ben that the new project {i} was" for i in range(48) if i % 4 != 0}
+    assert {r["rougeL"] for r in rows} == {""} and {r["prompt"] for r in rows} <= challenging
+    prepared = datasets.load_from_disk(str(repo / "data/prepared"))["test"][0]
+    assert tok.decode(prepared["input_ids"]) == f"<|user|>\n{prepared['query']}<|eot|>\n<|assistant|>\n"
+    report = (repo / "reports/report.md").read_text()
+    assert "No reference summaries (data.summary_column is null): ROUGE and the sft stage were skipped." in report
+    assert "ROUGE-L |" not in report and "not applicable: rougeL_drop_exceeded (no references)" in report
+    assert "| PPO | PPO - start [95% CI] | best-of-N | best-of-N - start [95% CI] |" in report
