@@ -23,11 +23,13 @@ ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.envi
 PROJECT_FILES = ["stages", "tools", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "requirements.txt"]
 
 
-# The longest files first: pytest-xdist (--dist loadfile) hands files to workers in collection order, so the
-# end-to-end runs start at once and the short unit files fill the gaps, instead of one long file running alone
-# at the end on one core.
+# The order pytest-xdist hands files to workers (--dist loadfile --no-loadscope-reorder): the four longest
+# start at once, one a worker; each worker whose first file is a single long test is then given a second
+# file at once, so those are short ones (they wait behind it); the rest go to whichever worker frees first.
+# Without this the longest file could start last and run alone on one core at the end.
 LONGEST_FIRST = ["test_pipeline.py", "test_causal_pipeline.py", "test_chat_pipeline.py", "test_resume.py",
-                 "test_judges.py", "test_scale.py", "test_sft.py"]
+                 "test_units.py", "test_causal.py", "test_judges.py", "test_scale.py", "test_stage_errors.py",
+                 "test_sft.py", "test_models.py"]
 
 
 def pytest_collection_modifyitems(items):

@@ -200,6 +200,7 @@ def test_html_report_is_self_contained_with_tables_and_images(ran):
 def test_dvc_plots_render_training_curves_and_distributions(ran, tmp_path):
     plots = json.loads(dvc("plots", "show", "--json", cwd=ran).stdout)["data"]
     for name in ("PPO training curves", "Toxicity before vs after (samples per toxicity bin)", "Toxicity per sample",
+                 "Maximum toxicity per prompt (over its k samples)",
                  "metrics/detox/plots/metrics/objective/kl.tsv", "metrics/sft_train/plots/metrics/train/loss.tsv"):
         assert plots[name][0]["type"] == "vega", name
     dvc("plots", "show", "-o", tmp_path / "plots", cwd=ran)

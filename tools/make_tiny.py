@@ -267,12 +267,14 @@ def plant_policy(path: Path, rows: list[dict], answers: list[str], seed: int = 0
     rng = random.Random(seed)
     tok = AutoTokenizer.from_pretrained(path)
     policy = AutoModelForCausalLM.from_pretrained(path)
-    examples = [(r["dialogue"], answer) for r in rows for answer in answers]
+    single = len(set(answers)) == 1  # one answer: each prompt once, in smaller batches (learnt in fewer tokens)
+    examples = [(r["dialogue"], answer) for r in rows for answer in (answers[:1] if single else answers)]
     rng.shuffle(examples)
+    size = 16 if single else 32
     batches = []
-    for start in range(0, len(examples), 32):
+    for start in range(0, len(examples), size):
         ids, labels = [], []
-        for dialogue, answer in examples[start:start + 32]:
+        for dialogue, answer in examples[start:start + size]:
             prompt = tok(TEMPLATE.format(dialogue=dialogue))["input_ids"]
             answer = tok(answer)["input_ids"] + [tok.eos_token_id]
             ids.append(prompt + answer)
@@ -282,8 +284,8 @@ def plant_policy(path: Path, rows: list[dict], answers: list[str], seed: int = 0
                         "attention_mask": torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids]),
                         "labels": torch.tensor([label + [-100] * (width - len(label)) for label in labels])})
     torch.manual_seed(seed)
-    if len(set(answers)) == 1:  # one answer: learnt fast, and done once its tokens are near-certain
-        _train(policy, batches, 8 * len(batches), 1e-2, done_below=0.05)
+    if single:  # learnt fast at a higher rate, and done once its tokens are near-certain
+        _train(policy, batches, 64, 1e-2, done_below=0.05)
     else:  # a mix keeps its entropy: a gentler rate, so the shares come out as planted
         _train(policy, batches, 8 * len(batches), 3e-3)
     policy.save_pretrained(path)
