@@ -29,7 +29,8 @@ HEADLINE = [("toxicity", "Toxicity (reward classifier, P(hate))"),
 
 
 def ci(s: dict) -> str:
-    return f"{s['before']:.4f} | {s['after']:.4f} | {s['diff']:+.4f} [{s['diff_ci_low']:+.4f}, {s['diff_ci_high']:+.4f}]"
+    return (f"{s['before']:.4f} | {s['after']:.4f} | {s['diff']:+.4f} "
+            f"[{s['diff_ci_low']:+.4f}, {s['diff_ci_high']:+.4f}]")
 
 
 def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_source: str) -> str:

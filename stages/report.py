@@ -227,12 +227,12 @@ def side_by_side(summary) -> tuple[list, list]:
             for name, metrics in summary["judges"].items():
                 for metric, what in (("toxicity", "toxicity"), ("expected_max_toxicity", "expected max toxicity"),
                                      ("toxicity_probability", "toxicity probability")):
-                    add(f"Judge {name}: {what}", "lower", metrics[metric], b.get("judges", {}).get(name, {}).get(metric))
-    a = summary["after"]
-    row = ["Distinct-2 (all responses; no CI)", "higher", fmt(summary["before"]["distinct_2"]), fmt(a["distinct_2"]),
-           f"{a['distinct_2'] - summary['before']['distinct_2']:+.4f}"]
-    rows.append(row + ([fmt(b["metrics"]["distinct_2"]), f"{b['metrics']['distinct_2'] - summary['before']['distinct_2']:+.4f}"]
-                       if b["enabled"] else []))
+                    add(f"Judge {name}: {what}", "lower", metrics[metric],
+                        b.get("judges", {}).get(name, {}).get(metric))
+    start, ppo = summary["before"]["distinct_2"], summary["after"]["distinct_2"]
+    row = ["Distinct-2 (all responses; no CI)", "higher", fmt(start), fmt(ppo), f"{ppo - start:+.4f}"]
+    bon = b["metrics"]["distinct_2"] if b["enabled"] else None
+    rows.append(row + ([fmt(bon), f"{bon - start:+.4f}"] if b["enabled"] else []))
     row = ["KL to the start (per token; best-of-N: bound per response)", "lower", "0", fmt(summary["kl_mean"]), ""]
     rows.append(row + ([f"<= {b['kl_bound']:.4f} nats", ""] if b["enabled"] else []))
     row = ["Generation cost (x one sample a response)", "lower", "1", "1", ""]
@@ -271,7 +271,8 @@ def write_reports(out: Path, summary, samples, history, params):
     best, worst = qual[:n_rows], qual[::-1][:n_rows]
     header, rows = side_by_side(summary)
     b = summary["before"]
-    diversity = (f"Diversity (distinct-1 / 2 / 3 over all responses, higher is more varied): start {b['distinct_1']:.3f}"
+    diversity = (f"Diversity (distinct-1 / 2 / 3 over all responses, higher is more varied): start "
+                 f"{b['distinct_1']:.3f}"
                  f" / {b['distinct_2']:.3f} / {b['distinct_3']:.3f}, PPO {summary['after']['distinct_1']:.3f} / "
                  f"{summary['after']['distinct_2']:.3f} / {summary['after']['distinct_3']:.3f}.")
     worst_start = per_prompt(before, threshold)["max_toxicity"]

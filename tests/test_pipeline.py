@@ -100,13 +100,15 @@ def test_the_published_folder_has_a_hub_model_card_with_the_headline_metrics(ran
     folder = ran / "models/detoxified"  # the publish stage: the PPO adapter (models/ppo) and its model card
     ppo = {p.name for p in (ran / "models/ppo").iterdir()}  # (PEFT's save_pretrained writes a stub README.md)
     assert {p.name for p in folder.iterdir()} == ppo | {"README.md"}
-    assert (folder / "adapter_model.safetensors").read_bytes() == (ran / "models/ppo/adapter_model.safetensors").read_bytes()
+    weights = "adapter_model.safetensors"
+    assert (folder / weights).read_bytes() == (ran / "models/ppo" / weights).read_bytes()
     card = (folder / "README.md").read_text()
     _, front, body = card.split("---\n", 2)
     meta = yaml.safe_load(front)
     params = yaml.safe_load((ran / "params.yaml").read_text())
     assert meta["base_model"] == params["policy"]["model"] and meta["library_name"] == "peft"
-    assert meta["pipeline_tag"] == "text2text-generation" and {"trl", "ppo", "lora", "detoxification"} <= set(meta["tags"])
+    assert meta["pipeline_tag"] == "text2text-generation"
+    assert {"trl", "ppo", "lora", "detoxification"} <= set(meta["tags"])
     summary = json.loads((ran / "metrics/summary.json").read_text())
     tox, judge = summary["toxicity"], summary["judges"]["judge"]["toxicity"]
     assert (f"| Toxicity (reward classifier, P(hate)) | {tox['before']:.4f} | {tox['after']:.4f} | {tox['diff']:+.4f} "
