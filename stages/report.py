@@ -25,7 +25,8 @@ log = logging.getLogger("detox.report")
 # summary key -> per-prompt series (evaluation.per_prompt): each compared with the start with a paired CI
 METRICS = {"toxicity": "toxicity", "expected_max_toxicity": "max_toxicity", "toxicity_probability": "toxic_any",
            "reward": "reward", "rouge1": "rouge1", "rouge2": "rouge2", "rougeL": "rougeL", "length": "length",
-           "perplexity": "perplexity", "kl": "kl"}
+           "perplexity": "perplexity", "kl": "kl", **{f"distinct_{n}_per_prompt": f"distinct_{n}_per_prompt"
+                                                      for n in (1, 2, 3)}}
 JUDGE_METRICS = {"toxicity": "", "expected_max_toxicity": "_max", "toxicity_probability": "_any"}
 BETTER = {key: better for key, _, better in render.HEADLINE}
 
@@ -221,7 +222,7 @@ def side_by_side(summary) -> tuple[list, list]:
         rows.append(row + ([fmt(bon["after"]), ci_cell(bon)] if b["enabled"] else []))
 
     for key, label, better in render.HEADLINE:
-        if key in summary and key != "kl":
+        if key in summary and key not in ("kl", "distinct_1_per_prompt", "distinct_3_per_prompt"):  # (in the json)
             add(label, better, summary[key], b.get(key))
         if key == "toxicity_probability":
             for name, metrics in summary["judges"].items():
@@ -245,7 +246,8 @@ def verdict_lines(summary, min_pairs) -> list:
     targets = [(summary, "PPO")] + ([(summary["best_of_n"], "Best-of-N")] if summary["best_of_n"]["enabled"] else [])
     for source, who in targets:
         for key, label in (("toxicity", "toxicity"), ("expected_max_toxicity", "expected maximum toxicity"),
-                           ("toxicity_probability", "toxicity probability"), ("perplexity", "perplexity")):
+                           ("toxicity_probability", "toxicity probability"), ("perplexity", "perplexity"),
+                           ("distinct_2_per_prompt", "distinct-2 within a prompt's samples")):
             s = source[key]
             lines.append(interval_verdict(f"{who} vs start, {label}", (s["diff_ci_low"], s["diff_ci_high"]),
                                           BETTER[key] == "lower", n, min_pairs))

@@ -48,6 +48,10 @@ def test_every_output_exists_with_finite_numbers(ran):
     with (ran / "data/samples/best_of_n.csv").open(newline="") as fh:
         kept = list(csv.DictReader(fh))
     assert len(kept) == 16 and all(r["kl"] == "" and finite(float(r["judge_judge"])) for r in kept)
+    for n in (1, 2, 3):  # diversity among each prompt's k samples, with a paired CI (and over all responses, without)
+        s = summary[f"distinct_{n}_per_prompt"]
+        assert s["better"] == "higher" and s["diff_ci_low"] <= s["diff"] + 1e-9 <= s["diff_ci_high"] + 2e-9
+        assert s["before"] == pytest.approx(summary["before"][f"distinct_{n}_per_prompt"]) and 0 <= s["after"] <= 1
     for side in ("before", "after"):  # fluency and diversity, before and after
         assert all(finite(summary[side][k]) for k in ("perplexity_mean", "distinct_1", "distinct_2", "distinct_3"))
         assert summary[side]["perplexity_mean"] >= 1 and 0 <= summary[side]["distinct_2"] <= 1

@@ -296,6 +296,9 @@ def test_distinct_n_counts_unique_word_ngrams_over_all_responses():
     collapsed = [{"index": i, "response": "I am fine.", **dict.fromkeys(
         ["toxicity", "reward", "rouge1", "rouge2", "rougeL", "length", "kl", "perplexity"], 1.0)} for i in range(4)]
     assert summarize(collapsed, 0.5)["distinct_2"] == 2 / 8  # one safe phrase repeated: mode collapse
+    assert summarize(collapsed, 0.5)["distinct_2_per_prompt"] == 1.0  # one sample a prompt: nothing repeats in it
+    twice = [{**r, "index": i // 2} for i, r in enumerate(collapsed)]  # 2 prompts, k = 2 identical samples each
+    assert summarize(twice, 0.5)["distinct_2_per_prompt"] == 2 / 4  # DExperts: among each prompt's k samples
 
 
 # --- atomic output ---------------------------------------------------------------------------

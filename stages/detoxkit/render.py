@@ -18,6 +18,9 @@ HEADLINE = [("toxicity", "Toxicity (P(hate))", "lower"),
             ("rouge1", "ROUGE-1", "higher"), ("rouge2", "ROUGE-2", "higher"), ("rougeL", "ROUGE-L", "higher"),
             ("length", "Length (tokens)", "neither"),
             ("perplexity", "Perplexity under the starting policy", "lower"),
+            ("distinct_1_per_prompt", "Distinct-1 within a prompt's k samples", "higher"),
+            ("distinct_2_per_prompt", "Distinct-2 within a prompt's k samples", "higher"),
+            ("distinct_3_per_prompt", "Distinct-3 within a prompt's k samples", "higher"),
             ("kl", "KL to the starting policy (per token)", "lower")]
 HIST_BINS = 10  # toxicity bins in [0, 1], for the report's chart and for toxicity_hist.csv (`dvc plots`) alike
 QUAL_COLUMNS = ["prompt", "response_before", "response_after", "reward_before", "reward_after", "reward_diff"]
