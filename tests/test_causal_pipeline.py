@@ -1,5 +1,5 @@
-"""Causal (decoder-only) policies end to end: `dvc repro` of every stage for GPT-2 and a Llama-style chat
-model, with sft off and on."""
+"""Causal (decoder-only) policies end to end: `dvc repro` of every stage for GPT-2 (the Llama-style chat model:
+test_chat_pipeline.py)."""
 import csv
 import json
 
@@ -41,16 +41,13 @@ def check_causal_run(repo, arch: str, sft: bool):
     assert card["pipeline_tag"] == "text-generation" and card["library_name"] == "peft"
 
 
-def test_gpt2_runs_the_whole_dag_with_sft_off_then_on(tiny, tmp_path):
-    """GPT-2 (Conv1D, no pad token) through every stage; the Llama-style chat model: test_chat_pipeline.py."""
-    repo = make_repo(tmp_path / "repo", tiny_params(str(tiny["dir"]), "gpt2"), {"policy.adapter": None})
+def test_gpt2_runs_the_whole_dag_with_sft(tiny, tmp_path):
+    """GPT-2 (Conv1D, no pad token) through every stage, with its sft adapter merged under the PPO adapter. Causal
+    runs without sft: the prompt-only half of test_chat_pipeline.py and test_resume.py."""
+    repo = make_repo(tmp_path / "repo", tiny_params(str(tiny["dir"]), "gpt2"), {"policy.adapter": "sft"})
     assert ran_stages(dvc("repro", cwd=repo).stdout) == sorted(STAGES)
-    check_causal_run(repo, "gpt2", sft=False)
+    check_causal_run(repo, "gpt2", sft=True)
     set_params(repo, {"lora.r": 2})  # a LoRA change reruns detox (then evaluate and report), nothing before it
     assert changed_stages(repo) == ["detox"]
     dry = dvc("repro", "--dry", cwd=repo).stdout
     assert ran_stages(dry) == ["detox"] and "Stage 'baseline' didn't change" in dry
-    set_params(repo, {"lora.r": 4, "policy.adapter": "sft"})
-    assert ran_stages(dvc("repro", cwd=repo).stdout) == ["baseline", "best_of_n", "detox", "evaluate", "publish",
-                                                          "report", "sft"]
-    check_causal_run(repo, "gpt2", sft=True)
