@@ -98,3 +98,18 @@ def test_judges_load_under_the_reward_models_rules(tiny, tmp_path):
                                             "true if you trust the source"):
         build_judges([JudgeSettings(str(pickled), None, "toxic", False)], compute, 4)
     assert build_judges([JudgeSettings(str(pickled), None, "toxic", True)], compute, 4)[0].toxicity(["x"]).shape == (1,)
+
+
+def test_a_judge_without_its_label_stops_prepare_before_the_sft_stage_trains(tiny, tmp_path, monkeypatch):
+    """Every model's config is checked by the first stage: a wrong judge does not wait for `baseline`, after sft."""
+    from detoxkit.config import PipelineError
+    from make_tiny import tiny_params
+
+    work = tmp_path / "w"
+    work.mkdir()
+    shutil.copy(ROOT / "params.yaml", work / "params.yaml")
+    set_params(work, {**tiny_params(str(tiny["dir"])), "evaluation.judges": [
+        {"model": str(tiny["dir"] / "judge"), "revision": None, "toxic_label": "insult", "allow_pickle": False}]})
+    with pytest.raises(PipelineError, match=r"judge .* has no label 'insult'; its labels are \['neutral', 'toxic'\]"):
+        run_main(monkeypatch, work, "prepare", "--out", "data/prepared")
+    assert not (work / "data/prepared").exists()

@@ -106,11 +106,16 @@ def load_classifier(key: str, ref: str, revision, allow_pickle: bool, compute: C
     return model, tokenizer, device
 
 
-def load_reward(reward: RewardSettings, compute: ComputeSettings):
-    """Classifier, tokenizer, (not_hate_id, hate_id), device. Labels are checked before weights load."""
+def reward_label_ids(reward: RewardSettings) -> tuple[int, int]:
+    """(not_hate_id, hate_id) from the reward model's config, checked before any weights load."""
     config = load_config("reward.model", reward.model, reward.revision)
     check_classifier("reward.model", reward.model, config)
-    ids = label_ids(config, reward.not_hate_label, reward.hate_label)
+    return label_ids(config, reward.not_hate_label, reward.hate_label)
+
+
+def load_reward(reward: RewardSettings, compute: ComputeSettings):
+    """Classifier, tokenizer, (not_hate_id, hate_id), device. Labels are checked before weights load."""
+    ids = reward_label_ids(reward)
     model, tokenizer, device = load_classifier("reward.model", reward.model, reward.revision, reward.allow_pickle,
                                                compute)
     return model, tokenizer, ids, device
