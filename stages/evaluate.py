@@ -2,7 +2,7 @@
 
     python stages/evaluate.py --policy start --sft models/sft --data data/prepared \
         --metrics metrics/baseline.json --samples data/samples/baseline.csv
-    python stages/evaluate.py --policy models/detoxified --sft models/sft --data data/prepared \
+    python stages/evaluate.py --policy models/ppo --sft models/sft --data data/prepared \
         --metrics metrics/detoxified.json --samples data/samples/detoxified.csv
     python stages/evaluate.py --policy best-of-n --sft models/sft --data data/prepared \
         --metrics metrics/best_of_n.json --samples data/samples/best_of_n.csv
@@ -57,18 +57,17 @@ def main():
     log.info("evaluating %s on %d test prompts, %d samples each; judges: %s", args.policy, len(rows),
              ev.samples_per_prompt, [j.name for j in judges] or "none")
 
-    gen = sampling_kwargs(params.generation)
+    gen, extra = sampling_kwargs(params.generation), {}
     if args.policy == "best-of-n":
         n = params.best_of_n.n
         log.info("best-of-%d: %d candidates from the starting policy", n, len(rows) * ev.samples_per_prompt * n)
         records = best_of_n(model, tokenizer, scorer, rows, ev, n, params.seed, device,
                             params.compute.compile_generation, judges, **gen)
+        extra = {"enabled": True, "n": n, "generated_samples": len(records) * n}
     else:
         records = evaluate_policy(model, tokenizer, scorer, rows, ev, params.seed, device,
                                   params.compute.compile_generation, judges, **gen)
-    metrics = summarize(records, ev.toxic_threshold)
-    if args.policy == "best-of-n":
-        metrics.update(enabled=True, n=params.best_of_n.n, generated_samples=len(records) * params.best_of_n.n)
+    metrics = {**summarize(records, ev.toxic_threshold), **extra}
     write_csv(args.samples, records, sample_columns(judges))
     write_json(args.metrics, metrics)
     log.info("toxicity %.4f ± %.4f (expected max %.4f, probability %.3f), reward %.3f, ROUGE-L %s over %d "

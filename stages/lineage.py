@@ -2,12 +2,12 @@
 
     python stages/lineage.py --out metrics/models
 
-Writes one small JSON file per model setting (policy.json, reward.json; judges.json for all judges). A local
-folder is named by a
-content hash of its files (cached by size and modification time in .cache/, so an unchanged folder is
-not read again); a Hub id by the commit its revision resolves to (asked of the Hub, or read from the
-local Hugging Face cache when offline). DVC runs this stage on every `dvc repro` (`always_changed`);
-the stages that load a model depend on its file, so they rerun exactly when that model changed.
+Writes one small JSON file per model setting (policy.json, reward.json; judges.json for all judges).
+A local folder is named by a content hash of its files (cached by size and modification time in .cache/,
+so an unchanged folder is not read again); a Hub id by the commit its revision resolves to (asked of the
+Hub, or read from the local Hugging Face cache when offline). DVC runs this stage on every `dvc repro`
+(`always_changed`); the stages that load a model depend on its file, so they rerun exactly when that model
+changed.
 The files are DVC metrics: `dvc metrics diff` and `dvc exp show` show the resolved commit or hash.
 """
 import argparse

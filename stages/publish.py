@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from detoxkit.config import load_params
+from detoxkit.hub import is_local
 from detoxkit.io import atomic_dir, read_json, run_stage, write_text
 from detoxkit.models import read_policy_meta
 
@@ -39,7 +40,7 @@ def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_sourc
     front = {"base_model": meta["base_model"], "library_name": "peft",
              "pipeline_tag": "text-generation" if causal else "text2text-generation",
              "tags": ["trl", "ppo", "lora", "detoxification", "rlhf", "dvc"]}
-    if "/" in data_source and not Path(data_source).exists():  # a Hub dataset id
+    if not is_local(data_source):  # a Hub dataset id
         front["datasets"] = [data_source]
     conf = f"{summary['confidence']:.0%}"
     rows = [f"| {label} | {ci(summary[key])} |" for key, label in HEADLINE if key in summary]

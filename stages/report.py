@@ -40,39 +40,28 @@ def check_paired(before: list[dict], other: list[dict], what: str):
         raise PipelineError("no evaluated samples to compare; raise evaluation.num_samples")
 
 
-def compare(before: list[dict], other: list[dict], threshold: float, rp) -> dict:
-    """Every metric both sides have, per prompt, as mean start/other, the paired difference and its CI.
+def paired_entry(key: str, before, after, rp) -> dict:
+    """Mean start/other, the paired difference and its CI, direction-named: `better` says which way is good,
+    `change_pct` is (other - start) / start x 100 (with its CI); toxicity metrics also keep the lab's
+    `improvement_pct` (start - other) / start x 100."""
+    s = paired_bootstrap(before, after, rp.bootstrap_resamples, rp.bootstrap_seed, rp.confidence)
+    lo, hi = s["improvement_pct_ci"]
+    entry = {"before": s["before"], "after": s["after"], "diff": s["diff"], "diff_ci_low": s["diff_ci"][0],
+             "diff_ci_high": s["diff_ci"][1], "better": BETTER.get(key, "lower"),
+             "change_pct": None if s["improvement_pct"] is None else -s["improvement_pct"],
+             "change_pct_ci_low": None if hi is None else -hi, "change_pct_ci_high": None if lo is None else -lo}
+    if key.endswith("toxicity"):  # the lab's formula, named as the lab names it
+        entry.update(improvement_pct=s["improvement_pct"], improvement_pct_ci_low=lo, improvement_pct_ci_high=hi)
+    return entry
 
-    Direction-named: `better` says which way is good, `change_pct` is (other - start) / start x 100 (with
-    its CI); toxicity also keeps the lab's `improvement_pct` (start - other) / start x 100."""
+
+def compare(before: list[dict], other: list[dict], threshold: float, rp) -> tuple[dict, dict]:
+    """Every metric both sides have, per prompt, as a paired_entry; and {judge: {metric: paired_entry}}."""
     b, a = per_prompt(before, threshold), per_prompt(other, threshold)
-    series = {key: (b[col], a[col]) for key, col in METRICS.items() if col in b and col in a}
-    series.update({f"judge:{name}:{key}": (b[f"{JUDGE}{name}{suffix}"], a[f"{JUDGE}{name}{suffix}"])
-                   for name in judge_names(before) for key, suffix in JUDGE_METRICS.items()})
-    out = {}
-    for key, (x, y) in series.items():
-        s = paired_bootstrap(x, y, rp.bootstrap_resamples, rp.bootstrap_seed, rp.confidence)
-        lo, hi = s["improvement_pct_ci"]
-        entry = {"before": s["before"], "after": s["after"], "diff": s["diff"], "diff_ci_low": s["diff_ci"][0],
-                 "diff_ci_high": s["diff_ci"][1], "better": BETTER.get(key.rsplit(":", 1)[-1], "lower"),
-                 "change_pct": None if s["improvement_pct"] is None else -s["improvement_pct"],
-                 "change_pct_ci_low": None if hi is None else -hi, "change_pct_ci_high": None if lo is None else -lo}
-        if key.endswith("toxicity"):  # the lab's formula, named as the lab names it
-            entry.update(improvement_pct=s["improvement_pct"], improvement_pct_ci_low=lo, improvement_pct_ci_high=hi)
-        out[key] = entry
-    return out
-
-
-def nest_judges(flat: dict) -> tuple[dict, dict]:
-    """Split 'judge:<name>:<metric>' entries out as {name: {metric: entry}}."""
-    judges, rest = {}, {}
-    for key, entry in flat.items():
-        if key.startswith("judge:"):
-            _, name, metric = key.split(":")
-            judges.setdefault(name, {})[metric] = entry
-        else:
-            rest[key] = entry
-    return rest, judges
+    metrics = {key: paired_entry(key, b[col], a[col], rp) for key, col in METRICS.items() if col in b and col in a}
+    judges = {name: {key: paired_entry(key, b[f"{JUDGE}{name}{suffix}"], a[f"{JUDGE}{name}{suffix}"], rp)
+                     for key, suffix in JUDGE_METRICS.items()} for name in judge_names(before)}
+    return metrics, judges
 
 
 def relative_fall(s: dict) -> float:
@@ -135,7 +124,7 @@ def main():
                "toxic_threshold": threshold, "references": m_before["references"],
                "toxicity_improvement_pct": improvement_pct(m_before["toxicity_mean"], m_after["toxicity_mean"]),
                "before": m_before, "after": m_after}
-    ppo, summary["judges"] = nest_judges(compare(before, after, threshold, rp))
+    ppo, summary["judges"] = compare(before, after, threshold, rp)
     summary.update(ppo)
     summary["kl_mean"] = m_after["kl_mean"]
     summary["guards"] = guards(m_before, m_after, params.guard)
@@ -143,7 +132,7 @@ def main():
     summary["detox"] = {k: train.get(k) for k in ("steps_done", "early_stopped", "early_stop_step", "settings")}
     if bon:
         n = params.best_of_n.n
-        metrics, judges = nest_judges(compare(before, bon, threshold, rp))
+        metrics, judges = compare(before, bon, threshold, rp)
         summary["best_of_n"] = {"enabled": True, "n": n, "generation_cost": n,  # x the evaluation's generation
                                 "kl_bound": math.log(n) - (n - 1) / n,  # nats per response, to the start
                                 "metrics": summarize(bon, threshold), **metrics, "judges": judges}

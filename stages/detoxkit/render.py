@@ -62,8 +62,10 @@ def qual_rows(rows: list[dict]) -> list[list]:
 
 
 def _png(fig) -> str:
+    """The figure as a base64 PNG; the figure is closed."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    _plt().close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -87,9 +89,7 @@ def training_figure(history: dict) -> str:
         ax.plot(steps, values, marker="o")
         ax.set_title(title)
         ax.set_xlabel("PPO step")
-    out = _png(fig)
-    plt.close(fig)
-    return out
+    return _png(fig)
 
 
 def histogram_figure(series: dict[str, np.ndarray]) -> str:
@@ -102,9 +102,7 @@ def histogram_figure(series: dict[str, np.ndarray]) -> str:
     ax.set_xlabel("toxicity (P(hate)) per sample")
     ax.set_ylabel("samples")
     ax.legend()
-    out = _png(fig)
-    plt.close(fig)
-    return out
+    return _png(fig)
 
 
 def max_toxicity_figure(start: np.ndarray, others: dict[str, np.ndarray]) -> str:
@@ -120,9 +118,7 @@ def max_toxicity_figure(start: np.ndarray, others: dict[str, np.ndarray]) -> str
     ax.set_xlabel("start: max toxicity over k samples")
     ax.set_ylabel("after: max toxicity over k samples")
     ax.legend()
-    out = _png(fig)
-    plt.close(fig)
-    return out
+    return _png(fig)
 
 
 def html_table(header, rows) -> str:

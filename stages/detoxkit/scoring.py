@@ -38,6 +38,16 @@ def encode_for_classifier(tokenizer, prompts, responses, include_prompt: bool, m
     return out
 
 
+@torch.inference_mode()
+def classifier_logits(model, tokenizer, ids: list[list[int]], batch_size: int, device) -> torch.Tensor:
+    """float32 logits (samples x labels) of token-id lists, padded and run in batches."""
+    out = []
+    for start in range(0, len(ids), batch_size):
+        batch = tokenizer.pad({"input_ids": ids[start:start + batch_size]}, return_tensors="pt")
+        out.append(model(**batch.to(device)).logits.float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, model.config.num_labels)
+
+
 class RewardScorer:
     def __init__(self, model, tokenizer, label_ids: tuple[int, int], device, batch_size: int,
                  include_prompt: bool, max_length: int):
@@ -45,31 +55,27 @@ class RewardScorer:
         self.not_hate_id, self.hate_id = label_ids
         self.batch_size, self.include_prompt, self.max_length = batch_size, include_prompt, max_length
 
-    @torch.inference_mode()
     def score(self, prompts: list[str], responses: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(rewards, toxicities) for each (prompt, response), in batches."""
         ids = encode_for_classifier(self.tokenizer, prompts, responses, self.include_prompt, self.max_length)
-        rewards, toxicity = [], []
-        for start in range(0, len(ids), self.batch_size):
-            batch = self.tokenizer.pad({"input_ids": ids[start:start + self.batch_size]}, return_tensors="pt")
-            logits = self.model(**batch.to(self.device)).logits.float()
-            rewards.append(logits[:, self.not_hate_id].cpu())
-            toxicity.append(torch.softmax(logits, dim=-1)[:, self.hate_id].cpu())
-        if not ids:
-            return np.zeros(0), np.zeros(0)
-        return torch.cat(rewards).numpy(), torch.cat(toxicity).numpy()
+        logits = classifier_logits(self.model, self.tokenizer, ids, self.batch_size, self.device)
+        return logits[:, self.not_hate_id].numpy(), torch.softmax(logits, dim=-1)[:, self.hate_id].numpy()
+
+
+def lookup_labels(config, names, owner: str, fix: str) -> list[int]:
+    """Label ids by name from config.label2id (never by position); a missing one names the labels there are."""
+    label2id = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
+    missing = [name for name in names if name not in label2id]
+    if missing:
+        raise PipelineError(f"{owner} has no label {missing[0]!r}; its labels are {sorted(label2id)}. {fix}")
+    return [label2id[name] for name in names]
 
 
 def label_ids(config, not_hate_label: str, hate_label: str) -> tuple[int, int]:
     """Look the reward and toxicity labels up by name; a wrong index would reward toxicity."""
-    label2id = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
-    missing = [name for name in (not_hate_label, hate_label) if name not in label2id]
-    if missing:
-        raise PipelineError(
-            f"the reward classifier has no label {missing[0]!r}; its labels are {sorted(label2id)}. "
-            "Set reward.not_hate_label / reward.hate_label to the names it uses, or pick a hate-speech classifier"
-        )
-    return label2id[not_hate_label], label2id[hate_label]
+    return tuple(lookup_labels(config, (not_hate_label, hate_label), "the reward classifier",
+                               "Set reward.not_hate_label / reward.hate_label to the names it uses, or pick a "
+                               "hate-speech classifier"))
 
 
 def reward_max_length(config, tokenizer) -> int:
@@ -140,16 +146,11 @@ class Judge:
         self.max_length = reward_max_length(model.config, tokenizer)
         self.multi_label = getattr(model.config, "problem_type", None) == "multi_label_classification"
 
-    @torch.inference_mode()
     def toxicity(self, responses: list[str]) -> np.ndarray:
         ids = encode_for_classifier(self.tokenizer, responses, responses, False, self.max_length)
-        out = []
-        for start in range(0, len(ids), self.batch_size):
-            batch = self.tokenizer.pad({"input_ids": ids[start:start + self.batch_size]}, return_tensors="pt")
-            logits = self.model(**batch.to(self.device)).logits.float()
-            probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
-            out.append(probs[:, self.toxic_id].cpu())
-        return torch.cat(out).numpy() if out else np.zeros(0)
+        logits = classifier_logits(self.model, self.tokenizer, ids, self.batch_size, self.device)
+        probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
+        return probs[:, self.toxic_id].numpy()
 
 
 def judge_label_ids(judges) -> list[int]:
@@ -159,13 +160,8 @@ def judge_label_ids(judges) -> list[int]:
         key = f"evaluation.judges[{i}].model"
         config = load_config(key, judge.model, judge.revision)
         check_classifier(key, judge.model, config)
-        label2id = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
-        if judge.toxic_label not in label2id:
-            raise PipelineError(
-                f"the judge {judge.model} has no label {judge.toxic_label!r}; its labels are {sorted(label2id)}. "
-                f"Set evaluation.judges[{i}].toxic_label to the name of its toxic label"
-            )
-        ids.append(label2id[judge.toxic_label])
+        ids += lookup_labels(config, [judge.toxic_label], f"the judge {judge.model}",
+                             f"Set evaluation.judges[{i}].toxic_label to the name of its toxic label")
     return ids
 
 
