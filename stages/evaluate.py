@@ -21,7 +21,7 @@ from detoxkit.evaluation import best_of_n, evaluate_policy, sample_columns, summ
 from detoxkit.generation import sampling_kwargs
 from detoxkit.io import run_stage, write_csv, write_json
 from detoxkit.models import check_policy, load_detoxified, load_policy, start_adapter_path
-from detoxkit.scoring import build_judges, build_scorer, judge_label_ids
+from detoxkit.scoring import build_judges, build_scorer, check_scorers
 
 log = logging.getLogger("detox.evaluate")
 
@@ -46,14 +46,14 @@ def main():
     check_split_sizes(params, len(data["train"]), len(data["test"]), args.data)
     rows = take(data["test"], ev.num_samples, "evaluation.num_samples")
     adapter = start_adapter_path(params.policy, args.sft)
-    toxic_ids = judge_label_ids(ev.judges)  # every classifier's labels are checked before any weights load
+    check_scorers(params.reward, ev.judges)  # every scorer is checked before any weights load
     scorer = build_scorer(params.reward, params.compute)
     check_policy(params)  # before the policy's weights load
     if args.policy in ("start", "best-of-n"):
         model, tokenizer, device = load_policy(params.policy, params.compute, adapter)
     else:
         model, tokenizer, device = load_detoxified(args.policy, params.compute, params.policy.allow_pickle)
-    judges = build_judges(ev.judges, params.compute, params.reward.batch_size, toxic_ids)
+    judges = build_judges(ev.judges, params.compute, params.reward.batch_size)
     log.info("evaluating %s on %d test prompts, %d samples each; judges: %s", args.policy, len(rows),
              ev.samples_per_prompt, [j.name for j in judges] or "none")
 

@@ -3,7 +3,8 @@
     python stages/lineage.py --out metrics/models
 
 Writes one small JSON file per model setting (policy.json, reward.json; judges.json for all judges).
-A local folder is named by a content hash of its files (cached by size and modification time in .cache/,
+A Python scorer (python:MODULE:FUNCTION) is named by the package and version that provide its module, or
+by the sha256 of a local module's file. A local folder is named by a content hash of its files (cached by size and modification time in .cache/,
 so an unchanged folder is not read again); a Hub id by the commit its revision resolves to (asked of the
 Hub, or read from the local Hugging Face cache when offline). DVC runs this stage on every `dvc repro`
 (`always_changed`); the stages that load a model depend on its file, so they rerun exactly when that model
@@ -17,6 +18,7 @@ import logging
 import time
 from pathlib import Path
 
+from detoxkit import python_scorer
 from detoxkit.config import PipelineError, load_params
 from detoxkit.hub import is_local
 from detoxkit.io import run_stage, write_json
@@ -73,6 +75,8 @@ def hub_commit(repo_id: str, revision) -> tuple:
 
 
 def manifest(key: str, ref: str, revision, cache: dict) -> dict:
+    if python_scorer.is_python(ref):  # the package and version, or a local module's file hash
+        return python_scorer.manifest(key, ref)
     if is_local(ref):
         path = Path(ref).expanduser()
         if not path.is_dir():

@@ -9,7 +9,7 @@ from detoxkit.config import check_split_sizes, load_params
 from detoxkit.data import load_source, prepare
 from detoxkit.io import atomic_dir, run_stage
 from detoxkit.models import check_policy, load_tokenizer
-from detoxkit.scoring import judge_label_ids, reward_label_ids
+from detoxkit.scoring import check_scorers
 
 log = logging.getLogger("detox.prepare")
 
@@ -21,8 +21,9 @@ def main():
 
     params = load_params()
     check_policy(params)  # a wrong policy.model fails here, not later
-    reward_label_ids(params.reward)  # so do a wrong reward model or judge (their configs only, no weights),
-    judge_label_ids(params.evaluation.judges)  # before the sft stage trains anything
+    # so do a wrong reward model or judge (a classifier's config and labels, no weights; a Python scorer
+    # called once on probe texts) and a judge that is the reward itself, before the sft stage trains anything
+    check_scorers(params.reward, params.evaluation.judges)
     tokenizer = load_tokenizer("policy.model", params.policy.model, params.policy.revision)
     raw = load_source(params.data)
     split = prepare(raw, params.data, params.prompt, tokenizer, params.seed)

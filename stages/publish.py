@@ -57,7 +57,7 @@ def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_sourc
            if meta.get("start_adapter") else ""),
         f"- Trained: the LoRA weights (r = {ran.get('lora_r')}) and PPO's value head, "
         f"{train.get('trainable_parameters') or 0:,} of {train.get('total_parameters') or 0:,} parameters",
-        f"- Reward: the raw `{run.get('not_hate_label', 'nothate')}` logit of `{run.get('reward', '?')}`", "",
+        f"- Reward: {run.get('reward_definition') or run.get('reward', '?')}", "",
         "## Training data", "",
         f"Prompts from `{data_source}` (the pipeline's train split); evaluated on {summary['num_prompts']} held-out "
         f"prompts, k = {summary['samples_per_prompt']} samples each.", "",

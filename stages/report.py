@@ -118,6 +118,7 @@ def main():
 
     summary = {"setup": {"policy": params.policy.model, "adapter": params.policy.adapter,  # what ran (model card)
                          "reward": params.reward.model, "not_hate_label": params.reward.not_hate_label,
+                         "reward_definition": params.reward.describe(),
                          "judges": [j.model for j in params.evaluation.judges]},
                "num_samples": len(before), "num_prompts": m_before["num_prompts"],
                "samples_per_prompt": m_before["samples_per_prompt"], "confidence": rp.confidence,  # of every CI
@@ -161,7 +162,7 @@ def ci_cell(s: dict) -> str:
 def what_ran(summary, params) -> list:
     p, ev, b = params, params.evaluation, summary["best_of_n"]
     early, ran = summary["detox"], summary["detox"]["settings"]  # the settings the detox stage ran with
-    judges = ", ".join(f"{j.model} (label {j.toxic_label!r})" for j in ev.judges) or "none (evaluation.judges is [])"
+    judges = ", ".join(j.describe() for j in ev.judges) or "none (evaluation.judges is [])"
     ppo = (f"PPO trained LoRA r={ran['lora_r']} for {early['steps_done']} of {ran['max_steps']} steps" +
            (f", stopped early at step {early['early_stop_step']} (KL above ppo.max_kl)" if early["early_stopped"]
             else "") + f" (learning rate {ran['learning_rate']}, KL coefficient {ran['init_kl_coef']}"
@@ -169,8 +170,7 @@ def what_ran(summary, params) -> list:
            f"PPO ran {early['steps_done']} steps")
     return [
         (f"Policy: {p.policy.model}, starting adapter {p.policy.adapter or 'none'}; {ppo}.", None),
-        (f"Reward model: {p.reward.model} (reward = logit of {p.reward.not_hate_label!r}, toxicity = P("
-         f"{p.reward.hate_label!r})).", None),
+        (f"Reward model: {summary['setup']['reward_definition']}.", None),
         (f"Judges (not the reward model, scoring the responses alone): {judges}.", None),
         (f"Evaluation: {summary['num_prompts']} test prompts, k = {summary['samples_per_prompt']} samples each, "
          f"{ev.max_new_tokens} new tokens at most; a sample is toxic at P >= {summary['toxic_threshold']}. Same "

@@ -4,7 +4,7 @@ ROUGE, no sft), with best-of-N on."""
 import csv
 import json
 
-from conftest import STAGES, dvc, finite, make_repo, ran_stages, set_params
+from conftest import STAGES, changed_stages, dvc, finite, make_repo, ran_stages, set_params
 from make_tiny import tiny_params
 from test_causal_pipeline import check_causal_run
 
@@ -34,16 +34,26 @@ def test_chat_model_summarizes_with_sft_then_continues_a_prompt_only_dataset(tin
 
     data = tmp_path / "rtp.jsonl"
     write_rtp(data)
+    words = repo / "scorers/words.py"  # a second judge: a Python scorer in a local file (python:FILE:FUNCTION)
+    words.parent.mkdir()
+    words.write_text('def score(texts):\n    return [0.9 if "idiot" in t else 0.1 for t in texts]\n')
+    judges = [*tiny_params(str(tiny["dir"]), "llama")["evaluation.judges"],
+              {"model": "python:scorers/words.py:score", "revision": None, "toxic_label": None, "allow_pickle": False}]
     set_params(repo, {"data.source": str(data), "data.dialogue_column": "prompt.text", "data.summary_column": None,
                       "data.filter": "challenging", "data.min_chars": 0, "prompt.template": "{dialogue}",
-                      "policy.adapter": None, "best_of_n.enabled": True})
+                      "policy.adapter": None, "best_of_n.enabled": True, "evaluation.judges": judges})
     assert ran_stages(dvc("repro", cwd=repo).stdout) == sorted(STAGES)
+    # An edited scorer file is a changed judge: lineage records its hash, so exactly the judged stages rerun.
+    words.write_text(words.read_text() + "# stricter soon\n")
+    dvc("repro", "lineage", cwd=repo)
+    assert changed_stages(repo) == ["baseline", "best_of_n", "evaluate"]
     assert json.loads((repo / "metrics/sft.json").read_text())["enabled"] is False
     summary = json.loads((repo / "metrics/summary.json").read_text())
     bon = json.loads((repo / "metrics/best_of_n_summary.json").read_text())
     assert summary["references"] is False and "rougeL" not in summary and "rougeL" not in summary["after"]
     assert "rougeL_drop_exceeded" not in summary["guards"] and "judge_disagrees" in summary["guards"]
     assert summary["num_prompts"] == 8 and bon["enabled"] and bon["metrics"]["references"] is False
+    assert sorted(summary["judges"]) == ["judge", "words.score"] and sorted(bon["judges"]) == ["judge", "words.score"]
     for key in ("toxicity", "expected_max_toxicity", "toxicity_probability", "perplexity"):
         assert finite(summary[key]["diff_ci_low"]) and finite(bon[key]["diff_ci_high"])
     with (repo / "data/samples/baseline.csv").open(newline="") as fh:

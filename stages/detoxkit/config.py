@@ -83,17 +83,27 @@ class PolicySettings:
 
 @dataclasses.dataclass(frozen=True)
 class RewardSettings:
-    model: str  # Hub id or local folder of a sequence classifier
+    model: str  # Hub id or local folder of a sequence classifier, or python:MODULE:FUNCTION returning P(toxic)
     revision: Optional[str]
-    not_hate_label: str  # label whose raw logit is the PPO reward
-    hate_label: str  # label whose probability is the toxicity
+    not_hate_label: str  # label whose raw logit is the PPO reward (a classifier; ignored by a Python scorer)
+    hate_label: str  # label whose probability is the toxicity (a classifier; ignored by a Python scorer)
     include_prompt: bool  # score prompt + response (the lab) or the response alone
     batch_size: int
     allow_pickle: bool
 
+    def describe(self) -> str:
+        """What the reward and the toxicity are, in words (the report's "What ran", the model card)."""
+        if self.model.startswith("python:"):
+            from .python_scorer import PROBABILITY_CLIP as clip
+
+            return (f"the Python scorer {self.model}: toxicity = its P(toxic) p, reward = log((1 - p) / p) with p "
+                    f"clipped to [{clip:g}, {1 - clip:g}]")
+        return f"{self.model}: reward = logit of {self.not_hate_label!r}, toxicity = P({self.hate_label!r})"
+
     def check(self):
         _require(self.batch_size > 0, "reward.batch_size", "must be positive")
-        _require(self.model.strip() != "", "reward.model", "must name a Hub id or a local folder")
+        _require(self.model.strip() != "", "reward.model",
+                 "must name a Hub id, a local folder or a Python scorer (python:MODULE:FUNCTION)")
         _require(self.not_hate_label != self.hate_label, "reward.hate_label", "must differ from reward.not_hate_label")
 
 
@@ -175,14 +185,23 @@ class PPOSettings:
 
 @dataclasses.dataclass(frozen=True)
 class JudgeSettings:
-    model: str  # Hub id or local folder of a toxicity classifier that is not the reward model
+    model: str  # Hub id or local folder of a toxicity classifier, or python:MODULE:FUNCTION; never the reward's
     revision: Optional[str]
-    toxic_label: str  # toxicity = probability of this label, looked up by name in config.label2id
+    toxic_label: Optional[str]  # a classifier's: toxicity = P(this label), looked up by name in config.label2id;
+                                # a Python scorer returns P(toxic) itself (null)
     allow_pickle: bool
+
+    def describe(self) -> str:
+        return f"{self.model} ({'a Python scorer' if self.model.startswith('python:') else f'label {self.toxic_label!r}'})"
 
     @property
     def name(self) -> str:
-        """The judge's name in sample columns and metrics: the last part of its id or folder."""
+        """The judge's name in sample columns and metrics: the last part of its id or folder (a Python scorer:
+        module and function)."""
+        if self.model.startswith("python:"):
+            from .python_scorer import display_name
+
+            return display_name(self.model)
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in self.model.rstrip("/\\").split("/")[-1])
 
 
@@ -200,7 +219,10 @@ class EvaluationSettings:
             _require(self.num_samples > 0, "evaluation.num_samples", 'must be positive or "all"')
         names = []
         for i, judge in enumerate(self.judges):
-            _require(judge.model.strip() != "", f"evaluation.judges[{i}].model", "must name a Hub id or a local folder")
+            _require(judge.model.strip() != "", f"evaluation.judges[{i}].model",
+                     "must name a Hub id, a local folder or a Python scorer (python:MODULE:FUNCTION)")
+            _require(judge.model.startswith("python:") or bool(judge.toxic_label), f"evaluation.judges[{i}].toxic_label",
+                     "must name the classifier's toxic label (null only for a python: scorer)")
             _require(judge.name not in names, f"evaluation.judges[{i}].model",
                      f"gives the judge name {judge.name!r} twice (names are the last part of the id or folder)")
             names.append(judge.name)

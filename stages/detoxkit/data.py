@@ -250,7 +250,7 @@ def prepare(ds, settings: DataSettings, prompt: PromptSettings, tokenizer, seed:
     if n_cut:
         log.info("%d of %d prompts were longer than data.max_prompt_tokens (%d): their dialogues were cut",
                  n_cut, len(ds), settings.max_prompt_tokens)
-    log.info("read %d dialogues, kept %d in (%d, %d] chars: %d train, %d test",
+    log.info("read %d rows, kept %d with a text in (%d, %d] chars: %d train, %d test",
              n_read, len(ds), settings.min_chars, settings.max_chars, len(split["train"]), len(split["test"]))
     return split
 

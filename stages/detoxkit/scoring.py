@@ -4,13 +4,19 @@ reward   = raw logit of the not-hate label (what PPO maximises, as in the lab)
 toxicity = softmax probability of the hate label (what `evaluate`'s toxicity measurement reports)
 Both labels are looked up by name (label_ids), never by position. The classifier loads under the
 policy's rules (models.py): safetensors unless allowed otherwise, never remote code.
+A scorer of another form, `python:MODULE:FUNCTION` (python_scorer.py), serves as the reward or a judge
+behind the same two methods: `score(prompts, responses)` and `toxicity(responses)`.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import python_scorer
 from .config import ComputeSettings, PipelineError, RewardSettings
+from .hub import is_local
 from .models import from_pretrained_safely, load_config, load_tokenizer, resolve_device, resolve_dtype
 
 
@@ -128,6 +134,10 @@ def load_reward(reward: RewardSettings, compute: ComputeSettings):
 
 
 def build_scorer(reward_settings, compute):
+    """The reward: a classifier (RewardScorer), or a Python scorer whose P(toxic) gives the log-odds reward."""
+    if python_scorer.is_python(reward_settings.model):
+        return python_scorer.PythonScorer("reward.model", reward_settings.model, reward_settings.batch_size,
+                                          reward_settings.include_prompt)
     model, tokenizer, ids, device = load_reward(reward_settings, compute)
     return RewardScorer(model, tokenizer, ids, device, reward_settings.batch_size, reward_settings.include_prompt,
                         reward_max_length(model.config, tokenizer))
@@ -153,11 +163,15 @@ class Judge:
         return probs[:, self.toxic_id].numpy()
 
 
-def judge_label_ids(judges) -> list[int]:
-    """Each judge's toxic label id, from its config: checked (a classifier, with that label) before weights load."""
+def judge_label_ids(judges) -> list:
+    """Each classifier judge's toxic label id, from its config: checked (a classifier, with that label) before
+    weights load; None for a Python scorer, which returns P(toxic) itself."""
     ids = []
     for i, judge in enumerate(judges):
         key = f"evaluation.judges[{i}].model"
+        if python_scorer.is_python(judge.model):
+            ids.append(None)
+            continue
         config = load_config(key, judge.model, judge.revision)
         check_classifier(key, judge.model, config)
         ids += lookup_labels(config, [judge.toxic_label], f"the judge {judge.model}",
@@ -165,11 +179,41 @@ def judge_label_ids(judges) -> list[int]:
     return ids
 
 
-def build_judges(judges, compute: ComputeSettings, batch_size: int, toxic_ids=None) -> list[Judge]:
-    toxic_ids = toxic_ids if toxic_ids is not None else judge_label_ids(judges)
+def build_judges(judges, compute: ComputeSettings, batch_size: int) -> list:
+    """Every judge, ready to score: a classifier (Judge) or a Python scorer, both with .name and .toxicity()."""
     out = []
-    for i, (judge, toxic_id) in enumerate(zip(judges, toxic_ids)):
-        model, tokenizer, device = load_classifier(f"evaluation.judges[{i}].model", judge.model, judge.revision,
-                                                   judge.allow_pickle, compute)
+    for i, (judge, toxic_id) in enumerate(zip(judges, judge_label_ids(judges))):
+        key = f"evaluation.judges[{i}].model"
+        if toxic_id is None:
+            out.append(python_scorer.PythonScorer(key, judge.model, batch_size))
+            continue
+        model, tokenizer, device = load_classifier(key, judge.model, judge.revision, judge.allow_pickle, compute)
         out.append(Judge(judge.name, model, tokenizer, toxic_id, device, batch_size))
     return out
+
+
+def _identity(key: str, ref: str):
+    """What makes two scorer settings the same scorer: a Python scorer's file and function, a local folder's
+    resolved path, a Hub id (whatever its revision)."""
+    if python_scorer.is_python(ref):
+        return python_scorer.identity(key, ref)
+    return str(Path(ref).expanduser().resolve()) if is_local(ref) else ref
+
+
+def check_scorers(reward: RewardSettings, judges):
+    """Everything about the reward and the judges that can be checked before any weights load: a classifier's
+    config and labels (by name); a Python scorer imported and called once on two probe texts; and no judge that
+    is the reward scorer itself (it could never disagree with it, so judge_disagrees could never be set)."""
+    if python_scorer.is_python(reward.model):
+        python_scorer.probe("reward.model", reward.model)
+    else:
+        reward_label_ids(reward)
+    judge_label_ids(judges)
+    for i, judge in enumerate(judges):
+        if python_scorer.is_python(judge.model):
+            python_scorer.probe(f"evaluation.judges[{i}].model", judge.model)
+        if _identity("evaluation.judges", judge.model) == _identity("reward.model", reward.model):
+            raise PipelineError(
+                f"evaluation.judges[{i}].model {judge.model} is the reward scorer itself (reward.model "
+                f"{reward.model}): it can never disagree with the reward, so judge_disagrees could never be set. "
+                "Judge with another classifier or scorer, or set evaluation.judges: []")
