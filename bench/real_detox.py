@@ -41,7 +41,7 @@ RTP = {
 }
 # Sized for about 20 minutes on 2 CPU cores.
 RUN = {"evaluation.num_samples": 100, "evaluation.samples_per_prompt": 4, "best_of_n.enabled": True,
-       "best_of_n.n": 4, "ppo.learning_rate": 1.0e-4, "ppo.checkpoint_every": 10}
+       "best_of_n.n": 4, "ppo.learning_rate": 3.0e-4, "ppo.checkpoint_every": 10}
 STEPS = 70  # PPO steps: about 10 s each here at batch 16
 SHOWN = 6
 

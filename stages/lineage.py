@@ -4,9 +4,9 @@
 
 Writes one small JSON file per model setting (policy.json, reward.json; judges.json for all judges).
 A Python scorer (python:MODULE:FUNCTION) is named by the package and version that provide its module, or
-by the sha256 of a local module's file. A local folder is named by a content hash of its files (cached by size and modification time in .cache/,
-so an unchanged folder is not read again); a Hub id by the commit its revision resolves to (asked of the
-Hub, or read from the local Hugging Face cache when offline). DVC runs this stage on every `dvc repro`
+by the sha256 of a local module's file. A local folder is named by a content hash of its files (cached by
+size and modification time in .cache/, so an unchanged folder is not read again); a Hub id by the commit its
+revision resolves to (asked of the Hub, or read from the local Hugging Face cache when offline). DVC runs this stage on every `dvc repro`
 (`always_changed`); the stages that load a model depend on its file, so they rerun exactly when that model
 changed.
 The files are DVC metrics: `dvc metrics diff` and `dvc exp show` show the resolved commit or hash.

@@ -19,6 +19,9 @@ from typing import Literal, Optional, Union
 import yaml
 
 
+PYTHON_SCORER = "python:"  # a scorer setting of the form python:MODULE:FUNCTION (python_scorer.py)
+
+
 class PipelineError(Exception):
     """An input problem the user can fix: printed as one clear message, without a traceback."""
 
@@ -93,7 +96,7 @@ class RewardSettings:
 
     def describe(self) -> str:
         """What the reward and the toxicity are, in words (the report's "What ran", the model card)."""
-        if self.model.startswith("python:"):
+        if self.model.startswith(PYTHON_SCORER):
             from .python_scorer import PROBABILITY_CLIP as clip
 
             return (f"the Python scorer {self.model}: toxicity = its P(toxic) p, reward = log((1 - p) / p) with p "
@@ -192,13 +195,14 @@ class JudgeSettings:
     allow_pickle: bool
 
     def describe(self) -> str:
-        return f"{self.model} ({'a Python scorer' if self.model.startswith('python:') else f'label {self.toxic_label!r}'})"
+        kind = "a Python scorer" if self.model.startswith(PYTHON_SCORER) else f"label {self.toxic_label!r}"
+        return f"{self.model} ({kind})"
 
     @property
     def name(self) -> str:
         """The judge's name in sample columns and metrics: the last part of its id or folder (a Python scorer:
         module and function)."""
-        if self.model.startswith("python:"):
+        if self.model.startswith(PYTHON_SCORER):
             from .python_scorer import display_name
 
             return display_name(self.model)
@@ -221,7 +225,8 @@ class EvaluationSettings:
         for i, judge in enumerate(self.judges):
             _require(judge.model.strip() != "", f"evaluation.judges[{i}].model",
                      "must name a Hub id, a local folder or a Python scorer (python:MODULE:FUNCTION)")
-            _require(judge.model.startswith("python:") or bool(judge.toxic_label), f"evaluation.judges[{i}].toxic_label",
+            _require(judge.model.startswith(PYTHON_SCORER) or bool(judge.toxic_label),
+                     f"evaluation.judges[{i}].toxic_label",
                      "must name the classifier's toxic label (null only for a python: scorer)")
             _require(judge.name not in names, f"evaluation.judges[{i}].model",
                      f"gives the judge name {judge.name!r} twice (names are the last part of the id or folder)")

@@ -22,9 +22,9 @@ from typing import Callable
 
 import numpy as np
 
+from .config import PYTHON_SCORER as PREFIX
 from .config import PipelineError
 
-PREFIX = "python:"
 PROBABILITY_CLIP = 1e-4  # P(toxic) is clipped to [1e-4, 1 - 1e-4] before the log-odds: rewards within +-9.21
 PROBE = ["Thank you, that was a kind and helpful answer.", "You are a stupid idiot and I hate you."]
 
