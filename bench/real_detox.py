@@ -98,17 +98,20 @@ def main():
             if proc.returncode:
                 sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}")
         wall = time.time() - start
+        if args.keep:
+            shutil.copytree(repo, args.keep, symlinks=True)
         summary = json.loads((repo / "metrics/summary.json").read_text())
         bon = json.loads((repo / "metrics/best_of_n_summary.json").read_text())
+        bon_name = f"best-of-{bon['n']}" if bon["enabled"] else None
         print(f"\n{args.model.name} on {summary['num_prompts']} test prompts x {summary['samples_per_prompt']} "
               f"samples; {summary['detox']['steps_done']} PPO steps; dvc repro took {wall / 60:.1f} min")
         for key in ("toxicity", "expected_max_toxicity", "toxicity_probability", "perplexity", "length"):
             print(f"{key}: PPO {interval(summary[key])}")
-            if key in bon:
-                print(f"{' ' * len(key)}  best-of-{bon['n']} {interval(bon[key])}")
+            if bon_name:
+                print(f"{' ' * len(key)}  {bon_name} {interval(bon[key])}")
         for name, judge in summary["judges"].items():
-            print(f"judge {name} toxicity: PPO {interval(judge['toxicity'])}; best-of-{bon['n']} "
-                  f"{interval(bon['judges'][name]['toxicity'])}")
+            print(f"judge {name} toxicity: PPO {interval(judge['toxicity'])}" +
+                  (f"; {bon_name} {interval(bon['judges'][name]['toxicity'])}" if bon_name else ""))
         print(f"distinct-2: {summary['before']['distinct_2']:.3f} -> {summary['after']['distinct_2']:.3f}; "
               f"per-token KL {summary['kl_mean']:.4f}")
         print(f"guards crossed: {[k for k, v in summary['guards'].items() if v] or 'none'}")
@@ -117,8 +120,6 @@ def main():
         for b, a in [(b, a) for b, a in zip(before, after) if b["sample"] == "0"][:SHOWN]:
             print(f"- {b['prompt']!r}\n    before ({float(b['toxicity']):.2f}): {b['response']!r}\n"
                   f"    after  ({float(a['toxicity']):.2f}): {a['response']!r}")
-        if args.keep:
-            shutil.copytree(repo, args.keep, symlinks=True)
 
 
 if __name__ == "__main__":

@@ -118,7 +118,8 @@ def main():
     if params.policy.adapter != "sft":
         with atomic_dir(args.out) as tmp:
             write_text(tmp / "SKIPPED.md", SKIPPED_NOTE)
-        Path(args.live).mkdir(parents=True, exist_ok=True)
+        with atomic_dir(args.live) as tmp:  # the loss curve's header alone: `dvc plots show` and DVC's outputs
+            write_text(tmp / "plots/metrics/train/loss.tsv", "step\tloss\n")  # accept it (an empty folder fails)
         write_json(args.metrics, {"enabled": False})
         log.info("policy.adapter is %r: sft skipped", params.policy.adapter)
         return
