@@ -46,6 +46,16 @@ STEPS = 70  # PPO steps: about 10 s each here at batch 16
 SHOWN = 6
 
 
+def load_make_tiny():
+    """tools/make_tiny.py (its override_params: what `dvc exp run -S` does), loaded from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_tiny", ROOT / "tools/make_tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def read_rows(path: Path) -> list:
     with path.open(newline="") as fh:
         return list(csv.DictReader(fh))
@@ -77,16 +87,10 @@ def main():
             (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, repo / name)
         for cache in repo.rglob("__pycache__"):
             shutil.rmtree(cache)
-        params = yaml.safe_load((repo / "params.yaml").read_text())
         extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
-        for key, value in {**RTP, **RUN, "data.source": str(args.data.resolve()), "policy.model": str(args.model),
-                           "evaluation.num_samples": args.prompts, "ppo.max_steps": args.steps, **extra}.items():
-            *head, last = key.split(".")
-            node = params
-            for part in head:
-                node = node[part]
-            node[last] = value
-        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        load_make_tiny().override_params(repo / "params.yaml", {
+            **RTP, **RUN, "data.source": str(args.data.resolve()), "policy.model": str(args.model),
+            "evaluation.num_samples": args.prompts, "ppo.max_steps": args.steps, **extra})
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "bench",
                "GIT_AUTHOR_EMAIL": "bench@localhost", "GIT_COMMITTER_NAME": "bench",
                "GIT_COMMITTER_EMAIL": "bench@localhost",

@@ -52,19 +52,25 @@ def display_name(ref: str) -> str:
     return f"{Path(module).stem if is_file(module) else module}.{function}"
 
 
+_FILES: dict = {}  # a .py scorer's module by resolved path: run once per process, as an import is
+
+
 def _import(key: str, ref: str, module: str):
     if is_file(module):
         path = Path(module).expanduser()
         if not path.is_file():
             raise PipelineError(f"{key} {ref}: the file {module} does not exist (paths are relative to the "
                                 "repository root, where the stages run)")
-        spec = importlib.util.spec_from_file_location(f"detox_scorer_{path.stem}", path)
-        loaded = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(loaded)
-        except Exception as err:
-            raise PipelineError(f"{key} {ref}: importing {module} raised {type(err).__name__}: {err}") from None
-        return loaded
+        resolved = path.resolve()
+        if resolved not in _FILES:
+            spec = importlib.util.spec_from_file_location(f"detox_scorer_{path.stem}", path)
+            loaded = importlib.util.module_from_spec(spec)
+            try:
+                spec.loader.exec_module(loaded)
+            except Exception as err:
+                raise PipelineError(f"{key} {ref}: importing {module} raised {type(err).__name__}: {err}") from None
+            _FILES[resolved] = loaded
+        return _FILES[resolved]
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as err:
