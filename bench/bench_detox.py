@@ -1,10 +1,15 @@
 """Benchmark: the lab's per-sample loops against our batched detox and evaluation code, same machine and model.
 
-    python bench/bench_detox.py --size tiny                       # CPU, tiny model (a few minutes)
+    python bench/bench_detox.py --size tiny --rounds 3            # CPU, tiny model (a few minutes)
     python bench/bench_detox.py --size tiny-gpt2                  # CPU, tiny causal (GPT-2) policy
     python bench/bench_detox.py --size gpt2-small --steps 2       # GPT-2-small architecture (causal)
     python bench/bench_detox.py --size flan-t5-base --batch 16    # GPU, FLAN-T5-base architecture
     python bench/bench_detox.py --size flan-t5-base --batch 64 --phases ours_ppo ours_eval
+
+Run it alone: anything else on the machine (a test suite, another torch process) lands on whichever phase is
+running, and two torch processes on a small machine can slow each other by up to 10x. The phases run
+interleaved, --rounds times (lab, ours, lab, ours ...), every one with the same --threads, and each ratio is
+the median over the rounds of that round's ratio, printed with its range over the rounds.
 
 Phases (each in a fresh subprocess, so peak memory is per phase):
   lab_ppo    (a) one generate() per prompt, per-sample classifier calls, then PPOTrainer.step
@@ -25,14 +30,17 @@ import contextlib
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from detoxkit.io import load_script  # pip install -e . (the README's commands)
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "stages"), str(ROOT / "tools")]
+load_script(ROOT / "tools/make_tiny.py")  # importable as make_tiny from here on
 PHASES = ["lab_ppo", "ours_ppo", "lab_eval", "ours_eval", "ours_ppo_refcopy", "ours_ppo_compiled",
           "ours_eval_compiled"]
 FLAN_T5_BASE = dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12,
@@ -107,6 +115,7 @@ def run_phase(phase: str, args) -> dict:
     from detoxkit.models import attach_lora, load_policy
     from detoxkit.scoring import build_scorer
 
+    torch.set_num_threads(args.threads)  # the same for every phase (--threads), whatever the machine's default
     s = settings(Path(args.models), args)
     scorer = build_scorer(s["reward"], s["compute"])
     model, tok, device = load_policy(s["policy"], s["compute"], None)
@@ -205,7 +214,7 @@ def run_phase(phase: str, args) -> dict:
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"phase": phase, "samples": samples, "seconds": seconds, "samples_per_s": samples / seconds,
             "peak_mib": peak, "peak_kind": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
-            "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads",
             "dtype": str(model.dtype), "all_finite": bool(np.isfinite(np.asarray(finite, dtype=float)).all()),
             "checked_values": len(finite), "warmup_s": warmup, "parts_s": parts}
 
@@ -223,6 +232,9 @@ def main():
                         help="default: all (the compiled ones only with --device cuda)")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--phase-timeout", type=float, help="seconds a phase may take before it counts as failed")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every phase (medians over them)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="torch threads in every phase (default: all cores)")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--models", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -235,48 +247,78 @@ def main():
         return
     with tempfile.TemporaryDirectory() as tmp:
         build_models(Path(tmp), args.size, args.data)
-        results, failed = {}, []
+        rounds, failed = {}, set()
         base = [a for a in sys.argv[1:] if a != "--phases" and a not in PHASES]
-        for phase in args.phases:
-            try:
-                proc = subprocess.run([sys.executable, __file__, *base, "--phase", phase, "--models", tmp],
-                                      capture_output=True, text=True, timeout=args.phase_timeout)
-            except subprocess.TimeoutExpired as err:
-                tail = err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else err.stderr or ""
-                proc = subprocess.CompletedProcess(err.cmd, -9, "", f"{tail}\ntimed out after {err.timeout:.0f} s")
-            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode or not line:  # report it and go on: the other phases still measure
-                failed.append(phase)
-                print(f"phase {phase} FAILED:\n{proc.stderr[-3000:]}", flush=True)
-                continue
-            results[phase] = r = json.loads(line[0][7:])
-            split = ", ".join(f"{k} {v:.2f} s" for k, v in r["parts_s"].items())
-            print(f"{phase:18s} {r['samples']:4d} samples {r['seconds']:8.2f} s {r['samples_per_s']:8.2f} samples/s "
-                  f"peak {r['peak_mib']:8.0f} MiB ({r['peak_kind']}) {r['dtype']} "
-                  f"{'finite' if r['all_finite'] else 'NON-FINITE'} ({r['checked_values']} values); "
-                  f"{split}; warm-up {r['warmup_s']:.1f} s", flush=True)
+        for n in range(args.rounds):  # A B A B ...: a burst of load elsewhere hits one round, not one phase
+            for phase in args.phases:
+                if phase in failed:
+                    continue
+                r = run_child(phase, base, tmp, args)
+                if r is None:
+                    failed.add(phase)
+                    continue
+                rounds.setdefault(phase, []).append(r)
+                split = ", ".join(f"{k} {v:.2f} s" for k, v in r["parts_s"].items())
+                print(f"round {n + 1} {phase:18s} {r['samples']:4d} samples {r['seconds']:8.2f} s "
+                      f"{r['samples_per_s']:8.2f} samples/s peak {r['peak_mib']:8.0f} MiB ({r['peak_kind']}) "
+                      f"{r['dtype']} {'finite' if r['all_finite'] else 'NON-FINITE'} ({r['checked_values']} values); "
+                      f"{split}; warm-up {r['warmup_s']:.1f} s", flush=True)
             if args.out:
-                _write(args, results, {})
-    ratios = {}
-    if "lab_ppo" in results and "ours_ppo" in results:
-        ratios["ppo_speedup_b_over_a"] = results["ours_ppo"]["samples_per_s"] / results["lab_ppo"]["samples_per_s"]
-    if "lab_eval" in results and "ours_eval" in results:
-        ratios["eval_speedup_d_over_c"] = results["ours_eval"]["samples_per_s"] / results["lab_eval"]["samples_per_s"]
-    for kind, lab in (("ppo", "lab_ppo"), ("eval", "lab_eval")):
-        if lab in results and f"ours_{kind}_compiled" in results:
-            ratios[f"{kind}_speedup_compiled_over_lab"] = (results[f"ours_{kind}_compiled"]["samples_per_s"]
-                                                          / results[lab]["samples_per_s"])
-    if "ours_ppo_refcopy" in results and "ours_ppo" in results:
-        ratios["ref_copy_extra_peak_mib"] = results["ours_ppo_refcopy"]["peak_mib"] - results["ours_ppo"]["peak_mib"]
+                _write(args, summarize_rounds(rounds), {})
+    results, ratios = summarize_rounds(rounds), round_ratios(rounds)
     for k, v in ratios.items():
-        print(f"{k}: {v:.2f}")
+        print(f"{k}: median {v['median']:.2f}, range {v['min']:.2f} to {v['max']:.2f} over {len(v['rounds'])} rounds"
+              if isinstance(v, dict) else f"{k}: {v:.2f}")
     device = next(iter(results.values()))["device"] if results else "none"
     print(f"device: {device}, size: {args.size}, batch {args.batch}, eval batch {args.eval_batch}, "
-          f"{args.new_tokens} new tokens, steps {args.steps}")
+          f"{args.new_tokens} new tokens, steps {args.steps}, {args.rounds} interleaved rounds")
     if args.out:
         _write(args, results, ratios)
     if failed:
-        sys.exit(f"failed phases: {' '.join(failed)}")
+        sys.exit(f"failed phases: {' '.join(sorted(failed))}")
+
+
+def run_child(phase: str, base: list, models: str, args):
+    """One phase in a fresh process: its result, or None (reported) when it failed or timed out."""
+    try:
+        proc = subprocess.run([sys.executable, __file__, *base, "--phase", phase, "--models", models],
+                              capture_output=True, text=True, timeout=args.phase_timeout)
+    except subprocess.TimeoutExpired as err:
+        tail = err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else err.stderr or ""
+        proc = subprocess.CompletedProcess(err.cmd, -9, "", f"{tail}\ntimed out after {err.timeout:.0f} s")
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not line:  # report it and go on: the other phases still measure
+        print(f"phase {phase} FAILED:\n{proc.stderr[-3000:]}", flush=True)
+        return None
+    return json.loads(line[0][7:])
+
+
+def summarize_rounds(rounds: dict) -> dict:
+    """Per phase: the round with the median throughput (its figures, as one run's), with every round's."""
+    out = {}
+    for phase, runs in rounds.items():
+        ranked = sorted(runs, key=lambda r: r["samples_per_s"])
+        out[phase] = {**ranked[(len(ranked) - 1) // 2], "rounds": len(runs),
+                      "samples_per_s_rounds": [r["samples_per_s"] for r in runs],
+                      "samples_per_s_median": statistics.median(r["samples_per_s"] for r in runs)}
+    return out
+
+
+def round_ratios(rounds: dict) -> dict:
+    """Each ratio per round (the two phases of one round ran back to back), as its median and range; and
+    the extra peak memory of a separate reference copy."""
+    pairs = {"ppo_speedup_b_over_a": ("ours_ppo", "lab_ppo"), "eval_speedup_d_over_c": ("ours_eval", "lab_eval"),
+             "ppo_speedup_compiled_over_lab": ("ours_ppo_compiled", "lab_ppo"),
+             "eval_speedup_compiled_over_lab": ("ours_eval_compiled", "lab_eval")}
+    ratios = {}
+    for name, (ours, lab) in pairs.items():
+        if ours in rounds and lab in rounds:
+            per = [o["samples_per_s"] / b["samples_per_s"] for o, b in zip(rounds[ours], rounds[lab])]
+            ratios[name] = {"median": statistics.median(per), "min": min(per), "max": max(per), "rounds": per}
+    if "ours_ppo_refcopy" in rounds and "ours_ppo" in rounds:
+        ratios["ref_copy_extra_peak_mib"] = statistics.median(
+            r["peak_mib"] - o["peak_mib"] for r, o in zip(rounds["ours_ppo_refcopy"], rounds["ours_ppo"]))
+    return ratios
 
 
 def _write(args, results, ratios):

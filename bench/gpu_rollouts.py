@@ -15,8 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from detoxkit.io import load_script  # pip install -e . (the README's commands)
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "stages"), str(ROOT / "tools")]
+load_script(ROOT / "tools/make_tiny.py")  # importable as make_tiny from here on
 
 
 def main():

@@ -25,7 +25,10 @@ from pathlib import Path
 
 import yaml
 
+from detoxkit.io import load_script  # pip install -e . (the README's commands)
+
 ROOT = Path(__file__).resolve().parents[1]
+make_tiny = load_script(ROOT / "tools/make_tiny.py")  # its override_params: what `dvc exp run -S` does
 
 # The RealToxicityPrompts continuation setting (README: "A real chat model on RealToxicityPrompts").
 RTP = {
@@ -41,19 +44,10 @@ RTP = {
 }
 # Sized for about 20 minutes on 2 CPU cores.
 RUN = {"evaluation.num_samples": 100, "evaluation.samples_per_prompt": 4, "best_of_n.enabled": True,
-       "best_of_n.n": 4, "ppo.learning_rate": 3.0e-4, "ppo.checkpoint_every": 10}
+       "best_of_n.n": 4, "ppo.learning_rate": 3.0e-4, "ppo.checkpoint_every": 10,
+       "dpo.enabled": False}  # the figures below predate the DPO stages; DPO on this task is not measured yet
 STEPS = 70  # PPO steps: about 10 s each here at batch 16
 SHOWN = 6
-
-
-def load_make_tiny():
-    """tools/make_tiny.py (its override_params: what `dvc exp run -S` does), loaded from its file."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_tiny", ROOT / "tools/make_tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def read_rows(path: Path) -> list:
@@ -88,7 +82,7 @@ def main():
         for cache in repo.rglob("__pycache__"):
             shutil.rmtree(cache)
         extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
-        load_make_tiny().override_params(repo / "params.yaml", {
+        make_tiny.override_params(repo / "params.yaml", {
             **RTP, **RUN, "data.source": str(args.data.resolve()), "policy.model": str(args.model),
             "evaluation.num_samples": args.prompts, "ppo.max_steps": args.steps, **extra})
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "bench",
@@ -118,7 +112,7 @@ def main():
                   (f"; {bon_name} {interval(bon['judges'][name]['toxicity'])}" if bon_name else ""))
         print(f"distinct-2: {summary['before']['distinct_2']:.3f} -> {summary['after']['distinct_2']:.3f}; "
               f"per-token KL {summary['kl_mean']:.4f}")
-        print(f"guards crossed: {[k for k, v in summary['guards'].items() if v] or 'none'}")
+        print(f"guards crossed: {[k for k, v in summary['guards'].items() if v is True] or 'none'}")
         before, after = read_rows(repo / "data/samples/baseline.csv"), read_rows(repo / "data/samples/detoxified.csv")
         print(f"\nsample 0 of the first {SHOWN} test prompts, before | after:")
         for b, a in [(b, a) for b, a in zip(before, after) if b["sample"] == "0"][:SHOWN]:

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import random
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,18 @@ def rollout_length(gen, seed: int, step: int) -> int:
     return int(np.random.default_rng([seed, step, 1]).integers(gen.output_min_length, gen.output_max_length))
 
 
+# Settings that do not change the steps a run takes, only how many or whether they are saved: a checkpoint
+# made under other values still resumes. Step t's batch, rollout lengths and seeds come from (seed, t) alone.
+NOT_IN_FINGERPRINT = ("max_steps", "checkpoint_every")
+
+
+def resumable_inputs(raw: dict) -> dict:
+    """The settings a checkpoint must share with this run to resume it."""
+    inputs = {k: raw[k] for k in ("seed", "policy", "reward", "lora", "generation", "ppo")}
+    inputs["ppo"] = {k: v for k, v in inputs["ppo"].items() if k not in NOT_IN_FINGERPRINT}
+    return inputs
+
+
 @dataclasses.dataclass
 class Resume:
     """Where training continues: the checkpoint folder, the inputs' fingerprint, steps done and their rows."""
@@ -84,11 +97,10 @@ def main():
     train_split = data["train"]
     adapter = start_adapter_path(params.policy, args.sft)
     ckpt_dir = Path(args.checkpoints)
-    run_id = fingerprint({k: params.raw[k] for k in ("seed", "policy", "reward", "lora", "generation", "ppo")},
-                         [args.data, adapter])
+    run_id = fingerprint(resumable_inputs(params.raw), [args.data, adapter])
     for out in (args.live, args.out):  # temporaries a killed run left behind
         clear_stale(Path(out))
-    checkpoint = read_checkpoint(ckpt_dir, run_id)  # before any model loads: a bad one costs nothing
+    checkpoint = read_checkpoint(ckpt_dir, run_id, ppo.max_steps)  # before any model loads: a bad one costs nothing
 
     check_lora_targets(check_policy(params), params.lora)  # before any weights load
     seed_step(params.seed, 0)  # before any model or value head is created
@@ -112,18 +124,24 @@ def main():
         live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) if engine.is_main else None
         for row in resume.history:
             live and _log_row(live, row)
+        start = time.perf_counter()
         history, early_stop = train(engine, scorer, train_split, params, live, resume)
+        wall = time.perf_counter() - start  # this run's; a resumed run's earlier steps are not counted again
         if engine.is_main:
-            summary = {"steps_done": len(history), "early_stopped": early_stop is not None,
+            summary = {"method": "ppo", "steps_done": len(history), "early_stopped": early_stop is not None,
                        "early_stop_step": early_stop["step"] if early_stop else None,
                        "early_stop_kl": early_stop["kl"] if early_stop else None,
                        "trainable_parameters": trainable, "total_parameters": total,
+                       "rollouts": len(history) * ppo.batch_size * engine.world,  # responses generated to train
+                       "optimizer_steps": len(history) * ppo.epochs * (ppo.batch_size // ppo.mini_batch_size),
                        "settings": {"max_steps": ppo.max_steps, "learning_rate": ppo.learning_rate,  # for the report
                                     "init_kl_coef": ppo.init_kl_coef, "adaptive_kl": ppo.adaptive_kl,
                                     "batch_size": ppo.batch_size, "lora_r": params.lora.r}}
             if history:
                 summary.update({k: history[-1][k] for k in ("env/reward_mean", "env/toxicity_mean", "objective/kl")})
             write_json(live_dir / "train.json", summary)
+            # wall time apart: train.json stays identical between a resumed run and an uninterrupted one
+            write_json(live_dir / "timing.json", {"wall_s": wall, "resumed_at_step": resume.start})
             live.end()
             with atomic_dir(args.out) as tmp:
                 engine.save(tmp, params.policy, adapter)

@@ -19,7 +19,7 @@ from detoxkit.config import check_split_sizes, load_params
 from detoxkit.data import load_prepared, take
 from detoxkit.evaluation import best_of_n, evaluate_policy, sample_columns, summarize
 from detoxkit.generation import sampling_kwargs
-from detoxkit.io import run_stage, write_csv, write_json
+from detoxkit.io import is_placeholder, run_stage, write_csv, write_json
 from detoxkit.models import check_policy, load_detoxified, load_policy, start_adapter_path
 from detoxkit.scoring import build_judges, build_scorer, check_scorers
 
@@ -33,20 +33,24 @@ def main():
     parser.add_argument("--data", required=True)
     parser.add_argument("--metrics", required=True)
     parser.add_argument("--samples", required=True)
+    parser.add_argument("--models", help="the lineage stage's manifests (a judge that is the reward is refused)")
     args = parser.parse_args()
 
     params = load_params()
     ev = params.evaluation
-    if args.policy == "best-of-n" and not params.best_of_n.enabled:  # the stage stays in the DAG, cheap and empty
+    off = ("best_of_n.enabled is false" if args.policy == "best-of-n" and not params.best_of_n.enabled else
+           f"{args.policy} is a placeholder (its stage is off)" if is_placeholder(args.policy)
+           else None)
+    if off:  # the stage stays in the DAG, cheap and empty (best-of-N off; DPO off: models/dpo is a placeholder)
         write_csv(args.samples, [], sample_columns(ev.judges))
         write_json(args.metrics, {"enabled": False})
-        log.info("best_of_n.enabled is false: wrote an empty %s", args.samples)
+        log.info("%s: wrote an empty %s", off, args.samples)
         return
     data = load_prepared(args.data)
     check_split_sizes(params, len(data["train"]), len(data["test"]), args.data)
     rows = take(data["test"], ev.num_samples, "evaluation.num_samples")
     adapter = start_adapter_path(params.policy, args.sft)
-    check_scorers(params.reward, ev.judges)  # every scorer is checked before any weights load
+    check_scorers(params.reward, ev.judges, args.models)  # every scorer is checked before any weights load
     scorer = build_scorer(params.reward, params.compute)
     check_policy(params)  # before the policy's weights load
     if args.policy in ("start", "best-of-n"):

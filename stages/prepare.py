@@ -17,13 +17,15 @@ log = logging.getLogger("detox.prepare")
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True, help="folder for the tokenized train/test DatasetDict")
+    parser.add_argument("--models", help="the lineage stage's manifests: a judge with the reward model's content "
+                        "or Hub commit is refused (a check only: what prepare writes does not depend on them)")
     args = parser.parse_args()
 
     params = load_params()
     check_policy(params)  # a wrong policy.model fails here, not later
     # so do a wrong reward model or judge (a classifier's config and labels, no weights; a Python scorer
     # called once on probe texts) and a judge that is the reward itself, before the sft stage trains anything
-    check_scorers(params.reward, params.evaluation.judges)
+    check_scorers(params.reward, params.evaluation.judges, args.models)
     tokenizer = load_tokenizer("policy.model", params.policy.model, params.policy.revision)
     raw = load_source(params.data)
     split = prepare(raw, params.data, params.prompt, tokenizer, params.seed)

@@ -1,11 +1,13 @@
-"""Stage `report`: paired statistics (start, PPO, best-of-N), guards, and the Markdown/HTML/CSV report.
+"""Stage `report`: paired statistics (start, PPO, DPO, best-of-N), guards, and the Markdown/HTML/CSV report.
 
     python stages/report.py --baseline data/samples/baseline.csv --detoxified data/samples/detoxified.csv \
         --best-of-n data/samples/best_of_n.csv --live metrics/detox --summary metrics/summary.json \
-        --best-of-n-summary metrics/best_of_n_summary.json --out reports
+        --best-of-n-summary metrics/best_of_n_summary.json --dpo data/samples/dpo.csv --dpo-live metrics/dpo_train \
+        --dpo-summary metrics/dpo_summary.json --out reports
 
-The report leads with the answer (what ran, one verdict per headline metric, the guards crossed), then
-shows start, PPO and best-of-N side by side. Markdown and HTML are rendered from one list of sections.
+The report leads with the answer (what ran; which method lowered toxicity most with no guard crossed; one
+verdict per headline metric; the guards crossed), then shows start, PPO, DPO and best-of-N side by side,
+each with its CIs, judges, guards and cost. Markdown and HTML are rendered from one list of sections.
 """
 import argparse
 import base64
@@ -19,7 +21,7 @@ from detoxkit import render
 from detoxkit.config import PipelineError, load_params
 from detoxkit.evaluation import JUDGE, judge_names, per_prompt, summarize
 from detoxkit.io import atomic_dir, read_csv, read_json, run_stage, write_csv, write_json, write_text
-from detoxkit.stats import guards, improvement_pct, interval_verdict, paired_bootstrap
+from detoxkit.stats import NA, crossed_guards, guards, improvement_pct, interval_verdict, paired_bootstrap
 
 log = logging.getLogger("detox.report")
 # summary key -> per-prompt series (evaluation.per_prompt): each compared with the start with a paired CI
@@ -40,6 +42,9 @@ def check_paired(before: list[dict], other: list[dict], what: str):
         raise PipelineError("no evaluated samples to compare; raise evaluation.num_samples")
 
 
+TOXICITY_METRICS = ("toxicity", "expected_max_toxicity", "toxicity_probability")  # those with improvement_pct
+
+
 def paired_entry(key: str, before, after, rp) -> dict:
     """Mean start/other, the paired difference and its CI, direction-named: `better` says which way is good,
     `change_pct` is (other - start) / start x 100 (with its CI); toxicity metrics also keep the lab's
@@ -50,7 +55,7 @@ def paired_entry(key: str, before, after, rp) -> dict:
              "diff_ci_high": s["diff_ci"][1], "better": BETTER.get(key, "lower"),
              "change_pct": None if s["improvement_pct"] is None else -s["improvement_pct"],
              "change_pct_ci_low": None if hi is None else -hi, "change_pct_ci_high": None if lo is None else -lo}
-    if key.endswith("toxicity"):  # the lab's formula, named as the lab names it
+    if key in TOXICITY_METRICS:  # the lab's formula, named as the lab names it
         entry.update(improvement_pct=s["improvement_pct"], improvement_pct_ci_low=lo, improvement_pct_ci_high=hi)
     return entry
 
@@ -64,15 +69,27 @@ def compare(before: list[dict], other: list[dict], threshold: float, rp) -> tupl
     return metrics, judges
 
 
+def versus_start(before: list[dict], other: list[dict], m_before: dict, threshold: float, params) -> dict:
+    """Another method against the start, as PPO is in summary.json: its metrics, each paired entry with its CI,
+    the judges, and its guards (a guard that needs what the method has not, such as KL for best-of-N, n/a)."""
+    m_other = summarize(other, threshold)
+    entries, judges = compare(before, other, threshold, params.report)
+    entry = {"metrics": m_other, **entries, "judges": judges, "guards": guards(m_before, m_other, params.guard)}
+    entry["guards"]["judge_disagrees"] = judge_disagrees(entry, params.guard.min_judge_agreement)
+    return entry
+
+
 def relative_fall(s: dict) -> float:
     return -s["diff"] / s["before"] if s["before"] > 0 else 0.0
 
 
-def judge_disagrees(summary: dict, min_agreement: float) -> bool:
+def judge_disagrees(summary: dict, min_agreement: float):
     """The reward-hacking signature: the reward classifier's toxicity falls by more than its CI (the whole
     interval below 0), but some judge's toxicity does not fall (its interval reaches 0), rises, or falls by
     less than `min_agreement` of the reward's relative fall (a 90% fall the judge sees as 0.5% is no
-    detoxification, however narrow the judge's interval)."""
+    detoxification, however narrow the judge's interval). NA with no judges: nothing could disagree."""
+    if not summary["judges"]:
+        return NA
     reward = summary["toxicity"]
     if not reward["diff_ci_high"] < 0:
         return False
@@ -81,7 +98,8 @@ def judge_disagrees(summary: dict, min_agreement: float) -> bool:
 
 
 def qualitative(before, after) -> list[dict]:
-    rows = [{"prompt": b["prompt"], "response_before": b["response"], "response_after": a["response"],
+    rows = [{"index": int(b["index"]), "sample": int(b["sample"]),  # a prompt's k samples are k rows
+             "prompt": b["prompt"], "response_before": b["response"], "response_after": a["response"],
              "reward_before": float(b["reward"]), "reward_after": float(a["reward"]),
              "reward_diff": float(a["reward"]) - float(b["reward"])} for b, a in zip(before, after)]
     return sorted(rows, key=lambda r: r["reward_diff"], reverse=True)
@@ -103,6 +121,9 @@ def main():
     parser.add_argument("--summary", required=True)
     parser.add_argument("--best-of-n-summary", help="where to write best-of-n against the start (kept out of "
                         "--summary, so toggling best-of-n changes nothing downstream of the PPO comparison)")
+    parser.add_argument("--dpo", help="the evaluate_dpo stage's samples (empty when DPO is off)")
+    parser.add_argument("--dpo-live", help="the dpo stage's DVCLive folder (train.json: its cost)")
+    parser.add_argument("--dpo-summary", help="where to write DPO against the start (kept out of --summary too)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -110,16 +131,23 @@ def main():
     rp, threshold = params.report, params.evaluation.toxic_threshold
     before, after = read_csv(args.baseline), read_csv(args.detoxified)
     bon = read_csv(args.best_of_n) if args.best_of_n else []
+    dpo = read_csv(args.dpo) if args.dpo else []
     check_paired(before, after, "detoxified")
-    if bon:
-        check_paired(before, bon, "best-of-n")
+    for rows, what in ((bon, "best-of-n"), (dpo, "the DPO policy")):
+        if rows:
+            check_paired(before, rows, what)
     m_before, m_after = summarize(before, threshold), summarize(after, threshold)
     train = read_json(Path(args.live) / "train.json")
+    timing = Path(args.live) / "timing.json"
+    dpo_train = read_json(Path(args.dpo_live) / "train.json") if args.dpo_live and dpo else {"enabled": False}
 
     summary = {"setup": {"policy": params.policy.model, "adapter": params.policy.adapter,  # what ran (model card)
                          "reward": params.reward.model, "not_hate_label": params.reward.not_hate_label,
                          "reward_definition": params.reward.describe(),
-                         "judges": [j.model for j in params.evaluation.judges]},
+                         "judges": [j.model for j in params.evaluation.judges],
+                         "data_source": params.data.source, "prompt_template": params.prompt.template,
+                         "chat_template": params.prompt.chat_template,
+                         "reward_include_prompt": params.reward.include_prompt},
                "num_samples": len(before), "num_prompts": m_before["num_prompts"],
                "samples_per_prompt": m_before["samples_per_prompt"], "confidence": rp.confidence,  # of every CI
                "toxic_threshold": threshold, "references": m_before["references"],
@@ -130,25 +158,37 @@ def main():
     summary["kl_mean"] = m_after["kl_mean"]
     summary["guards"] = guards(m_before, m_after, params.guard)
     summary["guards"]["judge_disagrees"] = judge_disagrees(summary, params.guard.min_judge_agreement)
-    summary["detox"] = {k: train.get(k) for k in ("steps_done", "early_stopped", "early_stop_step", "settings")}
+    summary["detox"] = {k: train.get(k) for k in ("steps_done", "early_stopped", "early_stop_step", "settings",
+                                                  "rollouts", "optimizer_steps")}
+    ppo_wall = read_json(timing)["wall_s"] if timing.is_file() else None  # the report's, not summary.json's
     if bon:
         n = params.best_of_n.n
-        metrics, judges = compare(before, bon, threshold, rp)
         summary["best_of_n"] = {"enabled": True, "n": n, "generation_cost": n,  # x the evaluation's generation
                                 "kl_bound": math.log(n) - (n - 1) / n,  # nats per response, to the start
-                                "metrics": summarize(bon, threshold), **metrics, "judges": judges}
+                                **versus_start(before, bon, m_before, threshold, params)}
     else:
         summary["best_of_n"] = {"enabled": False}
+    if dpo and dpo_train.get("enabled"):
+        summary["dpo"] = {"enabled": True, "generation_cost": 1, **versus_start(before, dpo, m_before, threshold, params),
+                          "training": {k: dpo_train.get(k) for k in (
+                              "pairs", "prompts", "generated_samples", "steps_done", "wall_s", "pairs_wall_s",
+                              "train_loss", "settings")}}
+    else:
+        summary["dpo"] = {"enabled": False}
 
     with atomic_dir(args.out) as tmp:
-        write_reports(tmp, summary, (before, after, bon), render.read_live_history(args.live), params)
-    bon_summary = summary.pop("best_of_n")
+        write_reports(tmp, summary, (before, after, bon, dpo), render.read_live_history(args.live), params, ppo_wall)
+    bon_summary, dpo_summary = summary.pop("best_of_n"), summary.pop("dpo")
     write_json(args.summary, summary)
     if args.best_of_n_summary:
         write_json(args.best_of_n_summary, bon_summary)
+    if args.dpo_summary:  # in summary.json's shape where it counts, so `publish` can serve models/dpo too
+        shared = {k: summary[k] for k in ("setup", "num_samples", "num_prompts", "samples_per_prompt", "confidence",
+                                          "toxic_threshold", "references")}
+        write_json(args.dpo_summary, {**shared, **dpo_summary} if dpo_summary["enabled"] else dpo_summary)
     log.info("toxicity %.4f -> %.4f (%s%%); guards crossed: %s", m_before["toxicity_mean"], m_after["toxicity_mean"],
              "n/a" if summary["toxicity_improvement_pct"] is None else f"{summary['toxicity_improvement_pct']:.1f}",
-             [k for k, v in summary["guards"].items() if v] or "none")
+             crossed_guards(summary["guards"]) or "none")
 
 
 def fmt(v, spec=".4f"):
@@ -170,6 +210,10 @@ def what_ran(summary, params) -> list:
            f"PPO ran {early['steps_done']} steps")
     return [
         (f"Policy: {p.policy.model}, starting adapter {p.policy.adapter or 'none'}; {ppo}.", None),
+        (f"Data: {p.data.source}; prompt template {p.prompt.template!r}"
+         f"{' sent through the tokenizer chat template' if p.prompt.chat_template else ''}; the reward scores "
+         f"{'prompt + response' if p.reward.include_prompt else 'the response alone'} (reward.include_prompt "
+         f"{str(p.reward.include_prompt).lower()}).", None),
         (f"Reward model: {summary['setup']['reward_definition']}.", None),
         (f"Judges (not the reward model, scoring the responses alone): {judges}.", None),
         (f"Evaluation: {summary['num_prompts']} test prompts, k = {summary['samples_per_prompt']} samples each, "
@@ -177,9 +221,51 @@ def what_ran(summary, params) -> list:
          "prompts and seed for every policy, so differences are paired by prompt.", None),
         ((f"Best-of-N: n = {b['n']} samples of the starting policy per kept response ({b['n']}x the generation)."
           if b["enabled"] else "Best-of-N: off (best_of_n.enabled is false)."), None),
+        (dpo_ran(summary["dpo"]), None),
         (("ROUGE against the references." if summary["references"] else
           "No reference summaries (data.summary_column is null): ROUGE and the sft stage were skipped."), None),
     ]
+
+
+def dpo_ran(d: dict) -> str:
+    if not d["enabled"]:
+        return "DPO: off (dpo.enabled is false)."
+    t = d["training"]
+    st = t["settings"]
+    return (f"DPO: LoRA r={st['lora_r']} trained {t['steps_done']} optimizer steps on {t['pairs']} preference pairs "
+            f"({t['prompts']} train prompts x {st['n']} samples of the starting policy, chosen and rejected by reward, "
+            f"gap >= {st['min_margin']}), beta {st['beta']}, learning rate {st['learning_rate']}; the reference is the "
+            "starting policy.")
+
+
+def methods(summary) -> list[tuple[str, dict]]:
+    """The methods compared with the start, as (name, entry), those that ran; PPO's entry is summary itself."""
+    out = [("PPO", summary)]
+    for key, name in (("dpo", "DPO"), ("best_of_n", "best-of-N")):
+        if summary[key]["enabled"]:
+            out.append((name, summary[key]))
+    return out
+
+
+def after_metrics(summary, entry) -> dict:
+    return summary["after"] if entry is summary else entry["metrics"]
+
+
+def best_method_line(summary) -> str:
+    """The first line of the answer: which method lowered toxicity most (its interval below 0) with no guard
+    crossed, and how the others fared."""
+    def say(name, e):
+        t, crossed = e["toxicity"], crossed_guards(e["guards"])
+        return (f"{name} {t['before']:.4f} -> {t['after']:.4f} ({t['diff']:+.4f} [{t['diff_ci_low']:+.4f}, "
+                f"{t['diff_ci_high']:+.4f}]; guards crossed: {', '.join(crossed) or 'none'})")
+
+    ranked = methods(summary)
+    ok = [(n, e) for n, e in ranked if e["toxicity"]["diff_ci_high"] < 0 and not crossed_guards(e["guards"])]
+    rest = "; ".join(say(n, e) for n, e in ranked)
+    if not ok:
+        return f"No method lowered toxicity (its interval below 0) without crossing a guard. Toxicity: {rest}."
+    name, _ = min(ok, key=lambda item: item[1]["toxicity"]["after"])
+    return f"Lowest toxicity with no guard crossed: **{name}**. Toxicity (reward model): {rest}."
 
 
 def guard_lines(summary, limits) -> list:
@@ -190,50 +276,69 @@ def guard_lines(summary, limits) -> list:
            "distinct2_below_min": f"distinct-2 fell below {limits.min_distinct2_ratio}x the start's (mode collapse)",
            "judge_disagrees": "the reward model's toxicity fell (CI below 0) but a judge's did not, or by less than "
                               f"{limits.min_judge_agreement} of its relative fall: reward hacking"}
-    lines = [(f"{'CROSSED' if crossed else 'ok'}: {name} ({why[name]})", crossed)
-             for name, crossed in summary["guards"].items()]
-    if not summary["references"]:
-        lines.append(("not applicable: rougeL_drop_exceeded (no references)", None))
-    if not summary["judges"]:
-        lines.append(("judge_disagrees cannot be set: no judges (evaluation.judges is [])", None))
-    return lines
+    cannot = {"rougeL_drop_exceeded": "no reference summaries (data.summary_column is null)",
+              "judge_disagrees": "no judges (evaluation.judges is [])"}
+    return [(f"n/a: {name} cannot fire here: {cannot[name]}", None) if crossed == NA else
+            (f"{'CROSSED' if crossed else 'ok'}: {name} ({why[name]})", crossed)
+            for name, crossed in summary["guards"].items()]
 
 
-def side_by_side(summary) -> tuple[list, list]:
-    """Rows: each metric for start, PPO and best-of-N, with each one's paired difference to the start."""
-    b, conf = summary["best_of_n"], f"{summary['confidence']:.0%}"
-    header = ["metric", "better", "start", "PPO", f"PPO - start [{conf} CI]"]
-    header += ["best-of-N", f"best-of-N - start [{conf} CI]"] if b["enabled"] else []
+def side_by_side(summary, ppo_wall) -> tuple[list, list]:
+    """Rows: each metric for the start and every method that ran (PPO, DPO, best-of-N), with each one's paired
+    difference to the start; then the guards crossed and the cost of each."""
+    ms, conf = methods(summary), f"{summary['confidence']:.0%}"
+    header = ["metric", "better", "start", *[c for name, _ in ms for c in (name, f"{name} - start [{conf} CI]")]]
     rows = []
 
-    def add(label, better, ppo, bon):
-        row = [label, better, fmt(ppo["before"]), fmt(ppo["after"]), ci_cell(ppo)]
-        rows.append(row + ([fmt(bon["after"]), ci_cell(bon)] if b["enabled"] else []))
+    def add(label, better, pick):
+        row = [label, better, fmt(pick(summary)["before"])]
+        for _, entry in ms:
+            s = pick(entry)
+            row += [fmt(s["after"]), ci_cell(s)] if s else ["", ""]
+        rows.append(row)
+
+    def judge(name, metric):
+        return lambda e: e.get("judges", {}).get(name, {}).get(metric)
 
     for key, label, better in render.HEADLINE:
         if key in summary and key not in ("kl", "distinct_1_per_prompt", "distinct_3_per_prompt"):  # (in the json)
-            add(label, better, summary[key], b.get(key))
+            add(label, better, lambda e, key=key: e.get(key))
         if key == "toxicity_probability":
-            for name, metrics in summary["judges"].items():
+            for name in summary["judges"]:
                 for metric, what in (("toxicity", "toxicity"), ("expected_max_toxicity", "expected max toxicity"),
                                      ("toxicity_probability", "toxicity probability")):
-                    add(f"Judge {name}: {what}", "lower", metrics[metric],
-                        b.get("judges", {}).get(name, {}).get(metric))
-    start, ppo = summary["before"]["distinct_2"], summary["after"]["distinct_2"]
-    row = ["Distinct-2 (all responses; no CI)", "higher", fmt(start), fmt(ppo), f"{ppo - start:+.4f}"]
-    bon = b["metrics"]["distinct_2"] if b["enabled"] else None
-    rows.append(row + ([fmt(bon), f"{bon - start:+.4f}"] if b["enabled"] else []))
-    row = ["KL to the start (per token; best-of-N: bound per response)", "lower", "0", fmt(summary["kl_mean"]), ""]
-    rows.append(row + ([f"<= {b['kl_bound']:.4f} nats", ""] if b["enabled"] else []))
-    row = ["Generation cost (x one sample a response)", "lower", "1", "1", ""]
-    rows.append(row + ([str(b["n"]), ""] if b["enabled"] else []))
+                    add(f"Judge {name}: {what}", "lower", judge(name, metric))
+    start = summary["before"]["distinct_2"]
+    row = ["Distinct-2 (all responses; no CI)", "higher", fmt(start)]
+    for _, e in ms:
+        d2 = after_metrics(summary, e)["distinct_2"]
+        row += [fmt(d2), f"{d2 - start:+.4f}"]
+    rows.append(row)
+    kl = {"PPO": fmt(summary["kl_mean"]), "DPO": fmt(summary["dpo"].get("metrics", {}).get("kl_mean")),
+          "best-of-N": f"<= {summary['best_of_n'].get('kl_bound', 0):.4f} nats"}
+    rows.append(["KL to the start (nats per token; best-of-N: bound per response)", "lower", "0",
+                 *[c for name, _ in ms for c in (kl[name], "")]])
+    rows.append(["Guards crossed", "none", "", *[c for _, e in ms for c in (
+        ", ".join(crossed_guards(e["guards"])) or "none", "")]])
+    d = summary["dpo"].get("training", {})
+    ppo = summary["detox"]
+    cost = {"PPO": (1, ppo.get("rollouts"), ppo.get("optimizer_steps"), ppo_wall),
+            "DPO": (1, d.get("generated_samples"), d.get("steps_done"),
+                    (d.get("wall_s") or 0) + (d.get("pairs_wall_s") or 0) if d else None),
+            "best-of-N": (summary["best_of_n"].get("n"), 0, 0, 0)}
+    for i, (label, unit) in enumerate((("Evaluation generation (x one sample a response)", ""),
+                                       ("Training: responses generated (PPO rollouts; DPO pair samples)", ""),
+                                       ("Training: optimizer steps", ""), ("Training: wall time", " s"))):
+        cells = [c for name, _ in ms for c in ("n/a" if cost[name][i] is None else
+                                               f"{cost[name][i]:.0f}{unit}" if unit else str(cost[name][i]), "")]
+        rows.append([label, "lower", "1" if i == 0 else "0", *cells])
     return header, rows
 
 
 def verdict_lines(summary, min_pairs) -> list:
     n, lines = summary["num_prompts"], []
-    targets = [(summary, "PPO")] + ([(summary["best_of_n"], "Best-of-N")] if summary["best_of_n"]["enabled"] else [])
-    for source, who in targets:
+    for name, source in methods(summary):
+        who = name[0].upper() + name[1:]  # a sentence starts with it: "Best-of-N vs start"
         for key, label in (("toxicity", "toxicity"), ("expected_max_toxicity", "expected maximum toxicity"),
                            ("toxicity_probability", "toxicity probability"), ("perplexity", "perplexity"),
                            ("distinct_2_per_prompt", "distinct-2 within a prompt's samples")):
@@ -247,43 +352,44 @@ def verdict_lines(summary, min_pairs) -> list:
     return [(line, None) for line in lines]
 
 
-def write_reports(out: Path, summary, samples, history, params):
+def write_reports(out: Path, summary, samples, history, params, ppo_wall=None):
     """report.md (+ its PNG figures), report.html, qualitative.csv, toxicity_hist.csv and
     per_prompt_max_toxicity.csv, from one list of sections."""
-    before, after, bon = samples
+    before, after, bon, dpo = samples
     n_rows, threshold = params.report.qualitative_rows, summary["toxic_threshold"]
     tox = summary["toxicity"]
     lab = ("Lab formula, toxicity improvement (before - after) / before x 100: " +
            ("n/a" if tox["improvement_pct"] is None else f"{tox['improvement_pct']:.2f}% ({summary['confidence']:.0%}"
             f" CI [{fmt(tox['improvement_pct_ci_low'], '.2f')}%, {fmt(tox['improvement_pct_ci_high'], '.2f')}%]); "
             "positive means less toxic."))
-    crossed = [name for name, c in summary["guards"].items() if c]
+    crossed = crossed_guards(summary["guards"])
     qual = qualitative(before, after)
     best, worst = qual[:n_rows], qual[::-1][:n_rows]
-    header, rows = side_by_side(summary)
+    header, rows = side_by_side(summary, ppo_wall)
     b = summary["before"]
     diversity = (f"Diversity (distinct-1 / 2 / 3 over all responses, higher is more varied): start "
                  f"{b['distinct_1']:.3f}"
                  f" / {b['distinct_2']:.3f} / {b['distinct_3']:.3f}, PPO {summary['after']['distinct_1']:.3f} / "
                  f"{summary['after']['distinct_2']:.3f} / {summary['after']['distinct_3']:.3f}.")
     worst_start = per_prompt(before, threshold)["max_toxicity"]
-    others = {"PPO": per_prompt(after, threshold)["max_toxicity"]}
-    if bon:
-        others["best-of-N"] = per_prompt(bon, threshold)["max_toxicity"]
+    ran = {"PPO": after, **({"DPO": dpo} if summary["dpo"]["enabled"] else {}), **({"best-of-N": bon} if bon else {})}
+    others = {name: per_prompt(rows, threshold)["max_toxicity"] for name, rows in ran.items()}
     tox_series = {"start": np.array([float(r["toxicity"]) for r in before]),
-                  "PPO": np.array([float(r["toxicity"]) for r in after])}
-    if bon:
-        tox_series["best-of-N"] = np.array([float(r["toxicity"]) for r in bon])
+                  **{name: np.array([float(r["toxicity"]) for r in rows]) for name, rows in ran.items()}}
     images = {"max_toxicity_per_prompt.png": render.max_toxicity_figure(worst_start, others),
               "training_curves.png": render.training_figure(history),
               "toxicity_hist.png": render.histogram_figure(tox_series)}
     sections = [
         ("What ran", [("list", what_ran(summary, params))]),
-        ("Answer", [("list", verdict_lines(summary, params.report.min_pairs)), ("p", lab)]),
+        ("Answer", [("p", best_method_line(summary)), ("list", verdict_lines(summary, params.report.min_pairs)),
+                    ("p", lab)]),
         ("Guards against reward hacking", [
-            ("p", f"Crossed: {', '.join(crossed)}." if crossed else "No guard was crossed."),
+            ("p", f"Crossed: {', '.join(crossed)}." if crossed else "No guard was crossed" + (
+                " (n/a: " + ", ".join(k for k, v in summary["guards"].items() if v == NA) + " cannot fire here)."
+                if NA in summary["guards"].values() else ".")),
             ("list", guard_lines(summary, params.guard))]),
-        ("Start, PPO and best-of-N side by side", [
+        (f"Start, {', '.join(ran)} side by side".replace(", best-of-N", " and best-of-N")
+         .replace("PPO, DPO side", "PPO and DPO side"), [
             ("p", "Means over the paired test prompts; each difference to the start has a bootstrap CI over prompts "
                   "(each prompt's k samples resampled together). 'better' names the good direction."),
             ("table", header, rows), ("p", diversity)]),
@@ -291,7 +397,11 @@ def write_reports(out: Path, summary, samples, history, params):
             ("p", "Each point is a prompt: its worst (most toxic) of k samples at the start against after. Below the "
                   "diagonal, the worst case improved."),
             ("figure", "max_toxicity_per_prompt.png", "maximum toxicity per prompt, start vs after")]),
-        ("PPO training curves", [("figure", "training_curves.png", "training curves")]),
+        ("PPO training curves", [
+            ("p", "KL to reference is TRL's objective/kl: the KL of each response to the reference, summed over its "
+                  "tokens (nats per response), averaged over the batch; early steps can dip below 0 (an estimate "
+                  "from samples). The table's KL is per token."),
+            ("figure", "training_curves.png", "training curves")]),
         ("Toxicity per sample", [("figure", "toxicity_hist.png", "toxicity histogram")]),
         ("Largest reward gains (PPO vs start, sorted by reward diff)", [
             ("table", render.QUAL_COLUMNS, render.qual_rows(best))]),
@@ -306,8 +416,9 @@ def write_reports(out: Path, summary, samples, history, params):
     write_csv(out / "toxicity_hist.csv", histogram_rows({"before": tox_series["start"], "after": tox_series["PPO"]}),
               ["toxicity", "before", "after"])
     per = [{"prompt": i, "start": float(worst_start[i]), "ppo": float(others["PPO"][i]),
+            "dpo": float(others["DPO"][i]) if "DPO" in others else "",
             "best_of_n": float(others["best-of-N"][i]) if bon else ""} for i in range(len(worst_start))]
-    write_csv(out / "per_prompt_max_toxicity.csv", per, ["prompt", "start", "ppo", "best_of_n"])
+    write_csv(out / "per_prompt_max_toxicity.csv", per, ["prompt", "start", "ppo", "dpo", "best_of_n"])
 
 
 if __name__ == "__main__":

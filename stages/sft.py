@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from detoxkit.config import load_params
-from detoxkit.io import atomic_dir, run_stage, write_json, write_text
+from detoxkit.io import atomic_dir, run_stage, write_json, write_placeholder, write_text
 
 log = logging.getLogger("detox.sft")
 SKIPPED_NOTE = "The sft stage was skipped: policy.adapter is not `sft`, so no adapter was trained.\n"
@@ -116,8 +116,7 @@ def main():
 
     params = load_params()
     if params.policy.adapter != "sft":
-        with atomic_dir(args.out) as tmp:
-            write_text(tmp / "SKIPPED.md", SKIPPED_NOTE)
+        write_placeholder(args.out, SKIPPED_NOTE)
         with atomic_dir(args.live) as tmp:  # the loss curve's header alone: `dvc plots show` and DVC's outputs
             write_text(tmp / "plots/metrics/train/loss.tsv", "step\tloss\n")  # accept it (an empty folder fails)
         write_json(args.metrics, {"enabled": False})

@@ -8,12 +8,24 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "stages"), str(ROOT / "tools")]
-
 # Any accidental download must fail loudly, and nothing may phone home.
 os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                    "DVC_NO_ANALYTICS": "1", "TOKENIZERS_PARALLELISM": "false"})
+
+from detoxkit.io import load_script  # noqa: E402 (after the offline switches)  the package is installed (pip install -e .): no path edits
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def stage(name: str):
+    """The stage script stages/<name>.py as a module (its helpers and main()), imported on first use."""
+    return load_script(ROOT / "stages" / f"{name}.py")
+
+
+# The tools the tests use, importable by name from here on (`from make_tiny import tiny_params`).
+make_tiny = load_script(ROOT / "tools" / "make_tiny.py")
+real_models = load_script(ROOT / "tools" / "real_models.py")
+
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # users' machines write __pycache__ into stage code
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest-xdist: share the cores between the workers
     workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
@@ -73,7 +85,7 @@ def run_main(monkeypatch, cwd, module, *args):
     """Call a stage's main() in this process (fast), as `python stages/<module>.py args` would."""
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(sys, "argv", [module, *args])
-    return __import__(module).main()
+    return stage(module).main()
 
 
 def run_script(cwd, script, *args, check=True, launcher=None):
@@ -131,7 +143,54 @@ def copy_repo(src: Path, dest: Path) -> Path:
     return dest
 
 
-STAGES = ["prepare", "sft", "baseline", "detox", "evaluate", "best_of_n", "report", "publish"]  # lineage runs on every repro
+CARD_CHECK = """
+import torch
+from detoxkit.config import ComputeSettings
+from detoxkit.models import load_detoxified
+
+ref, _, _ = load_detoxified(folder, ComputeSettings(device="cpu", dtype="float32", compile_generation=False))
+again = ref.generate(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"], max_new_tokens=40)
+assert torch.equal(out, again), (out, again)  # the same text
+with torch.no_grad():
+    feed = ({"input_ids": ids["input_ids"], "attention_mask": ids["attention_mask"], "decoder_input_ids": out}
+            if model.config.is_encoder_decoder else {"input_ids": out})
+    mine, theirs = model(**feed).logits, ref(**feed).logits
+assert mine.shape == theirs.shape and torch.allclose(mine, theirs, atol=1e-5), (mine - theirs).abs().max()
+print("SAME", (mine - theirs).abs().max().item())
+"""
+
+
+def check_modes(repo: Path, mask: int):
+    """Every output of a run has the mode a plain open()/mkdir gives under `mask` (none private to its owner)."""
+    outputs = [p for top in ("data", "models", "metrics", "reports") for p in [repo / top, *(repo / top).rglob("*")]]
+    wrong = {}
+    for p in outputs:
+        if p.is_symlink():
+            continue
+        mode = p.stat().st_mode & 0o777
+        want = (0o777 if p.is_dir() or mode & 0o100 else 0o666) & ~mask
+        if mode != want:
+            wrong[str(p.relative_to(repo))] = oct(mode)
+    assert len(outputs) > 50 and not wrong, wrong
+
+
+def check_model_card_snippet(repo: Path, folder: Path | None = None):
+    """The model card's 'How to use' code (transformers and PEFT only), run as written in a process of its own,
+    loads the published folder (models/detoxified, or `folder`) and gives the same text and logits as
+    load_detoxified."""
+    card = ((folder or repo / "models/detoxified") / "README.md").read_text()
+    code = card.split("## How to use", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    if folder is not None:  # published elsewhere: the snippet's one line that names the folder
+        code = code.replace('folder = "models/detoxified"', f"folder = {str(folder)!r}")
+    assert "detoxkit" not in code and "sys.path" not in code
+    proc = subprocess.run([sys.executable, "-c", code + CARD_CHECK], cwd=repo, env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "SAME" in proc.stdout, proc.stdout + proc.stderr
+    return code
+
+
+STAGES = ["prepare", "sft", "baseline", "detox", "evaluate", "best_of_n", "dpo_pairs", "dpo", "evaluate_dpo", "report",
+          "publish"]  # lineage runs on every repro
 
 
 def ran_stages(output: str):
@@ -153,7 +212,11 @@ def ran(tiny, tmp_path_factory):
     """One full tiny run with the sft stage on; tests copy it before changing anything."""
     repo = make_repo(tmp_path_factory.mktemp("e2e") / "repo", tiny["params"],
                      {"policy.adapter": "sft", "best_of_n.enabled": True})
-    out = dvc("repro", cwd=repo)
+    mask = os.umask(0o022)  # the usual umask: every output must be readable by others (test_pipeline.py)
+    try:
+        out = dvc("repro", cwd=repo)
+    finally:
+        os.umask(mask)
     assert ran_stages(out.stdout) == sorted(STAGES)
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-qm", "run", cwd=repo)

@@ -2,9 +2,10 @@
 test_chat_pipeline.py)."""
 import csv
 import json
+import os
 
 import yaml
-from conftest import STAGES, changed_stages, dvc, finite, make_repo, ran_stages, set_params
+from conftest import STAGES, changed_stages, check_model_card_snippet, check_modes, dvc, finite, make_repo, ran_stages, set_params
 from make_tiny import tiny_params
 
 EVAL_KEYS = ["toxicity_mean", "toxicity_std", "expected_max_toxicity", "toxicity_probability", "reward_mean",
@@ -39,13 +40,24 @@ def check_causal_run(repo, arch: str, sft: bool):
     assert out.shape[1] > 1
     card = yaml.safe_load((repo / "models/detoxified/README.md").read_text().split("---\n")[1])
     assert card["pipeline_tag"] == "text-generation" and card["library_name"] == "peft"
+    assert "base_model" not in card  # a local folder: the Hub wants an id there
+    code = check_model_card_snippet(repo)
+    assert ("subfolder='start_adapter'" in code) is sft and "AutoModelForCausalLM" in code
+    from test_pipeline import check_dpo_run
+
+    check_dpo_run(repo, causal=True)  # DPO on a causal policy: continuations only, prompts as prepare built them
 
 
 def test_gpt2_runs_the_whole_dag_with_sft(tiny, tmp_path):
     """GPT-2 (Conv1D, no pad token) through every stage, with its sft adapter merged under the PPO adapter. Causal
     runs without sft: the prompt-only half of test_chat_pipeline.py and test_resume.py."""
     repo = make_repo(tmp_path / "repo", tiny_params(str(tiny["dir"]), "gpt2"), {"policy.adapter": "sft"})
-    assert ran_stages(dvc("repro", cwd=repo).stdout) == sorted(STAGES)
+    mask = os.umask(0o002)  # a shared group's umask: outputs group-writable (test_pipeline.py checks 0022)
+    try:
+        assert ran_stages(dvc("repro", cwd=repo).stdout) == sorted(STAGES)
+    finally:
+        os.umask(mask)
+    check_modes(repo, 0o002)
     check_causal_run(repo, "gpt2", sft=True)
     set_params(repo, {"lora.r": 2})  # a LoRA change reruns detox (then evaluate and report), nothing before it
     assert changed_stages(repo) == ["detox"]

@@ -49,12 +49,12 @@ def test_chat_model_summarizes_with_sft_then_continues_a_prompt_only_dataset(tin
     # An edited scorer file is a changed judge: lineage records its hash, so exactly the judged stages rerun.
     words.write_text(words.read_text() + "# stricter soon\n")
     dvc("repro", "lineage", cwd=repo)
-    assert changed_stages(repo) == ["baseline", "best_of_n", "evaluate"]
+    assert changed_stages(repo) == ["baseline", "best_of_n", "evaluate", "evaluate_dpo"]  # every stage it judges
     assert json.loads((repo / "metrics/sft.json").read_text())["enabled"] is False
     summary = json.loads((repo / "metrics/summary.json").read_text())
     bon = json.loads((repo / "metrics/best_of_n_summary.json").read_text())
     assert summary["references"] is False and "rougeL" not in summary and "rougeL" not in summary["after"]
-    assert "rougeL_drop_exceeded" not in summary["guards"] and "judge_disagrees" in summary["guards"]
+    assert summary["guards"]["rougeL_drop_exceeded"] == "n/a" and isinstance(summary["guards"]["judge_disagrees"], bool)
     assert summary["num_prompts"] == 8 and bon["enabled"] and bon["metrics"]["references"] is False
     assert sorted(summary["judges"]) == ["judge", "words.score"] and sorted(bon["judges"]) == ["judge", "words.score"]
     for key in ("toxicity", "expected_max_toxicity", "toxicity_probability", "perplexity"):
@@ -67,5 +67,6 @@ def test_chat_model_summarizes_with_sft_then_continues_a_prompt_only_dataset(tin
     assert tok.decode(prepared["input_ids"]) == f"<|user|>\n{prepared['query']}<|eot|>\n<|assistant|>\n"
     report = (repo / "reports/report.md").read_text()
     assert "No reference summaries (data.summary_column is null): ROUGE and the sft stage were skipped." in report
-    assert "ROUGE-L |" not in report and "not applicable: rougeL_drop_exceeded (no references)" in report
-    assert "| PPO | PPO - start [95% CI] | best-of-N | best-of-N - start [95% CI] |" in report
+    assert "ROUGE-L |" not in report and "- n/a: rougeL_drop_exceeded cannot fire here: no reference summaries" in report
+    assert "ok: rougeL_drop_exceeded" not in report
+    assert "| PPO | PPO - start [95% CI] | DPO | DPO - start [95% CI] | best-of-N | best-of-N - start [95% CI] |" in report

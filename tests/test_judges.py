@@ -55,14 +55,16 @@ def test_a_policy_that_fools_the_reward_model_but_not_the_judge_sets_judge_disag
 
 
 def test_judge_disagrees_needs_a_real_fall_of_the_reward_toxicity_and_a_judge_that_does_not_follow():
-    import report as sys_path_report
+    from conftest import stage
+
+    disagrees = stage("report").judge_disagrees
 
     def ci(before, after, lo, hi):
         return {"before": before, "after": after, "diff": after - before, "diff_ci_low": lo, "diff_ci_high": hi}
 
     summary = {"toxicity": ci(0.5, 0.3, -0.3, -0.1), "judges": {"a": {"toxicity": ci(0.4, 0.25, -0.2, -0.05)}}}
-    disagrees = sys_path_report.judge_disagrees
     assert disagrees(summary, 0.25) is False  # both fell (40% and 37.5%): detoxified, as far as they can tell
+    assert disagrees({**summary, "judges": {}}, 0.25) == "n/a"  # no judge: it cannot fire, so it never "held"
     summary["judges"]["b"] = {"toxicity": ci(0.4, 0.36, -0.1, 0.02)}
     assert disagrees(summary, 0.25) is True  # one judge saw no fall
     summary["judges"]["b"] = {"toxicity": ci(0.9, 0.88, -0.03, -0.01)}
@@ -70,7 +72,7 @@ def test_judge_disagrees_needs_a_real_fall_of_the_reward_toxicity_and_a_judge_th
     assert disagrees(summary, 0.0) is False  # with no share asked, any real fall agrees
     summary["toxicity"] = ci(0.5, 0.3, -0.3, 0.01)
     assert disagrees(summary, 0.25) is False  # the reward's own fall could be chance
-    assert disagrees({"toxicity": ci(0.5, 0.3, -0.3, -0.1), "judges": {}}, 0.25) is False
+    assert disagrees({"toxicity": ci(0.5, 0.3, -0.3, -0.1), "judges": {}}, 0.25) == "n/a"  # a real fall, no judge
 
 
 def test_judges_load_under_the_reward_models_rules(tiny, tmp_path):

@@ -6,7 +6,8 @@ import json
 import time
 
 import pytest
-from conftest import changed_stages, copy_repo, dvc, finite, ran_stages, set_params, sh
+from conftest import (ROOT, changed_stages, check_model_card_snippet, check_modes, copy_repo, dvc, finite, ran_stages,
+                      run_script, set_params, sh)
 
 EVAL_KEYS = ["toxicity_mean", "toxicity_std", "expected_max_toxicity", "toxicity_probability", "reward_mean",
              "num_samples", "rouge1", "rouge2", "rougeL", "length_mean", "kl_mean", "perplexity_mean", "distinct_1",
@@ -62,12 +63,17 @@ def test_every_output_exists_with_finite_numbers(ran):
     report = (ran / "reports/report.md").read_text()
     assert "| Toxicity (P(hate)) | lower |" in report and "reward_diff" in report
     assert "| Perplexity under the starting policy |" in report and "Diversity (distinct-1" in report
-    # it leads with the answer: what ran, the verdicts, the guards; then start | PPO | best-of-N
+    # it leads with the answer: what ran, the verdicts, the guards; then start | PPO | DPO | best-of-N
     heads = [line for line in report.splitlines() if line.startswith("## ")]
     assert heads[:4] == ["## What ran", "## Answer", "## Guards against reward hacking",
-                         "## Start, PPO and best-of-N side by side"]
-    assert "| metric | better | start | PPO | PPO - start [95% CI] | best-of-N | best-of-N - start [95% CI] |" in report
-    assert "| Judge judge: expected max toxicity | lower |" in report and "| Generation cost" in report
+                         "## Start, PPO, DPO and best-of-N side by side"]
+    assert ("| metric | better | start | PPO | PPO - start [95% CI] | DPO | DPO - start [95% CI] | best-of-N | "
+            "best-of-N - start [95% CI] |") in report
+    assert "| Judge judge: expected max toxicity | lower |" in report
+    assert "| Evaluation generation (x one sample a response) | lower | 1 | 1 |  | 1 |  | 2 |  |" in report
+    ppo = summary["detox"]  # each method's training cost, beside its figures
+    assert ppo["rollouts"] == 4 * 8 and ppo["optimizer_steps"] == 4 * 1 * 2  # steps x batch; x epochs x minibatches
+    assert "| Training: responses generated (PPO rollouts; DPO pair samples) | lower | 0 | 32 |  | 32 |  | 0 |" in report
     assert "Best-of-N vs start, toxicity:" in report and "improvement" not in report.split("Lab formula")[0]
     for png in ("max_toxicity_per_prompt.png", "training_curves.png", "toxicity_hist.png"):
         assert f"]({png})" in report and (ran / "reports" / png).read_bytes()[:4] == b"\x89PNG"
@@ -79,10 +85,24 @@ def test_every_output_exists_with_finite_numbers(ran):
     with (ran / "reports/qualitative.csv").open(newline="") as fh:
         reader = csv.DictReader(fh)
         rows = list(reader)
-    assert reader.fieldnames == ["prompt", "response_before", "response_after", "reward_before", "reward_after",
+    assert reader.fieldnames == ["index", "sample", "prompt", "response_before", "response_after", "reward_before", "reward_after",
                                  "reward_diff"]
     diffs = [float(r["reward_diff"]) for r in rows]
     assert len(rows) == 16 and diffs == sorted(diffs, reverse=True)
+    assert sorted((int(r["index"]), int(r["sample"])) for r in rows) == sorted({(int(r["index"]), int(r["sample"]))
+                                                                              for r in rows})  # no row twice
+    assert "| index | sample | prompt | response_before |" in report  # a prompt's k samples: k distinct rows
+    for key in ("toxicity", "expected_max_toxicity", "toxicity_probability"):  # the lab's formula on each
+        s = summary[key]
+        if s["before"] > 0:
+            assert s["improvement_pct"] == pytest.approx((s["before"] - s["after"]) / s["before"] * 100)
+            assert s["improvement_pct"] == pytest.approx(-s["change_pct"])
+    params = __import__("yaml").safe_load((ran / "params.yaml").read_text())
+    setup = summary["setup"]  # what ran: the data, the template, what the reward reads
+    assert setup["data_source"] == params["data"]["source"] and setup["prompt_template"] == params["prompt"]["template"]
+    assert setup["reward_include_prompt"] is params["reward"]["include_prompt"] and setup["chat_template"] is False
+    assert f"- Data: {params['data']['source']}; prompt template " in report
+    assert "KL to reference is TRL's objective/kl" in report and "nats per response" in report
     assert diffs[0] == pytest.approx(float(rows[0]["reward_after"]) - float(rows[0]["reward_before"]))
     from detoxkit.render import HIST_BINS  # one bin count for the chart and the CSV
 
@@ -110,7 +130,8 @@ def test_the_published_folder_has_a_hub_model_card_with_the_headline_metrics(ran
     _, front, body = card.split("---\n", 2)
     meta = yaml.safe_load(front)
     params = yaml.safe_load((ran / "params.yaml").read_text())
-    assert meta["base_model"] == params["policy"]["model"] and meta["library_name"] == "peft"
+    assert "base_model" not in meta and meta["library_name"] == "peft"  # the Hub wants an id: this is a folder
+    assert f"- Base model: a local folder, `{params['policy']['model']}`" in body
     assert meta["pipeline_tag"] == "text2text-generation"
     assert {"trl", "ppo", "lora", "detoxification"} <= set(meta["tags"])
     summary = json.loads((ran / "metrics/summary.json").read_text())
@@ -120,6 +141,20 @@ def test_the_published_folder_has_a_hub_model_card_with_the_headline_metrics(ran
     assert f"| Judge judge: toxicity | {judge['before']:.4f} |" in body and "| Expected maximum toxicity" in body
     assert "## Training procedure" in body and "| lora_r | 4 |" in body and "| learning_rate | 0.001 |" in body
     assert "PPO ran 4 of 4 steps" in body and "start_adapter/" in body
+    code = check_model_card_snippet(ran)  # transformers and PEFT alone: the same text and logits as load_detoxified
+    assert "subfolder='start_adapter'" in code and "AutoModelForSeq2SeqLM" in code
+    from conftest import stage  # a Hub base: its id in base_model, and its revision in the snippet
+
+    hub = {"base_model": "google/flan-t5-base", "revision": "v1.0", "start_adapter": None}
+    train = json.loads((ran / "metrics/detox/train.json").read_text())
+    hub_card = stage("publish").model_card(hub, {"task_type": "SEQ_2_SEQ_LM"}, summary, train, "knkarthick/dialogsum")
+    hub_meta = yaml.safe_load(hub_card.split("---\n")[1])
+    assert hub_meta["base_model"] == "google/flan-t5-base" and hub_meta["datasets"] == ["knkarthick/dialogsum"]
+    assert "from_pretrained('google/flan-t5-base', revision='v1.0')" in hub_card and "subfolder=" not in hub_card
+
+
+def test_outputs_are_readable_by_others_under_umask_0022(ran):
+    check_modes(ran, 0o022)  # files 644, folders 755 (the causal run checks 0002: 664, 775)
 
 
 def test_outputs_are_git_ignored_and_status_is_clean(ran):
@@ -137,6 +172,96 @@ def test_learning_rate_change_reruns_only_detox_and_after(ran, tmp_path):
     assert ran_stages(out) == ["detox"]
     for stage in ("prepare", "sft", "baseline"):
         assert f"Stage '{stage}' didn't change" in out
+
+
+def check_dpo_run(repo, causal: bool, published=None):
+    """DPO beside PPO, as the DAG ran it: pairs from train prompts only, chosen above rejected by the margin, an
+    adapter load_detoxified loads (the layout of models/ppo), its own summary with CIs and judges, the report's
+    DPO column. Shared with the causal run (test_causal_pipeline.py)."""
+    import datasets
+    import yaml
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())["dpo"]
+    pairs = [json.loads(line) for line in (repo / "data/dpo_pairs/pairs.jsonl").read_text().splitlines()]
+    prepared = datasets.load_from_disk(str(repo / "data/prepared"))
+    train = {tuple(ids): q for ids, q in zip(prepared["train"]["input_ids"], prepared["train"]["query"])}
+    test = {tuple(ids) for ids in prepared["test"]["input_ids"]}
+    assert len(pairs) >= params["min_pairs"] and not train.keys() & test  # (the split itself is disjoint)
+    for pair in pairs:
+        assert train[tuple(pair["prompt_ids"])] == pair["query"] and tuple(pair["prompt_ids"]) not in test
+        assert pair["reward_chosen"] - pair["reward_rejected"] == pytest.approx(pair["margin"])
+        assert pair["margin"] > 0 and pair["margin"] >= params["min_margin"] and pair["chosen"] != pair["rejected"]
+    counts = json.loads((repo / "metrics/dpo_pairs.json").read_text())
+    assert counts["prompts"] == params["num_prompts"] and counts["generated_samples"] == params["num_prompts"] * params["n"]
+    assert counts["pairs"] == len(pairs)
+    folder = repo / "models/dpo"  # the layout of models/ppo, less the value head DPO does not have
+    assert {"adapter_model.safetensors", "adapter_config.json", "policy.json"} <= {p.name for p in folder.iterdir()}
+    assert not (folder / "value_head.safetensors").exists()
+    assert (folder / "start_adapter").is_dir() == (repo / "models/ppo/start_adapter").is_dir()
+    train_json = json.loads((repo / "metrics/dpo_train/train.json").read_text())
+    assert train_json["method"] == "dpo" and train_json["steps_done"] == params["max_steps"]
+    assert train_json["prompts_exact"] == len(pairs)  # DPOTrainer saw each prompt exactly as prepare built it
+    loss = (repo / "metrics/dpo_train/plots/metrics/dpo/loss.tsv").read_text().splitlines()
+    margin = (repo / "metrics/dpo_train/plots/metrics/dpo/reward_margin.tsv").read_text().splitlines()
+    assert loss[0] == "step\tloss" and len(loss) == 1 + params["max_steps"] and len(margin) == len(loss)
+    from detoxkit.config import ComputeSettings
+    from detoxkit.models import load_detoxified
+
+    model, _, _ = load_detoxified(folder, ComputeSettings(device="cpu", dtype="float32", compile_generation=False))
+    assert any(float(p.abs().sum()) > 0 for n, p in model.named_parameters() if "lora_B" in n)  # it trained
+    dpo = json.loads((repo / "metrics/dpo_summary.json").read_text())
+    summary = json.loads((repo / "metrics/summary.json").read_text())
+    assert dpo["enabled"] and "dpo" not in summary  # its own file: toggling DPO changes nothing publish reads
+    assert dpo["toxicity"]["before"] == pytest.approx(summary["toxicity"]["before"])  # the same start, paired
+    for key in ("toxicity", "expected_max_toxicity", "toxicity_probability", "perplexity"):
+        s = dpo[key]
+        assert s["diff_ci_low"] <= s["diff"] + 1e-9 <= s["diff_ci_high"] + 2e-9
+    assert set(dpo["judges"]) == set(summary["judges"]) and set(dpo["guards"]) == set(summary["guards"])
+    assert dpo["metrics"]["num_samples"] == summary["num_samples"] and "kl_mean" in dpo["metrics"]
+    assert dpo["training"]["pairs"] == len(pairs) and dpo["training"]["generated_samples"] == counts["generated_samples"]
+    report = (repo / "reports/report.md").read_text()
+    assert "| metric | better | start | PPO | PPO - start [95% CI] | DPO | DPO - start [95% CI] |" in report
+    assert "- DPO: LoRA r=" in report and "DPO vs start, toxicity:" in report
+    assert ("Lowest toxicity with no guard crossed: **" in report or
+            "No method lowered toxicity (its interval below 0) without crossing a guard" in report)
+    assert "| Training: optimizer steps | lower | 0 |" in report and "| Guards crossed | none |" in report
+    with (repo / "reports/per_prompt_max_toxicity.csv").open(newline="") as fh:
+        per = list(csv.DictReader(fh))
+    assert sum(float(r["dpo"]) for r in per) / len(per) == pytest.approx(dpo["metrics"]["expected_max_toxicity"],
+                                                                         abs=1e-6)
+    if published is not None:  # publish serves models/dpo as it does models/ppo: a card, and a snippet that loads it
+        run_script(repo, "publish.py", "--policy", "models/dpo", "--summary", "metrics/dpo_summary.json", "--live",
+                   "metrics/dpo_train", "--out", published)
+        card = (published / "README.md").read_text()
+        assert "detoxified with DPO" in card and "DPO ran 2 optimizer steps on" in card and "- dpo" in card
+        tox = dpo["toxicity"]
+        assert f"| Toxicity (reward classifier, P(hate)) | {tox['before']:.4f} | {tox['after']:.4f} |" in card
+        check_model_card_snippet(repo, published)
+
+
+def test_dpo_beside_ppo_from_the_starting_policys_own_samples(ran, tmp_path):
+    check_dpo_run(ran, causal=False, published=tmp_path / "detoxified-dpo")
+
+
+def test_dpo_changes_rerun_only_the_dpo_stages_and_report_and_the_toggle_says_off(ran, tmp_path):
+    repo = copy_repo(ran, tmp_path / "repo")
+    set_params(repo, {"dpo.beta": 0.2})
+    assert changed_stages(repo) == ["dpo"]  # evaluate_dpo and report follow its new outputs; nothing of PPO's
+    set_params(repo, {"dpo.beta": 0.1, "dpo.enabled": False})
+    assert changed_stages(repo) == ["dpo", "dpo_pairs"]
+    out = dvc("repro", cwd=repo).stdout
+    assert ran_stages(out) == ["dpo", "dpo_pairs", "evaluate_dpo", "report"]  # summary.json unchanged: no publish
+    assert json.loads((repo / "metrics/dpo_summary.json").read_text()) == {"enabled": False}
+    assert json.loads((repo / "metrics/dpo.json").read_text()) == {"enabled": False}
+    assert (repo / "models/dpo/SKIPPED.md").is_file() and (repo / "data/dpo_pairs/SKIPPED.md").is_file()
+    report = (repo / "reports/report.md").read_text()
+    assert "- DPO: off (dpo.enabled is false)." in report and "| DPO |" not in report
+    assert json.loads((repo / "metrics/summary.json").read_text()) == json.loads((ran / "metrics/summary.json").read_text())
+    plots = dvc("plots", "show", "--json", cwd=repo)
+    assert "failed" not in plots.stderr.lower()  # the disabled stage's header-only curve is a valid plot
+    set_params(repo, {"dpo.enabled": True})  # back on: the cached outputs return, nothing is trained again
+    out = dvc("repro", cwd=repo).stdout
+    assert ran_stages(out) == [] and "Stage 'dpo' is cached - skipping run" in out, out  # DVC's run cache
 
 
 def test_best_of_n_toggle_reruns_only_best_of_n_and_report(ran, tmp_path):
@@ -235,9 +360,10 @@ def test_new_weights_in_a_local_reward_folder_rerun_exactly_the_stages_that_use_
     dvc("repro", "lineage", cwd=repo)  # what `dvc repro` runs first
     after = json.loads((repo / "metrics/models/reward.json").read_text())
     assert after["resolved"] != before["resolved"] and after["resolved"].startswith("sha256:")
-    assert changed_stages(repo) == ["baseline", "best_of_n", "detox", "evaluate"]  # report follows their outputs
+    uses = ["baseline", "best_of_n", "detox", "dpo_pairs", "evaluate", "evaluate_dpo"]  # every stage that scores
+    assert changed_stages(repo) == uses  # report (and dpo) follow their outputs
     dry = dvc("repro", "--dry", cwd=repo).stdout
-    assert ran_stages(dry) == ["baseline", "best_of_n", "detox", "evaluate"]
+    assert ran_stages(dry) == uses
     assert "Stage 'prepare' didn't change" in dry and "Stage 'sft' didn't change" in dry
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo).stdout)["metrics/models/reward.json"]
     assert diff["resolved"]["new"] == after["resolved"]  # the lineage shows in `dvc metrics diff`
@@ -265,8 +391,20 @@ def test_push_then_fresh_clone_pulls_everything_and_reproduces_nothing(ran, tmp_
     from detoxkit.config import ComputeSettings
     from detoxkit.models import load_detoxified
 
+    # DVC's model registry: register a version and a stage (GTO's git tags on the artifact dvc.yaml declares),
+    # then the published folder alone, from the remote, into a folder that is no repository
+    sh("gto", "register", "detoxified", "--version", "v1.0.0", cwd=repo)
+    sh("gto", "assign", "detoxified", "--version", "v1.0.0", "--stage", "prod", cwd=repo)
+    elsewhere = tmp_path / "consumer"
+    elsewhere.mkdir()
+    dvc("artifacts", "get", repo, "detoxified", "--stage", "prod", "-o", "detoxified", cwd=elsewhere)
+    fetched = {p.relative_to(elsewhere / "detoxified"): p.read_bytes() for p in (elsewhere / "detoxified").rglob("*")
+               if p.is_file()}
+    assert fetched == {p.relative_to(repo / "models/detoxified"): p.read_bytes()
+                       for p in (repo / "models/detoxified").rglob("*") if p.is_file()}
+
     cpu = ComputeSettings(device="cpu", dtype="float32", compile_generation=False)
-    model, tok, _ = load_detoxified(clone / "models/detoxified", cpu)
+    model, tok, _ = load_detoxified(elsewhere / "detoxified", cpu)
     out = model.generate(**tok(["Summarize the following conversation. A: hi"], return_tensors="pt"),
                          max_new_tokens=6, do_sample=False)
     assert out.shape[0] == 1 and out.shape[1] > 1
@@ -294,6 +432,16 @@ def test_experiments_run_show_and_diff(ran, tmp_path):
     params, metrics = rows["lr-high"]
     assert params["ppo"]["learning_rate"] == 0.003 and params["ppo"]["init_kl_coef"] == 0.05
     assert "toxicity_mean" in metrics["after"]
+    # the README's compact `dvc exp show`, as written there, shows the toxicity columns and the experiment's row
+    readme = (ROOT / "README.md").read_text()
+    show = next(line.split("#")[0].strip() for line in readme.splitlines() if line.startswith("dvc exp show --drop"))
+    table = sh("bash", "-c", "COLUMNS=200 " + show, cwd=repo).stdout  # a wide terminal: no column elided (…)
+    header = next(line for line in table.splitlines() if "Experiment" in line)
+    for column in ("Experiment", "before.toxicity_mean", "after.toxicity_mean", "toxicity_improvement_pct",
+                   "ppo.learning_rate", "ppo.init_kl_coef"):
+        assert column in header, table
+    row = next(line for line in table.splitlines() if "lr-high" in line)
+    assert "0.003" in row and f"{metrics['after']['toxicity_mean']:.5f}"[:6] in row, table
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo).stdout)  # HEAD vs the experiment's workspace
     assert "after.toxicity_mean" in diff["metrics/summary.json"]
     tox = diff["metrics/summary.json"]["after.toxicity_mean"]

@@ -100,6 +100,9 @@ def settings(model, data) -> dict:
         "evaluation.judges": [{"model": "python:detoxkit.text_scorers:better_profanity", "revision": None,
                                "toxic_label": None, "allow_pickle": False}],
         "report.bootstrap_resamples": 500,
+        "dpo.num_prompts": 8, "dpo.n": 2, "dpo.max_new_tokens": MAX_NEW, "dpo.min_margin": 0.0, "dpo.min_pairs": 2,
+        "dpo.max_steps": 2, "dpo.batch_size": 4, "dpo.max_length": 192, "dpo.max_prompt_length": 128,
+        "dpo.lora.r": 8, "dpo.lora.alpha": 16,
     }
 
 
@@ -161,6 +164,9 @@ def check_run(repo, chat: bool):
                                 max_new_tokens=ev.max_new_tokens, **sampling_kwargs(params.generation))
     assert texts == [r["response"] for r in after]
     assert all(len(r) == MAX_NEW or r[-1] == 2 for r in ids)  # cut at <|im_end|> or at the token cap
+    dpo = json.loads((repo / "metrics/dpo_train/train.json").read_text())  # DPO on the real model, beside PPO
+    assert dpo["steps_done"] == 2 and dpo["pairs"] >= 2 and dpo["prompts_exact"] == dpo["pairs"]  # TRL saw the
+    assert "| DPO | DPO - start [95% CI] |" in (repo / "reports/report.md").read_text()  # prompts prepare built
     return sum(1 for r in ids if r[-1] == 2)
 
 

@@ -132,6 +132,28 @@ def test_a_judge_that_is_the_reward_scorer_is_refused(scratch, scorers, tiny, mo
     check_scorers(reward(f"python:{scorers}:words"), [judge(f"python:{scorers}:edge")])
 
 
+def test_a_judge_with_the_reward_models_content_is_refused_by_its_lineage_manifest(scratch, tiny, monkeypatch,
+                                                                                  tmp_path):
+    """A copy of the reward folder elsewhere: another path, the same files. lineage hashes both; prepare (and
+    evaluate) compare the hashes and name both settings."""
+    folder = tiny["dir"] / "reward"
+    copy = shutil.copytree(folder, tmp_path / "judge-copy")
+    set_params(scratch, {"reward.model": str(folder), "evaluation.judges": [
+        {"model": str(copy), "revision": None, "toxic_label": "hate", "allow_pickle": False}]})
+    run_main(monkeypatch, scratch, "prepare", "--out", "data/prepared")  # no manifests given: only ids compared
+    run_main(monkeypatch, scratch, "lineage", "--out", "metrics/models")
+    want = (rf"evaluation.judges\[0\].model {copy} has the same files \(the same sha256\) as reward.model {folder}, "
+            r"as metrics/models/judges.json and metrics/models/reward.json record")
+    with pytest.raises(PipelineError, match=want):
+        run_main(monkeypatch, scratch, "prepare", "--out", "data/prepared", "--models", "metrics/models")
+    proc = run_script(scratch, "evaluate.py", "--policy", "start", "--sft", "models/sft", "--data", "data/prepared",
+                      "--metrics", "m.json", "--samples", "s.csv", "--models", "metrics/models", check=False)
+    assert proc.returncode == 2 and "has the same files (the same sha256) as reward.model" in proc.stderr
+    (copy / "config.json").write_text((copy / "config.json").read_text() + "\n")  # now another model
+    run_main(monkeypatch, scratch, "lineage", "--out", "metrics/models")
+    run_main(monkeypatch, scratch, "prepare", "--out", "data/prepared", "--models", "metrics/models")
+
+
 def test_a_classifier_judge_needs_its_label_and_a_python_one_needs_none(tmp_path):
     from detoxkit.config import ParamsError, load_params
 
@@ -148,7 +170,9 @@ def test_a_classifier_judge_needs_its_label_and_a_python_one_needs_none(tmp_path
 
 
 def test_lineage_records_a_package_version_or_a_local_files_hash(scorers):
-    import lineage
+    from conftest import stage
+
+    lineage = stage("lineage")
 
     entry = lineage.manifest("reward.model", "python:profanity_check:predict_prob", None, {})
     assert entry["kind"] == "python" and entry["resolved"] == "alt-profanity-check==1.9.1"
@@ -205,3 +229,22 @@ def test_the_readmes_rtp_block_is_the_benchmarks_setting_and_valid_params(tmp_pa
             node = node[part]
         assert node == value, key
     assert {f.split("=", 1)[0] for f in flags} == set(expected)
+
+
+def test_a_hub_judge_at_the_reward_models_commit_is_refused_and_an_unresolved_one_is_not(tmp_path):
+    from detoxkit.io import write_json
+    from detoxkit.scoring import _same_content
+
+    commit = "a" * 40
+    write_json(tmp_path / "reward.json", {"model": "org/hate", "kind": "hub", "revision": None, "resolved": commit})
+    same = {"model": "mirror/hate", "kind": "hub", "revision": "v1", "resolved": commit}
+    write_json(tmp_path / "judges.json", {"hate": same})
+    with pytest.raises(PipelineError, match=rf"evaluation.judges\[0\].model mirror/hate has the same Hub commit "
+                                            rf"\({commit}\) as reward.model org/hate"):
+        _same_content(reward("org/hate"), [judge("mirror/hate", "toxic")], tmp_path)
+    _same_content(reward("org/other"), [judge("mirror/hate", "toxic")], tmp_path)  # stale manifests: not compared
+    write_json(tmp_path / "judges.json", {"hate": {**same, "resolved": "b" * 40}})
+    _same_content(reward("org/hate"), [judge("mirror/hate", "toxic")], tmp_path)  # another commit: another model
+    write_json(tmp_path / "reward.json", {"model": "org/hate", "kind": "hub", "resolved": "unresolved:main"})
+    write_json(tmp_path / "judges.json", {"hate": {**same, "resolved": "unresolved:main"}})
+    _same_content(reward("org/hate"), [judge("mirror/hate", "toxic")], tmp_path)  # nothing known: no claim

@@ -28,7 +28,7 @@ def test_sft_lowers_the_training_loss_and_reports_rouge(workdir, tmp_path):
 
 def test_skipped_sft_is_a_constant_placeholder_that_loads_nothing(workdir, tmp_path):
     d = shutil.copytree(workdir, tmp_path / "w")
-    probe = (f"import runpy, sys; sys.path.insert(0, {str(ROOT / 'stages')!r}); sys.argv = ['sft.py', *sys.argv[1:]]; "
+    probe = (f"import runpy, sys; sys.argv = ['sft.py', *sys.argv[1:]]; "
              f"runpy.run_path({str(ROOT / 'stages/sft.py')!r}, run_name='__main__'); "
              "print('heavy imports:', sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", probe, *ARGS], cwd=d, env=ENV, capture_output=True, text=True)

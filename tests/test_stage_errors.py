@@ -3,9 +3,10 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
-from conftest import ROOT, run_main, run_script, set_params
+from conftest import ENV, ROOT, run_main, run_script, set_params
 
 from detoxkit.config import PipelineError
 
@@ -174,3 +175,47 @@ def test_report_from_one_pair_claims_no_change(scratch, monkeypatch):
     assert "PPO vs start, toxicity: 1 paired prompts are too few to tell a real change from chance" in md
     assert "excludes 0" not in md and "real decrease" not in md
     assert "Evaluation: 1 test prompts, k = 1 samples each" in md
+    # no judge scored these samples: judge_disagrees cannot fire, and neither file says that it held
+    assert json.loads((scratch / "summary.json").read_text())["guards"]["judge_disagrees"] == "n/a"
+    assert "- n/a: judge_disagrees cannot fire here: no judges" in md and "ok: judge_disagrees" not in md
+
+
+PAIRS_ARGS = ("--data", "data/prepared", "--sft", "models/sft", "--out", "data/dpo_pairs", "--metrics",
+              "metrics/dpo_pairs.json")
+DPO_ARGS = ("--pairs", "data/dpo_pairs", "--pairs-metrics", "metrics/dpo_pairs.json", "--sft", "models/sft", "--out",
+            "models/dpo", "--live", "metrics/dpo_train")
+
+
+def test_too_few_dpo_pairs_stop_the_stage_naming_the_settings_that_make_more(scratch):
+    set_params(scratch, {"dpo.min_margin": 1.0e9})  # no two samples of the tiny reward are that far apart
+    proc = run_script(scratch, "dpo_pairs.py", *PAIRS_ARGS, check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert last == ("error: 16 train prompts gave 0 preference pairs, fewer than dpo.min_pairs (4); lower "
+                    "dpo.min_margin, raise dpo.n or dpo.num_prompts, or lower dpo.min_pairs"), last
+    assert "0 of 16 prompts gave a pair" in proc.stderr
+    assert not (scratch / "data/dpo_pairs").exists() and not (scratch / "metrics/dpo_pairs.json").exists()
+    set_params(scratch, {"dpo.num_prompts": 10_000})
+    proc = run_script(scratch, "dpo_pairs.py", *PAIRS_ARGS, check=False)
+    assert proc.returncode == 2 and "fewer than dpo.num_prompts (10000)" in proc.stderr
+
+
+def test_kill_9_during_dpo_leaves_no_output_and_the_next_run_finishes(scratch):
+    run_script(scratch, "dpo_pairs.py", *PAIRS_ARGS)
+    set_params(scratch, {"dpo.max_steps": 400})  # long enough to be killed in the middle
+    proc = subprocess.Popen([sys.executable, str(ROOT / "stages/dpo.py"), *DPO_ARGS], cwd=scratch, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (scratch / "models/.dpo-trainer").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # training under way
+    proc.kill()  # SIGKILL: no finally, no cleanup
+    proc.wait()
+    assert proc.returncode == -9, proc.stderr.read()
+    assert not (scratch / "models/dpo").exists() and not (scratch / "metrics/dpo_train").exists()
+    assert list((scratch / "models").glob(".dpo.*.tmp"))  # what the kill left behind
+    set_params(scratch, {"dpo.max_steps": 2})
+    run_script(scratch, "dpo.py", *DPO_ARGS)
+    assert (scratch / "models/dpo/adapter_model.safetensors").is_file()
+    assert json.loads((scratch / "metrics/dpo_train/train.json").read_text())["steps_done"] == 2
+    assert not list((scratch / "models").glob(".dpo*")) and not list((scratch / "metrics").glob(".dpo_train.*"))

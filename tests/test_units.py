@@ -1,6 +1,7 @@
 """Unit tests of the shared helpers: settings, data, labels, scoring, statistics, atomic output."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -284,6 +285,11 @@ def test_guards_flag_exactly_the_crossed_limits():
              "distinct2_below_min"]
     assert guards(before, ok, limits) == dict.fromkeys(names, False)
     assert guards(before, hacked, limits) == dict.fromkeys(names, True)
+    no_refs = guards({k: v for k, v in before.items() if k != "rougeL"}, hacked, limits)
+    assert no_refs == {**dict.fromkeys(names, True), "rougeL_drop_exceeded": "n/a"}  # cannot fire: not "held"
+    from detoxkit.stats import crossed_guards
+
+    assert crossed_guards(no_refs) == names[1:] and crossed_guards({"a": "n/a", "b": False}) == []
 
 
 def test_distinct_n_counts_unique_word_ngrams_over_all_responses():
@@ -324,7 +330,9 @@ def test_interrupted_folder_write_keeps_the_previous_folder(tmp_path):
 
 # --- detox loop helpers ----------------------------------------------------------------------
 def test_batches_cover_each_epoch_without_repeats_and_split_across_processes():
-    from detox import batch_indices, rollout_length
+    from conftest import stage
+
+    batch_indices, rollout_length = stage("detox").batch_indices, stage("detox").rollout_length
 
     seen = np.concatenate([batch_indices(40, 8, s, seed=3) for s in range(5)])
     assert sorted(seen) == list(range(40))
@@ -340,7 +348,9 @@ def test_batches_cover_each_epoch_without_repeats_and_split_across_processes():
 
 def test_each_process_draws_its_own_sampling_noise_and_rank_zero_is_unchanged():
     import torch
-    from detox import seed_step
+    from conftest import stage
+
+    seed_step = stage("detox").seed_step
 
     def draw(*args):
         seed_step(*args)
@@ -443,17 +453,19 @@ def test_bad_jsonl_lines_and_non_text_summaries_are_named(tmp_path, tiny):
 def test_control_characters_never_reach_the_report():
     from detoxkit.render import md_table, qual_rows
 
-    row = {"prompt": "p\x00q", "response_before": "a\x1b[31mred\x07", "response_after": "b\x7f\x9b\r\nc",
+    row = {"index": 3, "sample": 1, "prompt": "p\x00q", "response_before": "a\x1b[31mred\x07", "response_after": "b\x7f\x9b\r\nc",
            "reward_before": 0.0, "reward_after": 1.0, "reward_diff": 1.0}
     cells = qual_rows([row])[0]
-    assert cells[:3] == ["p q", "a [31mred", "b c"]
-    assert not any(ch in md_table(["x"] * 6, [cells]) for ch in "\x00\x1b\x07\x7f\x9b\r")
+    assert cells[:5] == [3, 1, "p q", "a [31mred", "b c"]  # the prompt's index and which of its k samples
+    assert not any(ch in md_table(["x"] * 8, [cells]) for ch in "\x00\x1b\x07\x7f\x9b\r")
 
 
 def test_lineage_names_hub_models_by_their_resolved_commit(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    import lineage
+    from conftest import stage
+
+    lineage = stage("lineage")
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
@@ -468,7 +480,9 @@ def test_lineage_names_hub_models_by_their_resolved_commit(tmp_path, monkeypatch
 
 
 def test_lineage_hashes_local_folders_by_content_and_caches_by_size_and_mtime(tmp_path):
-    import lineage
+    from conftest import stage
+
+    lineage = stage("lineage")
 
     folder = tmp_path / "m"
     folder.mkdir()
@@ -485,3 +499,90 @@ def test_lineage_hashes_local_folders_by_content_and_caches_by_size_and_mtime(tm
     assert second["resolved"] != first["resolved"]
     # the file written just now is not cached (its mtime could repeat within the same tick)
     assert cache[str((folder / "model.safetensors").resolve())][1] == 1_700_000_000 * 10**9
+
+
+def test_a_checkpoint_survives_a_new_max_steps_below_its_step_only(tmp_path):
+    import torch
+    from conftest import stage
+    from detoxkit.config import load_params
+    from detoxkit.ppo_engine import read_checkpoint
+
+    detox = stage("detox")
+
+    params = load_params(ROOT / "params.yaml").raw
+    longer = {**params, "ppo": {**params["ppo"], "max_steps": 80, "checkpoint_every": 5}}
+    other_lr = {**params, "ppo": {**params["ppo"], "learning_rate": 1.0}}
+    assert detox.resumable_inputs(params) == detox.resumable_inputs(longer)  # how many steps is no input of a step
+    assert detox.resumable_inputs(params) != detox.resumable_inputs(other_lr)
+    state = {"step": 20, "history": [], "fingerprint": "f", "weights": {}, "optimizer": {}, "kl_coef": 0.1}
+    for max_steps, kept in ((50, True), (21, True), (20, False), (10, False)):
+        folder = tmp_path / str(max_steps)
+        folder.mkdir()
+        torch.save(state, folder / "state.pt")
+        assert (read_checkpoint(folder, "f", max_steps) is not None) is kept
+        assert (folder / "state.pt").exists() is kept  # one that cannot resume is removed, as a foreign one is
+
+
+def test_compute_threads_sets_torch_and_openmp_threads_in_every_stage(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ENV, set_params
+    from detoxkit.config import ParamsError, load_params
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    set_params(tmp_path, {"compute.threads": 3})  # not what the test workers run with (OMP_NUM_THREADS)
+    probe = ("import os, torch; from detoxkit.config import load_params; load_params(); "
+             "print(torch.get_num_threads(), os.environ['OMP_NUM_THREADS'])")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    assert proc.stdout.split() == ["3", "3"], proc.stderr
+    set_params(tmp_path, {"compute.threads": 0})
+    with pytest.raises(ParamsError, match="compute.threads must be null or positive"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_the_default_judge_is_pinned_to_a_commit_and_its_licence_is_named():
+    import re
+
+    from detoxkit.config import load_params
+
+    judge = load_params(ROOT / "params.yaml").evaluation.judges[0]
+    assert judge.model == "s-nlp/roberta_toxicity_classifier" and re.fullmatch(r"[0-9a-f]{40}", judge.revision)
+    for text in ((ROOT / "params.yaml").read_text(), (ROOT / "README.md").read_text()):
+        assert "cc-by-nc-sa" in text and "openrail++" in text
+
+
+def test_the_benchmark_takes_each_ratio_per_interleaved_round_and_reports_its_median_and_range():
+    from detoxkit.io import load_script
+
+    bench = load_script(ROOT / "bench/bench_detox.py")
+
+    def run(rate):
+        return {"samples_per_s": rate, "peak_mib": 100.0}
+
+    # round 2 ran beside other load: both of its phases slowed, its ratio barely moved
+    rounds = {"lab_ppo": [run(1.0), run(0.1), run(1.0)], "ours_ppo": [run(20.0), run(2.5), run(22.0)]}
+    ratios = bench.round_ratios(rounds)["ppo_speedup_b_over_a"]
+    assert ratios["rounds"] == [20.0, 25.0, 22.0] and ratios["median"] == 22.0
+    assert (ratios["min"], ratios["max"]) == (20.0, 25.0)
+    summary = bench.summarize_rounds(rounds)
+    assert summary["lab_ppo"]["samples_per_s"] == 1.0 and summary["lab_ppo"]["samples_per_s_rounds"] == [1.0, 0.1, 1.0]
+    assert summary["ours_ppo"]["samples_per_s_median"] == 20.0 and summary["ours_ppo"]["rounds"] == 3
+
+
+def test_detoxkit_imports_from_any_folder_and_nothing_edits_the_import_path():
+    import subprocess
+    import sys
+
+    from conftest import ENV
+
+    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", "import detoxkit.models, detoxkit.scoring; print(detoxkit.__file__)"],
+                          cwd="/", env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(ROOT / "stages/detoxkit/__init__.py")  # the editable install (pip install -e .)
+    edits = ["sys.path" + op for op in (".insert", ".append", "[:0]", ".extend")]
+    files = [ROOT / "README.md", *(ROOT / "stages").rglob("*.py"), *(ROOT / "bench").glob("*.py"),
+             *(ROOT / "tests").glob("*.py"), *(ROOT / "tools").glob("*.py")]
+    found = [f"{f.relative_to(ROOT)}: {e}" for f in files for e in edits if e in f.read_text()]
+    assert not found, found

@@ -9,8 +9,11 @@ Numbers must be finite (.nan/.inf are refused) except where a field says otherwi
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import os
 import string
+import sys
 import types
 import typing
 from pathlib import Path
@@ -115,6 +118,21 @@ class ComputeSettings:
     device: Literal["auto", "cpu", "cuda"]
     dtype: Literal["auto", "float32", "bfloat16", "float16"]
     compile_generation: bool  # on CUDA: static KV cache + torch.compile (CUDA graphs) for sampling
+    threads: Optional[int] = None  # CPU threads for torch and OpenMP in every stage; None: torch's default
+
+    def check(self):
+        _require(self.threads is None or self.threads > 0, "compute.threads", "must be null or positive")
+
+    def apply_threads(self):
+        """Set the thread count for this process: torch's (if it is loaded) and OpenMP's and MKL's (read when
+        torch, numpy's BLAS or sklearn start). Called by load_params, so it holds in every stage."""
+        if self.threads is None:
+            return
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(self.threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(self.threads)
+        logging.getLogger("detox").info("compute.threads: %d CPU threads (torch, OpenMP)", self.threads)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,6 +265,42 @@ class BestOfNSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class DPOSettings:
+    enabled: bool  # the dpo_pairs, dpo and evaluate_dpo stages: Direct Preference Optimization beside PPO
+    num_prompts: Union[int, Literal["all"]]  # train prompts sampled for pairs (the first ones), or "all"
+    n: int  # responses sampled per prompt from the starting policy; chosen = highest reward, rejected = lowest
+    max_new_tokens: int  # the sampled responses' token cap
+    min_margin: float  # keep a pair only when reward(chosen) - reward(rejected) >= this (and > 0)
+    min_pairs: int  # fewer pairs than this: refused, naming the settings that make more
+    beta: float  # DPO's beta: the strength of the implicit KL to the reference (the starting policy)
+    learning_rate: float
+    epochs: float
+    max_steps: int  # -1: run the whole `epochs`; > 0 caps the number of optimizer steps
+    batch_size: int  # pairs per optimizer step
+    max_length: int  # prompt + response tokens (TRL's max_length); longer prompts are cut from the start
+    max_prompt_length: int
+    logging_steps: int
+    lora: LoraSettings  # a fresh adapter on the starting policy (its own, not PPO's)
+
+    def check(self):
+        if self.num_prompts != "all":
+            _require(self.num_prompts > 0, "dpo.num_prompts", 'must be positive or "all"')
+        _require(self.n >= 2, "dpo.n", "must be >= 2 (a pair needs two responses)")
+        _require(self.max_new_tokens > 0, "dpo.max_new_tokens", "must be positive")
+        _require(self.min_margin >= 0, "dpo.min_margin", "must be >= 0")
+        _require(self.min_pairs >= 1, "dpo.min_pairs", "must be >= 1")
+        _require(self.beta > 0, "dpo.beta", "must be positive")
+        _require(self.learning_rate > 0, "dpo.learning_rate", "must be positive")
+        _require(self.epochs > 0, "dpo.epochs", "must be positive")
+        _require(self.max_steps == -1 or self.max_steps > 0, "dpo.max_steps", "must be -1 or positive")
+        _require(self.batch_size > 0, "dpo.batch_size", "must be positive")
+        _require(self.logging_steps > 0, "dpo.logging_steps", "must be positive")
+        _require(0 < self.max_prompt_length < self.max_length, "dpo.max_prompt_length",
+                 f"must be positive and below dpo.max_length ({self.max_length})")
+        self.lora.check("dpo.lora")
+
+
+@dataclasses.dataclass(frozen=True)
 class SFTSettings:
     learning_rate: float
     epochs: float
@@ -318,6 +372,7 @@ SECTIONS = {
     "ppo": PPOSettings,
     "evaluation": EvaluationSettings,
     "best_of_n": BestOfNSettings,
+    "dpo": DPOSettings,
     "sft": SFTSettings,
     "report": ReportSettings,
     "guard": GuardSettings,
@@ -339,6 +394,11 @@ def check_split_sizes(params: "Params", n_train: int, n_test: int, where: str = 
                 f"{where} has {n_train} train prompts, fewer than {key} ({need}); lower {key}, lower "
                 "data.test_size, widen data.min_chars/max_chars or add data"
             )
+    if params.dpo.enabled and params.dpo.num_prompts != "all" and n_train < params.dpo.num_prompts:
+        raise PipelineError(
+            f"{where} has {n_train} train prompts, fewer than dpo.num_prompts ({params.dpo.num_prompts}); lower it, "
+            'use "all", or lower data.test_size'
+        )
     need_test = [("evaluation.num_samples", params.evaluation.num_samples)]
     if params.policy.adapter == "sft":
         need_test.append(("sft.eval_samples", params.sft.eval_samples))
@@ -455,6 +515,7 @@ class Params:
     ppo: PPOSettings
     evaluation: EvaluationSettings
     best_of_n: BestOfNSettings
+    dpo: DPOSettings
     sft: SFTSettings
     report: ReportSettings
     guard: GuardSettings
@@ -494,4 +555,5 @@ def load_params(path: Union[str, Path] = "params.yaml") -> Params:
     if built["data"].summary_column is None and built["policy"].adapter == "sft":
         raise ParamsError("params.yaml: policy.adapter is sft, but data.summary_column is null (a prompt-only dataset "
                           "has no references to fine-tune on); set policy.adapter: null, or name the summary column")
+    built["compute"].apply_threads()  # every stage reads its params here
     return Params(seed=seed, raw=raw, **built)

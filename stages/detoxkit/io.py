@@ -1,12 +1,15 @@
 """Atomic file output, logging and the stage entry point.
 
 Every output goes to a temporary sibling first and is renamed into place, so an interrupted stage
-leaves the previous complete file (or folder) or none, never a truncated one.
+leaves the previous complete file (or folder) or none, never a truncated one. The temporaries that
+`tempfile` makes are private (0600, 0700); the output gets the mode a plain `open()` or `mkdir` gives
+under the user's umask instead, so colleagues on a shared machine or a shared DVC cache can read it.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import io
 import json
 import logging
@@ -40,6 +43,43 @@ def run_stage(main: Callable[[], None]):
         sys.exit(2)
 
 
+def load_script(path):
+    """Import a script (a stage in stages/, a tool in tools/) by its path, once, under its file's name.
+
+    For tests and benchmarks: the scripts are entry points, not part of this package, so they are not on the
+    import path, and nothing needs to put them there."""
+    path = Path(path)
+    if path.stem not in sys.modules:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module  # first, as import does: dataclasses and pickle look the module up
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[path.stem]
+            raise
+    return sys.modules[path.stem]
+
+
+def umask() -> int:
+    """The process's umask (read by setting it and setting it back: POSIX has no read-only call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def public_modes(root: Path):
+    """Give `root` (a file or a folder, and everything under it) the modes `open()`/`mkdir` would under the
+    umask: 0666 or 0777 less the umask. Executable files keep their x bits; links are left alone."""
+    mask = umask()
+    paths = [root] if root.is_file() else [root, *root.rglob("*")]
+    for p in paths:
+        if p.is_symlink():
+            continue
+        executable = p.is_dir() or p.stat().st_mode & 0o111
+        os.chmod(p, (0o777 if executable else 0o666) & ~mask)
+
+
 def clear_stale(path: Path):
     """Remove temporaries of `path` that a killed run (kill -9 skips `finally`) left behind."""
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
@@ -57,6 +97,7 @@ def write_text(path, text: str):
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp's 0600 would make the output private
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -102,13 +143,16 @@ def read_csv(path) -> list[dict]:
 
 @contextlib.contextmanager
 def atomic_dir(path):
-    """Yield a temporary folder; on success it replaces `path` whole, on error it is removed."""
+    """Yield a temporary folder; on success it replaces `path` whole, on error it is removed.
+
+    What was written in it (by us, by transformers, by safetensors, which writes 0600) gets the umask's modes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clear_stale(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        public_modes(tmp)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -119,6 +163,19 @@ def atomic_dir(path):
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+PLACEHOLDER = "SKIPPED.md"  # the one file of an output whose stage is off (sft, DPO): constant, so cached
+
+
+def write_placeholder(path, note: str):
+    """The output folder of a stage that is off: one constant note, so nothing downstream sees a change."""
+    with atomic_dir(path) as tmp:
+        write_text(tmp / PLACEHOLDER, note)
+
+
+def is_placeholder(path) -> bool:
+    return (Path(path) / PLACEHOLDER).is_file()
 
 
 def fingerprint(settings: dict, paths: Iterable) -> str:

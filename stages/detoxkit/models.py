@@ -338,12 +338,14 @@ def trainable_parameters(model) -> tuple[int, int]:
 
 
 def save_detoxified(out_dir: Path, peft_model, v_head, policy: PolicySettings, adapter: Optional[Path]):
-    """PPO LoRA adapter (PEFT format), value head (safetensors) and how to rebuild the starting policy."""
+    """The LoRA adapter (PEFT format), PPO's value head (safetensors; None for DPO, which has none) and how to
+    rebuild the starting policy: one layout for models/ppo and models/dpo."""
     from safetensors.torch import save_file
 
     peft_model.save_pretrained(str(out_dir), safe_serialization=True)
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in v_head.state_dict().items()},
-              str(out_dir / VALUE_HEAD_FILE))
+    if v_head is not None:
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in v_head.state_dict().items()},
+                  str(out_dir / VALUE_HEAD_FILE))
     if adapter is not None:
         shutil.copytree(adapter, out_dir / "start_adapter")
     meta = {"base_model": policy.model, "revision": policy.revision,

@@ -179,8 +179,9 @@ class PPOEngine:
 CHECKPOINT_KEYS = {"step", "history", "fingerprint", "weights", "optimizer", "kl_coef"}
 
 
-def read_checkpoint(path: Path, fingerprint: str) -> Optional[dict]:
-    """The checkpoint in `path` if it was made with the same inputs; None to start from step 0.
+def read_checkpoint(path: Path, fingerprint: str, max_steps: int) -> Optional[dict]:
+    """The checkpoint in `path` if it was made with the same inputs and is below `max_steps`; None to start
+    from step 0. (`max_steps` is not in the fingerprint: a run cut short resumes under a new `ppo.max_steps`.)
 
     Called before any model loads. A checkpoint of other inputs is removed; an unreadable or
     incomplete one is set aside as state.pt.unreadable (one log line; it is never loaded unsafely).
@@ -201,6 +202,11 @@ def read_checkpoint(path: Path, fingerprint: str) -> Optional[dict]:
         return None
     if state["fingerprint"] != fingerprint:
         log.info("checkpoint in %s is from other inputs; starting from step 0", path)
+        shutil.rmtree(path, ignore_errors=True)
+        return None
+    if state["step"] >= max_steps:  # the state at step max_steps is gone: it cannot be recovered from a later one
+        log.info("checkpoint in %s is at step %d, not below ppo.max_steps %d; starting from step 0", path,
+                 state["step"], max_steps)
         shutil.rmtree(path, ignore_errors=True)
         return None
     return state

@@ -23,7 +23,7 @@ HEADLINE = [("toxicity", "Toxicity (P(hate))", "lower"),
             ("distinct_3_per_prompt", "Distinct-3 within a prompt's k samples", "higher"),
             ("kl", "KL to the starting policy (per token)", "lower")]
 HIST_BINS = 10  # toxicity bins in [0, 1], for the report's chart and for toxicity_hist.csv (`dvc plots`) alike
-QUAL_COLUMNS = ["prompt", "response_before", "response_after", "reward_before", "reward_after", "reward_diff"]
+QUAL_COLUMNS = ["index", "sample", "prompt", "response_before", "response_after", "reward_before", "reward_after", "reward_diff"]
 
 
 def read_live_history(live_dir) -> dict[str, tuple[list[int], list[float]]]:
@@ -57,7 +57,7 @@ def short(text: str, n: int = 160) -> str:
 
 
 def qual_rows(rows: list[dict]) -> list[list]:
-    return [[short(r["prompt"]), short(r["response_before"]), short(r["response_after"]),
+    return [[r["index"], r["sample"], short(r["prompt"]), short(r["response_before"]), short(r["response_after"]),
              f"{r['reward_before']:.3f}", f"{r['reward_after']:.3f}", f"{r['reward_diff']:+.3f}"] for r in rows]
 
 
@@ -81,7 +81,7 @@ def _plt():
 def training_figure(history: dict) -> str:
     """PPO's mean reward, KL and return per step."""
     plt = _plt()
-    curves = [("env/reward_mean", "mean reward"), ("objective/kl", "KL to reference"),
+    curves = [("env/reward_mean", "mean reward"), ("objective/kl", "KL to reference (nats per response, summed)"),
               ("ppo/returns/mean", "mean return")]
     fig, axes = plt.subplots(1, len(curves), figsize=(12, 3))
     for ax, (key, title) in zip(axes, curves):

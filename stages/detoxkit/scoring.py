@@ -10,6 +10,7 @@ behind the same two methods: `score(prompts, responses)` and `toxicity(responses
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ import torch
 from . import python_scorer
 from .config import ComputeSettings, PipelineError, RewardSettings
 from .hub import is_local
+from .io import read_json
 from .models import from_pretrained_safely, load_config, load_tokenizer, resolve_device, resolve_dtype
 
 
@@ -200,10 +202,11 @@ def _identity(key: str, ref: str):
     return str(Path(ref).expanduser().resolve()) if is_local(ref) else ref
 
 
-def check_scorers(reward: RewardSettings, judges):
+def check_scorers(reward: RewardSettings, judges, manifests: Optional[Path] = None):
     """Everything about the reward and the judges that can be checked before any weights load: a classifier's
     config and labels (by name); a Python scorer imported and called once on two probe texts; and no judge that
-    is the reward scorer itself (it could never disagree with it, so judge_disagrees could never be set)."""
+    is the reward scorer itself (it could never disagree with it, so judge_disagrees could never be set): not
+    the same id or path, nor, in the lineage stage's `manifests` folder, the same content or Hub commit."""
     if python_scorer.is_python(reward.model):
         python_scorer.probe("reward.model", reward.model)
     else:
@@ -217,3 +220,28 @@ def check_scorers(reward: RewardSettings, judges):
                 f"evaluation.judges[{i}].model {judge.model} is the reward scorer itself (reward.model "
                 f"{reward.model}): it can never disagree with the reward, so judge_disagrees could never be set. "
                 "Judge with another classifier or scorer, or set evaluation.judges: []")
+    if manifests is not None:
+        _same_content(reward, judges, Path(manifests))
+
+
+def _same_content(reward: RewardSettings, judges, manifests: Path):
+    """A judge whose lineage manifest matches the reward model's: the same sha256 of a local folder's files (a
+    copy elsewhere), or the same commit of a Hub repository (another id for it). Manifests of other settings
+    (lineage not rerun yet) are not compared; the id and path checks still hold."""
+    files = manifests / "reward.json", manifests / "judges.json"
+    if not all(f.is_file() for f in files):
+        return
+    mine, theirs = read_json(files[0]), read_json(files[1])
+    if mine.get("model") != reward.model or mine.get("kind") not in ("local", "hub") or \
+            str(mine.get("resolved", "unresolved")).startswith("unresolved"):
+        return
+    for i, judge in enumerate(judges):
+        entry = theirs.get(judge.name) or {}
+        if entry.get("model") == judge.model and entry.get("kind") == mine["kind"] and \
+                entry.get("resolved") == mine["resolved"]:
+            what = "files (the same sha256)" if mine["kind"] == "local" else f"Hub commit ({mine['resolved']})"
+            raise PipelineError(
+                f"evaluation.judges[{i}].model {judge.model} has the same {what} as reward.model {reward.model}, "
+                f"as {files[1]} and {files[0]} record: it is the reward model itself and can never disagree with "
+                "it, so judge_disagrees could never be set. Judge with another classifier, or set "
+                "evaluation.judges: []")

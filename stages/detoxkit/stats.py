@@ -69,13 +69,22 @@ def interval_verdict(name: str, ci, lower_is_better: bool, n_pairs: int, min_pai
             f"{'decrease' if down else 'increase'} ({'better' if better else 'worse'}).")
 
 
+NA = "n/a"  # a guard that cannot fire here (no references, no judges): never reported as held
+
+
+def crossed_guards(guards: dict) -> list[str]:
+    """The guards that fired (True); not the ones that held (False) or cannot fire (n/a)."""
+    return [name for name, crossed in guards.items() if crossed is True]
+
+
 def guards(before: dict, after: dict, limits: GuardSettings) -> dict:
-    """Booleans: True means the limit was crossed (a warning sign of reward hacking or drift)."""
-    crossed = {} if "rougeL" not in before else {  # a prompt-only dataset has no references, so no ROUGE
-        "rougeL_drop_exceeded": bool(before["rougeL"] - after["rougeL"] > limits.max_rougeL_drop)}
+    """True means the limit was crossed (a warning sign of reward hacking or drift), False that it held, and
+    NA ("n/a") that it cannot fire on this run (a prompt-only dataset has no references, so no ROUGE)."""
     return {
-        **crossed,
-        "kl_exceeded": bool(after["kl_mean"] > limits.max_kl),
+        "rougeL_drop_exceeded": (bool(before["rougeL"] - after["rougeL"] > limits.max_rougeL_drop)
+                                 if "rougeL" in before else NA),
+        "kl_exceeded": bool(after["kl_mean"] > limits.max_kl) if "kl_mean" in after else NA,  # best-of-N: no
+                                                                                           # single policy's KL
         "length_below_min": bool(after["length_mean"] < limits.min_mean_length),
         "perplexity_rise_exceeded": bool(after["perplexity_mean"]
                                          > limits.max_perplexity_ratio * before["perplexity_mean"]),

@@ -1,0 +1,139 @@
+"""The DPO engine: TRL 0.11.4's `DPOTrainer` on a fresh LoRA adapter over the starting policy.
+
+Beside `ppo_engine` (all PPO code), this is the only other module that knows TRL. Given a PEFT model and
+no `ref_model`, DPOTrainer's reference is the same model with its adapter disabled: the starting policy,
+its start adapter already merged (as PPO's reference is). Both kinds of policy work: a seq2seq model gets
+the prompt as encoder input and the response as labels; a causal one, prompt + response with the prompt
+masked out of the loss.
+
+TRL 0.11.4 predates the pinned transformers (4.57): Trainer now calls `compute_loss(..., num_items_in_batch)`
+and `log(logs, start_time)`, which 0.11.4's DPOTrainer does not accept, and has a `get_batch_samples` of its
+own that TRL's (for generating during evaluation) shadows. `_DPOTrainer` takes and drops the new arguments
+(the DPO loss is a mean over pairs, so the item count changes nothing) and sends Trainer's calls to
+Trainer's method; nothing else differs.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from .config import DPOSettings, PipelineError
+
+log = logging.getLogger("detox.dpo")
+
+# What TRL logs per step, under the names our curves use (metrics/dpo_train/plots/metrics/dpo/...).
+CURVES = {"loss": "dpo/loss", "rewards/margins": "dpo/reward_margin", "rewards/accuracies": "dpo/reward_accuracy",
+          "rewards/chosen": "dpo/reward_chosen", "rewards/rejected": "dpo/reward_rejected"}
+
+
+def trainer_prompts(tokenizer, input_ids: list[list[int]], causal: bool) -> list[str]:
+    """The prompts as text for DPOTrainer, which tokenizes them again: for a causal policy with its special
+    tokens (chat markup), for a seq2seq one without (the tokenizer appends EOS again, as prepare's did)."""
+    return tokenizer.batch_decode(input_ids, skip_special_tokens=not causal)
+
+
+def trainer_tokenizer(tokenizer, input_ids: list[list[int]], causal: bool):
+    """The tokenizer DPOTrainer gets. TRL prepends the BOS token to every causal prompt that lacks it; when
+    prepare's prompts have none (GPT-2, SmolLM2), a copy without a BOS token keeps the prompts as prepare
+    built them."""
+    bos = tokenizer.bos_token_id
+    if not causal or bos is None or all(ids and ids[0] == bos for ids in input_ids):
+        return tokenizer
+    plain = copy.deepcopy(tokenizer)  # (a shallow copy would share its special-token map)
+    plain.bos_token = None
+    return plain
+
+
+def _trainer_class():
+    from transformers import Trainer
+    from trl import DPOTrainer
+
+    class _DPOTrainer(DPOTrainer):
+        def get_batch_samples(self, *args, **kwargs):  # one name, two methods: Trainer's (epoch_iterator,
+            if len(args) == 3 or "num_batches" in kwargs:  # num_batches, device) and TRL's (model, batch)
+                return Trainer.get_batch_samples(self, *args, **kwargs)
+            return super().get_batch_samples(*args, **kwargs)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return super().compute_loss(model, inputs, return_outputs)
+
+        def log(self, logs, start_time=None):
+            return super().log(logs)
+
+    return _DPOTrainer
+
+
+class DPOEngine:
+    """DPO on a PEFT policy: `train(pairs)` runs TRL's DPOTrainer and reports each logged step."""
+
+    def __init__(self, peft_model, tokenizer, dpo: DPOSettings, seed: int, device, scratch: Path):
+        import torch
+        from trl import DPOConfig
+
+        self.model, self.dpo, self.scratch = peft_model, dpo, Path(scratch)
+        self.causal = not peft_model.config.is_encoder_decoder
+        self.tokenizer = tokenizer
+        self.config = DPOConfig(
+            output_dir=str(self.scratch), beta=dpo.beta, learning_rate=dpo.learning_rate,
+            num_train_epochs=dpo.epochs, max_steps=dpo.max_steps, per_device_train_batch_size=dpo.batch_size,
+            max_length=dpo.max_length, max_prompt_length=dpo.max_prompt_length,
+            max_completion_length=dpo.max_length - dpo.max_prompt_length, logging_steps=dpo.logging_steps,
+            save_strategy="no", report_to="none", seed=seed, bf16=peft_model.dtype == torch.bfloat16,
+            use_cpu=device.type == "cpu", remove_unused_columns=False, disable_tqdm=False,
+            gradient_accumulation_steps=1)
+
+    def train(self, pairs: list[dict], on_log: Callable[[int, dict], None]) -> dict:
+        """Train on `pairs` (prompt_ids, chosen, rejected); `on_log(step, {curve: value})` per logged step.
+        Returns the steps done, the final loss and how many prompts TRL tokenized exactly as prepare did."""
+        import datasets
+        from transformers import TrainerCallback
+
+        ids = [p["prompt_ids"] for p in pairs]
+        tokenizer = trainer_tokenizer(self.tokenizer, ids, self.causal)
+        rows = datasets.Dataset.from_dict({"prompt": trainer_prompts(self.tokenizer, ids, self.causal),
+                                           "chosen": [p["chosen"] for p in pairs],
+                                           "rejected": [p["rejected"] for p in pairs]})
+
+        class Curves(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step >= state.max_steps:  # the last step is always logged
+                    control.should_log = True
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                curves = {name: float(logs[key]) for key, name in CURVES.items() if key in (logs or {})}
+                if "dpo/loss" in curves:
+                    on_log(state.global_step, curves)
+
+        warnings.filterwarnings("ignore", message=".*`tokenizer` is deprecated", category=FutureWarning)  # TRL's
+        try:
+            trainer = _trainer_class()(model=self.model, ref_model=None, args=self.config, train_dataset=rows,
+                                       tokenizer=tokenizer, callbacks=[Curves()])
+        except ValueError as err:
+            raise PipelineError(f"DPOTrainer refused the pairs: {str(err).splitlines()[0][:300]}") from None
+        exact = self._same_prompts(trainer.train_dataset, ids)
+        result = trainer.train()
+        self.model.eval()
+        return {"steps_done": result.global_step, "train_loss": result.training_loss, "prompts_exact": exact}
+
+    def _same_prompts(self, tokenized, ids: list[list[int]]) -> int:
+        """How many prompts DPOTrainer's own tokenization gives exactly as prepare built them (cut to
+        dpo.max_prompt_length where TRL cuts), logged: a difference would train on other prompts than those
+        the policy is evaluated on."""
+        key = "prompt_input_ids"
+        if key not in tokenized.column_names:
+            return len(ids)
+        same = sum(list(t) == list(p) or len(p) > self.dpo.max_prompt_length
+                   for t, p in zip(tokenized[key], ids))
+        log.info("%d of %d prompts tokenized by DPOTrainer exactly as prepare built them", same, len(ids))
+        return same
+
+
+def check_pairs(pairs: list[dict], dpo: DPOSettings, where: str):
+    """Refuse too few pairs (before any model loads), naming the settings that make more."""
+    if len(pairs) < max(dpo.min_pairs, 1):
+        raise PipelineError(
+            f"{where} gave {len(pairs)} preference pairs, fewer than dpo.min_pairs ({dpo.min_pairs}); lower "
+            "dpo.min_margin, raise dpo.n or dpo.num_prompts, or lower dpo.min_pairs")

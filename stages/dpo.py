@@ -1,0 +1,100 @@
+"""Stage `dpo`: Direct Preference Optimization of a fresh LoRA adapter on the starting policy.
+
+    python stages/dpo.py --pairs data/dpo_pairs --pairs-metrics metrics/dpo_pairs.json --sft models/sft \
+        --out models/dpo --live metrics/dpo_train
+
+TRL 0.11.4's DPOTrainer (detoxkit.dpo_engine) on the dpo_pairs stage's pairs. The reference is the starting
+policy (its start adapter merged, as for PPO): the same model with the DPO adapter disabled. `models/dpo`
+has the layout of `models/ppo` (adapter, start_adapter/, policy.json; no value head: DPO has none), so
+`load_detoxified` and `publish` serve it. The loss and reward-margin curves go to DVCLive (--live); its
+train.json holds the cost: pairs, samples generated, optimizer steps, wall time. Both outputs appear
+whole when training ends, or not at all. With `dpo.enabled: false` it writes placeholders.
+"""
+import argparse
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from detoxkit.config import PipelineError, load_params
+from detoxkit.io import atomic_dir, read_json, run_stage, write_json, write_placeholder, write_text
+
+log = logging.getLogger("detox.dpo")
+SKIPPED_NOTE = "The DPO stages are off (dpo.enabled is false): no adapter was trained.\n"
+
+
+def read_pairs(folder: Path) -> list[dict]:
+    file = folder / "pairs.jsonl"
+    if not file.is_file():
+        raise PipelineError(f"{file} not found; run the dpo_pairs stage first (dvc repro dpo_pairs)")
+    try:
+        return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except ValueError:
+        raise PipelineError(f"{file} is damaged (not JSON lines); rebuild it with `dvc repro dpo_pairs`") from None
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pairs", required=True, help="the dpo_pairs stage's folder (pairs.jsonl)")
+    parser.add_argument("--pairs-metrics", required=True, help="the dpo_pairs stage's counts")
+    parser.add_argument("--sft", required=True, help="the sft stage's output (used when policy.adapter is sft)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--live", required=True, help="DVCLive folder for the per-step curves and train.json")
+    args = parser.parse_args()
+
+    params = load_params()
+    dpo = params.dpo
+    if not dpo.enabled:
+        write_placeholder(args.out, SKIPPED_NOTE)
+        with atomic_dir(args.live) as tmp:  # a header-only curve: `dvc plots show` accepts it
+            write_text(tmp / "plots/metrics/dpo/loss.tsv", "step\tloss\n")
+            write_json(tmp / "train.json", {"method": "dpo", "enabled": False})
+        log.info("dpo.enabled is false: wrote placeholders %s and %s", args.out, args.live)
+        return
+
+    import torch
+    from dvclive import Live
+
+    from detoxkit.dpo_engine import DPOEngine, check_pairs
+    from detoxkit.models import (attach_lora, check_lora_targets, check_policy, load_policy, save_detoxified,
+                                 start_adapter_path, trainable_parameters)
+
+    pairs, counts = read_pairs(Path(args.pairs)), read_json(args.pairs_metrics)
+    check_pairs(pairs, dpo, f"{args.pairs}/pairs.jsonl")  # before any model loads
+    check_lora_targets(check_policy(params), dpo.lora, "dpo.lora")
+    adapter = start_adapter_path(params.policy, args.sft)
+    torch.manual_seed(params.seed)  # before the adapter is created
+    model, tokenizer, device = load_policy(params.policy, params.compute, adapter)
+    model = attach_lora(model, dpo.lora, "dpo.lora")
+    trainable, total = trainable_parameters(model)
+    log.info("DPO on %d pairs; trainable parameters (LoRA): %d of %d (%.2f%%)", len(pairs), trainable, total,
+             100 * trainable / total)
+    scratch = Path(args.out).with_name(".dpo-trainer")  # Trainer scratch space (nothing is saved there)
+    shutil.rmtree(scratch, ignore_errors=True)  # a killed run's
+    with atomic_dir(args.live) as live_tmp, atomic_dir(args.out) as out_tmp:
+        live = Live(str(live_tmp), dvcyaml=False, save_dvc_exp=False)
+
+        def on_log(step: int, curves: dict):
+            live.step = step
+            for name, value in curves.items():
+                live.log_metric(name, value)
+
+        start = time.perf_counter()
+        result = DPOEngine(model, tokenizer, dpo, params.seed, device, scratch).train(pairs, on_log)
+        wall = time.perf_counter() - start
+        live.end()
+        shutil.rmtree(scratch, ignore_errors=True)
+        save_detoxified(out_tmp, model, None, params.policy, adapter)
+        write_json(live_tmp / "train.json", {
+            "method": "dpo", "enabled": True, **result, "wall_s": wall, "pairs": len(pairs),
+            "prompts": counts["prompts"], "generated_samples": counts["generated_samples"],
+            "pairs_wall_s": counts["wall_s"], "trainable_parameters": trainable, "total_parameters": total,
+            "settings": {"beta": dpo.beta, "learning_rate": dpo.learning_rate, "epochs": dpo.epochs,
+                         "max_steps": dpo.max_steps, "batch_size": dpo.batch_size, "n": dpo.n,
+                         "min_margin": dpo.min_margin, "lora_r": dpo.lora.r}})
+    log.info("saved the DPO adapter to %s after %d steps (%.1f s)", args.out, result["steps_done"], wall)
+
+
+if __name__ == "__main__":
+    run_stage(main)
