@@ -61,6 +61,7 @@ def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_sourc
     run, ran = summary.get("setup", {}), train.get("settings") or {}
     dpo = train.get("method") == "dpo"  # models/dpo (DPO's train.json) or models/ppo
     method = "DPO" if dpo else "PPO"
+    head = "" if dpo else " and PPO's value head"  # DPO trains none
     base, local = meta["base_model"], is_local(meta["base_model"])
     front = {**({} if local else {"base_model": base}),  # the Hub wants an id here: a local path is named below
              "library_name": "peft",
@@ -86,7 +87,7 @@ def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_sourc
          if local else f"- Base model: `{base}` (revision `{meta.get('revision')}`)")
         + (", with a starting LoRA adapter (`start_adapter/`, from the sft stage) merged before PPO"
            if meta.get("start_adapter") else ""),
-        f"- Trained: the LoRA weights (r = {ran.get('lora_r')}){'' if dpo else ' and PPO' + chr(39) + 's value head'}, "
+        f"- Trained: the LoRA weights (r = {ran.get('lora_r')}){head}, "
         f"{train.get('trainable_parameters') or 0:,} of {train.get('total_parameters') or 0:,} parameters",
         f"- Reward: {run.get('reward_definition') or run.get('reward', '?')}", "",
         "## Training data", "",

@@ -136,7 +136,9 @@ def main():
     for rows, what in ((bon, "best-of-n"), (dpo, "the DPO policy")):
         if rows:
             check_paired(before, rows, what)
-    m_before, m_after = summarize(before, threshold), summarize(after, threshold)
+    m_before = summarize(before, threshold)
+    ppo = versus_start(before, after, m_before, threshold, params)  # as DPO and best-of-N are, below
+    m_after = ppo.pop("metrics")
     train = read_json(Path(args.live) / "train.json")
     timing = Path(args.live) / "timing.json"
     dpo_train = read_json(Path(args.dpo_live) / "train.json") if args.dpo_live and dpo else {"enabled": False}
@@ -153,11 +155,8 @@ def main():
                "toxic_threshold": threshold, "references": m_before["references"],
                "toxicity_improvement_pct": improvement_pct(m_before["toxicity_mean"], m_after["toxicity_mean"]),
                "before": m_before, "after": m_after}
-    ppo, summary["judges"] = compare(before, after, threshold, rp)
-    summary.update(ppo)
+    summary.update(ppo)  # each metric's paired entry, the judges', the guards
     summary["kl_mean"] = m_after["kl_mean"]
-    summary["guards"] = guards(m_before, m_after, params.guard)
-    summary["guards"]["judge_disagrees"] = judge_disagrees(summary, params.guard.min_judge_agreement)
     summary["detox"] = {k: train.get(k) for k in ("steps_done", "early_stopped", "early_stop_step", "settings",
                                                   "rollouts", "optimizer_steps")}
     ppo_wall = read_json(timing)["wall_s"] if timing.is_file() else None  # the report's, not summary.json's

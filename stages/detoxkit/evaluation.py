@@ -111,24 +111,25 @@ def preference_pairs(model, tokenizer, scorer, rows, dpo, batch_size: int, seed:
                      compile_generation=False, **gen_kwargs) -> tuple[list[dict], dict]:
     """DPO's data from the starting policy's own samples: `dpo.n` responses for each row (the evaluation's
     batched, and on CUDA compiled, generation), scored by the reward model; the highest-reward response is
-    chosen, the lowest rejected, and the pair kept when their reward gap is at least `dpo.min_margin` (and
-    above 0: two equal responses teach nothing). Returns (pairs, counts)."""
+    chosen, the lowest rejected (among distinct texts), and the pair kept when their reward gap is at least
+    `dpo.min_margin` (and above 0: two equal responses teach nothing). Returns (pairs, counts)."""
     n = dpo.n
     candidates, order = expand(rows, n)
     ids, texts = generate_texts(model, tokenizer, candidates, batch_size, device, seed, f"dpo pairs (n={n})",
                                 compile_generation, max_new_tokens=dpo.max_new_tokens, **gen_kwargs)
     rewards, _ = scorer.score(list(candidates["query"]), texts)
-    rewards = rewards.reshape(-1, n)
     pairs, margins = [], []
     for i in range(len(rows)):
-        hi, lo = int(rewards[i].argmax()), int(rewards[i].argmin())
-        gap = float(rewards[i, hi] - rewards[i, lo])
+        # one reward per distinct text: the same text scored in two batches can differ in the last bits, and a
+        # pair of one text twice teaches nothing
+        scored = dict(zip(texts[i * n:(i + 1) * n], map(float, rewards[i * n:(i + 1) * n])))
+        chosen, rejected = max(scored, key=scored.get), min(scored, key=scored.get)
+        gap = scored[chosen] - scored[rejected]
         margins.append(gap)
-        if gap > 0 and gap >= dpo.min_margin:
+        if chosen != rejected and gap > 0 and gap >= dpo.min_margin:
             pairs.append({"index": i, "query": rows[i]["query"], "prompt_ids": list(rows[i]["input_ids"]),
-                          "chosen": texts[i * n + hi], "rejected": texts[i * n + lo],
-                          "reward_chosen": float(rewards[i, hi]), "reward_rejected": float(rewards[i, lo]),
-                          "margin": gap})
+                          "chosen": chosen, "rejected": rejected, "reward_chosen": scored[chosen],
+                          "reward_rejected": scored[rejected], "margin": gap})
     counts = {"prompts": len(rows), "generated_samples": len(texts), "pairs": len(pairs),
               "margin_mean_all": float(np.mean(margins)) if margins else 0.0,
               "margin_mean_kept": float(np.mean([p["margin"] for p in pairs])) if pairs else None}
