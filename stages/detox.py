@@ -12,6 +12,7 @@ draws exactly what an uninterrupted one would.
 import argparse
 import contextlib
 import dataclasses
+import functools
 import logging
 import random
 import shutil
@@ -27,7 +28,9 @@ from detoxkit.config import check_split_sizes, load_params
 from detoxkit.data import load_prepared
 from detoxkit.generation import static_shape
 from detoxkit.io import atomic_dir, clear_stale, fingerprint, run_stage, write_json
-from detoxkit.models import attach_lora, check_lora_targets, check_policy, load_policy, start_adapter_path
+from detoxkit.manifest import model_manifest, read_cache
+from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy, resolve_device,
+                             resolve_dtype, start_adapter_path)
 from detoxkit.ppo_engine import LOGGED, PPOEngine, check_finite, read_checkpoint, restore_checkpoint
 from detoxkit.scoring import build_scorer
 
@@ -72,11 +75,29 @@ def resumable_inputs(raw: dict) -> dict:
     return inputs
 
 
+def checkpoint_inputs(params, data: str, adapter) -> dict:
+    """What a checkpoint must share with this run to resume it, part by part, so that a mismatch is named:
+    the settings, the prepared data, the starting adapter, the policy's and the reward model's content (new
+    weights in the same folder count: the lineage manifests, hashes cached by size and mtime) and the
+    arithmetic (device and dtype as resolved here, compiled generation; compute.threads changes no number)."""
+    cache = read_cache()
+    device = resolve_device(params.compute)
+    compute = {"device": device.type, "dtype": str(resolve_dtype(params.compute, device)),
+               "compile_generation": params.compute.compile_generation and device.type == "cuda"}  # CPU: ignored
+    return {"settings": fingerprint(resumable_inputs(params.raw), []),
+            "prepared data": fingerprint({}, [data]),
+            "starting adapter": fingerprint({}, [adapter]),
+            "policy model": model_manifest("policy.model", params.policy.model, params.policy.revision, cache)["resolved"],
+            "reward model": model_manifest("reward.model", params.reward.model, params.reward.revision, cache)["resolved"],
+            "compute": fingerprint(compute, [])}
+
+
 @dataclasses.dataclass
 class Resume:
-    """Where training continues: the checkpoint folder, the inputs' fingerprint, steps done and their rows."""
+    """Where training continues: the checkpoint folder, the inputs it must match (by part), steps done and their
+    rows."""
     dir: Path
-    run_id: str
+    inputs: dict
     start: int = 0
     history: list = dataclasses.field(default_factory=list)
 
@@ -93,16 +114,16 @@ def main():
     params = load_params()
     ppo, gen = params.ppo, params.generation
     data = load_prepared(args.data)
-    check_split_sizes(params, len(data["train"]), len(data["test"]), args.data)
+    check_split_sizes(params, len(data["train"]), len(data["test"]), args.data, keys=("ppo.batch_size",))
     train_split = data["train"]
     adapter = start_adapter_path(params.policy, args.sft)
+    check_lora_targets(check_policy_config(params.policy), params.lora)  # before any weights load
     ckpt_dir = Path(args.checkpoints)
-    run_id = fingerprint(resumable_inputs(params.raw), [args.data, adapter])
+    inputs = functools.cache(lambda: checkpoint_inputs(params, args.data, adapter))  # hashes: once, when needed
     for out in (args.live, args.out):  # temporaries a killed run left behind
         clear_stale(Path(out))
-    checkpoint = read_checkpoint(ckpt_dir, run_id, ppo.max_steps)  # before any model loads: a bad one costs nothing
+    checkpoint = read_checkpoint(ckpt_dir, inputs, ppo.max_steps)  # before any model loads: a bad one costs nothing
 
-    check_lora_targets(check_policy(params), params.lora)  # before any weights load
     seed_step(params.seed, 0)  # before any model or value head is created
     scorer = build_scorer(params.reward, params.compute)
     model, tokenizer, device = load_policy(params.policy, params.compute, adapter)
@@ -114,7 +135,7 @@ def main():
     trainable, total = engine.parameter_counts()
     log.info("trainable parameters (LoRA + value head): %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
 
-    resume = Resume(ckpt_dir, run_id)
+    resume = Resume(ckpt_dir, inputs())
     resume.start, resume.history = restore_checkpoint(engine, checkpoint, ckpt_dir)
     if resume.start:
         log.info("resuming from checkpoint at step %d of %d", resume.start, ppo.max_steps)
@@ -184,7 +205,7 @@ def train(engine, scorer, train_split, params, live, resume: Resume):
             _log_row(live, row)
         if engine.is_main and ppo.checkpoint_every and (step + 1) % ppo.checkpoint_every == 0 \
                 and step + 1 < ppo.max_steps:
-            engine.save_checkpoint(resume.dir, step + 1, history, resume.run_id)
+            engine.save_checkpoint(resume.dir, step + 1, history, resume.inputs)
     return history, early_stop
 
 

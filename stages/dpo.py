@@ -57,12 +57,12 @@ def main():
     from dvclive import Live
 
     from detoxkit.dpo_engine import DPOEngine, check_pairs
-    from detoxkit.models import (attach_lora, check_lora_targets, check_policy, load_policy, save_detoxified,
+    from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy, save_detoxified,
                                  start_adapter_path, trainable_parameters)
 
     pairs, counts = read_pairs(Path(args.pairs)), read_json(args.pairs_metrics)
     check_pairs(pairs, dpo, f"{args.pairs}/pairs.jsonl")  # before any model loads
-    check_lora_targets(check_policy(params), dpo.lora, "dpo.lora")
+    check_lora_targets(check_policy_config(params.policy), dpo.lora, "dpo.lora")
     adapter = start_adapter_path(params.policy, args.sft)
     torch.manual_seed(params.seed)  # before the adapter is created
     model, tokenizer, device = load_policy(params.policy, params.compute, adapter)

@@ -42,13 +42,12 @@ def main():
     from detoxkit.dpo_engine import check_pairs
     from detoxkit.evaluation import preference_pairs
     from detoxkit.generation import sampling_kwargs
-    from detoxkit.models import check_lora_targets, check_policy, load_policy, start_adapter_path
+    from detoxkit.models import load_policy, start_adapter_path
     from detoxkit.scoring import build_scorer
 
     data = load_prepared(args.data)
-    check_split_sizes(params, len(data["train"]), len(data["test"]), args.data)
+    check_split_sizes(params, len(data["train"]), len(data["test"]), args.data, keys=("dpo.num_prompts",))
     rows = take(data["train"], dpo.num_prompts, "dpo.num_prompts")  # train prompts only
-    check_lora_targets(check_policy(params), dpo.lora, "dpo.lora")  # the dpo stage's, before hours of sampling
     scorer = build_scorer(params.reward, params.compute)
     model, tokenizer, device = load_policy(params.policy, params.compute, start_adapter_path(params.policy, args.sft))
     log.info("sampling %d responses for each of %d train prompts from the starting policy", dpo.n, len(rows))

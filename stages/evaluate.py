@@ -20,7 +20,7 @@ from detoxkit.data import load_prepared, take
 from detoxkit.evaluation import best_of_n, evaluate_policy, sample_columns, summarize
 from detoxkit.generation import sampling_kwargs
 from detoxkit.io import is_placeholder, run_stage, write_csv, write_json
-from detoxkit.models import check_policy, load_detoxified, load_policy, start_adapter_path
+from detoxkit.models import check_policy_config, load_detoxified, load_policy, start_adapter_path
 from detoxkit.scoring import build_judges, build_scorer, check_scorers
 
 log = logging.getLogger("detox.evaluate")
@@ -47,12 +47,12 @@ def main():
         log.info("%s: wrote an empty %s", off, args.samples)
         return
     data = load_prepared(args.data)
-    check_split_sizes(params, len(data["train"]), len(data["test"]), args.data)
+    check_split_sizes(params, len(data["train"]), len(data["test"]), args.data, keys=("evaluation.num_samples",))
     rows = take(data["test"], ev.num_samples, "evaluation.num_samples")
     adapter = start_adapter_path(params.policy, args.sft)
     check_scorers(params.reward, ev.judges, args.models)  # every scorer is checked before any weights load
     scorer = build_scorer(params.reward, params.compute)
-    check_policy(params)  # before the policy's weights load
+    check_policy_config(params.policy)  # before the policy's weights load
     if args.policy in ("start", "best-of-n"):
         model, tokenizer, device = load_policy(params.policy, params.compute, adapter)
     else:

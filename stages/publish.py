@@ -1,6 +1,6 @@
 """Stage `publish`: the detoxified policy as a folder ready for the Hugging Face Hub, with its model card.
 
-    python stages/publish.py --policy models/ppo --summary metrics/summary.json --live metrics/detox \
+    python stages/publish.py --policy models/ppo --summary metrics/summary.json --train metrics/detox/train.json \
         --out models/detoxified
 
 Copies the detox stage's adapter folder and adds README.md in the Hub's model-card layout: YAML metadata
@@ -124,14 +124,14 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--policy", required=True, help="the detox stage's adapter folder")
     parser.add_argument("--summary", required=True, help="the report stage's metrics/summary.json")
-    parser.add_argument("--live", required=True, help="the detox stage's DVCLive folder (train.json)")
+    parser.add_argument("--train", required=True, help="the training stage's train.json (metrics/detox/train.json)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
     params = load_params()
     policy = Path(args.policy)
     meta = read_policy_meta(policy)  # a clear error for a folder the detox stage did not write
-    summary, train = read_json(args.summary), read_json(Path(args.live) / "train.json")
+    summary, train = read_json(args.summary), read_json(args.train)
     adapter = read_json(policy / "adapter_config.json")
     card = model_card(meta, adapter, summary, train, params.data.source)
     with atomic_dir(args.out) as tmp:

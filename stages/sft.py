@@ -54,12 +54,13 @@ def train(params, data_dir, out_dir, live_dir):
     from detoxkit.config import check_split_sizes
     from detoxkit.data import load_prepared, take
     from detoxkit.generation import is_causal
-    from detoxkit.models import attach_lora, check_lora_targets, check_policy, load_policy, trainable_parameters
+    from detoxkit.models import attach_lora, check_lora_targets, check_policy_config, load_policy, trainable_parameters
 
     sft = params.sft
-    check_lora_targets(check_policy(params), sft.lora, "sft.lora")  # before any weights load
+    check_lora_targets(check_policy_config(params.policy), sft.lora, "sft.lora")  # before any weights load
     data = load_prepared(data_dir)
-    check_split_sizes(params, len(data["train"]), len(data["test"]), str(data_dir))
+    check_split_sizes(params, len(data["train"]), len(data["test"]), str(data_dir),
+                      keys=("sft.batch_size", "sft.eval_samples"))
     rows = take(data["test"], sft.eval_samples, "sft.eval_samples")
     torch.manual_seed(params.seed)
     plain = dataclasses.replace(params.policy, adapter=None)  # SFT starts from the plain model

@@ -189,7 +189,7 @@ def check_model_card_snippet(repo: Path, folder: Path | None = None):
     return code
 
 
-STAGES = ["prepare", "sft", "baseline", "detox", "evaluate", "best_of_n", "dpo_pairs", "dpo", "evaluate_dpo", "report",
+STAGES = ["prepare", "check", "sft", "baseline", "detox", "evaluate", "best_of_n", "dpo_pairs", "dpo", "evaluate_dpo", "report",
           "publish"]  # lineage runs on every repro
 
 

@@ -49,7 +49,8 @@ def test_chat_model_summarizes_with_sft_then_continues_a_prompt_only_dataset(tin
     # An edited scorer file is a changed judge: lineage records its hash, so exactly the judged stages rerun.
     words.write_text(words.read_text() + "# stricter soon\n")
     dvc("repro", "lineage", cwd=repo)
-    assert changed_stages(repo) == ["baseline", "best_of_n", "evaluate", "evaluate_dpo"]  # every stage it judges
+    # every stage it judges, and the check stage, which probes it
+    assert changed_stages(repo) == ["baseline", "best_of_n", "check", "evaluate", "evaluate_dpo"]
     assert json.loads((repo / "metrics/sft.json").read_text())["enabled"] is False
     summary = json.loads((repo / "metrics/summary.json").read_text())
     bon = json.loads((repo / "metrics/best_of_n_summary.json").read_text())

@@ -102,8 +102,9 @@ def test_judges_load_under_the_reward_models_rules(tiny, tmp_path):
     assert build_judges([JudgeSettings(str(pickled), None, "toxic", True)], compute, 4)[0].toxicity(["x"]).shape == (1,)
 
 
-def test_a_judge_without_its_label_stops_prepare_before_the_sft_stage_trains(tiny, tmp_path, monkeypatch):
-    """Every model's config is checked by the first stage: a wrong judge does not wait for `baseline`, after sft."""
+def test_a_judge_without_its_label_stops_the_check_stage_before_the_sft_stage_trains(tiny, tmp_path, monkeypatch):
+    """Every model's config is checked by the `check` stage, which sft depends on: a wrong judge does not wait for
+    `baseline`, after sft."""
     from detoxkit.config import PipelineError
     from make_tiny import tiny_params
 
@@ -112,6 +113,8 @@ def test_a_judge_without_its_label_stops_prepare_before_the_sft_stage_trains(tin
     shutil.copy(ROOT / "params.yaml", work / "params.yaml")
     set_params(work, {**tiny_params(str(tiny["dir"])), "evaluation.judges": [
         {"model": str(tiny["dir"] / "judge"), "revision": None, "toxic_label": "insult", "allow_pickle": False}]})
+    run_main(monkeypatch, work, "prepare", "--out", "data/prepared")  # reads no judge
     with pytest.raises(PipelineError, match=r"judge .* has no label 'insult'; its labels are \['neutral', 'toxic'\]"):
-        run_main(monkeypatch, work, "prepare", "--out", "data/prepared")
-    assert not (work / "data/prepared").exists()
+        run_main(monkeypatch, work, "check", "--data", "data/prepared", "--models", "metrics/models", "--out",
+                 "metrics/checks.json")
+    assert not (work / "metrics/checks.json").exists()

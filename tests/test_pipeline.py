@@ -4,6 +4,7 @@ they stay in one file: pytest-xdist (--dist loadfile) then builds it once."""
 import csv
 import json
 import time
+from pathlib import Path
 
 import pytest
 from conftest import (ROOT, changed_stages, check_model_card_snippet, check_modes, copy_repo, dvc, finite, ran_stages,
@@ -230,8 +231,8 @@ def check_dpo_run(repo, causal: bool, published=None):
     assert sum(float(r["dpo"]) for r in per) / len(per) == pytest.approx(dpo["metrics"]["expected_max_toxicity"],
                                                                          abs=1e-6)
     if published is not None:  # publish serves models/dpo as it does models/ppo: a card, and a snippet that loads it
-        run_script(repo, "publish.py", "--policy", "models/dpo", "--summary", "metrics/dpo_summary.json", "--live",
-                   "metrics/dpo_train", "--out", published)
+        run_script(repo, "publish.py", "--policy", "models/dpo", "--summary", "metrics/dpo_summary.json", "--train",
+                   "metrics/dpo_train/train.json", "--out", published)
         card = (published / "README.md").read_text()
         assert "detoxified with DPO" in card and "DPO ran 2 optimizer steps on" in card and "- dpo" in card
         tox = dpo["toxicity"]
@@ -248,9 +249,10 @@ def test_dpo_changes_rerun_only_the_dpo_stages_and_report_and_the_toggle_says_of
     set_params(repo, {"dpo.beta": 0.2})
     assert changed_stages(repo) == ["dpo"]  # evaluate_dpo and report follow its new outputs; nothing of PPO's
     set_params(repo, {"dpo.beta": 0.1, "dpo.enabled": False})
-    assert changed_stages(repo) == ["dpo", "dpo_pairs"]
+    assert changed_stages(repo) == ["check", "dpo", "dpo_pairs"]  # check: the DPO sizes and LoRA layers
     out = dvc("repro", cwd=repo).stdout
-    assert ran_stages(out) == ["dpo", "dpo_pairs", "evaluate_dpo", "report"]  # summary.json unchanged: no publish
+    # summary.json unchanged: no publish; checks.json unchanged: nothing else
+    assert ran_stages(out) == ["check", "dpo", "dpo_pairs", "evaluate_dpo", "report"]
     assert json.loads((repo / "metrics/dpo_summary.json").read_text()) == {"enabled": False}
     assert json.loads((repo / "metrics/dpo.json").read_text()) == {"enabled": False}
     assert (repo / "models/dpo/SKIPPED.md").is_file() and (repo / "data/dpo_pairs/SKIPPED.md").is_file()
@@ -338,33 +340,98 @@ def test_dvc_plots_render_training_curves_and_distributions(ran, tmp_path):
     assert "vega" in (tmp_path / "plots/index.html").read_text()
 
 
-def test_new_weights_in_a_local_reward_folder_rerun_exactly_the_stages_that_use_it(ran, tmp_path, tiny):
-    import shutil
+def _edit_row(path: Path):
+    """One row of a JSONL data file edited (its dialogue gets a word more): the same size class of change a user
+    makes by hand."""
+    lines = path.read_text().splitlines()
+    row = json.loads(lines[0])
+    row["dialogue"] += " Okay."
+    path.write_text("\n".join([json.dumps(row)] + lines[1:]) + "\n")
 
+
+def _retrain_in_place(folder: Path):
+    """New weights in a PEFT adapter folder, at the same path (what retraining it in place does)."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "adapter_model.safetensors")
+    save_file({k: v + 0.01 for k, v in weights.items()}, folder / "adapter_model.safetensors")
+
+
+def _new_reward_weights(folder: Path):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    repo = copy_repo(ran, tmp_path / "repo")
-    reward = tmp_path / "reward"
-    shutil.copytree(tiny["dir"] / "reward", reward)
-    set_params(repo, {"reward.model": str(reward)})
-    dvc("repro", "lineage", cwd=repo)
-    dvc("commit", "-f", cwd=repo)  # the same weights at a new path: accept the outputs as they are
-    assert changed_stages(repo) == []
-    before = json.loads((repo / "metrics/models/reward.json").read_text())
-
-    model = AutoModelForSequenceClassification.from_pretrained(reward)
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
     with torch.no_grad():
         model.classifier.out_proj.bias.add_(0.5)
-    model.save_pretrained(reward)  # same folder, same params.yaml: only the weights changed
-    dvc("repro", "lineage", cwd=repo)  # what `dvc repro` runs first
-    after = json.loads((repo / "metrics/models/reward.json").read_text())
-    assert after["resolved"] != before["resolved"] and after["resolved"].startswith("sha256:")
-    uses = ["baseline", "best_of_n", "detox", "dpo_pairs", "evaluate", "evaluate_dpo"]  # every stage that scores
-    assert changed_stages(repo) == uses  # report (and dpo) follow their outputs
+    model.save_pretrained(folder)  # same folder, same params.yaml: only the weights changed
+
+
+SCORING = ["baseline", "best_of_n", "detox", "dpo_pairs", "evaluate", "evaluate_dpo"]
+ADAPTER_USERS = ["baseline", "best_of_n", "detox", "dpo", "dpo_pairs", "evaluate", "evaluate_dpo"]
+# change -> the stages `dvc status` must call changed, exactly (the README's DVC page lists the same table).
+# Each file-based case first points the setting at a private copy of the input and accepts the outputs as they
+# are (`dvc commit -f`), then changes the copy in place.
+NOTHING_STALE = {
+    "one row of the local data file edited": ("data.source", "dialogues.jsonl", _edit_row, ["prepare"]),
+    "the starting adapter folder retrained in place": ("policy.adapter", "models/sft", _retrain_in_place,
+                                                       ADAPTER_USERS),
+    "new weights in the local reward folder": ("reward.model", "reward", _new_reward_weights, sorted(["check", *SCORING])),
+    "render.py edited": (None, "stages/detoxkit/render.py", None, ["report"]),
+    "compute.threads: 1": ({"compute.threads": 1}, None, None, []),
+    "generation.output_max_length: 300": ({"generation.output_max_length": 300}, None, None, ["check", "detox"]),
+    "reward.model: another folder": ({"reward.model": "copy"}, "reward", None, sorted(["check", "report", *SCORING])),
+}
+
+
+@pytest.mark.parametrize("change", list(NOTHING_STALE))
+def test_nothing_stale_a_change_reruns_exactly_the_stages_that_read_it(ran, tmp_path, tiny, change):
+    """What `dvc status` reports after each change is exactly the set of stages that read what changed: the lineage
+    manifests cover data, adapter and model contents; code deps are each stage's import closure; params are listed
+    by sub-key; compute.threads is nowhere; reward.model runs the `check` stage (the scorer checks) first."""
+    import shutil
+
+    key, source, edit, want = NOTHING_STALE[change]
+    repo = copy_repo(ran, tmp_path / "repo")
+    if isinstance(key, dict):  # a setting
+        if source:  # the same content at another path
+            copy = shutil.copytree(tiny["dir"] / source, tmp_path / "copy")
+            key = {k: str(copy) for k in key}
+        set_params(repo, key)
+    elif key is None:  # a code edit
+        with (repo / source).open("a") as fh:
+            fh.write("\n# an edit\n")
+    else:  # an input's content, in place
+        src = repo / source if (repo / source).exists() else tiny["dir"] / source  # models/sft: an adapter folder
+        copy = Path((shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / src.name))
+        set_params(repo, {key: str(copy)})
+        dvc("repro", "lineage", cwd=repo)
+        dvc("commit", "-f", cwd=repo)  # the same content at a new path: accept the outputs as they are
+        assert changed_stages(repo) == []
+        name = {"data.source": "data", "policy.adapter": "adapter", "reward.model": "reward"}[key]
+        before = json.loads((repo / "metrics/models" / f"{name}.json").read_text())
+        edit(copy)
+        dvc("repro", "lineage", cwd=repo)  # what `dvc repro` runs first
+        after = json.loads((repo / "metrics/models" / f"{name}.json").read_text())
+        assert after["resolved"] != before["resolved"] and after["resolved"].startswith("sha256:")
+    dvc("repro", "lineage", cwd=repo)
+    assert changed_stages(repo) == want, change
     dry = dvc("repro", "--dry", cwd=repo).stdout
-    assert ran_stages(dry) == uses
-    assert "Stage 'prepare' didn't change" in dry and "Stage 'sft' didn't change" in dry
+    assert ran_stages(dry) == want
+
+
+def test_new_reward_weights_show_in_dvc_metrics_diff(ran, tmp_path, tiny):
+    import shutil
+
+    repo = copy_repo(ran, tmp_path / "repo")
+    reward = shutil.copytree(tiny["dir"] / "reward", tmp_path / "reward")
+    set_params(repo, {"reward.model": str(reward)})
+    dvc("repro", "lineage", cwd=repo)
+    dvc("commit", "-f", cwd=repo)
+    sh("git", "commit", "-qam", "reward copy", cwd=repo)
+    _new_reward_weights(reward)
+    dvc("repro", "lineage", cwd=repo)
+    after = json.loads((repo / "metrics/models/reward.json").read_text())
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo).stdout)["metrics/models/reward.json"]
     assert diff["resolved"]["new"] == after["resolved"]  # the lineage shows in `dvc metrics diff`
 

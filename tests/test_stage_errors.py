@@ -149,11 +149,13 @@ def test_checkpoint_path_that_is_a_file_is_refused_at_start_up(scratch, monkeypa
         run_main(monkeypatch, scratch, "detox", *DETOX_ARGS)
 
 
-def test_prepare_refuses_splits_too_small_for_later_stages(scratch, monkeypatch):
+def test_splits_too_small_for_later_stages_are_refused_by_the_check_stage(scratch, monkeypatch):
     before = (scratch / "data/prepared/dataset_dict.json").stat().st_mtime_ns
     set_params(scratch, {"ppo.batch_size": 1000, "ppo.mini_batch_size": 4})
     with pytest.raises(PipelineError, match=r"has 51 train prompts, fewer than ppo.batch_size \(1000\)"):
-        run_main(monkeypatch, scratch, "prepare", "--out", "data/prepared")
+        run_main(monkeypatch, scratch, "check", "--data", "data/prepared", "--models", "metrics/models", "--out",
+                 "metrics/checks.json")
+    assert not (scratch / "metrics/checks.json").exists()
     set_params(scratch, {"ppo.batch_size": 8, "data.test_size": 0.999})
     with pytest.raises(PipelineError, match="data.test_size 0.999 leaves no train prompts of the 64 dialogues"):
         run_main(monkeypatch, scratch, "prepare", "--out", "data/prepared")

@@ -463,26 +463,22 @@ def test_control_characters_never_reach_the_report():
 def test_lineage_names_hub_models_by_their_resolved_commit(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from conftest import stage
-
-    lineage = stage("lineage")
+    from detoxkit.manifest import model_manifest
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     sha = "0123456789abcdef0123456789abcdef01234567"
-    assert lineage.manifest("policy.model", "org/model", sha, {})["resolved"] == sha  # pinned: nothing to ask
+    assert model_manifest("policy.model", "org/model", sha, {})["resolved"] == sha  # pinned: nothing to ask
     refs = tmp_path / "models--org--model/refs"
     refs.mkdir(parents=True)
     (refs / "main").write_text(sha)
-    entry = lineage.manifest("policy.model", "org/model", "main", {})
+    entry = model_manifest("policy.model", "org/model", "main", {})
     assert (entry["resolved"], entry["resolved_from"]) == (sha, "local cache")
-    assert lineage.manifest("reward.model", "org/other", "main", {})["resolved"] == "unresolved:main"
+    assert model_manifest("reward.model", "org/other", "main", {})["resolved"] == "unresolved:main"
 
 
 def test_lineage_hashes_local_folders_by_content_and_caches_by_size_and_mtime(tmp_path):
-    from conftest import stage
-
-    lineage = stage("lineage")
+    from detoxkit.manifest import model_manifest
 
     folder = tmp_path / "m"
     folder.mkdir()
@@ -491,11 +487,11 @@ def test_lineage_hashes_local_folders_by_content_and_caches_by_size_and_mtime(tm
     for f in folder.iterdir():
         os.utime(f, ns=(1_700_000_000 * 10**9,) * 2)  # written long ago
     cache = {}
-    first = lineage.manifest("reward.model", str(folder), None, cache)
+    first = model_manifest("reward.model", str(folder), None, cache)
     assert first["kind"] == "local" and first["files"] == 2 and len(cache) == 2
-    assert lineage.manifest("reward.model", str(folder), None, cache) == first  # cached: same answer
+    assert model_manifest("reward.model", str(folder), None, cache) == first  # cached: same answer
     (folder / "model.safetensors").write_bytes(b"weights-2")  # same size, new mtime: hashed again
-    second = lineage.manifest("reward.model", str(folder), None, cache)
+    second = model_manifest("reward.model", str(folder), None, cache)
     assert second["resolved"] != first["resolved"]
     # the file written just now is not cached (its mtime could repeat within the same tick)
     assert cache[str((folder / "model.safetensors").resolve())][1] == 1_700_000_000 * 10**9
@@ -514,12 +510,16 @@ def test_a_checkpoint_survives_a_new_max_steps_below_its_step_only(tmp_path):
     other_lr = {**params, "ppo": {**params["ppo"], "learning_rate": 1.0}}
     assert detox.resumable_inputs(params) == detox.resumable_inputs(longer)  # how many steps is no input of a step
     assert detox.resumable_inputs(params) != detox.resumable_inputs(other_lr)
-    state = {"step": 20, "history": [], "fingerprint": "f", "weights": {}, "optimizer": {}, "kl_coef": 0.1}
+    from detoxkit.io import fingerprint
+
+    inputs = {"settings": "s", "reward model": "sha256:1"}
+    state = {"step": 20, "history": [], "fingerprint": fingerprint(inputs, []), "inputs": inputs, "weights": {},
+             "optimizer": {}, "kl_coef": 0.1}
     for max_steps, kept in ((50, True), (21, True), (20, False), (10, False)):
         folder = tmp_path / str(max_steps)
         folder.mkdir()
         torch.save(state, folder / "state.pt")
-        assert (read_checkpoint(folder, "f", max_steps) is not None) is kept
+        assert (read_checkpoint(folder, lambda: inputs, max_steps) is not None) is kept
         assert (folder / "state.pt").exists() is kept  # one that cannot resume is removed, as a foreign one is
 
 
@@ -586,3 +586,41 @@ def test_detoxkit_imports_from_any_folder_and_nothing_edits_the_import_path():
              *(ROOT / "tests").glob("*.py"), *(ROOT / "tools").glob("*.py")]
     found = [f"{f.relative_to(ROOT)}: {e}" for f in files for e in edits if e in f.read_text()]
     assert not found, found
+
+
+def test_data_and_adapter_manifests_name_contents_and_hub_dataset_commits(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from detoxkit.config import PipelineError
+    from detoxkit.manifest import adapter_manifest, data_manifest
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"dialogue": "a"}\n')
+    os.utime(data, ns=(1_700_000_000 * 10**9,) * 2)
+    cache = {}
+    first = data_manifest(str(data), None, cache)
+    assert first["kind"] == "local" and first["files"] == 1 and len(cache) == 1
+    data.write_text('{"dialogue": "b"}\n')  # one row edited, same size
+    assert data_manifest(str(data), None, cache)["resolved"] != first["resolved"]
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    sha = "89abcdef0123456789abcdef0123456789abcdef"
+    (tmp_path / "datasets--org--data/refs").mkdir(parents=True)
+    (tmp_path / "datasets--org--data/refs/main").write_text(sha)
+    hub = data_manifest("org/data", None, {})  # revision null: the default branch, resolved to its commit
+    assert (hub["kind"], hub["resolved"], hub["resolved_from"]) == ("hub", sha, "local cache")
+
+    assert adapter_manifest("sft", {})["resolved"] == "sft" and adapter_manifest(None, {})["resolved"] == "none"
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    with pytest.raises(PipelineError, match=r"policy.adapter .*adapter is not a PEFT adapter folder"):
+        adapter_manifest(str(adapter), {})
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"1")
+    (adapter / ".cache").mkdir()  # hidden folders (a Hub download's metadata) are not content
+    (adapter / ".cache/x").write_text("changes often")
+    one = adapter_manifest(str(adapter), {})
+    (adapter / ".cache/x").write_text("changed")
+    assert adapter_manifest(str(adapter), {}) == one and one["files"] == 2
+    (adapter / "adapter_model.safetensors").write_bytes(b"2")  # retrained in place
+    assert adapter_manifest(str(adapter), {})["resolved"] != one["resolved"]

@@ -23,6 +23,13 @@ import yaml
 
 
 PYTHON_SCORER = "python:"  # a scorer setting of the form python:MODULE:FUNCTION (python_scorer.py)
+PROBABILITY_CLIP = 1e-4  # a Python scorer's P(toxic) is clipped to [1e-4, 1 - 1e-4] before the log-odds: +-9.21
+
+
+def scorer_display_name(ref: str) -> str:
+    """A Python scorer's short name for reports and sample columns: module (or .py file stem) and function."""
+    module, _, function = ref[len(PYTHON_SCORER):].rpartition(":")
+    return f"{Path(module).stem if module.endswith('.py') else module}.{function}"
 
 
 class PipelineError(Exception):
@@ -100,8 +107,7 @@ class RewardSettings:
     def describe(self) -> str:
         """What the reward and the toxicity are, in words (the report's "What ran", the model card)."""
         if self.model.startswith(PYTHON_SCORER):
-            from .python_scorer import PROBABILITY_CLIP as clip
-
+            clip = PROBABILITY_CLIP
             return (f"the Python scorer {self.model}: toxicity = its P(toxic) p, reward = log((1 - p) / p) with p "
                     f"clipped to [{clip:g}, {1 - clip:g}]")
         return f"{self.model}: reward = logit of {self.not_hate_label!r}, toxicity = P({self.hate_label!r})"
@@ -221,9 +227,7 @@ class JudgeSettings:
         """The judge's name in sample columns and metrics: the last part of its id or folder (a Python scorer:
         module and function)."""
         if self.model.startswith(PYTHON_SCORER):
-            from .python_scorer import display_name
-
-            return display_name(self.model)
+            return scorer_display_name(self.model)
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in self.model.rstrip("/\\").split("/")[-1])
 
 
@@ -383,27 +387,31 @@ MAX_RESAMPLES = 1_000_000
 FINITE_EXEMPT = {"ppo.max_kl"}  # .inf is meaningful there: never stop early
 
 
-def check_split_sizes(params: "Params", n_train: int, n_test: int, where: str = "the prepared data"):
-    """Rules across data and the stages that consume it: fail in the first stage that knows the sizes."""
-    need_train = [("ppo.batch_size", params.ppo.batch_size)]
+def split_needs(params: "Params") -> list[tuple[str, str, Union[int, str]]]:
+    """(split, setting, rows it needs) for every setting that takes prompts from the prepared data."""
+    needs = [("train", "ppo.batch_size", params.ppo.batch_size),
+             ("test", "evaluation.num_samples", params.evaluation.num_samples)]
     if params.policy.adapter == "sft":
-        need_train.append(("sft.batch_size", params.sft.batch_size))
-    for key, need in need_train:
-        if n_train < need:
-            raise PipelineError(
-                f"{where} has {n_train} train prompts, fewer than {key} ({need}); lower {key}, lower "
-                "data.test_size, widen data.min_chars/max_chars or add data"
-            )
-    if params.dpo.enabled and params.dpo.num_prompts != "all" and n_train < params.dpo.num_prompts:
-        raise PipelineError(
-            f"{where} has {n_train} train prompts, fewer than dpo.num_prompts ({params.dpo.num_prompts}); lower it, "
-            'use "all", or lower data.test_size'
-        )
-    need_test = [("evaluation.num_samples", params.evaluation.num_samples)]
-    if params.policy.adapter == "sft":
-        need_test.append(("sft.eval_samples", params.sft.eval_samples))
-    for key, need in need_test:
-        if need != "all" and n_test < need:
+        needs += [("train", "sft.batch_size", params.sft.batch_size), ("test", "sft.eval_samples", params.sft.eval_samples)]
+    if params.dpo.enabled:
+        needs.append(("train", "dpo.num_prompts", params.dpo.num_prompts))
+    return needs
+
+
+def check_split_sizes(params: "Params", n_train: int, n_test: int, where: str = "the prepared data",
+                      keys: Optional[tuple[str, ...]] = None):
+    """Rules across data and the stages that consume it (the `check` stage: all of them; a stage: `keys`,
+    the settings it reads). Fails in the first stage that knows the sizes."""
+    fixes = {"ppo.batch_size": "lower data.test_size, widen data.min_chars/max_chars or add data",
+             "sft.batch_size": "lower data.test_size, widen data.min_chars/max_chars or add data",
+             "dpo.num_prompts": 'use "all", or lower data.test_size'}
+    for split, key, need in split_needs(params):
+        if keys is not None and key not in keys or need == "all":
+            continue
+        if split == "train" and n_train < need:
+            raise PipelineError(f"{where} has {n_train} train prompts, fewer than {key} ({need}); lower {key}, "
+                                f"{fixes[key]}")
+        if split == "test" and n_test < need:
             raise PipelineError(
                 f"{key} asks for {need} samples but the test split of {where} has only {n_test}; "
                 'lower it, use "all", or raise data.test_size'

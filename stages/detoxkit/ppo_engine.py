@@ -15,13 +15,14 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from .config import GenerationSettings, PipelineError, PolicySettings, PPOSettings
 from .generation import decode, decoder_start_id, generate, is_causal, sampling_kwargs, stop_ids
+from .io import fingerprint
 from .models import save_detoxified
 
 log = logging.getLogger("detox.ppo")
@@ -167,11 +168,13 @@ class PPOEngine:
         self.load_trainable_state(weights)
         self.trainer.kl_ctl.value = float(state["kl_coef"])
 
-    def save_checkpoint(self, path: Path, step: int, history: list[dict], fingerprint: str):
-        """Everything needed to continue after `step` steps; written to a temp file, then renamed."""
+    def save_checkpoint(self, path: Path, step: int, history: list[dict], inputs: dict):
+        """Everything needed to continue after `step` steps, with the inputs it was made from (by part, see
+        read_checkpoint); written to a temp file, then renamed."""
         path.mkdir(parents=True, exist_ok=True)
         tmp = path / "state.pt.tmp"
-        torch.save({"step": step, "history": history, "fingerprint": fingerprint, **self.state_dict()}, tmp)
+        torch.save({"step": step, "history": history, "fingerprint": fingerprint(inputs, []), "inputs": inputs,
+                    **self.state_dict()}, tmp)
         os.replace(tmp, path / "state.pt")
 
 
@@ -179,12 +182,15 @@ class PPOEngine:
 CHECKPOINT_KEYS = {"step", "history", "fingerprint", "weights", "optimizer", "kl_coef"}
 
 
-def read_checkpoint(path: Path, fingerprint: str, max_steps: int) -> Optional[dict]:
-    """The checkpoint in `path` if it was made with the same inputs and is below `max_steps`; None to start
-    from step 0. (`max_steps` is not in the fingerprint: a run cut short resumes under a new `ppo.max_steps`.)
+def read_checkpoint(path: Path, inputs: Callable[[], dict], max_steps: int) -> Optional[dict]:
+    """The checkpoint in `path` if it was made with the same `inputs()` (a dict of part: fingerprint, computed
+    only when there is a readable checkpoint to compare) and is below
+    `max_steps`; None to start from step 0. (`max_steps` is not an input: a run cut short resumes under a new
+    `ppo.max_steps`.)
 
-    Called before any model loads. A checkpoint of other inputs is removed; an unreadable or
-    incomplete one is set aside as state.pt.unreadable (one log line; it is never loaded unsafely).
+    Called before any model loads. A checkpoint of other inputs is removed, with a log line that names the
+    parts that differ; an unreadable or incomplete one is set aside as state.pt.unreadable (one log line; it
+    is never loaded unsafely).
     """
     if path.exists() and not path.is_dir():
         raise PipelineError(f"the checkpoint folder {path} is a file; remove it (or give --checkpoints a folder)")
@@ -200,8 +206,12 @@ def read_checkpoint(path: Path, fingerprint: str, max_steps: int) -> Optional[di
         log.warning("checkpoint %s is unreadable (%s); set aside as state.pt.unreadable, starting from step 0",
                     file, type(err).__name__)
         return None
-    if state["fingerprint"] != fingerprint:
-        log.info("checkpoint in %s is from other inputs; starting from step 0", path)
+    now = inputs()
+    if state["fingerprint"] != fingerprint(now, []):
+        made = state.get("inputs") or {}
+        changed = [k for k in now if made.get(k) != now[k]] if made else ["(not recorded)"]
+        log.warning("checkpoint in %s (step %d) was made from other inputs: %s changed since; discarding it and "
+                    "starting from step 0", path, state["step"], ", ".join(changed))
         shutil.rmtree(path, ignore_errors=True)
         return None
     if state["step"] >= max_steps:  # the state at step max_steps is gone: it cannot be recovered from a later one

@@ -17,15 +17,16 @@ import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import sysconfig
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
+from .config import PROBABILITY_CLIP, PipelineError
 from .config import PYTHON_SCORER as PREFIX
-from .config import PipelineError
+from .config import scorer_display_name as display_name
 
-PROBABILITY_CLIP = 1e-4  # P(toxic) is clipped to [1e-4, 1 - 1e-4] before the log-odds: rewards within +-9.21
 PROBE = ["Thank you, that was a kind and helpful answer.", "You are a stupid idiot and I hate you."]
 
 
@@ -46,10 +47,9 @@ def is_file(module: str) -> bool:
     return module.endswith(".py")
 
 
-def display_name(ref: str) -> str:
-    """A short name for reports and sample columns: module (or file stem) and function."""
-    module, _, function = ref[len(PREFIX):].rpartition(":")
-    return f"{Path(module).stem if is_file(module) else module}.{function}"
+def join(prompt: str, response: str) -> str:
+    """Prompt and response as one text, the way the lab scores them (a classifier and a Python scorer alike)."""
+    return prompt + response if prompt.endswith((" ", "\n")) else prompt + " " + response
 
 
 _FILES: dict = {}  # a .py scorer's module by resolved path: run once per process, as an import is
@@ -133,8 +133,6 @@ class PythonScorer:
 
     def score(self, prompts: list[str], responses: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """As the reward: (log-odds of not toxic, P(toxic)) for each (prompt, response)."""
-        from .scoring import join
-
         texts = [join(p, r) for p, r in zip(prompts, responses)] if self.include_prompt else list(responses)
         p = self.probabilities(texts)
         clipped = np.clip(p, PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
@@ -159,10 +157,32 @@ def identity(key: str, ref: str) -> tuple:
     return module, function
 
 
+def _source_file(module: str) -> Optional[Path]:
+    """The module's file when it is not an installed release (a source tree, an editable install such as
+    detoxkit's): None for a module in site-packages, whose version names its code. Only the top-level
+    package is located (nothing imported)."""
+    top, _, rest = module.partition(".")
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        return None
+    origin = Path(spec.origin).resolve()
+    installed = {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")}
+    if any(origin.is_relative_to(root) for root in installed):
+        return None
+    if not rest:
+        return origin
+    base = origin.parent.joinpath(*rest.split("."))
+    return next((f for f in (base.with_suffix(".py"), base / "__init__.py") if f.is_file()), None)
+
+
 def manifest(key: str, ref: str) -> dict:
     """Which scorer exactly, for `lineage`: the package name and version that provide the module, or the
-    sha256 of a local module's file, so a new version or an edited file reruns the stages that use it.
-    The module is located, not imported."""
+    sha256 of the module's file (a .py path, a module outside any distribution, or one from an editable
+    install such as detoxkit.text_scorers), so a new version or an edited file reruns the stages that use it.
+    The module is located, not imported (a submodule's parent packages are)."""
     module, function = parse(key, ref)
     entry = {"model": ref, "kind": "python", "function": function}
     if is_file(module):
@@ -172,6 +192,10 @@ def manifest(key: str, ref: str) -> dict:
         return {**entry, "resolved": f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}", "file": module}
     top = module.split(".")[0]
     dists = sorted(set(importlib.metadata.packages_distributions().get(top, [])))
+    source = _source_file(module)
+    if source is not None:  # a source tree (an editable install): its version does not change with its files
+        return {**entry, "module": module,
+                "resolved": f"sha256:{hashlib.sha256(source.read_bytes()).hexdigest()}"}
     if dists:
         versions = {d: importlib.metadata.version(d) for d in dists}
         return {**entry, "module": module, "package": ", ".join(dists),

@@ -16,15 +16,11 @@ import numpy as np
 import torch
 
 from . import python_scorer
+from .python_scorer import join
 from .config import ComputeSettings, PipelineError, RewardSettings
 from .hub import is_local
 from .io import read_json
 from .models import from_pretrained_safely, load_config, load_tokenizer, resolve_device, resolve_dtype
-
-
-def join(prompt: str, response: str) -> str:
-    """Prompt and response as one text, the way the lab scores them."""
-    return prompt + response if prompt.endswith((" ", "\n")) else prompt + " " + response
 
 
 def encode_for_classifier(tokenizer, prompts, responses, include_prompt: bool, max_length: int) -> list[list[int]]:

@@ -1,0 +1,50 @@
+"""Stage `check`: every check that can stop a run before heavy work, rerun whenever what it checks changes.
+
+    python stages/check.py --data data/prepared --models metrics/models --out metrics/checks.json
+
+It reads the policy's config (a language model whose window fits the longest prompt plus the most new
+tokens any stage asks for, with the layers every LoRA setting names), the reward model and every judge (a classifier's config and labels by name, no
+weights; a Python scorer called once on probe texts; no judge that is the reward itself, by id, path or
+lineage manifest) and the prepared split sizes against every size setting (ppo.batch_size, sft.batch_size,
+dpo.num_prompts, evaluation.num_samples, sft.eval_samples). dvc.yaml declares exactly those settings and
+inputs, and every stage that trains or samples depends on this stage's output, so a change to any of them
+runs the checks first. The output holds the split sizes only, so it changes only when the data do.
+"""
+import argparse
+import logging
+
+from detoxkit.config import check_split_sizes, load_params
+from detoxkit.data import load_prepared
+from detoxkit.io import run_stage, write_json
+from detoxkit.models import check_lora_targets, check_policy
+from detoxkit.scoring import check_scorers
+
+log = logging.getLogger("detox.check")
+CHECKED = ["policy: a language model; prompt + new tokens fit its window; LoRA targets exist",
+           "reward and judges: configs, labels by name, probes; no judge is the reward",
+           "split sizes: every batch and sample count fits the prepared data"]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", required=True, help="the prepare stage's DatasetDict")
+    parser.add_argument("--models", required=True, help="the lineage stage's manifests")
+    parser.add_argument("--out", required=True, help="a small JSON file the training and sampling stages depend on")
+    args = parser.parse_args()
+
+    params = load_params()
+    config = check_policy(params)
+    loras = [("lora", params.lora)] + [(f"{name}.lora", getattr(params, name).lora) for name, on in
+                                       (("sft", params.policy.adapter == "sft"), ("dpo", params.dpo.enabled)) if on]
+    for key, lora in loras:
+        check_lora_targets(config, lora, key)
+    check_scorers(params.reward, params.evaluation.judges, args.models)
+    data = load_prepared(args.data)
+    n_train, n_test = len(data["train"]), len(data["test"])
+    check_split_sizes(params, n_train, n_test, args.data)
+    write_json(args.out, {"train_prompts": n_train, "test_prompts": n_test, "checked": CHECKED})
+    log.info("all checks passed: %d train and %d test prompts", n_train, n_test)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,37 @@
+"""Nothing stale in the code: every stage in dvc.yaml depends on its script and exactly the detoxkit modules it
+imports (directly or through other modules, imports inside functions included), computed from the code."""
+import shutil
+import subprocess
+import sys
+
+from conftest import ROOT, make_tiny  # noqa: F401 (conftest sets up the offline environment)
+
+from detoxkit.io import load_script
+
+code_deps = load_script(ROOT / "tools" / "code_deps.py")
+
+
+def test_every_stage_depends_on_exactly_the_code_it_imports():
+    assert code_deps.compare() == {}
+
+
+def test_the_closure_follows_imports_inside_functions_and_through_other_modules():
+    sft = code_deps.closure(code_deps.Path("stages/sft.py"))
+    assert "stages/detoxkit/evaluation.py" in sft  # imported inside sft's main()
+    assert "stages/detoxkit/generation.py" in sft  # only through evaluation.py
+    assert "stages/detoxkit/render.py" not in sft and "stages/detoxkit/__init__.py" in sft
+    report = code_deps.closure(code_deps.Path("stages/report.py"))
+    assert "stages/detoxkit/render.py" in report and "stages/detoxkit/ppo_engine.py" not in report
+
+
+def test_a_new_import_without_a_new_dependency_fails_naming_the_path(tmp_path):
+    for name in ("stages", "tools", "dvc.yaml"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, tmp_path / name)
+    prepare = tmp_path / "stages/prepare.py"
+    prepare.write_text(prepare.read_text().replace("def main():", "def main():\n    from detoxkit import render\n", 1))
+    assert code_deps.compare(tmp_path / "dvc.yaml", tmp_path) == {
+        "prepare": {"missing": ["stages/detoxkit/render.py"], "extra": []}}
+    proc = subprocess.run([sys.executable, str(tmp_path / "tools/code_deps.py")], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines() == ["dvc.yaml: stage prepare runs stages/detoxkit/render.py but does not depend "
+                                        "on it; add it to its deps"]

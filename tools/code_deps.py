@@ -1,0 +1,90 @@
+"""Which code each DVC stage runs: its script and the `detoxkit` modules it imports, directly or through other
+modules (imports inside functions included), read from the code with `ast`.
+
+    python tools/code_deps.py          # compare with dvc.yaml; print each stage's missing and extra paths
+    python tools/code_deps.py --show   # print each stage's code dependencies as dvc.yaml lists them
+
+Every stage in dvc.yaml must depend on exactly these files, so an edit reruns the stages that run the edited
+code and no other (tests/test_code_deps.py checks it). Exit status 1 when dvc.yaml differs.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+LIB = Path("stages/detoxkit")
+PACKAGE = LIB.name
+
+
+def imported_modules(path: Path, in_package: bool) -> set[str]:
+    """Names of the detoxkit modules that the file at `path` imports (relative imports inside the package)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith(PACKAGE + ".")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 1 and in_package or node.module == PACKAGE:  # from . import x / from detoxkit import x
+                base = node.module if node.level == 1 else None
+                found |= {base.split(".")[0]} if base else {a.name for a in node.names}
+            elif (node.module or "").startswith(PACKAGE + "."):
+                found.add(node.module.split(".")[1])
+    return found
+
+
+def closure(script: Path, root: Path = ROOT) -> list[str]:
+    """The script and every detoxkit module it reaches, as paths relative to `root` (the package's __init__.py
+    runs on the first import of any of them)."""
+    todo, seen = list(imported_modules(root / script, in_package=False)), set()
+    while todo:
+        name = todo.pop()
+        file = root / LIB / f"{name}.py"
+        if name in seen or not file.is_file():
+            continue
+        seen.add(name)
+        todo += imported_modules(file, in_package=True)
+    modules = sorted(seen | ({"__init__"} if seen else set()))
+    return [script.as_posix()] + [(LIB / f"{m}.py").as_posix() for m in modules]
+
+
+def script_of(cmd: str) -> Path:
+    """The stage script a dvc.yaml command runs (`python stages/x.py ...`, also after a launcher)."""
+    return Path(next(w for w in cmd.split() if w.startswith("stages/") and w.endswith(".py")))
+
+
+def compare(dvc_yaml: Path = ROOT / "dvc.yaml", root: Path = ROOT) -> dict[str, dict[str, list[str]]]:
+    """{stage: {"missing": [...], "extra": [...]}} for every stage whose code dependencies are not exactly its
+    import closure; {} when dvc.yaml is right."""
+    stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]
+    wrong = {}
+    for name, stage in stages.items():
+        want = set(closure(script_of(stage["cmd"]), root))
+        have = {d for d in stage.get("deps", []) if d.startswith("stages/")}
+        if want != have:
+            wrong[name] = {"missing": sorted(want - have), "extra": sorted(have - want)}
+    return wrong
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--show", action="store_true", help="print each stage's code dependencies")
+    args = parser.parse_args()
+    if args.show:
+        for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+            print(f"{name}: [{', '.join(closure(script_of(stage['cmd'])))}]")
+        return
+    wrong = compare()
+    for name, diff in wrong.items():
+        for path in diff["missing"]:
+            print(f"dvc.yaml: stage {name} runs {path} but does not depend on it; add it to its deps")
+        for path in diff["extra"]:
+            print(f"dvc.yaml: stage {name} depends on {path} but does not import it; remove it from its deps")
+    sys.exit(1 if wrong else 0)
+
+
+if __name__ == "__main__":
+    main()
