@@ -13,6 +13,7 @@ empty cache (every byte read) and then with the cache (size and mtime only). Run
 """
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -28,8 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PROJECT = ["stages", "tools", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "requirements.txt"]
 
 
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # stages' `python`
+       "DVC_NO_ANALYTICS": "1"}
+
+
 def sh(*cmd, cwd):
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, env=ENV)
     if proc.returncode:
         raise SystemExit(f"{' '.join(map(str, cmd))} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -41,8 +46,9 @@ def project_copy(rev, dest: Path) -> Path:
         for name in PROJECT:
             (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, dest / name)
     else:
-        archive = sh("git", "archive", "--format=tar", rev, *PROJECT, cwd=ROOT).stdout
-        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.encode("latin-1"), check=True)
+        archive = subprocess.run(["git", "archive", "--format=tar", rev, *PROJECT], cwd=ROOT, capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest
 
 
@@ -75,6 +81,7 @@ def overrides_for(setup: str, work: Path) -> dict:
     if setup == "tiny":
         make_tiny = load_script(ROOT / "tools" / "make_tiny.py")
         return {**make_tiny.build_all(work / "tiny"), "policy.adapter": "sft"}
+    load_script(ROOT / "tests" / "conftest.py")  # the real-model test's settings (offline switches included)
     real = load_script(ROOT / "tests" / "test_real_model.py")
     model = ROOT / "real" / "smollm2-135m-instruct"
     if not model.is_dir():
@@ -115,7 +122,7 @@ def main():
     args = parser.parse_args()
 
     result = {"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
-                         f"{__import__('os').cpu_count()} cores", "python": platform.python_version()}
+                         f"{os.cpu_count()} cores", "python": platform.python_version()}
     if args.hash:
         result["hash"] = bench_hash(args.hash)
     if args.setup:
