@@ -1,6 +1,6 @@
 """Stage `detox`: PPO (TRL) on the LoRA policy with the hate-speech classifier's not-hate logit as reward.
 
-    python stages/detox.py --data data/prepared --sft models/sft --out models/detoxified \
+    python stages/detox.py --data data/prepared --sft models/sft --out models/ppo \
         --live metrics/detox --checkpoints checkpoints/detox
 
 The loop is the lab's: generate a batch of summaries, score them, `step(queries, responses, rewards)`,
