@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import random
 import shutil
 import time
@@ -114,7 +115,8 @@ def main():
     params = load_params()
     ppo, gen = params.ppo, params.generation
     data = load_prepared(args.data)
-    check_split_sizes(params, len(data["train"]), len(data["test"]), args.data, keys=("ppo.batch_size",))
+    check_split_sizes(params, len(data["train"]), len(data["test"]), args.data, keys=("ppo.batch_size",),
+                      world=int(os.environ.get("WORLD_SIZE", "1")))  # torchrun / accelerate set it
     train_split = data["train"]
     adapter = start_adapter_path(params.policy, args.sft)
     check_lora_targets(check_policy_config(params.policy), params.lora)  # before any weights load

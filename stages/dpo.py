@@ -60,7 +60,11 @@ def main():
     from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy, save_detoxified,
                                  start_adapter_path, trainable_parameters)
 
-    pairs, counts = read_pairs(Path(args.pairs)), read_json(args.pairs_metrics)
+    counts = read_json(args.pairs_metrics)
+    if counts.get("enabled") is False or not {"prompts", "generated_samples", "wall_s"} <= set(counts):
+        raise PipelineError(f"{args.pairs_metrics} holds no pair counts ({json.dumps(counts)[:80]}): the dpo_pairs "
+                            "stage ran with dpo.enabled false or did not finish; run it again (dvc repro dpo_pairs)")
+    pairs = read_pairs(Path(args.pairs))
     check_pairs(pairs, dpo, f"{args.pairs}/pairs.jsonl")  # before any model loads
     check_lora_targets(check_policy_config(params.policy), dpo.lora, "dpo.lora")
     adapter = start_adapter_path(params.policy, args.sft)

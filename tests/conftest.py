@@ -40,8 +40,9 @@ PROJECT_FILES = ["stages", "tools", "dvc.yaml", "params.yaml", ".gitignore", ".d
 # file at once, so those are short ones (they wait behind it); the rest go to whichever worker frees first.
 # Without this the longest file could start last and run alone on one core at the end.
 LONGEST_FIRST = ["test_pipeline.py", "test_causal_pipeline.py", "test_chat_pipeline.py", "test_resume.py",
-                 "test_units.py", "test_causal.py", "test_judges.py", "test_scorers.py", "test_scale.py",
-                 "test_stage_errors.py", "test_sft.py", "test_models.py"]
+                 "test_probe_inputs.py", "test_units.py", "test_causal.py", "test_judges.py", "test_scorers.py",
+                 "test_scale.py", "test_stage_errors.py", "test_threads.py", "test_sft.py", "test_models.py",
+                 "test_probe_params.py", "test_code_deps.py"]
 
 
 def pytest_collection_modifyitems(items):

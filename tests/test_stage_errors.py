@@ -221,3 +221,93 @@ def test_kill_9_during_dpo_leaves_no_output_and_the_next_run_finishes(scratch):
     assert (scratch / "models/dpo/adapter_model.safetensors").is_file()
     assert json.loads((scratch / "metrics/dpo_train/train.json").read_text())["steps_done"] == 2
     assert not list((scratch / "models").glob(".dpo*")) and not list((scratch / "metrics").glob(".dpo_train.*"))
+
+
+# --- reliability round 3: settings that quietly did the wrong thing, inputs that ended in a traceback -----------
+def _params_error(tmp_path, overrides: dict):
+    from detoxkit.config import ParamsError, load_params
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    set_params(tmp_path, overrides)
+    with pytest.raises(ParamsError) as err:
+        load_params(tmp_path / "params.yaml")
+    return str(err.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"data.max_prompt_tokens": 512, "dpo.max_prompt_length": 448, "dpo.max_length": 480},
+     r"data.max_prompt_tokens \(512\) is above dpo.max_prompt_length \(448\): TRL would cut DPO's longer prompts"),
+    ({"dpo.max_new_tokens": 64}, r"dpo.max_new_tokens \(64\) must fit in dpo.max_length - dpo.max_prompt_length "
+                                 r"\(544 - 512 = 32\)"),
+    ({"evaluation.judges": [{"model": "python:profanity_check:predict_prob", "revision": None, "toxic_label": "toxic",
+                             "allow_pickle": False}]},
+     r"evaluation.judges\[0\].toxic_label is 'toxic', but python:profanity_check:predict_prob is a Python scorer"),
+    ({"generation.top_k": 50}, r"generation.top_k is 50; must be 0 \(no top-k\): PPO trains on the policy's own"),
+    ({"generation.top_p": 0.9}, r"generation.top_p is 0.9; must be 1.0 \(no nucleus cut\)"),
+    ({"generation.do_sample": False}, r"generation.do_sample is false; must be true"),
+    ({"generation.min_length": 150}, r"generation.min_length \(150, i.e. at least 149 new tokens\) is above "
+                                     r"generation.output_min_length \(100\)"),
+    ({"generation.min_length": 60, "generation.output_min_length": 80, "dpo.max_new_tokens": 32},
+     r"generation.min_length \(60, i.e. at least 59 new tokens\) is above dpo.max_new_tokens \(32\)"),
+])
+def test_settings_that_would_quietly_do_the_wrong_thing_are_refused(tmp_path, overrides, message):
+    import re
+
+    assert re.search(message, _params_error(tmp_path, overrides))
+
+
+def test_a_cut_prompt_does_not_count_as_exact():
+    from detoxkit.dpo_engine import prompts_exact
+
+    assert prompts_exact([[1, 2, 3], [5, 6], [7]], [[1, 2, 3], [4, 5, 6], [7]]) == 2  # [5, 6]: [4, 5, 6] cut
+
+
+def test_data_split_names_the_splits_that_exist(scratch, monkeypatch, tiny):
+    import datasets
+
+    set_params(scratch, {"data.split": "validation"})
+    with pytest.raises(PipelineError, match=r"data.split is 'validation', but data.source .*dialogues.jsonl is a local "
+                                            r"json source, read as one split with the splits \['train'\]"):
+        run_main(monkeypatch, scratch, "prepare", "--out", "data/prepared")
+    saved = scratch / "saved"  # a saved DatasetDict: its own splits
+    datasets.load_from_disk(str(scratch / "data/prepared")).save_to_disk(str(saved))
+    set_params(scratch, {"data.source": str(saved), "data.split": "validation"})
+    with pytest.raises(PipelineError, match=r"a saved DatasetDict with the splits \['train', 'test'\]"):
+        run_main(monkeypatch, scratch, "prepare", "--out", "data/prepared")
+
+    from detoxkit.config import load_params
+    from detoxkit.data import load_source
+
+    def no_such_split(*args, **kwargs):  # what datasets raises when the Hub dataset has no such split
+        raise ValueError('Unknown split "validation". Should be one of [\'train\', \'test\'].')
+
+    monkeypatch.setattr(datasets, "load_dataset", no_such_split)
+    monkeypatch.setattr("detoxkit.data.require_hub", lambda *a: None)
+    set_params(scratch, {"data.source": "org/dialogues"})
+    with pytest.raises(PipelineError, match=r"data.split 'validation': the dataset org/dialogues has no such split "
+                                            r"\(Unknown split \"validation\". Should be one of \['train', 'test'\]"):
+        load_source(load_params(scratch / "params.yaml").data)
+
+
+def test_too_few_train_prompts_for_every_process_is_refused_before_models_load(scratch, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "8")  # what torchrun sets: 8 x ppo.batch_size (8) > 51 train prompts
+    set_params(scratch, {"reward.model": "/nonexistent"})  # reached only if the check came late
+    with pytest.raises(PipelineError, match=r"has 51 train prompts, fewer than ppo.batch_size x 8 processes "
+                                            r"\(8 x 8 = 64\): each process takes ppo.batch_size prompts a step; lower "
+                                            r"ppo.batch_size to 6 or less"):
+        run_main(monkeypatch, scratch, "detox", *DETOX_ARGS)
+
+
+def test_damaged_json_inputs_and_a_placeholder_pair_count_name_the_file(scratch, monkeypatch):
+    from detoxkit.io import read_json
+
+    bad = scratch / "bad.json"
+    bad.write_text('{"steps_done": 3, "wall')
+    with pytest.raises(PipelineError, match=r"bad.json is not valid JSON \(.*\): it is damaged or truncated"):
+        read_json(bad)
+    (scratch / "pairs").mkdir()
+    (scratch / "pairs.json").write_text('{"enabled": false}')  # dpo_pairs ran with DPO off, then dpo.enabled: true
+    with pytest.raises(PipelineError, match=r"pairs.json holds no pair counts .*: the dpo_pairs stage ran with "
+                                            r"dpo.enabled false or did not finish; run it again"):
+        run_main(monkeypatch, scratch, "dpo", "--pairs", "pairs", "--pairs-metrics", "pairs.json", "--sft",
+                 "models/sft", "--out", "models/dpo", "--live", "live")

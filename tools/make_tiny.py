@@ -48,7 +48,7 @@ TINY_PARAMS = {
     "sft.max_target_tokens": 32, "sft.eval_max_new_tokens": 12, "ppo.learning_rate": 0.001, "sft.lora.r": 4,
     "sft.lora.alpha": 8, "report.bootstrap_resamples": 500, "best_of_n.enabled": False, "best_of_n.n": 2,
     "dpo.num_prompts": 16, "dpo.n": 2, "dpo.max_new_tokens": 8, "dpo.min_margin": 0.0, "dpo.min_pairs": 4,
-    "dpo.max_steps": 2, "dpo.batch_size": 4, "dpo.max_length": 192, "dpo.max_prompt_length": 160,
+    "dpo.max_steps": 2, "dpo.batch_size": 4, "dpo.max_length": 520, "dpo.max_prompt_length": 512,
     "dpo.lora.r": 4, "dpo.lora.alpha": 8, "dpo.learning_rate": 0.001,
     "evaluation.judges": [{"model": "{out}/judge", "revision": None, "toxic_label": "toxic", "allow_pickle": False}],
 }

@@ -169,6 +169,14 @@ class GenerationSettings:
         _require(self.min_length >= 0, "generation.min_length", "must be >= 0")
         _require(self.top_k >= 0, "generation.top_k", "must be >= 0")
         _require(0 < self.top_p <= 1, "generation.top_p", "must be in (0, 1]")
+        # PPO's ratio and KL use the policy's log-probs of the full distribution: responses drawn from a truncated
+        # one (top-k, nucleus) or chosen greedily are not the policy's own samples, and the update is biased with
+        # no error. The same settings drive the evaluation, so they are refused, not warned about.
+        why = ("PPO trains on the policy's own samples: its log-probs and KL are those of the full distribution, so "
+               "rollouts must sample from all of it")
+        _require(self.top_k == 0, "generation.top_k", f"is {self.top_k}; must be 0 (no top-k): {why}")
+        _require(self.top_p == 1.0, "generation.top_p", f"is {self.top_p}; must be 1.0 (no nucleus cut): {why}")
+        _require(self.do_sample, "generation.do_sample", f"is false; must be true (greedy rollouts): {why}")
         _require(self.output_min_length > 0, "generation.output_min_length", "must be positive")
         _require(
             self.output_max_length > self.output_min_length,
@@ -250,6 +258,10 @@ class EvaluationSettings:
             _require(judge.model.startswith(PYTHON_SCORER) or bool(judge.toxic_label),
                      f"evaluation.judges[{i}].toxic_label",
                      "must name the classifier's toxic label (null only for a python: scorer)")
+            _require(not (judge.model.startswith(PYTHON_SCORER) and judge.toxic_label is not None),
+                     f"evaluation.judges[{i}].toxic_label",
+                     f"is {judge.toxic_label!r}, but {judge.model} is a Python scorer, which returns P(toxic) itself and "
+                     "has no labels; set it to null")
             _require(judge.name not in names, f"evaluation.judges[{i}].model",
                      f"gives the judge name {judge.name!r} twice (names are the last part of the id or folder)")
             names.append(judge.name)
@@ -281,8 +293,8 @@ class DPOSettings:
     epochs: float
     max_steps: int  # -1: run the whole `epochs`; > 0 caps the number of optimizer steps
     batch_size: int  # pairs per optimizer step
-    max_length: int  # prompt + response tokens (TRL's max_length); longer prompts are cut from the start
-    max_prompt_length: int
+    max_length: int  # prompt + response tokens (TRL's max_length): at least max_prompt_length + max_new_tokens
+    max_prompt_length: int  # at least data.max_prompt_tokens, so TRL cuts no prompt
     logging_steps: int
     lora: LoraSettings  # a fresh adapter on the starting policy (its own, not PPO's)
 
@@ -301,6 +313,10 @@ class DPOSettings:
         _require(self.logging_steps > 0, "dpo.logging_steps", "must be positive")
         _require(0 < self.max_prompt_length < self.max_length, "dpo.max_prompt_length",
                  f"must be positive and below dpo.max_length ({self.max_length})")
+        _require(self.max_new_tokens <= self.max_length - self.max_prompt_length, "dpo.max_new_tokens",
+                 f"({self.max_new_tokens}) must fit in dpo.max_length - dpo.max_prompt_length ({self.max_length} - "
+                 f"{self.max_prompt_length} = {self.max_length - self.max_prompt_length}): TRL would cut the responses; "
+                 f"raise dpo.max_length to {self.max_prompt_length + self.max_new_tokens} or lower dpo.max_new_tokens")
         self.lora.check("dpo.lora")
 
 
@@ -399,14 +415,22 @@ def split_needs(params: "Params") -> list[tuple[str, str, Union[int, str]]]:
 
 
 def check_split_sizes(params: "Params", n_train: int, n_test: int, where: str = "the prepared data",
-                      keys: Optional[tuple[str, ...]] = None):
+                      keys: Optional[tuple[str, ...]] = None, world: int = 1):
     """Rules across data and the stages that consume it (the `check` stage: all of them; a stage: `keys`,
-    the settings it reads). Fails in the first stage that knows the sizes."""
+    the settings it reads). Fails in the first stage that knows the sizes. `world` data-parallel processes
+    each take ppo.batch_size train prompts a step."""
     fixes = {"ppo.batch_size": "lower data.test_size, widen data.min_chars/max_chars or add data",
              "sft.batch_size": "lower data.test_size, widen data.min_chars/max_chars or add data",
              "dpo.num_prompts": 'use "all", or lower data.test_size'}
     for split, key, need in split_needs(params):
         if keys is not None and key not in keys or need == "all":
+            continue
+        if key == "ppo.batch_size" and world > 1:
+            if n_train < need * world:
+                raise PipelineError(
+                    f"{where} has {n_train} train prompts, fewer than ppo.batch_size x {world} processes "
+                    f"({need} x {world} = {need * world}): each process takes ppo.batch_size prompts a step; lower "
+                    f"ppo.batch_size to {max(n_train // world, 1)} or less, run fewer processes, or {fixes[key]}")
             continue
         if split == "train" and n_train < need:
             raise PipelineError(f"{where} has {n_train} train prompts, fewer than {key} ({need}); lower {key}, "
@@ -529,6 +553,27 @@ class Params:
     guard: GuardSettings
 
 
+def _check_lengths(built: dict):
+    """Rules between lengths in different sections, before any stage runs."""
+    data, gen, ev, dpo = built["data"], built["generation"], built["evaluation"], built["dpo"]
+    if dpo.enabled and data.max_prompt_tokens > dpo.max_prompt_length:
+        raise ParamsError(
+            f"params.yaml: data.max_prompt_tokens ({data.max_prompt_tokens}) is above dpo.max_prompt_length "
+            f"({dpo.max_prompt_length}): TRL would cut DPO's longer prompts (a seq2seq prompt loses its end, the "
+            f"instruction's closing words); set dpo.max_prompt_length to {data.max_prompt_tokens} (and dpo.max_length "
+            f"to {data.max_prompt_tokens + dpo.max_new_tokens}) or lower data.max_prompt_tokens")
+    # min_length counts a seq2seq decoder's start token; causal policies get the same number of new tokens
+    least = gen.min_length - 1
+    caps = [("generation.output_min_length", gen.output_min_length), ("evaluation.max_new_tokens", ev.max_new_tokens)]
+    if dpo.enabled:
+        caps.append(("dpo.max_new_tokens", dpo.max_new_tokens))
+    for key, cap in caps:
+        if least > cap:
+            raise ParamsError(
+                f"params.yaml: generation.min_length ({gen.min_length}, i.e. at least {least} new tokens) is above "
+                f"{key} ({cap}): no response could be both; lower generation.min_length to {cap + 1} or raise {key}")
+
+
 def read_yaml(path: Union[str, Path]) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -563,5 +608,6 @@ def load_params(path: Union[str, Path] = "params.yaml") -> Params:
     if built["data"].summary_column is None and built["policy"].adapter == "sft":
         raise ParamsError("params.yaml: policy.adapter is sft, but data.summary_column is null (a prompt-only dataset "
                           "has no references to fine-tune on); set policy.adapter: null, or name the summary column")
+    _check_lengths(built)
     built["compute"].apply_threads()  # every stage reads its params here
     return Params(seed=seed, raw=raw, **built)

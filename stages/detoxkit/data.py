@@ -77,8 +77,13 @@ def load_source(settings: DataSettings):
             raise PipelineError(f"data.source {source} does not exist; give an existing file/folder or a Hub dataset id")
         if path.is_dir() and any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json")):
             ds = datasets.load_from_disk(str(path))
-            return ds[settings.split] if isinstance(ds, datasets.DatasetDict) else ds
+            if not isinstance(ds, datasets.DatasetDict):
+                _check_split(settings, ["train"], "a saved Dataset (one split)")
+                return ds
+            _check_split(settings, list(ds), "a saved DatasetDict")
+            return ds[settings.split]
         builder, files = _local_files(path)
+        _check_split(settings, ["train"], f"a local {builder} source, read as one split")
         try:
             return datasets.load_dataset(builder, data_files=files, split="train")
         except Exception as err:  # a malformed file: say which and why, not a 40-frame traceback
@@ -86,8 +91,19 @@ def load_source(settings: DataSettings):
     require_hub("dataset", source)
     try:
         return datasets.load_dataset(source, split=settings.split, revision=settings.revision)
+    except ValueError as err:
+        if "Unknown split" in str(err) or "Bad split" in str(err):  # the Hub answered: no such split
+            raise PipelineError(f"data.split {settings.split!r}: the dataset {source} has no such split "
+                                f"({str(err).splitlines()[0]}); set data.split to one of its splits") from None
+        raise PipelineError(offline_hint("dataset", source, err)) from None
     except Exception as err:
         raise PipelineError(offline_hint("dataset", source, err)) from None
+
+
+def _check_split(settings: DataSettings, splits: list[str], what: str):
+    if settings.split not in splits:
+        raise PipelineError(f"data.split is {settings.split!r}, but data.source {settings.source} is {what} with the "
+                            f"splits {splits}; set data.split to one of them")
 
 
 def columns_of(settings: DataSettings) -> list[tuple[str, str]]:

@@ -119,16 +119,19 @@ class DPOEngine:
         return {"steps_done": result.global_step, "train_loss": result.training_loss, "prompts_exact": exact}
 
     def _same_prompts(self, tokenized, ids: list[list[int]]) -> int:
-        """How many prompts DPOTrainer's own tokenization gives exactly as prepare built them (cut to
-        dpo.max_prompt_length where TRL cuts), logged: a difference would train on other prompts than those
-        the policy is evaluated on."""
         key = "prompt_input_ids"
         if key not in tokenized.column_names:
             return len(ids)
-        same = sum(list(t) == list(p) or len(p) > self.dpo.max_prompt_length
-                   for t, p in zip(tokenized[key], ids))
+        same = prompts_exact(tokenized[key], ids)
         log.info("%d of %d prompts tokenized by DPOTrainer exactly as prepare built them", same, len(ids))
         return same
+
+
+def prompts_exact(tokenized: list[list[int]], ids: list[list[int]]) -> int:
+    """How many prompts DPOTrainer's own tokenization gives exactly as prepare built them: a difference (a cut
+    prompt included) would train on other prompts than those the policy is evaluated on. The settings refuse
+    prompts longer than dpo.max_prompt_length, so TRL cuts none."""
+    return sum(list(t) == list(p) for t, p in zip(tokenized, ids))
 
 
 def check_pairs(pairs: list[dict], dpo: DPOSettings, where: str):

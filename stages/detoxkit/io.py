@@ -119,8 +119,13 @@ def read_json(path):
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path} not found; run the stage that produces it first (dvc repro)")
-    with path.open(encoding="utf-8") as fh:
-        return json.load(fh)
+    try:
+        with path.open(encoding="utf-8") as fh:
+            return json.load(fh)
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise PipelineError(f"{path} is not valid JSON ({str(err).splitlines()[0][:120]}): it is damaged or "
+                            "truncated; restore it (dvc checkout, or rerun the stage that writes it: dvc repro) or "
+                            "fix it by hand") from None
 
 
 def write_csv(path, rows: list[dict], columns: Iterable[str]):

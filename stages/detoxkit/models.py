@@ -85,6 +85,8 @@ def load_config(kind: str, ref: str, revision: Optional[str]):
 
 
 def from_pretrained_safely(auto_cls, kind: str, ref: str, revision, allow_pickle: bool, key: str, **kwargs):
+    from safetensors import SafetensorError
+
     try:
         return auto_cls.from_pretrained(
             ref, revision=revision, trust_remote_code=False, **_weights_kwargs(ref, allow_pickle, key), **kwargs
@@ -95,6 +97,12 @@ def from_pretrained_safely(auto_cls, kind: str, ref: str, revision, allow_pickle
             f"{kind} {ref}: its weights do not match its config.json ({first[:300]}); save the model and its "
             "config together with save_pretrained, or point the setting at the right folder"
         ) from None
+    except SafetensorError as err:  # a truncated or overwritten weights file
+        where = next((str(f) for f in sorted(Path(ref).expanduser().glob("*.safetensors")) if _damaged(f)), ref) \
+            if is_local(ref) else ref
+        raise PipelineError(
+            f"{kind} {where}: its weights cannot be read ({str(err).splitlines()[0]}): the file is truncated or "
+            "damaged; copy or save the model again (save_pretrained), or point the setting at a whole folder") from None
     except OSError as err:
         if "safetensors" in str(err) and not allow_pickle:
             raise PipelineError(
