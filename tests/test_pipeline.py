@@ -3,11 +3,13 @@ the team workflow on it (remote, clones, experiments). Every test here copies th
 they stay in one file: pytest-xdist (--dist loadfile) then builds it once."""
 import csv
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import (ROOT, changed_stages, check_model_card_snippet, check_modes, copy_repo, dvc, finite, ran_stages,
+from conftest import (ENV, ROOT, changed_stages, check_model_card_snippet, check_modes, copy_repo, dvc, finite, ran_stages,
                       run_script, set_params, sh)
 
 EVAL_KEYS = ["toxicity_mean", "toxicity_std", "expected_max_toxicity", "toxicity_probability", "reward_mean",
@@ -475,6 +477,170 @@ def test_push_then_fresh_clone_pulls_everything_and_reproduces_nothing(ran, tmp_
     out = model.generate(**tok(["Summarize the following conversation. A: hi"], return_tensors="pt"),
                          max_new_tokens=6, do_sample=False)
     assert out.shape[0] == 1 and out.shape[1] > 1
+
+
+# --- a team remote over a real protocol: SFTP to a server the test starts -------------------------------------
+@pytest.fixture
+def sftp(tmp_path):
+    """A real SSH/SFTP server (asyncssh, the library DVC's SSH plugin speaks with) on 127.0.0.1 with a password
+    login, and a home folder whose ~/.ssh/known_hosts holds its host key (verified as on a team member's machine).
+    Set `slow` to delay every write the server takes (seconds), so that a push can be killed halfway."""
+    import asyncio
+    import threading
+
+    import asyncssh
+
+    root, home = tmp_path / "server", tmp_path / "home"
+    root.mkdir()
+    (home / ".ssh").mkdir(parents=True)
+    state = {"slow": 0.0, "user": "alice", "password": "correct horse battery"}
+    key = asyncssh.generate_private_key("ssh-ed25519")
+
+    class Storage(asyncssh.SFTPServer):
+        def __init__(self, chan):
+            super().__init__(chan, chroot=str(root).encode())
+
+        def write(self, file_obj, offset, data):
+            time.sleep(state["slow"])
+            return super().write(file_obj, offset, data)
+
+    class Server(asyncssh.SSHServer):
+        def begin_auth(self, username):
+            return True
+
+        def password_auth_supported(self):
+            return True
+
+        def validate_password(self, username, password):
+            return (username, password) == (state["user"], state["password"])
+
+    async def listen():
+        return await asyncssh.listen("127.0.0.1", 0, server_factory=Server, server_host_keys=[key],
+                                     sftp_factory=Storage, allow_scp=False)
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    acceptor = asyncio.run_coroutine_threadsafe(listen(), loop).result(30)
+    port = acceptor.get_port()
+    (home / ".ssh/known_hosts").write_text(f"[127.0.0.1]:{port} {key.export_public_key().decode().strip()}\n")
+    state.update(root=root, port=port, url=f"ssh://127.0.0.1:{port}/storage", env={**ENV, "HOME": str(home)})
+    yield state
+    acceptor.close()
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def team(*cmd, cwd, server, check=True):
+    """A command as a team member runs it: their HOME (known_hosts), the test venv first on PATH."""
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=server["env"], capture_output=True, text=True,
+                          timeout=600, stdin=subprocess.DEVNULL)
+    if check and proc.returncode:
+        raise AssertionError(f"{cmd} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def use_remote(repo, server, password=None):
+    """The team's remote in .dvc/config (committed), this member's credentials in .dvc/config.local (not)."""
+    dvc("remote", "add", "-f", "-d", "team", server["url"], cwd=repo)
+    dvc("remote", "modify", "--local", "team", "user", server["user"], cwd=repo)
+    dvc("remote", "modify", "--local", "team", "password", password or server["password"], cwd=repo)
+
+
+REMOTE = [sys.executable, ROOT / "tools/remote.py"]
+
+
+def test_team_remote_over_sftp_push_pull_in_a_fresh_clone_and_artifacts_get(ran, tmp_path, sftp):
+    alice = copy_repo(ran, tmp_path / "alice")
+    use_remote(alice, sftp)
+    sh("git", "commit", "-qam", "team remote over SSH", cwd=alice)
+    assert "password" not in (alice / ".dvc/config").read_text() and sftp["url"] in (alice / ".dvc/config").read_text()
+    assert ".dvc/config.local" not in sh("git", "ls-files", cwd=alice).stdout.split()  # credentials never in git
+    assert "Cache and remote 'team' are in sync" not in team(sys.executable, "-m", "dvc", "status", "-c", cwd=alice,
+                                                             server=sftp).stdout
+    team(*REMOTE, "push", cwd=alice, server=sftp)
+    assert "Cache and remote 'team' are in sync." in team(sys.executable, "-m", "dvc", "status", "-c", cwd=alice,
+                                                          server=sftp).stdout
+
+    bob = tmp_path / "bob"  # a fresh clone on another member's machine: git, then their own credentials
+    sh("git", "clone", "-q", alice, bob, cwd=tmp_path)
+    use_remote(bob, sftp)
+    team(*REMOTE, "pull", cwd=bob, server=sftp)
+    assert changed_stages(bob) == []
+    assert (bob / "metrics/summary.json").read_text() == (alice / "metrics/summary.json").read_text()
+    assert "Cache and remote 'team' are in sync." in team(sys.executable, "-m", "dvc", "status", "-c", cwd=bob,
+                                                          server=sftp).stdout
+
+    # the published model alone, through the remote: a bare clone has no DVC cache, so every byte comes over SFTP
+    sh("gto", "register", "detoxified", "--version", "v1.0.0", cwd=alice)
+    sh("gto", "assign", "detoxified", "--version", "v1.0.0", "--stage", "prod", cwd=alice)
+    bare = tmp_path / "alice.git"
+    sh("git", "clone", "-q", "--bare", alice, bare, cwd=tmp_path)
+    consumer = tmp_path / "consumer"
+    consumer.mkdir()
+    team(sys.executable, "-m", "dvc", "artifacts", "get", bare, "detoxified", "--stage", "prod", "-o", "detoxified",
+         "--remote-config", f"user={sftp['user']}", f"password={sftp['password']}", cwd=consumer, server=sftp)
+    fetched = {p.relative_to(consumer / "detoxified"): p.read_bytes() for p in (consumer / "detoxified").rglob("*")
+               if p.is_file()}
+    assert fetched and fetched == {p.relative_to(alice / "models/detoxified"): p.read_bytes()
+                                   for p in (alice / "models/detoxified").rglob("*") if p.is_file()}
+
+
+def _remote_objects(root):
+    return [p for p in (root / "storage/files/md5").rglob("*") if p.is_file()] if (root / "storage").exists() else []
+
+
+def test_a_push_killed_halfway_then_repeated_leaves_the_remote_complete(ran, tmp_path, sftp):
+    import hashlib
+    import os
+    import signal
+
+    alice = copy_repo(ran, tmp_path / "alice")
+    use_remote(alice, sftp)
+    objects = [p for p in (alice / ".dvc/cache/files/md5").rglob("*") if p.is_file()]
+    sftp["slow"] = 0.05  # every write the server takes waits: the push is still running when it is killed
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "push", "-j", "2"], cwd=alice, env=sftp["env"],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(_remote_objects(sftp["root"])) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    halfway = len(_remote_objects(sftp["root"]))
+    assert 3 <= halfway < len(objects), (halfway, len(objects))
+    sftp["slow"] = 0.0
+    team(sys.executable, "-m", "dvc", "push", cwd=alice, server=sftp)
+    assert "Cache and remote 'team' are in sync." in team(sys.executable, "-m", "dvc", "status", "-c", cwd=alice,
+                                                          server=sftp).stdout
+    stored = _remote_objects(sftp["root"])
+    partial = [p for p in stored if p.name.startswith(".") and p.name.endswith(".tmp")]  # the killed uploads'
+    stored = [p for p in stored if p not in partial]
+    assert {p.relative_to(sftp["root"] / "storage") for p in stored} == {p.relative_to(alice / ".dvc/cache")
+                                                                       for p in objects}
+    for p in stored:  # content-addressed: every object's bytes hash to its name, so none is half-written
+        assert hashlib.md5(p.read_bytes()).hexdigest() == p.parent.name + p.name.removesuffix(".dir"), p
+    assert len(partial) <= 2  # at most one a transfer job (-j 2): hidden temporaries, never read as objects
+
+
+def test_a_wrong_credential_or_an_unreachable_server_is_one_line_naming_the_remote(tmp_path, sftp):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    sh("git", "init", "-q", cwd=repo)
+    dvc("init", "-q", cwd=repo)
+    (repo / "data.txt").write_text("rows\n")
+    dvc("add", "-q", "data.txt", cwd=repo)
+    use_remote(repo, sftp, password="wrong")
+    proc = team(*REMOTE, "push", cwd=repo, server=sftp, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: remote 'team' ({sftp['url']}) refused the login") and \
+        "dvc remote modify --local team user USER, and password PASSWORD" in lines[0], lines
+    assert _remote_objects(sftp["root"]) == []  # nothing was sent
+    dvc("remote", "modify", "team", "url", "ssh://127.0.0.1:9/storage", cwd=repo)  # nothing listens on port 9
+    proc = team(*REMOTE, "check", cwd=repo, server=sftp, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("error: remote 'team' (ssh://127.0.0.1:9/storage) cannot be reached"), proc.stderr
 
 
 def exp_rows(repo):
