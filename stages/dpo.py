@@ -8,9 +8,12 @@ policy (its start adapter merged, as for PPO): the same model with the DPO adapt
 has the layout of `models/ppo` (adapter, start_adapter/, policy.json; no value head: DPO has none), so
 `load_detoxified` and `publish` serve it. The loss and reward-margin curves go to DVCLive (--live); its
 train.json holds the cost: pairs, samples generated, optimizer steps, wall time. Both outputs appear
-whole when training ends, or not at all. With `dpo.enabled: false` it writes placeholders.
+whole when training ends, or not at all. With `dpo.enabled: false` it writes placeholders. With
+compute.processes > 1 (or under torchrun) the Trainer runs data-parallel: each process trains on its share of
+the pairs (dpo.batch_size each), gradients are averaged, and one process writes.
 """
 import argparse
+import contextlib
 import json
 import logging
 import shutil
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from detoxkit.config import PipelineError, load_params
 from detoxkit.io import atomic_dir, read_json, run_stage, write_json, write_placeholder, write_text
+from detoxkit.parallel import is_main, world
 
 log = logging.getLogger("detox.dpo")
 SKIPPED_NOTE = "The DPO stages are off (dpo.enabled is false): no adapter was trained.\n"
@@ -46,6 +50,8 @@ def main():
     params = load_params()
     dpo = params.dpo
     if not dpo.enabled:
+        if not is_main():
+            return
         write_placeholder(args.out, SKIPPED_NOTE)
         with atomic_dir(args.live) as tmp:  # a header-only curve: `dvc plots show` accepts it
             write_text(tmp / "plots/metrics/dpo/loss.tsv", "step\tloss\n")
@@ -75,11 +81,16 @@ def main():
     log.info("DPO on %d pairs; trainable parameters (LoRA): %d of %d (%.2f%%)", len(pairs), trainable, total,
              100 * trainable / total)
     scratch = Path(args.out).with_name(".dpo-trainer")  # Trainer scratch space (nothing is saved there)
-    shutil.rmtree(scratch, ignore_errors=True)  # a killed run's
-    with atomic_dir(args.live) as live_tmp, atomic_dir(args.out) as out_tmp:
-        live = Live(str(live_tmp), dvcyaml=False, save_dvc_exp=False)
+    main_process = is_main()  # under torchrun each process trains on its share of the pairs; one writes
+    if main_process:
+        shutil.rmtree(scratch, ignore_errors=True)  # a killed run's
+    with (atomic_dir(args.live) if main_process else contextlib.nullcontext()) as live_tmp, \
+            (atomic_dir(args.out) if main_process else contextlib.nullcontext()) as out_tmp:
+        live = Live(str(live_tmp), dvcyaml=False, save_dvc_exp=False) if main_process else None
 
         def on_log(step: int, curves: dict):
+            if live is None:
+                return
             live.step = step
             for name, value in curves.items():
                 live.log_metric(name, value)
@@ -87,6 +98,8 @@ def main():
         start = time.perf_counter()
         result = DPOEngine(model, tokenizer, dpo, params.seed, device, scratch).train(pairs, on_log)
         wall = time.perf_counter() - start
+        if not main_process:
+            return
         live.end()
         shutil.rmtree(scratch, ignore_errors=True)
         save_detoxified(out_tmp, model, None, params.policy, adapter)
@@ -94,6 +107,7 @@ def main():
             "method": "dpo", "enabled": True, **result, "wall_s": wall, "pairs": len(pairs),
             "prompts": counts["prompts"], "generated_samples": counts["generated_samples"],
             "pairs_wall_s": counts["wall_s"], "trainable_parameters": trainable, "total_parameters": total,
+            "processes": world()[1],
             "settings": {"beta": dpo.beta, "learning_rate": dpo.learning_rate, "epochs": dpo.epochs,
                          "max_steps": dpo.max_steps, "batch_size": dpo.batch_size, "n": dpo.n,
                          "min_margin": dpo.min_margin, "lora_r": dpo.lora.r}})
@@ -101,4 +115,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, parallel=True)

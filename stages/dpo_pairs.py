@@ -17,6 +17,7 @@ import time
 
 from detoxkit.config import check_split_sizes, load_params
 from detoxkit.io import atomic_dir, run_stage, write_json, write_placeholder, write_text
+from detoxkit.parallel import is_main, setup
 
 log = logging.getLogger("detox.dpo_pairs")
 SKIPPED_NOTE = "The DPO stages are off (dpo.enabled is false): no pairs were sampled.\n"
@@ -31,8 +32,11 @@ def main():
     args = parser.parse_args()
 
     params = load_params()
+    setup()  # under torchrun: join the process group (each process takes whole batches of the prompts)
     dpo = params.dpo
     if not dpo.enabled:
+        if not is_main():
+            return
         write_placeholder(args.out, SKIPPED_NOTE)
         write_json(args.metrics, {"enabled": False})
         log.info("dpo.enabled is false: wrote a placeholder %s", args.out)
@@ -59,6 +63,8 @@ def main():
     log.info("%d of %d prompts gave a pair (reward gap >= dpo.min_margin %g; mean gap %.3f over all prompts)",
              counts["pairs"], counts["prompts"], dpo.min_margin, counts["margin_mean_all"])
     check_pairs(pairs, dpo, f"{len(rows)} train prompts")
+    if not is_main():  # every process holds all pairs (gathered); one writes
+        return
     with atomic_dir(args.out) as tmp:
         write_text(tmp / "pairs.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
     write_json(args.metrics, {"enabled": True, **counts, "n": dpo.n, "min_margin": dpo.min_margin, "wall_s": wall})
@@ -66,4 +72,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, parallel=True)

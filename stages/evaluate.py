@@ -10,7 +10,8 @@
 `start` is the starting policy (FLAN-T5 plus its starting adapter); a folder is a detoxified policy;
 `best-of-n` keeps the highest-reward of best_of_n.n samples of the starting policy (with
 best_of_n.enabled false it writes an empty samples file and loads nothing). Same test prompts, same
-seed, same sampling settings for all, so the report can pair them.
+seed, same sampling settings for all, so the report can pair them. With compute.processes > 1 (or under
+torchrun) each process takes whole batches of the samples; the results are the same as one process's.
 """
 import argparse
 import logging
@@ -20,6 +21,7 @@ from detoxkit.data import load_prepared, take
 from detoxkit.evaluation import best_of_n, evaluate_policy, sample_columns, summarize
 from detoxkit.generation import sampling_kwargs
 from detoxkit.io import is_placeholder, run_stage, write_csv, write_json
+from detoxkit.parallel import is_main, setup
 from detoxkit.models import check_policy_config, load_detoxified, load_policy, start_adapter_path
 from detoxkit.scoring import build_judges, build_scorer, check_scorers
 
@@ -37,11 +39,14 @@ def main():
     args = parser.parse_args()
 
     params = load_params()
+    setup()  # under torchrun: join the process group (each process takes whole batches of the prompts)
     ev = params.evaluation
     off = ("best_of_n.enabled is false" if args.policy == "best-of-n" and not params.best_of_n.enabled else
            f"{args.policy} is a placeholder (its stage is off)" if is_placeholder(args.policy)
            else None)
     if off:  # the stage stays in the DAG, cheap and empty (best-of-N off; DPO off: models/dpo is a placeholder)
+        if not is_main():
+            return
         write_csv(args.samples, [], sample_columns(ev.judges))
         write_json(args.metrics, {"enabled": False})
         log.info("%s: wrote an empty %s", off, args.samples)
@@ -71,6 +76,8 @@ def main():
     else:
         records = evaluate_policy(model, tokenizer, scorer, rows, ev, params.seed, device,
                                   params.compute.compile_generation, judges, **gen)
+    if not is_main():  # every process holds all records (gathered); one writes
+        return
     metrics = {**summarize(records, ev.toxic_threshold), **extra}
     write_csv(args.samples, records, sample_columns(judges))
     write_json(args.metrics, metrics)
@@ -81,4 +88,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, parallel=True)

@@ -1,4 +1,5 @@
-"""The detox stage under `accelerate launch` (one CPU process), data-parallel under torchrun (two), and in bf16."""
+"""Scale-out on CPU processes: the detox stage under `accelerate launch` (one process) and torchrun (two), in bf16;
+every sampling stage byte-identical on one and two processes; DPO training data-parallel."""
 import json
 import math
 import shutil
@@ -45,3 +46,69 @@ def test_detox_trains_in_bfloat16(kind, workdir, causal_workdir, tmp_path):
     assert train["steps_done"] == 4 and all(math.isfinite(train[k]) for k in ("env/reward_mean", "objective/kl"))
     weights = load_file(d / "models/detoxified/adapter_model.safetensors")
     assert weights and all(w.isfinite().all() for w in weights.values())
+
+
+def _files(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("kind", ["seq2seq", "causal"])
+def test_every_sampling_stage_gives_the_same_bytes_on_one_and_on_two_processes(kind, workdir, causal_workdir,
+                                                                               tmp_path):
+    """compute.processes: 2 starts each stage under torchrun (two CPU processes, gloo); each process takes whole
+    batches of the prompts, seeded from (seed, the batch's first sample): the samples CSVs and metrics of
+    baseline, evaluate (PPO), evaluate_dpo (DPO) and best_of_n, and DPO's pairs, equal one process's byte for byte."""
+    d = shutil.copytree(workdir if kind == "seq2seq" else causal_workdir, tmp_path / "w")
+    set_params(d, {"compute.threads": 1, "ppo.max_steps": 1, "dpo.n": 2, "dpo.num_prompts": 16,
+                   "best_of_n.n": 2, "evaluation.num_samples": 6})  # 6 x 2 samples: 2 batches of 8, the last short
+    run_script(d, "detox.py", "--data", "data/prepared", "--sft", "models/sft", "--out", "models/ppo", "--live", "live",
+               "--checkpoints", "ckpt")
+    run_script(d, "dpo_pairs.py", "--data", "data/prepared", "--sft", "models/sft", "--out", "pairs", "--metrics",
+               "pairs.json")
+    run_script(d, "dpo.py", "--pairs", "pairs", "--pairs-metrics", "pairs.json", "--sft", "models/sft", "--out",
+               "models/dpo", "--live", "dpo_live")
+    common = ["--sft", "models/sft", "--data", "data/prepared"]
+    out = {}
+    for procs in (1, 2):
+        set_params(d, {"compute.processes": procs})
+        logs = ""
+        for name, policy in (("baseline", "start"), ("evaluate", "models/ppo"), ("evaluate_dpo", "models/dpo"),
+                             ("best_of_n", "best-of-n")):
+            proc = run_script(d, "evaluate.py", "--policy", policy, *common, "--metrics", f"{procs}/{name}.json",
+                              "--samples", f"{procs}/{name}.csv")
+            logs += proc.stderr
+        proc = run_script(d, "dpo_pairs.py", "--data", "data/prepared", "--sft", "models/sft", "--out",
+                          f"{procs}/pairs", "--metrics", f"{procs}/pairs.json")
+        logs += proc.stderr
+        out[procs] = _files(d / str(procs))
+        counts = json.loads((d / str(procs) / "pairs.json").read_text())
+        out[procs][Path("pairs.json")] = {k: v for k, v in counts.items() if k != "wall_s"}  # wall time aside
+        if procs == 2:
+            assert "process 0 of 2: prompts 0-3 (evaluate" in logs and "process 1 of 2: prompts 4-5 (evaluate" in logs
+            assert "process 1 of 2: prompts 8-15 (dpo pairs" in logs
+    assert len(out[1]) == 10 and out[1].keys() == out[2].keys()
+    assert [name for name in out[1] if out[1][name] != out[2][name]] == []
+
+
+@pytest.mark.parametrize("kind", ["seq2seq", "causal"])
+def test_dpo_trains_data_parallel_on_two_cpu_processes_and_writes_once(kind, workdir, causal_workdir, tmp_path):
+    """TRL's DPOTrainer under torchrun (compute.processes: 2): each process takes its share of the pairs (half the
+    steps of one process for the same epoch), only the main process writes the adapter and the curves."""
+    d = shutil.copytree(workdir if kind == "seq2seq" else causal_workdir, tmp_path / "w")
+    set_params(d, {"dpo.n": 2, "dpo.num_prompts": 32, "dpo.min_pairs": 8, "dpo.max_steps": -1, "dpo.epochs": 1,
+                   "dpo.batch_size": 2})
+    run_script(d, "dpo_pairs.py", "--data", "data/prepared", "--sft", "models/sft", "--out", "pairs", "--metrics",
+               "pairs.json")
+    pairs = json.loads((d / "pairs.json").read_text())["pairs"]
+    steps = {}
+    for procs in (1, 2):
+        set_params(d, {"compute.processes": procs})
+        proc = run_script(d, "dpo.py", "--pairs", "pairs", "--pairs-metrics", "pairs.json", "--sft", "models/sft",
+                          "--out", f"dpo{procs}", "--live", f"live{procs}")
+        train = json.loads((d / f"live{procs}/train.json").read_text())
+        steps[procs] = train["steps_done"]
+        assert train["processes"] == procs and (d / f"dpo{procs}/adapter_model.safetensors").is_file()
+        assert proc.stderr.count("saved the DPO adapter") == 1  # one writer
+        loss = (d / f"live{procs}/plots/metrics/dpo/loss.tsv").read_text().splitlines()
+        assert len(loss) == 1 + steps[procs]  # one curve, a row per step, written once
+    assert steps[1] == math.ceil(pairs / 2) and steps[2] == math.ceil(pairs / 4)  # each process: half the pairs

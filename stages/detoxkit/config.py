@@ -124,10 +124,13 @@ class ComputeSettings:
     device: Literal["auto", "cpu", "cuda"]
     dtype: Literal["auto", "float32", "bfloat16", "float16"]
     compile_generation: bool  # on CUDA: static KV cache + torch.compile (CUDA graphs) for sampling
+    # threads and processes have defaults only for code that builds these settings itself; params.yaml names both
     threads: Optional[int] = None  # CPU threads for torch and OpenMP in every stage; None: torch's default
+    processes: int = 1  # data-parallel processes (torchrun) for the stages that sample, score and train
 
     def check(self):
         _require(self.threads is None or self.threads > 0, "compute.threads", "must be null or positive")
+        _require(self.processes > 0, "compute.processes", "must be positive (1: one process)")
 
     def apply_threads(self):
         """Set the thread count for this process: torch's (if it is loaded) and OpenMP's and MKL's (read when

@@ -83,7 +83,11 @@ class DPOEngine:
             max_completion_length=dpo.max_length - dpo.max_prompt_length, logging_steps=dpo.logging_steps,
             save_strategy="no", report_to="none", seed=seed, bf16=peft_model.dtype == torch.bfloat16,
             use_cpu=device.type == "cpu", remove_unused_columns=False, disable_tqdm=False,
-            gradient_accumulation_steps=1)
+            gradient_accumulation_steps=1,
+            # data-parallel (torchrun): the reference pass (adapter disabled) and the policy pass both go through
+            # DDP's forward; broadcasting the (constant) buffers in the second would modify, in place, a tensor
+            # the first one's backward needs. Every LoRA parameter is used in each step.
+            ddp_broadcast_buffers=False, ddp_find_unused_parameters=False)
 
     def train(self, pairs: list[dict], on_log: Callable[[int, dict], None]) -> dict:
         """Train on `pairs` (prompt_ids, chosen, rejected); `on_log(step, {curve: value})` per logged step.

@@ -8,9 +8,9 @@ import logging
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .generation import decode, generate, response_length, response_logprobs, static_shape, stop_ids
+from .parallel import map_batches
 
 log = logging.getLogger("detox.eval")
 
@@ -28,15 +28,18 @@ def rouge(predictions: list[str], references: list[str]) -> dict[str, np.ndarray
 
 
 def generate_texts(model, tokenizer, rows, batch_size, device, seed, desc, compile_generation=False, **gen_kwargs):
-    """Generate for `rows` in batches from one seed; returns (token ids, texts)."""
-    torch.manual_seed(seed)
-    ids = []
+    """Generate for `rows` in batches, each seeded from (seed, its first row) and shared among the data-parallel
+    processes (parallel.map_batches); returns (token ids, texts) of all rows, in order."""
     queries = list(rows["input_ids"])
     static = static_shape(compile_generation, model, queries, gen_kwargs["max_new_tokens"])
-    for start in tqdm(range(0, len(queries), batch_size), desc=desc, unit="batch"):
-        ids += generate(model, tokenizer, queries[start:start + batch_size], batch_size, device, static,
-                        **gen_kwargs)
-    return ids, decode(tokenizer, ids, stop_ids(model, tokenizer))
+    stops = stop_ids(model, tokenizer)
+
+    def batch(start, end):
+        ids = generate(model, tokenizer, queries[start:end], batch_size, device, static, **gen_kwargs)
+        return list(zip(ids, decode(tokenizer, ids, stops)))
+
+    out = map_batches(len(queries), batch_size, seed, batch, desc)
+    return [i for i, _ in out], [t for _, t in out]
 
 
 def reference_stats(model, tokenizer, queries, responses, batch_size, device) -> tuple[np.ndarray, np.ndarray]:
@@ -73,17 +76,44 @@ def expand(rows, k: int):
 
 def evaluate_policy(model, tokenizer, scorer, rows, ev, seed: int, device, compile_generation=False, judges=(),
                     **gen_kwargs) -> list[dict]:
-    """Generate `ev.samples_per_prompt` responses per row (consecutively, from one seed), then score each:
-    reward and toxicity, the judges' toxicity, ROUGE (when the data has references), length, KL and
-    perplexity; one record a sample, `index` naming its prompt and `sample` which of its k.
-
-    With one sample per prompt this draws exactly what a single pass over the rows does.
+    """Generate `ev.samples_per_prompt` responses per row (consecutively), then score each: reward and toxicity,
+    the judges' toxicity, ROUGE (when the data has references), length, KL and perplexity; one record a sample,
+    `index` naming its prompt and `sample` which of its k. Each batch of ev.batch_size samples is generated and
+    scored as one, seeded from (seed, its first sample), by whichever data-parallel process takes it.
     """
     k = ev.samples_per_prompt
     rows, order = expand(rows, k)
-    ids, texts = generate_texts(model, tokenizer, rows, ev.batch_size, device, seed, "evaluate", compile_generation,
-                                max_new_tokens=ev.max_new_tokens, **gen_kwargs)
-    return sample_records(model, tokenizer, scorer, judges, rows, order, k, ids, texts, ev.batch_size, device)
+    queries = list(rows["input_ids"])
+    static = static_shape(compile_generation, model, queries, ev.max_new_tokens)
+    stops = stop_ids(model, tokenizer)
+
+    def batch(start, end):
+        part = rows.select(range(start, end))
+        ids = generate(model, tokenizer, queries[start:end], ev.batch_size, device, static,
+                       max_new_tokens=ev.max_new_tokens, **gen_kwargs)
+        return sample_records(model, tokenizer, scorer, judges, part, order[start:end], k, ids,
+                              decode(tokenizer, ids, stops), ev.batch_size, device, first=start)
+
+    return map_batches(len(rows), ev.batch_size, seed, batch, "evaluate", per_prompt=k)
+
+
+def _scored_candidates(model, tokenizer, scorer, candidates, batch_size, seed, device, compile_generation, desc,
+                       max_new_tokens, per_prompt, **gen_kwargs) -> list[tuple]:
+    """(token ids, text, reward, toxicity) of one sampled response per candidate row, each batch generated and
+    scored as one by whichever data-parallel process takes it."""
+    queries = list(candidates["input_ids"])
+    prompts = list(candidates["query"])
+    static = static_shape(compile_generation, model, queries, max_new_tokens)
+    stops = stop_ids(model, tokenizer)
+
+    def batch(start, end):
+        ids = generate(model, tokenizer, queries[start:end], batch_size, device, static, max_new_tokens=max_new_tokens,
+                       **gen_kwargs)
+        texts = decode(tokenizer, ids, stops)
+        rewards, toxicity = scorer.score(prompts[start:end], texts)
+        return list(zip(ids, texts, map(float, rewards), map(float, toxicity)))
+
+    return map_batches(len(queries), batch_size, seed, batch, desc, per_prompt)
 
 
 def best_of_n(model, tokenizer, scorer, rows, ev, n: int, seed: int, device, compile_generation=False, judges=(),
@@ -98,13 +128,20 @@ def best_of_n(model, tokenizer, scorer, rows, ev, n: int, seed: int, device, com
     """
     k = ev.samples_per_prompt
     candidates, _ = expand(rows, k * n)
-    ids, texts = generate_texts(model, tokenizer, candidates, ev.batch_size, device, seed, f"best-of-{n}",
-                                compile_generation, max_new_tokens=ev.max_new_tokens, **gen_kwargs)
-    rewards, toxicity = scorer.score(list(candidates["query"]), texts)
-    best = rewards.reshape(-1, n).argmax(axis=1) + np.arange(0, len(texts), n)
+    scored = _scored_candidates(model, tokenizer, scorer, candidates, ev.batch_size, seed, device, compile_generation,
+                                f"best-of-{n}", ev.max_new_tokens, k * n, **gen_kwargs)
+    rewards = np.array([r for _, _, r, _ in scored])
+    best = rewards.reshape(-1, n).argmax(axis=1) + np.arange(0, len(scored), n)
     kept, order = expand(rows, k)
-    return sample_records(model, tokenizer, scorer, judges, kept, order, k, [ids[i] for i in best],
-                          [texts[i] for i in best], ev.batch_size, device, (rewards[best], toxicity[best]), kl=False)
+    chosen = [scored[i] for i in best]
+
+    def batch(start, end):  # the kept samples' judges, ROUGE, length and perplexity: scoring only
+        part = chosen[start:end]
+        return sample_records(model, tokenizer, scorer, judges, kept.select(range(start, end)), order[start:end], k,
+                              [c[0] for c in part], [c[1] for c in part], ev.batch_size, device,
+                              (np.array([c[2] for c in part]), np.array([c[3] for c in part])), kl=False, first=start)
+
+    return map_batches(len(chosen), ev.batch_size, seed, batch, f"best-of-{n} scores", per_prompt=k)
 
 
 def preference_pairs(model, tokenizer, scorer, rows, dpo, batch_size: int, seed: int, device,
@@ -114,22 +151,22 @@ def preference_pairs(model, tokenizer, scorer, rows, dpo, batch_size: int, seed:
     chosen, the lowest rejected (among distinct texts), and the pair kept when their reward gap is at least
     `dpo.min_margin` (and above 0: two equal responses teach nothing). Returns (pairs, counts)."""
     n = dpo.n
-    candidates, order = expand(rows, n)
-    ids, texts = generate_texts(model, tokenizer, candidates, batch_size, device, seed, f"dpo pairs (n={n})",
-                                compile_generation, max_new_tokens=dpo.max_new_tokens, **gen_kwargs)
-    rewards, _ = scorer.score(list(candidates["query"]), texts)
+    candidates, _ = expand(rows, n)
+    scored = _scored_candidates(model, tokenizer, scorer, candidates, batch_size, seed, device, compile_generation,
+                                f"dpo pairs (n={n})", dpo.max_new_tokens, n, **gen_kwargs)
+    texts, rewards = [t for _, t, _, _ in scored], [r for _, _, r, _ in scored]
     pairs, margins = [], []
     for i in range(len(rows)):
         # one reward per distinct text: the same text scored in two batches can differ in the last bits, and a
         # pair of one text twice teaches nothing
-        scored = dict(zip(texts[i * n:(i + 1) * n], map(float, rewards[i * n:(i + 1) * n])))
-        chosen, rejected = max(scored, key=scored.get), min(scored, key=scored.get)
-        gap = scored[chosen] - scored[rejected]
+        scored_texts = dict(zip(texts[i * n:(i + 1) * n], rewards[i * n:(i + 1) * n]))
+        chosen, rejected = max(scored_texts, key=scored_texts.get), min(scored_texts, key=scored_texts.get)
+        gap = scored_texts[chosen] - scored_texts[rejected]
         margins.append(gap)
         if chosen != rejected and gap > 0 and gap >= dpo.min_margin:
             pairs.append({"index": i, "query": rows[i]["query"], "prompt_ids": list(rows[i]["input_ids"]),
-                          "chosen": chosen, "rejected": rejected, "reward_chosen": scored[chosen],
-                          "reward_rejected": scored[rejected], "margin": gap})
+                          "chosen": chosen, "rejected": rejected, "reward_chosen": scored_texts[chosen],
+                          "reward_rejected": scored_texts[rejected], "margin": gap})
     counts = {"prompts": len(rows), "generated_samples": len(texts), "pairs": len(pairs),
               "margin_mean_all": float(np.mean(margins)) if margins else 0.0,
               "margin_mean_kept": float(np.mean([p["margin"] for p in pairs])) if pairs else None}
@@ -137,9 +174,10 @@ def preference_pairs(model, tokenizer, scorer, rows, dpo, batch_size: int, seed:
 
 
 def sample_records(model, tokenizer, scorer, judges, rows, order, k, ids, texts, batch_size, device,
-                   scored=None, kl=True) -> list[dict]:
-    """One record per generated sample. `scored`: (rewards, toxicity) already computed; `kl` False leaves the
-    KL cell empty (best-of-n's responses come from no single policy whose log-ratio could be taken)."""
+                   scored=None, kl=True, first=0) -> list[dict]:
+    """One record per generated sample (the samples from item `first` of the expanded rows on). `scored`:
+    (rewards, toxicity) already computed; `kl` False leaves the KL cell empty (best-of-n's responses come from
+    no single policy whose log-ratio could be taken)."""
     prompts = list(rows["query"])
     rewards, toxicity = scored if scored is not None else scorer.score(prompts, texts)
     references = list(rows["summary"]) if "summary" in rows.column_names else None  # None: a prompt-only dataset
@@ -148,7 +186,7 @@ def sample_records(model, tokenizer, scorer, judges, rows, order, k, ids, texts,
     judged = {f"{JUDGE}{j.name}": j.toxicity(texts) for j in judges}
     stops = stop_ids(model, tokenizer)
     return [
-        {"index": order[i], "sample": i % k, "prompt": prompts[i],
+        {"index": order[i], "sample": (first + i) % k, "prompt": prompts[i],
          "reference": references[i] if references is not None else "", "response": texts[i],
          "toxicity": float(toxicity[i]), "reward": float(rewards[i]),
          **{name: float(v[i]) for name, v in scores.items()},

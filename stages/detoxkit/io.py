@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -33,14 +34,33 @@ def setup_logging():
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is imported
 
 
-def run_stage(main: Callable[[], None]):
-    """Run a stage's main(): a PipelineError becomes a one-line message and exit status 2."""
+def run_stage(main: Callable[[], None], parallel: bool = False):
+    """Run a stage's main(): a PipelineError becomes a one-line message and exit status 2. A `parallel` stage with
+    compute.processes > 1, started outside a launcher, starts itself again under torchrun with that many
+    processes (one machine; for several, launch the script with torchrun or accelerate yourself)."""
     setup_logging()
+    if parallel and "LOCAL_RANK" not in os.environ:
+        processes = _processes()
+        if processes > 1:
+            log.info("compute.processes %d: starting %s under torchrun", processes, sys.argv[0])
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+                   sys.argv[0], *sys.argv[1:]]
+            sys.exit(2 if subprocess.call(cmd) else 0)
     try:
         main()
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def _processes() -> int:
+    """compute.processes from params.yaml; 1 when the file cannot be read (main() then says why)."""
+    from .config import load_params
+
+    try:
+        return load_params().compute.processes
+    except PipelineError:
+        return 1
 
 
 def load_script(path):
