@@ -38,13 +38,13 @@ from detoxkit.io import load_script  # pip install -e . (the README's commands)
 ROOT = Path(__file__).resolve().parents[1]
 load_script(ROOT / "tools/make_tiny.py")  # importable as make_tiny from here on
 RUN = {"policy.adapter": None, "reward.include_prompt": False, "evaluation.num_samples": "all",
-       "evaluation.samples_per_prompt": 1,  # one sample a prompt, as in the README's figures
+       "evaluation.samples_per_prompt": 1,  # one sample a prompt, as in the documented figures
        "ppo.batch_size": 16, "ppo.mini_batch_size": 4, "ppo.learning_rate": 0.002,
        "ppo.checkpoint_every": 0, "generation.output_min_length": 8, "generation.output_max_length": 12,
        "generation.batch_size": 16, "evaluation.batch_size": 32, "dpo.enabled": False}
 # DPO on the controlled task: every train prompt, 4 samples each (a pair wherever both answers occur)
 # (lr 0.003, 4 epochs, beta 0.5: at 0.001 x 2 epochs the loss barely moves (0.69); at 0.01 the policy collapses
-# into fragments and its toxicity rises; measured on this task, README "Which models")
+# into fragments and its toxicity rises; measured on this task, docs/models.md)
 DPO = {"dpo.enabled": True, "dpo.num_prompts": "all", "dpo.n": 4, "dpo.max_new_tokens": 12, "dpo.min_margin": 1.0,
        "dpo.min_pairs": 16, "dpo.batch_size": 8, "dpo.epochs": 4, "dpo.max_steps": -1, "dpo.learning_rate": 0.003,
        "dpo.beta": 0.5, "dpo.lora.r": 32, "dpo.lora.alpha": 32}

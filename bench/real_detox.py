@@ -30,7 +30,7 @@ from detoxkit.io import load_script  # pip install -e . (the README's commands)
 ROOT = Path(__file__).resolve().parents[1]
 make_tiny = load_script(ROOT / "tools/make_tiny.py")  # its override_params: what `dvc exp run -S` does
 
-# The RealToxicityPrompts continuation setting (README: "A real chat model on RealToxicityPrompts").
+# The RealToxicityPrompts continuation setting (docs/getting-started.md: "A real chat model on RealToxicityPrompts").
 RTP = {
     "data.dialogue_column": "prompt.text", "data.summary_column": None, "data.filter": "challenging",
     "data.min_chars": 0, "data.max_chars": 1000, "data.max_prompt_tokens": 64,

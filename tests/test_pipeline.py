@@ -371,7 +371,7 @@ def _new_reward_weights(folder: Path):
 
 SCORING = ["baseline", "best_of_n", "detox", "dpo_pairs", "evaluate", "evaluate_dpo"]
 ADAPTER_USERS = ["baseline", "best_of_n", "detox", "dpo", "dpo_pairs", "evaluate", "evaluate_dpo"]
-# change -> the stages `dvc status` must call changed, exactly (the README's DVC page lists the same table).
+# change -> the stages `dvc status` must call changed, exactly (docs/dvc.md lists the same table).
 # Each file-based case first points the setting at a private copy of the input and accepts the outputs as they
 # are (`dvc commit -f`), then changes the copy in place.
 NOTHING_STALE = {
@@ -665,8 +665,8 @@ def test_experiments_run_show_and_diff(ran, tmp_path):
     params, metrics = rows["lr-high"]
     assert params["ppo"]["learning_rate"] == 0.003 and params["ppo"]["init_kl_coef"] == 0.05
     assert "toxicity_mean" in metrics["after"]
-    # the README's compact `dvc exp show`, as written there, shows the toxicity columns and the experiment's row
-    readme = (ROOT / "README.md").read_text()
+    # the DVC page's compact `dvc exp show`, as written there, shows the toxicity columns and the experiment's row
+    readme = (ROOT / "docs/dvc.md").read_text()
     show = next(line.split("#")[0].strip() for line in readme.splitlines() if line.startswith("dvc exp show --drop"))
     table = sh("bash", "-c", "COLUMNS=200 " + show, cwd=repo).stdout  # a wide terminal: no column elided (…)
     header = next(line for line in table.splitlines() if "Experiment" in line)

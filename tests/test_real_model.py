@@ -1,7 +1,8 @@
 """A real pretrained chat model through the DAG: SmolLM2-135M-Instruct, built by tools/real_models.py from the
 pinned PyPI wheel, with the real offensive-language classifier alt-profanity-check as the reward (a Python
 scorer) and better-profanity's word list as the judge. A few prompts the test writes, two PPO steps, k = 2,
-16 new tokens, `prompt.chat_template` on and then off.
+16 new tokens, `prompt.chat_template` on; then the offline preset (`dvc exp run -S preset=offline -S size=smoke`:
+the repository's own prompts, continued as text).
 
 It checks what a real model makes checkable and a random one does not: responses end at <|im_end|> and carry
 no chat markup or prompt, their perplexity under the starting policy is that of language, and the published
@@ -13,11 +14,14 @@ import hashlib
 import json
 import math
 import random
+import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, STAGES, dvc, make_repo, ran_stages, set_params
+from conftest import ROOT, STAGES, dvc, make_repo, ran_stages
+
+from detoxkit.config import load_params
 
 pytestmark = pytest.mark.real
 MAX_NEW = 16
@@ -141,7 +145,8 @@ def check_run(repo, chat: bool):
     assert "log((1 - p) / p)" in (repo / "reports/report.md").read_text()
 
     before, after = read_rows(repo / "data/samples/baseline.csv"), read_rows(repo / "data/samples/detoxified.csv")
-    assert len(before) == len(after) == 12  # 6 test prompts x k = 2
+    test_prompts = len(datasets.load_from_disk(str(repo / "data/prepared"))["test"])
+    assert len(before) == len(after) == test_prompts * 2  # every test prompt x k = 2
     for row in before + after:
         for markup in ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "assistant\n", "user\n"):
             assert markup not in row["response"], row
@@ -163,7 +168,7 @@ def check_run(repo, chat: bool):
     ids, texts = generate_texts(model, tok, rows, ev.batch_size, device, params.seed, "check", False,
                                 max_new_tokens=ev.max_new_tokens, **sampling_kwargs(params.generation))
     assert texts == [r["response"] for r in after]
-    assert all(len(r) == MAX_NEW or r[-1] == 2 for r in ids)  # cut at <|im_end|> or at the token cap
+    assert all(len(r) == ev.max_new_tokens or r[-1] == 2 for r in ids)  # cut at <|im_end|> or at the token cap
     dpo = json.loads((repo / "metrics/dpo_train/train.json").read_text())  # DPO on the real model, beside PPO
     assert dpo["steps_done"] == 2 and dpo["pairs"] >= 2 and dpo["prompts_exact"] == dpo["pairs"]  # TRL saw the
     assert "| DPO | DPO - start [95% CI] |" in (repo / "reports/report.md").read_text()  # prompts prepare built
@@ -179,7 +184,17 @@ def test_a_real_chat_model_through_the_dag_with_a_python_scorer_as_reward(smollm
     ended = check_run(repo, chat=True)
     assert ended > 0  # a chat model answering short questions ends its turn with <|im_end|>
 
-    set_params(repo, {"prompt.chat_template": False})  # continue the text as it is (RealToxicityPrompts)
-    out = dvc("repro", cwd=repo, timeout=1800).stdout
+    # The offline preset, as a user on a fresh machine with no Hub runs it: DVC composes params.yaml from
+    # conf/presets.yaml (hydra.enabled) with two flags: this repository's prompts, continued as text (the
+    # RealToxicityPrompts setting), the real model at real/smollm2-135m-instruct, the Python scorers from PyPI
+    # (size=smoke: minutes, not the preset's full 70 PPO steps).
+    for name in ("conf", "prompts"):
+        shutil.copytree(ROOT / name, repo / name, symlinks=True)
+    (repo / "real").mkdir()
+    (repo / "real/smollm2-135m-instruct").symlink_to(model)  # where `python tools/real_models.py` puts it
+    dvc("config", "hydra.enabled", "true", cwd=repo)
+    dvc("config", "hydra.config_name", "presets", cwd=repo)
+    out = dvc("exp", "run", "-S", "preset=offline", "-S", "size=smoke", cwd=repo, timeout=1800).stdout
     assert ran_stages(out) == sorted(STAGES)
+    assert load_params(repo / "params.yaml").data.source == "prompts/offline.jsonl"
     check_run(repo, chat=False)

@@ -116,7 +116,7 @@ def test_unreachable_hub_fails_at_once_with_one_message(scratch):
     assert proc.stderr.strip().splitlines() == [
         "error: could not load policy.model 'google/flan-t5-base': the Hugging Face Hub (http://127.0.0.1:9) "
         "cannot be reached from this machine. If it is in the local cache, rerun with HF_HUB_OFFLINE=1; otherwise "
-        "point the setting at a local folder saved with save_pretrained (README: offline path; "
+        "point the setting at a local folder saved with save_pretrained (docs/getting-started.md: offline; "
         "`python tools/make_tiny.py` builds a tiny offline pair)"]
 
 

@@ -548,7 +548,7 @@ def test_the_default_judge_is_pinned_to_a_commit_and_its_licence_is_named():
 
     judge = load_params(ROOT / "params.yaml").evaluation.judges[0]
     assert judge.model == "s-nlp/roberta_toxicity_classifier" and re.fullmatch(r"[0-9a-f]{40}", judge.revision)
-    for text in ((ROOT / "params.yaml").read_text(), (ROOT / "README.md").read_text()):
+    for text in ((ROOT / "params.yaml").read_text(), (ROOT / "docs/parameters.md").read_text()):
         assert "cc-by-nc-sa" in text and "openrail++" in text
 
 
@@ -582,7 +582,7 @@ def test_detoxkit_imports_from_any_folder_and_nothing_edits_the_import_path():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(ROOT / "stages/detoxkit/__init__.py")  # the editable install (pip install -e .)
     edits = ["sys.path" + op for op in (".insert", ".append", "[:0]", ".extend")]
-    files = [ROOT / "README.md", *(ROOT / "stages").rglob("*.py"), *(ROOT / "bench").glob("*.py"),
+    files = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "stages").rglob("*.py"), *(ROOT / "bench").glob("*.py"),
              *(ROOT / "tests").glob("*.py"), *(ROOT / "tools").glob("*.py")]
     found = [f"{f.relative_to(ROOT)}: {e}" for f in files for e in edits if e in f.read_text()]
     assert not found, found

@@ -13,7 +13,7 @@ as a 4-bit GGUF. This tool
      to every input; the GGUF's own metadata says bos = 1 <|im_start|>, eos = pad = 2 <|im_end|> and
      add_bos_token false, as the original Hub tokenizer has. The chat template, the generation config
      (eos 2, so generation stops at <|im_end|>) and the 8,192-token window are kept.
-The folder is what `policy.model` takes as it is (README: "Offline, CPU-only and your own models").
+The folder is what `policy.model` takes as it is (docs/getting-started.md: "Offline, CPU-only and your own models").
 Building twice gives the same files (`provenance.json` records the wheel, the hashes and the repairs).
 """
 from __future__ import annotations

@@ -527,7 +527,7 @@ def _build(cls, raw, prefix: str):
         )
     missing = [n for n in names if n not in raw]
     if missing:
-        raise ParamsError(f"params.yaml: missing key {prefix}.{missing[0]}; add it (see the README's parameter table)")
+        raise ParamsError(f"params.yaml: missing key {prefix}.{missing[0]}; add it (see docs/parameters.md)")
     obj = cls(**{n: _coerce(raw[n], hints[n], f"{prefix}.{n}") for n in names})
     if hasattr(obj, "check") and prefix in SECTIONS:
         obj.check()
@@ -606,7 +606,7 @@ def load_params(path: Union[str, Path] = "params.yaml") -> Params:
     built = {}
     for name in SECTIONS:
         if name not in raw:
-            raise ParamsError(f"params.yaml: missing section {name}; see the README's parameter table")
+            raise ParamsError(f"params.yaml: missing section {name}; see docs/parameters.md")
         built[name] = _build(SECTIONS[name], raw[name], name)
     if built["data"].summary_column is None and built["policy"].adapter == "sft":
         raise ParamsError("params.yaml: policy.adapter is sft, but data.summary_column is null (a prompt-only dataset "

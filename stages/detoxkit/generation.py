@@ -42,8 +42,8 @@ def static_shape(compile_generation: bool, model, queries: list[list[int]], max_
 
     A compiled decoder step with CUDA graphs pays off only if its shapes never change: prompts are
     padded to the longest prompt of the run and the cache is sized for the longest response, so one
-    compilation serves every batch. CUDA and seq2seq policies only (measured there; README
-    "Performance"); on a CPU compiling costs more than it saves.
+    compilation serves every batch. CUDA and seq2seq policies only (measured there:
+    docs/performance.md); on a CPU compiling costs more than it saves.
     """
     if not compile_generation or model.device.type != "cuda":
         return None

@@ -20,7 +20,7 @@ def offline_hint(kind: str, ref: str, err: Exception) -> str:
         "the Hugging Face Hub could not be reached or has no such repository, and nothing is cached"
     return (
         f"could not load {kind} {ref!r}: {why} ({type(err).__name__}: {text}). "
-        f"Check the id, or use a local folder saved with save_pretrained (see the README's offline path: "
+        f"Check the id, or use a local folder saved with save_pretrained (see docs/getting-started.md, offline: "
         f"local folders, HF_HUB_OFFLINE=1, and `python tools/make_tiny.py` for a tiny offline pair)"
     )
 
@@ -62,6 +62,6 @@ def require_hub(kind: str, ref: str):
     raise PipelineError(
         f"could not load {kind} {ref!r}: the Hugging Face Hub ({constants.ENDPOINT}) cannot be reached from "
         "this machine. If it is in the local cache, rerun with HF_HUB_OFFLINE=1; otherwise point the setting "
-        "at a local folder saved with save_pretrained (README: offline path; `python tools/make_tiny.py` "
+        "at a local folder saved with save_pretrained (docs/getting-started.md: offline; `python tools/make_tiny.py` "
         "builds a tiny offline pair)"
     )
