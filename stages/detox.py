@@ -219,4 +219,4 @@ def _log_row(live, row: dict):
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, parallel=True)
