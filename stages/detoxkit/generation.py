@@ -165,14 +165,21 @@ def _response_logits(model, tokenizer, queries, resp, resp_mask, device) -> torc
     return logits[:, :-1]
 
 
+def batch_logprobs(model, tokenizer, queries, responses, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log p(response token | prompt, previous tokens) of one batch, [responses, longest] in float32, and
+    the mask of real (not padding) tokens; differentiable (GRPO trains through it)."""
+    labels, mask = _padded_responses(responses, tokenizer.pad_token_id)
+    logits = _response_logits(model, tokenizer, queries, labels, mask, device)
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.to(logits.device).unsqueeze(-1)).squeeze(-1)
+    return logp, mask.to(logp.device)
+
+
 @torch.inference_mode()
 def response_logprobs(model, tokenizer, queries, responses, batch_size: int, device) -> list[torch.Tensor]:
     """Per-token log p(response token | prompt, previous tokens) under `model`, one tensor per sample."""
     out = []
     for start in range(0, len(queries), batch_size):
         resp = responses[start:start + batch_size]
-        labels, mask = _padded_responses(resp, tokenizer.pad_token_id)  # padding is cut off below
-        logits = _response_logits(model, tokenizer, queries[start:start + batch_size], labels, mask, device)
-        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.to(logits.device).unsqueeze(-1)).squeeze(-1)
-        out.extend(logp[i, : len(r)].cpu() for i, r in enumerate(resp))
+        logp, _ = batch_logprobs(model, tokenizer, queries[start:start + batch_size], resp, device)
+        out.extend(logp[i, : len(r)].cpu() for i, r in enumerate(resp))  # padding cut off
     return out

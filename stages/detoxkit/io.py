@@ -51,6 +51,16 @@ def run_stage(main: Callable[[], None], parallel: bool = False):
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    _leave_process_group()
+
+
+def _leave_process_group():
+    """Under torchrun: wait for every process, then leave the group. A process that exits while the others still
+    write would tear down the group's threads under them ("terminate called without an active exception")."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _processes() -> int:

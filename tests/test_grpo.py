@@ -1,0 +1,121 @@
+"""GRPO's arithmetic (detoxkit.grpo) proved against hand-computed cases, and on a tiny real policy with LoRA."""
+import math
+
+import pytest
+import torch
+
+from detoxkit.grpo import grpo_loss, group_advantages, k3_kl
+
+EPS = 1e-4
+
+
+def test_advantages_of_a_two_prompt_batch_by_hand():
+    rewards = torch.tensor([1.0, 3.0, 0.0, 0.0], dtype=torch.float64)  # prompt A: 1 and 3; prompt B: 0 and 0
+    got = group_advantages(rewards, 2, eps=EPS)
+    # prompt A: mean 2, std (Bessel) sqrt(((1 - 2)^2 + (3 - 2)^2) / 1) = sqrt(2); prompt B: all equal, 0
+    a = 1 / (math.sqrt(2) + EPS)
+    assert got.tolist() == pytest.approx([-a, a, 0.0, 0.0], abs=1e-12)
+    assert group_advantages(rewards, 2, scale_rewards=False).tolist() == [-1.0, 1.0, 0.0, 0.0]  # Dr. GRPO
+    with pytest.raises(ValueError, match="do not split into groups of 3"):
+        group_advantages(rewards, 3)
+
+
+def _direct(logp, old, ref, adv, lengths, clip, beta):
+    """The loss and d loss / d logp, token by token in plain floats: what grpo_loss must equal."""
+    n = len(logp)
+    loss, grad = 0.0, [[0.0] * len(row) for row in logp]
+    for i in range(n):
+        for t in range(lengths[i]):
+            ratio = math.exp(logp[i][t] - old[i][t])
+            unclipped, clipped = ratio * adv[i], min(max(ratio, 1 - clip), 1 + clip) * adv[i]
+            d = ref[i][t] - logp[i][t]
+            kl = math.exp(d) - d - 1
+            loss += -(min(unclipped, clipped) - beta * kl) / lengths[i] / n
+            d_surrogate = ratio * adv[i] if unclipped <= clipped else 0.0  # the clipped side is constant in logp
+            d_kl = -math.exp(d) + 1
+            grad[i][t] = -(d_surrogate - beta * d_kl) / lengths[i] / n
+    return loss, grad
+
+
+def test_loss_and_gradient_of_a_hand_made_two_prompt_batch_match_a_direct_computation():
+    # 4 responses (2 prompts x 2), up to 3 tokens; the last token of responses 1 and 3 is padding
+    logp = [[-1.0, -2.0, -0.5], [-0.3, -1.2, 0.0], [-2.0, -0.1, -0.7], [-0.9, -0.4, 0.0]]
+    old = [[-1.0, -2.4, -0.5], [-0.3, -1.0, 0.0], [-2.0, -0.1, -0.2], [-0.9, -0.4, 0.0]]  # ratios of 1.49, 0.82, 0.61
+    ref = [[-1.1, -2.0, -0.6], [-0.2, -1.3, 0.0], [-1.8, -0.3, -0.7], [-0.9, -0.5, 0.0]]
+    lengths = [3, 2, 3, 2]
+    rewards = torch.tensor([2.0, -1.0, 0.5, 0.5])  # prompt B's rewards are equal
+    adv = group_advantages(rewards, 2, eps=EPS)
+    clip, beta = 0.2, 0.04
+    want_loss, want_grad = _direct(logp, old, ref, adv.tolist(), lengths, clip, beta)
+
+    x = torch.tensor(logp, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[1.0] * n + [0.0] * (3 - n) for n in lengths], dtype=torch.float64)
+    loss, stats = grpo_loss(x, torch.tensor(old, dtype=torch.float64), torch.tensor(ref, dtype=torch.float64),
+                            adv.to(torch.float64), mask, clip, beta)
+    loss.backward()
+    assert loss.item() == pytest.approx(want_loss, abs=1e-12)
+    assert x.grad.tolist() == [pytest.approx(row, abs=1e-12) for row in want_grad]
+    assert stats["clip_fraction"] == pytest.approx(1 / 10)  # response 0's second token: ratio 1.49 > 1.2, A > 0
+
+
+def test_a_group_with_equal_rewards_contributes_nothing():
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -0.7], [-1.5, -0.2], [-0.3, -0.9]], requires_grad=True)
+    adv = group_advantages(torch.tensor([1.0, 4.0, 2.5, 2.5]), 2)
+    assert adv[2:].tolist() == [0.0, 0.0]
+    loss, _ = grpo_loss(logp, logp.detach(), logp.detach(), adv, torch.ones(4, 2), clip=0.2, beta=0.0)
+    loss.backward()
+    assert logp.grad[2:].abs().sum() == 0 and logp.grad[:2].abs().sum() > 0
+
+
+def _tiny_policy(tiny, rank_seed=0):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from detoxkit.config import LoraSettings
+    from detoxkit.models import attach_lora
+
+    torch.manual_seed(rank_seed)
+    model = AutoModelForCausalLM.from_pretrained(tiny["dir"] / "gpt2")
+    tok = AutoTokenizer.from_pretrained(tiny["dir"] / "gpt2")
+    tok.pad_token = tok.pad_token or tok.eos_token
+    return attach_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="auto")), tok
+
+
+def test_the_kl_is_zero_at_step_0_on_a_real_policy(tiny):
+    from detoxkit.generation import batch_logprobs
+
+    model, tok = _tiny_policy(tiny)
+    queries = [tok("Summary: the meeting")["input_ids"], tok("Say hello")["input_ids"]]
+    responses = [tok(" moved to Monday.")["input_ids"], tok(" to Anna")["input_ids"]]
+    logp, mask = batch_logprobs(model, tok, queries, responses, "cpu")
+    with model.disable_adapter():  # the reference: the starting policy
+        ref, _ = batch_logprobs(model, tok, queries, responses, "cpu")
+    assert (k3_kl(logp, ref) * mask).abs().max().item() == 0.0  # a fresh LoRA adapter changes nothing yet
+
+
+def test_one_step_raises_the_log_probability_of_the_highest_advantage_response(tiny):
+    from detoxkit.generation import batch_logprobs
+
+    model, tok = _tiny_policy(tiny)
+    query = tok("Summary: the meeting")["input_ids"]
+    responses = [tok(t)["input_ids"] for t in (" was fine.", " moved to Monday.", " is cancelled.", " went well.")]
+    rewards = torch.tensor([0.0, 3.0, -1.0, 1.0])  # response 1 has the highest advantage, 2 the lowest
+    adv = group_advantages(rewards, 4)
+    queries = [query] * 4
+
+    def sequence_logp():
+        logp, mask = batch_logprobs(model, tok, queries, responses, "cpu")
+        return logp, mask, (logp * mask).sum(dim=1)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-2)
+    logp, mask, before = sequence_logp()
+    with model.disable_adapter():
+        ref, _ = batch_logprobs(model, tok, queries, responses, "cpu")
+    loss, _ = grpo_loss(logp, logp.detach(), ref.detach(), adv, mask, clip=0.2, beta=0.04)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        _, _, after = sequence_logp()
+    change = (after - before.detach()).tolist()
+    assert change[1] > 0 and change[2] < 0 and change[1] == max(change), change
