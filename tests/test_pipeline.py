@@ -330,6 +330,9 @@ def test_html_report_is_self_contained_with_tables_and_images(ran):
     assert {"start", "PPO", "best-of-N", "PPO - start [95% CI]", "reward_diff", "response_after"} <= set(page.headers)
     md = [line[3:] for line in (ran / "reports/report.md").read_text().splitlines() if line.startswith("## ")]
     assert page.h2 == md  # one list of sections renders both reports
+    text = (ran / "reports/report.html").read_text()
+    bold = "**" in (ran / "reports/report.md").read_text()
+    assert "**" not in text and ("<strong>" in text) == bold  # Markdown's emphasis is HTML's, not two asterisks
 
 
 def test_dvc_plots_render_training_curves_and_distributions(ran, tmp_path):

@@ -158,17 +158,22 @@ def to_html(title: str, sections: list, images: dict[str, str]) -> str:
         for block in blocks:
             kind = block[0]
             if kind == "p":
-                body.append(f"<p>{html.escape(block[1])}</p>")
+                body.append(f"<p>{_inline(block[1])}</p>")
             elif kind == "list":
                 body.append("<ul>" + "".join(
-                    f"<li class='{'flag' if flag else 'ok'}'>{html.escape(text)}</li>" if flag is not None
-                    else f"<li>{html.escape(text)}</li>" for text, flag in block[1]) + "</ul>")
+                    f"<li class='{'flag' if flag else 'ok'}'>{_inline(text)}</li>" if flag is not None
+                    else f"<li>{_inline(text)}</li>" for text, flag in block[1]) + "</ul>")
             elif kind == "table":
                 body.append(html_table(block[1], block[2]))
             elif kind == "figure":
                 body.append(img(images[block[1]], block[2]))
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{''.join(body)}</body></html>\n")
+
+
+def _inline(text: str) -> str:
+    """Escaped text, with the Markdown emphasis the sections use (**bold**) as HTML."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
 
 
 def img(b64: str, alt: str) -> str:
