@@ -55,9 +55,7 @@ def test_a_policy_that_fools_the_reward_model_but_not_the_judge_sets_judge_disag
 
 
 def test_judge_disagrees_needs_a_real_fall_of_the_reward_toxicity_and_a_judge_that_does_not_follow():
-    from conftest import stage
-
-    disagrees = stage("report").judge_disagrees
+    from detoxkit.compare import judge_disagrees as disagrees
 
     def ci(before, after, lo, hi):
         return {"before": before, "after": after, "diff": after - before, "diff_ci_low": lo, "diff_ci_high": hi}
