@@ -175,7 +175,7 @@ def check_run(repo, chat: bool):
     return sum(1 for r in ids if r[-1] == 2)
 
 
-def test_a_real_chat_model_through_the_dag_with_a_python_scorer_as_reward(smollm, tmp_path):
+def test_a_real_chat_model_through_the_dag_with_a_python_scorer_as_reward(smollm, tmp_path, monkeypatch):
     model, _ = smollm
     data = tmp_path / "prompts.jsonl"
     write_prompts(data)
@@ -197,4 +197,5 @@ def test_a_real_chat_model_through_the_dag_with_a_python_scorer_as_reward(smollm
     out = dvc("exp", "run", "-S", "preset=offline", "-S", "size=smoke", cwd=repo, timeout=1800).stdout
     assert ran_stages(out) == sorted(STAGES)
     assert load_params(repo / "params.yaml").data.source == "prompts/offline.jsonl"
+    monkeypatch.chdir(repo)  # the preset names the model by a path relative to the repository, where stages run
     check_run(repo, chat=False)
