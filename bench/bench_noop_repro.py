@@ -12,7 +12,6 @@ the import path), so the old version runs its own library. --hash times the cont
 empty cache (every byte read) and then with the cache (size and mtime only). Run it alone on the machine.
 """
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -23,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from detoxkit.io import load_script
+from detoxkit.io import load_script, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = ["stages", "tools", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "requirements.txt"]
@@ -140,8 +139,7 @@ def main():
             print(f"no-op dvc repro ({args.setup}): before {statistics.median(times['before']):.2f} s, "
                   f"after {statistics.median(times['after']):.2f} s (medians of {args.repeats})")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ in both), interleaved over --rounds. Each run's samples are checked to be the sa
 """
 import argparse
 import csv
-import json
 import os
 import platform
 import statistics
@@ -20,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from detoxkit.io import load_script
+from detoxkit.io import load_script, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -73,8 +72,7 @@ def main():
           f"2 processes x 1 thread {statistics.median(walls[2]):.1f} s (medians of {args.rounds}, whole stage "
           f"including start-up); 2/1 = {result['median_ratio_2_over_1']:.2f}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":
