@@ -6,7 +6,7 @@ It reads the policy's config (a language model whose window fits the longest pro
 tokens any stage asks for, with the layers every LoRA setting names), the reward model and every judge (a classifier's config and labels by name, no
 weights; a Python scorer called once on probe texts; no judge that is the reward itself, by id, path or
 lineage manifest) and the prepared split sizes against every size setting (ppo.batch_size, sft.batch_size,
-dpo.num_prompts, evaluation.num_samples, sft.eval_samples). dvc.yaml declares exactly those settings and
+dpo.num_prompts, grpo.batch_size, evaluation.num_samples, sft.eval_samples). dvc.yaml declares exactly those settings and
 inputs, and every stage that trains or samples depends on this stage's output, so a change to any of them
 runs the checks first. The output holds the split sizes only, so it changes only when the data do.
 """
@@ -35,7 +35,8 @@ def main():
     params = load_params()
     config = check_policy(params)
     loras = [("lora", params.lora)] + [(f"{name}.lora", getattr(params, name).lora) for name, on in
-                                       (("sft", params.policy.adapter == "sft"), ("dpo", params.dpo.enabled)) if on]
+                                       (("sft", params.policy.adapter == "sft"), ("dpo", params.dpo.enabled),
+                                                     ("grpo", params.grpo.enabled)) if on]
     for key, lora in loras:
         check_lora_targets(config, lora, key)
     check_scorers(params.reward, params.evaluation.judges, args.models)

@@ -63,8 +63,8 @@ def main():
     from dvclive import Live
 
     from detoxkit.dpo_engine import DPOEngine, check_pairs
-    from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy, save_detoxified,
-                                 start_adapter_path, trainable_parameters)
+    from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy, peak_memory,
+                                 save_detoxified, start_adapter_path, trainable_parameters)
 
     counts = read_json(args.pairs_metrics)
     if counts.get("enabled") is False or not {"prompts", "generated_samples", "wall_s"} <= set(counts):
@@ -104,13 +104,16 @@ def main():
         shutil.rmtree(scratch, ignore_errors=True)
         save_detoxified(out_tmp, model, None, params.policy, adapter)
         write_json(live_tmp / "train.json", {
-            "method": "dpo", "enabled": True, **result, "wall_s": wall, "pairs": len(pairs),
-            "prompts": counts["prompts"], "generated_samples": counts["generated_samples"],
-            "pairs_wall_s": counts["wall_s"], "trainable_parameters": trainable, "total_parameters": total,
-            "processes": world()[1],
+            "method": "dpo", "enabled": True, **result, "pairs": len(pairs), "prompts": counts["prompts"],
+            "generated_samples": counts["generated_samples"], "trainable_parameters": trainable,
+            "total_parameters": total, "processes": world()[1],
+            "rollouts": counts["generated_samples"], "optimizer_steps": result["steps_done"],  # the comparison's cost
             "settings": {"beta": dpo.beta, "learning_rate": dpo.learning_rate, "epochs": dpo.epochs,
                          "max_steps": dpo.max_steps, "batch_size": dpo.batch_size, "n": dpo.n,
                          "min_margin": dpo.min_margin, "lora_r": dpo.lora.r}})
+        # the pairs' sampling counts as DPO's training cost: it is DPO's rollouts
+        write_json(live_tmp / "timing.json", {"wall_s": wall + counts["wall_s"], "train_wall_s": wall,
+                                              "pairs_wall_s": counts["wall_s"], **peak_memory(device)})
     log.info("saved the DPO adapter to %s after %d steps (%.1f s)", args.out, result["steps_done"], wall)
 
 

@@ -1,14 +1,17 @@
 """Stage `publish`: the detoxified policy as a folder ready for the Hugging Face Hub, with its model card.
 
-    python stages/publish.py --policy models/ppo --summary metrics/summary.json --train metrics/detox/train.json \
-        --out models/detoxified
+    python stages/publish.py --compare metrics/compare --method ppo models/ppo metrics/ppo_train \
+        --method dpo models/dpo metrics/dpo_train --method grpo models/grpo metrics/grpo_train --out models/detoxified
 
-Copies the detox stage's adapter folder and adds README.md in the Hub's model-card layout: YAML metadata
+publish.method names the method (ppo, dpo, grpo), or `best`: the report's answer, the lowest toxicity whose
+interval is below 0 with no guard crossed (detoxkit.compare.choose_published). Best-of-N has no weights: when it
+wins, or when nothing qualifies, the trained method with the lowest toxicity is published and the card says why.
+Copies that method's adapter folder and adds README.md in the Hub's model-card layout: YAML metadata
 (base_model, library_name: peft, tags), then what was trained, on what, with which settings, and the
 headline metrics with their confidence intervals from the report stage. The folder can be pushed as it is
 (`huggingface-cli upload <user>/<name> models/detoxified`). Everything comes from the artifacts the card
-describes (the adapter's own files, the detox stage's train.json, metrics/summary.json), so the card
-cannot disagree with them.
+describes (the adapter's own files, its training stage's train.json, metrics/compare/<method>.json), so
+the card cannot disagree with them.
 """
 import argparse
 import logging
@@ -17,7 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from detoxkit.config import load_params
+from detoxkit.compare import LABELS, TRAINED, choose_published
+from detoxkit.config import PipelineError, load_params
 from detoxkit.hub import is_local
 from detoxkit.io import atomic_dir, read_json, run_stage, write_text
 from detoxkit.models import read_policy_meta
@@ -47,7 +51,7 @@ def usage(meta: dict, causal: bool) -> list[str]:
     if meta.get("start_adapter"):
         lines.append(f"base = PeftModel.from_pretrained(base, folder, subfolder={meta['start_adapter']!r})"
                      ".merge_and_unload()  # the starting adapter, merged first")
-    lines += ["model = PeftModel.from_pretrained(base, folder).eval()  # the detoxifying adapter (PPO or DPO)",
+    lines += ["model = PeftModel.from_pretrained(base, folder).eval()  # the detoxifying adapter (PPO, DPO or GRPO)",
               'ids = tokenizer("' + ("Complete: The weather today" if causal else
                                      "Summarize the following conversation. ...") + '", return_tensors="pt")',
               'out = model.generate(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"], max_new_tokens=40)',
@@ -56,17 +60,25 @@ def usage(meta: dict, causal: bool) -> list[str]:
     return lines
 
 
-def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_source: str) -> str:
+DESCRIBE = {  # what each trained method is, for the card's first paragraph
+    "ppo": "trained with PPO (TRL, value head, KL penalty against the frozen starting policy)",
+    "dpo": "trained with DPO (TRL's DPOTrainer, on preference pairs ranked by the reward model from the starting "
+           "policy's own samples; the starting policy is the reference)",
+    "grpo": "trained with GRPO (group-relative advantages over several responses per prompt, clipped ratio, k3 KL "
+            "to the starting policy; no value head)"}
+
+
+def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_source: str, why: str = "") -> str:
     causal = adapter.get("task_type") == "CAUSAL_LM"
     run, ran = summary.get("setup", {}), train.get("settings") or {}
-    dpo = train.get("method") == "dpo"  # models/dpo (DPO's train.json) or models/ppo
-    method = "DPO" if dpo else "PPO"
-    head = "" if dpo else " and PPO's value head"  # DPO trains none
+    key = train.get("method", "ppo")
+    dpo, method = key != "ppo", LABELS[key]
+    head = "" if dpo else " and PPO's value head"  # DPO and GRPO train none
     base, local = meta["base_model"], is_local(meta["base_model"])
     front = {**({} if local else {"base_model": base}),  # the Hub wants an id here: a local path is named below
              "library_name": "peft",
              "pipeline_tag": "text-generation" if causal else "text2text-generation",
-             "tags": ["trl", "dpo" if dpo else "ppo", "lora", "detoxification", "rlhf", "dvc"]}
+             "tags": [*(["trl"] if key != "grpo" else []), key, "lora", "detoxification", "rlhf", "dvc"]}
     if not is_local(data_source):  # a Hub dataset id
         front["datasets"] = [data_source]
     conf = f"{summary['confidence']:.0%}"
@@ -77,15 +89,12 @@ def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_sourc
     lines = [
         "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
         f"# {meta['base_model'].rstrip('/').split('/')[-1]}, detoxified with {method}", "",
-        ("A LoRA adapter trained with DPO (TRL's DPOTrainer, on preference pairs ranked by the reward model from the "
-         "starting policy's own samples; the starting policy is the reference) to make " if dpo else
-         "A LoRA adapter trained with PPO (TRL, value head, KL penalty against the frozen starting policy) to make ")
-        + 
-        f"`{meta['base_model']}` less toxic, by the reproducible DVC pipeline of this repository.", "",
+        f"A LoRA adapter {DESCRIBE[key]} to make `{meta['base_model']}` less toxic, by the reproducible DVC pipeline "
+        "of this repository." + (f" Why this method: {why}." if why else ""), "",
         "## Model description", "",
         (f"- Base model: a local folder, `{base}` (not on the Hub, so the metadata above has no base_model)"
          if local else f"- Base model: `{base}` (revision `{meta.get('revision')}`)")
-        + (", with a starting LoRA adapter (`start_adapter/`, from the sft stage) merged before PPO"
+        + (", with a starting LoRA adapter (`start_adapter/`, from the sft stage) merged before training"
            if meta.get("start_adapter") else ""),
         f"- Trained: the LoRA weights (r = {ran.get('lora_r')}){head}, "
         f"{train.get('trainable_parameters') or 0:,} of {train.get('total_parameters') or 0:,} parameters",
@@ -94,8 +103,8 @@ def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_sourc
         f"Prompts from `{data_source}` (the pipeline's train split); evaluated on {summary['num_prompts']} held-out "
         f"prompts, k = {summary['samples_per_prompt']} samples each.", "",
         "## Training procedure", "",
-        (f"DPO ran {train.get('steps_done')} optimizer steps on {train.get('pairs')} preference pairs" if dpo else
-         f"PPO ran {train.get('steps_done')} of {ran.get('max_steps', '?')} steps") +
+        (f"DPO ran {train.get('steps_done')} optimizer steps on {train.get('pairs')} preference pairs" if key == "dpo"
+         else f"{method} ran {train.get('steps_done')} of {ran.get('max_steps', '?')} steps") +
         (f", stopped early at step {train.get('early_stop_step')} (KL above ppo.max_kl)" if train.get("early_stopped")
          else "") + ".", "",
         "| setting | value |", "|---|---|",
@@ -112,7 +121,8 @@ def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_sourc
         ("" if dpo else "`value_head.safetensors` is PPO's value head, needed only to continue training.")
         + (" With the starting adapter merged, `with model.disable_adapter():` gives the starting policy, "
            "which was PPO's reference." if meta.get("start_adapter") else
-           " `with model.disable_adapter():` gives the base model, which was PPO's reference."), "",
+           " `with model.disable_adapter():` gives the base model, which was PPO's reference.")
+        .replace("PPO's reference", f"{method}'s reference"), "",
         "## Limitations", "",
         "Toxicity is measured by classifiers, which miss what they were not trained on; check the judges and the "
         "guards above, and read the samples in the pipeline's report before relying on this model.", "",
@@ -122,22 +132,29 @@ def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_sourc
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--policy", required=True, help="the detox stage's adapter folder")
-    parser.add_argument("--summary", required=True, help="the report stage's metrics/summary.json")
-    parser.add_argument("--train", required=True, help="the training stage's train.json (metrics/detox/train.json)")
+    parser.add_argument("--compare", required=True, help="the report stage's comparison files (metrics/compare)")
+    parser.add_argument("--method", nargs=3, action="append", required=True, metavar=("NAME", "POLICY", "LIVE"),
+                        help="a trained method's adapter folder and its training stage's DVCLive folder")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
     params = load_params()
-    policy = Path(args.policy)
-    meta = read_policy_meta(policy)  # a clear error for a folder the detox stage did not write
-    summary, train = read_json(args.summary), read_json(args.train)
+    folders = {name: (Path(policy), Path(live)) for name, policy, live in args.method}
+    unknown = sorted(set(folders) - set(TRAINED))
+    if unknown:
+        raise PipelineError(f"--method {unknown[0]}: publish serves the trained methods {list(TRAINED)}")
+    entries = {m: read_json(Path(args.compare) / f"{m}.json") for m in (*folders, "best_of_n")
+               if (Path(args.compare) / f"{m}.json").is_file()}
+    method, why = choose_published(entries, params.publish.method)
+    policy, live = folders[method]
+    meta = read_policy_meta(policy)  # a clear error for a folder the training stage did not write
+    train = read_json(live / "train.json")
     adapter = read_json(policy / "adapter_config.json")
-    card = model_card(meta, adapter, summary, train, params.data.source)
+    card = model_card(meta, adapter, entries[method], train, params.data.source, why)
     with atomic_dir(args.out) as tmp:
         shutil.copytree(policy, tmp, dirs_exist_ok=True)
         write_text(tmp / "README.md", card)
-    log.info("wrote %s: the adapter and its model card (README.md)", args.out)
+    log.info("wrote %s: the %s adapter and its model card (README.md); %s", args.out, LABELS[method], why)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ TINY_PARAMS = {
     "dpo.num_prompts": 16, "dpo.n": 2, "dpo.max_new_tokens": 8, "dpo.min_margin": 0.0, "dpo.min_pairs": 4,
     "dpo.max_steps": 2, "dpo.batch_size": 4, "dpo.max_length": 520, "dpo.max_prompt_length": 512,
     "dpo.lora.r": 4, "dpo.lora.alpha": 8, "dpo.learning_rate": 0.001,
+    "grpo.group_size": 2, "grpo.batch_size": 4, "grpo.mini_batch_size": 4, "grpo.max_steps": 3,
+    "grpo.checkpoint_every": 1, "grpo.learning_rate": 0.001, "grpo.lora.r": 4, "grpo.lora.alpha": 8,
     "evaluation.judges": [{"model": "{out}/judge", "revision": None, "toxic_label": "toxic", "allow_pickle": False}],
 }
 

@@ -324,6 +324,45 @@ class DPOSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class GRPOSettings:
+    enabled: bool  # the grpo and evaluate_grpo stages: group-relative policy optimization beside PPO and DPO
+    group_size: int  # responses sampled per prompt; advantages are relative to the group's rewards
+    batch_size: int  # prompts per step (per process): batch_size x group_size responses generated a step
+    mini_batch_size: int  # responses per optimizer step; must divide batch_size x group_size
+    epochs: int  # passes over each step's responses (above 1 the clip acts: the policy has moved since sampling)
+    max_steps: int
+    learning_rate: float
+    beta: float  # weight of the per-token k3 KL to the starting policy (0: no KL term)
+    clip: float  # the ratio is clipped to [1 - clip, 1 + clip]
+    scale_rewards: bool  # divide by the group's std (GRPO); false: Dr. GRPO's unscaled advantages
+    max_grad_norm: float  # gradients clipped to this norm (.inf: never)
+    checkpoint_every: int  # steps between resumable checkpoints; 0 disables them
+    lora: LoraSettings  # GRPO's own fresh adapter on the starting policy
+
+    def check(self):
+        _require(self.group_size >= 2, "grpo.group_size", "must be >= 2 (a group of one has no relative advantage)")
+        _require(self.batch_size > 0, "grpo.batch_size", "must be positive")
+        _require(self.mini_batch_size > 0, "grpo.mini_batch_size", "must be positive")
+        responses = self.batch_size * self.group_size
+        _require(responses % self.mini_batch_size == 0, "grpo.mini_batch_size",
+                 f"({self.mini_batch_size}) must divide grpo.batch_size x grpo.group_size ({self.batch_size} x "
+                 f"{self.group_size} = {responses} responses a step)")
+        _require(self.epochs > 0, "grpo.epochs", "must be positive")
+        _require(self.max_steps > 0, "grpo.max_steps", "must be positive")
+        _require(self.learning_rate > 0, "grpo.learning_rate", "must be positive")
+        _require(self.beta >= 0, "grpo.beta", "must be >= 0")
+        _require(0 < self.clip < 1, "grpo.clip", "must be in (0, 1), e.g. 0.2")
+        _require(self.max_grad_norm > 0, "grpo.max_grad_norm", "must be positive (.inf: no clipping)")
+        _require(self.checkpoint_every >= 0, "grpo.checkpoint_every", "must be >= 0 (0 disables checkpoints)")
+        self.lora.check("grpo.lora")
+        # The ratio and the KL compare log-probs of the same function at two times; LoRA dropout would make each
+        # forward pass another function, so ratio and KL would be noise rather than the policy's change.
+        _require(self.lora.dropout == 0, "grpo.lora.dropout",
+                 f"is {self.lora.dropout}; must be 0: GRPO's ratio and KL compare the policy's log-probs across forward "
+                 "passes, and dropout would make them differ by noise")
+
+
+@dataclasses.dataclass(frozen=True)
 class SFTSettings:
     learning_rate: float
     epochs: float
@@ -367,6 +406,11 @@ class ReportSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class PublishSettings:
+    method: Literal["ppo", "dpo", "grpo", "best"]  # best: the report's answer (best-of-N has no weights)
+
+
+@dataclasses.dataclass(frozen=True)
 class GuardSettings:
     max_rougeL_drop: float  # largest allowed drop of mean ROUGE-L (absolute, 0..1)
     max_kl: float  # largest allowed per-token KL(detoxified || reference) on evaluation responses
@@ -396,14 +440,16 @@ SECTIONS = {
     "evaluation": EvaluationSettings,
     "best_of_n": BestOfNSettings,
     "dpo": DPOSettings,
+    "grpo": GRPOSettings,
     "sft": SFTSettings,
     "report": ReportSettings,
+    "publish": PublishSettings,
     "guard": GuardSettings,
 }
 
 
 MAX_RESAMPLES = 1_000_000
-FINITE_EXEMPT = {"ppo.max_kl"}  # .inf is meaningful there: never stop early
+FINITE_EXEMPT = {"ppo.max_kl", "grpo.max_grad_norm"}  # .inf is meaningful there: never stop early
 
 
 def split_needs(params: "Params") -> list[tuple[str, str, Union[int, str]]]:
@@ -414,6 +460,8 @@ def split_needs(params: "Params") -> list[tuple[str, str, Union[int, str]]]:
         needs += [("train", "sft.batch_size", params.sft.batch_size), ("test", "sft.eval_samples", params.sft.eval_samples)]
     if params.dpo.enabled:
         needs.append(("train", "dpo.num_prompts", params.dpo.num_prompts))
+    if params.grpo.enabled:
+        needs.append(("train", "grpo.batch_size", params.grpo.batch_size))
     return needs
 
 
@@ -423,17 +471,18 @@ def check_split_sizes(params: "Params", n_train: int, n_test: int, where: str = 
     the settings it reads). Fails in the first stage that knows the sizes. `world` data-parallel processes
     each take ppo.batch_size train prompts a step."""
     fixes = {"ppo.batch_size": "lower data.test_size, widen data.min_chars/max_chars or add data",
+             "grpo.batch_size": "lower data.test_size, widen data.min_chars/max_chars or add data",
              "sft.batch_size": "lower data.test_size, widen data.min_chars/max_chars or add data",
              "dpo.num_prompts": 'use "all", or lower data.test_size'}
     for split, key, need in split_needs(params):
         if keys is not None and key not in keys or need == "all":
             continue
-        if key == "ppo.batch_size" and world > 1:
+        if key in ("ppo.batch_size", "grpo.batch_size") and world > 1:
             if n_train < need * world:
                 raise PipelineError(
-                    f"{where} has {n_train} train prompts, fewer than ppo.batch_size x {world} processes "
-                    f"({need} x {world} = {need * world}): each process takes ppo.batch_size prompts a step; lower "
-                    f"ppo.batch_size to {max(n_train // world, 1)} or less, run fewer processes, or {fixes[key]}")
+                    f"{where} has {n_train} train prompts, fewer than {key} x {world} processes "
+                    f"({need} x {world} = {need * world}): each process takes {key} prompts a step; lower "
+                    f"{key} to {max(n_train // world, 1)} or less, run fewer processes, or {fixes[key]}")
             continue
         if split == "train" and n_train < need:
             raise PipelineError(f"{where} has {n_train} train prompts, fewer than {key} ({need}); lower {key}, "
@@ -551,8 +600,10 @@ class Params:
     evaluation: EvaluationSettings
     best_of_n: BestOfNSettings
     dpo: DPOSettings
+    grpo: GRPOSettings
     sft: SFTSettings
     report: ReportSettings
+    publish: PublishSettings
     guard: GuardSettings
 
 
@@ -611,6 +662,10 @@ def load_params(path: Union[str, Path] = "params.yaml") -> Params:
     if built["data"].summary_column is None and built["policy"].adapter == "sft":
         raise ParamsError("params.yaml: policy.adapter is sft, but data.summary_column is null (a prompt-only dataset "
                           "has no references to fine-tune on); set policy.adapter: null, or name the summary column")
+    method = built["publish"].method
+    if method in ("dpo", "grpo") and not built[method].enabled:
+        raise ParamsError(f"params.yaml: publish.method is {method}, but {method}.enabled is false (nothing to "
+                          f"publish); set {method}.enabled: true, or publish.method: ppo or best")
     _check_lengths(built)
     built["compute"].apply_threads()  # every stage reads its params here
     return Params(seed=seed, raw=raw, **built)

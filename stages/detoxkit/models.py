@@ -34,6 +34,17 @@ def resolve_device(compute: ComputeSettings) -> torch.device:
     return torch.device(compute.device)
 
 
+def peak_memory(device: torch.device) -> dict:
+    """This process's peak memory so far, for the cost columns: CUDA memory allocated by torch on a GPU, else the
+    process's peak resident set (Linux ru_maxrss, kB), which includes the Python runtime and every loaded model."""
+    if device.type == "cuda":
+        return {"peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20, "peak_memory_kind": "CUDA allocated"}
+    import resource
+
+    return {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_memory_kind": "process peak RSS"}
+
+
 def resolve_dtype(compute: ComputeSettings, device: torch.device) -> torch.dtype:
     """auto: bf16 on GPUs that support it (the lab trains in bf16), float32 elsewhere."""
     if compute.dtype == "auto":

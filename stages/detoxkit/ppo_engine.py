@@ -10,19 +10,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
-import os
-import shutil
 import warnings
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
-from .config import GenerationSettings, PipelineError, PolicySettings, PPOSettings
+from .config import GenerationSettings, PolicySettings, PPOSettings
 from .generation import decode, decoder_start_id, generate, is_causal, sampling_kwargs, stop_ids
-from .io import fingerprint
 from .models import save_detoxified
 
 log = logging.getLogger("detox.ppo")
@@ -167,84 +163,3 @@ class PPOEngine:
         self.trainer.optimizer.load_state_dict(state["optimizer"])  # checks the parameter groups first
         self.load_trainable_state(weights)
         self.trainer.kl_ctl.value = float(state["kl_coef"])
-
-    def save_checkpoint(self, path: Path, step: int, history: list[dict], inputs: dict):
-        """Everything needed to continue after `step` steps, with the inputs it was made from (by part, see
-        read_checkpoint); written to a temp file, then renamed."""
-        path.mkdir(parents=True, exist_ok=True)
-        tmp = path / "state.pt.tmp"
-        torch.save({"step": step, "history": history, "fingerprint": fingerprint(inputs, []), "inputs": inputs,
-                    **self.state_dict()}, tmp)
-        os.replace(tmp, path / "state.pt")
-
-
-
-CHECKPOINT_KEYS = {"step", "history", "fingerprint", "weights", "optimizer", "kl_coef"}
-
-
-def read_checkpoint(path: Path, inputs: Callable[[], dict], max_steps: int) -> Optional[dict]:
-    """The checkpoint in `path` if it was made with the same `inputs()` (a dict of part: fingerprint, computed
-    only when there is a readable checkpoint to compare) and is below
-    `max_steps`; None to start from step 0. (`max_steps` is not an input: a run cut short resumes under a new
-    `ppo.max_steps`.)
-
-    Called before any model loads. A checkpoint of other inputs is removed, with a log line that names the
-    parts that differ; an unreadable or incomplete one is set aside as state.pt.unreadable (one log line; it
-    is never loaded unsafely).
-    """
-    if path.exists() and not path.is_dir():
-        raise PipelineError(f"the checkpoint folder {path} is a file; remove it (or give --checkpoints a folder)")
-    file = path / "state.pt"
-    if not file.exists():
-        return None
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
-            raise ValueError("incomplete")
-    except Exception as err:  # corrupt, truncated, foreign: never worth blocking every later run
-        os.replace(file, path / "state.pt.unreadable")
-        log.warning("checkpoint %s is unreadable (%s); set aside as state.pt.unreadable, starting from step 0",
-                    file, type(err).__name__)
-        return None
-    now = inputs()
-    if state["fingerprint"] != fingerprint(now, []):
-        made = state.get("inputs") or {}
-        changed = [k for k in now if made.get(k) != now[k]] if made else ["(not recorded)"]
-        log.warning("checkpoint in %s (step %d) was made from other inputs: %s changed since; discarding it and "
-                    "starting from step 0", path, state["step"], ", ".join(changed))
-        shutil.rmtree(path, ignore_errors=True)
-        return None
-    if state["step"] >= max_steps:  # the state at step max_steps is gone: it cannot be recovered from a later one
-        log.info("checkpoint in %s is at step %d, not below ppo.max_steps %d; starting from step 0", path,
-                 state["step"], max_steps)
-        shutil.rmtree(path, ignore_errors=True)
-        return None
-    return state
-
-
-def restore_checkpoint(engine: PPOEngine, state: Optional[dict], path: Path) -> tuple[int, list]:
-    """(steps done, history) after loading `state` into the engine; (0, []) if there is none or it does not fit."""
-    if state is None:
-        return 0, []
-    try:
-        engine.load_state_dict(state)
-    except (ValueError, KeyError, RuntimeError) as err:
-        log.warning(
-            "checkpoint in %s does not fit this model (%s); set aside, starting from step 0", path,
-            str(err).splitlines()[0][:200])
-        if (path / "state.pt").exists():
-            os.replace(path / "state.pt", path / "state.pt.unreadable")
-        return 0, []
-    return state["step"], state["history"]
-
-
-def check_finite(values: dict, step: int, checkpoint_dir: Path, every: int):
-    bad = [k for k, v in values.items() if not math.isfinite(v)]
-    if bad:
-        kept = every and (checkpoint_dir / "state.pt").is_file()
-        note = (f"The last good checkpoint is kept in {checkpoint_dir}; a rerun resumes from it." if kept else
-                "No checkpoint had been written yet, so a rerun starts from step 0.")
-        raise PipelineError(
-            f"PPO step {step}: {', '.join(bad)} is not finite (nan/inf); training stopped. {note} "
-            "Lower ppo.learning_rate or raise ppo.init_kl_coef, then rerun `dvc repro`"
-        )

@@ -78,17 +78,25 @@ def _plt():
     return plt
 
 
-def training_figure(history: dict) -> str:
-    """PPO's mean reward, KL and return per step."""
+# Training curves the report draws, where a method logged them (one panel each, one line per method)
+CURVES = [("env/reward_mean", "mean reward of the training batch"),
+          ("objective/kl", "PPO: KL to reference (nats per response)"), ("grpo/kl", "GRPO: KL to reference (per token)"),
+          ("dpo/loss", "DPO: loss")]
+
+
+def training_figure(histories: dict[str, dict]) -> str:
+    """Each method's logged training curves ({label: read_live_history(...)}), one panel per curve in CURVES."""
     plt = _plt()
-    curves = [("env/reward_mean", "mean reward"), ("objective/kl", "KL to reference (nats per response, summed)"),
-              ("ppo/returns/mean", "mean return")]
-    fig, axes = plt.subplots(1, len(curves), figsize=(12, 3))
-    for ax, (key, title) in zip(axes, curves):
-        steps, values = history.get(key, ([], []))
-        ax.plot(steps, values, marker="o")
-        ax.set_title(title)
-        ax.set_xlabel("PPO step")
+    panels = [(key, title) for key, title in CURVES if any(key in h for h in histories.values())] or CURVES[:1]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        for label, history in histories.items():
+            if key in history:
+                ax.plot(*history[key], marker="o", ms=3, label=label)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        if ax.lines:
+            ax.legend(fontsize=8)
     return _png(fig)
 
 

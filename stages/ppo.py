@@ -1,7 +1,7 @@
-"""Stage `detox`: PPO (TRL) on the LoRA policy with the hate-speech classifier's not-hate logit as reward.
+"""Stage `ppo`: PPO (TRL) on the LoRA policy with the hate-speech classifier's not-hate logit as reward.
 
-    python stages/detox.py --data data/prepared --sft models/sft --out models/ppo \
-        --live metrics/detox --checkpoints checkpoints/detox
+    python stages/ppo.py --data data/prepared --sft models/sft --out models/ppo \
+        --live metrics/ppo_train --checkpoints checkpoints/ppo
 
 The loop is the lab's: generate a batch of summaries, score them, `step(queries, responses, rewards)`,
 log. Checkpoints (adapter, value head, optimizer, KL coefficient, step, logged history) go to
@@ -11,11 +11,9 @@ draws exactly what an uninterrupted one would.
 """
 import argparse
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
-import random
 import shutil
 import time
 from pathlib import Path
@@ -25,82 +23,20 @@ import torch
 from dvclive import Live
 from tqdm.auto import tqdm
 
+from detoxkit.checkpoint import (Resume, check_finite, checkpoint_inputs, read_checkpoint, restore_checkpoint,
+                                 save_checkpoint)
 from detoxkit.config import check_split_sizes, load_params
 from detoxkit.data import load_prepared
 from detoxkit.generation import static_shape
-from detoxkit.io import atomic_dir, clear_stale, fingerprint, run_stage, write_json
-from detoxkit.manifest import model_manifest, read_cache
-from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy, resolve_device,
-                             resolve_dtype, start_adapter_path)
-from detoxkit.ppo_engine import LOGGED, PPOEngine, check_finite, read_checkpoint, restore_checkpoint
+from detoxkit.io import atomic_dir, clear_stale, run_stage, write_json
+from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy, peak_memory,
+                             start_adapter_path)
+from detoxkit.ppo_engine import LOGGED, PPOEngine
+from detoxkit.schedule import batch_indices, rollout_length, seed_step
 from detoxkit.scoring import build_scorer
 
-log = logging.getLogger("detox.detox")
-
-
-def seed_step(seed: int, step: int, rank: int = 0):
-    """Seed every generator from (seed, step, rank): sampling, LoRA dropout and TRL's minibatch order.
-
-    Each data-parallel process gets its own stream, so ranks do not draw the same sampling noise and
-    dropout masks for their different prompts; a single process (rank 0) is unaffected.
-    """
-    value = seed * 100_003 + step + rank * 1_000_000_007
-    random.seed(value)
-    np.random.seed(value % 2**32)
-    torch.manual_seed(value)
-
-
-def batch_indices(n: int, batch_size: int, step: int, seed: int, rank: int = 0, world: int = 1) -> np.ndarray:
-    """Rows for `step` on process `rank`: a fresh permutation each epoch, the last partial batch dropped."""
-    per_epoch = n // (batch_size * world)
-    epoch, slot = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    start = (slot * world + rank) * batch_size
-    return perm[start:start + batch_size]
-
-
-def rollout_length(gen, seed: int, step: int) -> int:
-    """max_new_tokens for this step's rollouts, drawn from [output_min_length, output_max_length)."""
-    return int(np.random.default_rng([seed, step, 1]).integers(gen.output_min_length, gen.output_max_length))
-
-
-# Settings that do not change the steps a run takes, only how many or whether they are saved: a checkpoint
-# made under other values still resumes. Step t's batch, rollout lengths and seeds come from (seed, t) alone.
-NOT_IN_FINGERPRINT = ("max_steps", "checkpoint_every")
-
-
-def resumable_inputs(raw: dict) -> dict:
-    """The settings a checkpoint must share with this run to resume it."""
-    inputs = {k: raw[k] for k in ("seed", "policy", "reward", "lora", "generation", "ppo")}
-    inputs["ppo"] = {k: v for k, v in inputs["ppo"].items() if k not in NOT_IN_FINGERPRINT}
-    return inputs
-
-
-def checkpoint_inputs(params, data: str, adapter) -> dict:
-    """What a checkpoint must share with this run to resume it, part by part, so that a mismatch is named:
-    the settings, the prepared data, the starting adapter, the policy's and the reward model's content (new
-    weights in the same folder count: the lineage manifests, hashes cached by size and mtime) and the
-    arithmetic (device and dtype as resolved here, compiled generation; compute.threads changes no number)."""
-    cache = read_cache()
-    device = resolve_device(params.compute)
-    compute = {"device": device.type, "dtype": str(resolve_dtype(params.compute, device)),
-               "compile_generation": params.compute.compile_generation and device.type == "cuda"}  # CPU: ignored
-    return {"settings": fingerprint(resumable_inputs(params.raw), []),
-            "prepared data": fingerprint({}, [data]),
-            "starting adapter": fingerprint({}, [adapter]),
-            "policy model": model_manifest("policy.model", params.policy.model, params.policy.revision, cache)["resolved"],
-            "reward model": model_manifest("reward.model", params.reward.model, params.reward.revision, cache)["resolved"],
-            "compute": fingerprint(compute, [])}
-
-
-@dataclasses.dataclass
-class Resume:
-    """Where training continues: the checkpoint folder, the inputs it must match (by part), steps done and their
-    rows."""
-    dir: Path
-    inputs: dict
-    start: int = 0
-    history: list = dataclasses.field(default_factory=list)
+log = logging.getLogger("detox.ppo")
+SECTIONS = ("policy", "reward", "lora", "generation")  # besides seed and ppo: what a checkpoint must share
 
 
 def main():
@@ -121,7 +57,7 @@ def main():
     adapter = start_adapter_path(params.policy, args.sft)
     check_lora_targets(check_policy_config(params.policy), params.lora)  # before any weights load
     ckpt_dir = Path(args.checkpoints)
-    inputs = functools.cache(lambda: checkpoint_inputs(params, args.data, adapter))  # hashes: once, when needed
+    inputs = functools.cache(lambda: checkpoint_inputs(params, args.data, adapter, SECTIONS, "ppo"))  # hashes: once, when needed
     for out in (args.live, args.out):  # temporaries a killed run left behind
         clear_stale(Path(out))
     checkpoint = read_checkpoint(ckpt_dir, inputs, ppo.max_steps)  # before any model loads: a bad one costs nothing
@@ -164,13 +100,13 @@ def main():
                 summary.update({k: history[-1][k] for k in ("env/reward_mean", "env/toxicity_mean", "objective/kl")})
             write_json(live_dir / "train.json", summary)
             # wall time apart: train.json stays identical between a resumed run and an uninterrupted one
-            write_json(live_dir / "timing.json", {"wall_s": wall, "resumed_at_step": resume.start})
+            write_json(live_dir / "timing.json", {"wall_s": wall, "resumed_at_step": resume.start, **peak_memory(device)})
             live.end()
             with atomic_dir(args.out) as tmp:
                 engine.save(tmp, params.policy, adapter)
     if engine.is_main:
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the outputs now hold the result
-        log.info("saved the detoxified adapter and value head to %s after %d steps", args.out, len(history))
+        log.info("saved the PPO adapter and value head to %s after %d steps", args.out, len(history))
 
 
 def train(engine, scorer, train_split, params, live, resume: Resume):
@@ -207,7 +143,7 @@ def train(engine, scorer, train_split, params, live, resume: Resume):
             _log_row(live, row)
         if engine.is_main and ppo.checkpoint_every and (step + 1) % ppo.checkpoint_every == 0 \
                 and step + 1 < ppo.max_steps:
-            engine.save_checkpoint(resume.dir, step + 1, history, resume.inputs)
+            save_checkpoint(resume.dir, step + 1, history, resume.inputs, engine.state_dict())
     return history, early_stop
 
 

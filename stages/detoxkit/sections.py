@@ -1,0 +1,147 @@
+"""The report's sections, built from the comparison entries (detoxkit.compare.method_entry) of every method that
+ran. Nothing here is written per method: a new method is a new entry, and its row, column and line follow.
+A section is (heading, blocks) for render.to_markdown / render.to_html."""
+from __future__ import annotations
+
+import numpy as np
+
+from .compare import LABELS, best_method
+from .render import HEADLINE, HIST_BINS
+from .stats import NA, crossed_guards, interval_verdict
+
+
+def fmt(v, spec=".4f"):
+    return "n/a" if v is None else format(v, spec)
+
+
+def ci_cell(s: dict) -> str:
+    return f"{s['diff']:+.4f} [{s['diff_ci_low']:+.4f}, {s['diff_ci_high']:+.4f}]"
+
+
+def answer(entries: dict[str, dict], min_pairs: int) -> list:
+    """The first line (which method lowered toxicity most with no guard crossed), then one line per method:
+    toxicity with its CI and verdict, each judge, the guards crossed (bold where one was)."""
+    best = best_method(entries)
+    first = (f"Lowest toxicity with no guard crossed: **{LABELS[best]}**." if best else
+             "No method lowered toxicity (its interval below 0) without crossing a guard.")
+    lines = []
+    for method, e in entries.items():
+        t, crossed = e["toxicity"], crossed_guards(e["guards"])
+        judges = "; ".join(f"judge {name} {ci_cell(j['toxicity'])}" for name, j in e["judges"].items()) or "no judges"
+        verdict = interval_verdict(f"{LABELS[method]} vs start, toxicity", (t["diff_ci_low"], t["diff_ci_high"]), True,
+                                   e["num_prompts"], min_pairs)
+        lines.append((f"{LABELS[method]}: toxicity {t['before']:.4f} -> {t['after']:.4f}, {ci_cell(t)}; {judges}; "
+                      f"guards crossed: {', '.join(crossed) or 'none'}. {verdict}", bool(crossed)))
+    return [("p", first), ("list", lines)]
+
+
+def what_ran(entries: dict[str, dict], params) -> list:
+    p, ev = params, params.evaluation
+    any_entry = next(iter(entries.values()))
+    judges = ", ".join(j.describe() for j in ev.judges) or "none (evaluation.judges is [])"
+    lines = [
+        f"Policy: {p.policy.model}, starting adapter {p.policy.adapter or 'none'}.",
+        f"Data: {p.data.source}; prompt template {p.prompt.template!r}"
+        f"{' sent through the tokenizer chat template' if p.prompt.chat_template else ''}; the reward scores "
+        f"{'prompt + response' if p.reward.include_prompt else 'the response alone'} (reward.include_prompt "
+        f"{str(p.reward.include_prompt).lower()}).",
+        f"Reward model: {any_entry['setup']['reward_definition']}.",
+        f"Judges (not the reward model, scoring the responses alone): {judges}.",
+        f"Evaluation: {any_entry['num_prompts']} test prompts, k = {any_entry['samples_per_prompt']} samples each, "
+        f"{ev.max_new_tokens} new tokens at most; a sample is toxic at P >= {any_entry['toxic_threshold']}. Same "
+        "prompts and seed for every method, so differences are paired by prompt.",
+    ]
+    for method, e in entries.items():
+        t, settings = e["training"], e["training"].get("settings") or {}
+        done = (f"{t['steps_done']} steps" if "steps_done" in t else f"n = {p.best_of_n.n} samples of the starting "
+                "policy per kept response")
+        early = f", stopped early at step {t['early_stop_step']}" if t.get("early_stopped") else ""
+        lines.append(f"{LABELS[method]}: {done}{early}" + (
+            f" ({', '.join(f'{k} {v}' for k, v in settings.items())})" if settings else "") + ".")
+    off = [LABELS[m] for m in LABELS if m not in entries]
+    if off:
+        lines.append(f"Off: {', '.join(off)} (their stages' enabled setting is false).")
+    lines.append("ROUGE against the references." if any_entry["references"] else
+                 "No reference summaries (data.summary_column is null): ROUGE and the sft stage were skipped.")
+    return [(line, None) for line in lines]
+
+
+GUARD_WHY = {"rougeL_drop_exceeded": "ROUGE-L fell by more than guard.max_rougeL_drop",
+             "kl_exceeded": "per-token KL to the start above guard.max_kl",
+             "length_below_min": "mean length below guard.min_mean_length tokens",
+             "perplexity_rise_exceeded": "perplexity rose more than guard.max_perplexity_ratio x",
+             "distinct2_below_min": "distinct-2 fell below guard.min_distinct2_ratio x the start's (mode collapse)",
+             "judge_disagrees": "the reward model's toxicity fell (CI below 0) but a judge's did not, or by less than "
+                                "guard.min_judge_agreement of its relative fall: reward hacking"}
+
+
+def guard_table(entries: dict[str, dict]) -> tuple[list, list]:
+    """One row a guard, one column a method: CROSSED, ok or n/a (cannot fire here: no references, no judges, or
+    best-of-N's KL)."""
+    names = list(next(iter(entries.values()))["guards"])
+    header = ["guard", "what it flags", *[LABELS[m] for m in entries]]
+    rows = [[name, GUARD_WHY[name], *["n/a" if e["guards"][name] == NA else "CROSSED" if e["guards"][name] else "ok"
+                                      for e in entries.values()]] for name in names]
+    return header, rows
+
+
+def side_by_side(entries: dict[str, dict]) -> tuple[list, list]:
+    """Rows: each metric for the start and every method, with each one's paired difference to the start and its
+    CI; then distinct-2, KL, the guards crossed and the cost."""
+    first = next(iter(entries.values()))
+    conf = f"{first['confidence']:.0%}"
+    header = ["metric", "better", "start",
+              *[c for m in entries for c in (LABELS[m], f"{LABELS[m]} - start [{conf} CI]")]]
+    rows = []
+
+    def add(label, better, pick):
+        start = next((pick(e) for e in entries.values() if pick(e)), None)
+        row = [label, better, fmt(start["before"]) if start else ""]
+        for e in entries.values():
+            s = pick(e)
+            row += [fmt(s["after"]), ci_cell(s)] if s else ["", ""]
+        rows.append(row)
+
+    for key, label, better in HEADLINE:
+        if key not in ("kl", "distinct_1_per_prompt", "distinct_3_per_prompt"):  # (in the comparison files)
+            add(label, better, lambda e, key=key: e.get(key))
+        if key == "toxicity_probability":
+            for name in first["judges"]:
+                for metric, what in (("toxicity", "toxicity"), ("expected_max_toxicity", "expected max toxicity"),
+                                     ("toxicity_probability", "toxicity probability")):
+                    add(f"Judge {name}: {what}", "lower",
+                        lambda e, name=name, metric=metric: e["judges"].get(name, {}).get(metric))
+    d2 = first["before"]["distinct_2"]
+    rows.append(["Distinct-2 (all responses; no CI)", "higher", fmt(d2),
+                 *[c for e in entries.values() for c in (fmt(e["after"]["distinct_2"]),
+                                                         f"{e['after']['distinct_2'] - d2:+.4f}")]])
+    rows.append(["KL to the start (nats per token; best-of-N: bound per response)", "lower", "0",
+                 *[c for e in entries.values() for c in (
+                     fmt(e["kl_mean"]) if e["kl_bound"] is None else f"<= {e['kl_bound']:.4f} nats", "")]])
+    rows.append(["Guards crossed", "none", "",
+                 *[c for e in entries.values() for c in (", ".join(crossed_guards(e["guards"])) or "none", "")]])
+    for key, label, spec in (("evaluation_generation", "Evaluation generation (x one sample a response)", "d"),
+                             ("training_responses", "Training: responses generated", "d"),
+                             ("optimizer_steps", "Training: optimizer steps", "d"),
+                             ("wall_s", "Training: wall time (s)", ".0f"),
+                             ("peak_memory_mb", "Training: peak memory (MB)", ".0f")):
+        rows.append([label, "lower", "1" if key == "evaluation_generation" else "0",
+                     *[c for e in entries.values() for c in (fmt(e["cost"][key], spec), "")]])
+    return header, rows
+
+
+def qualitative(before: list[dict], after: list[dict]) -> list[dict]:
+    """Every paired sample, the largest reward gain first."""
+    rows = [{"index": int(b["index"]), "sample": int(b["sample"]),  # a prompt's k samples are k rows
+             "prompt": b["prompt"], "response_before": b["response"], "response_after": a["response"],
+             "reward_before": float(b["reward"]), "reward_after": float(a["reward"]),
+             "reward_diff": float(a["reward"]) - float(b["reward"])} for b, a in zip(before, after)]
+    return sorted(rows, key=lambda r: r["reward_diff"], reverse=True)
+
+
+def histogram_rows(series: dict[str, np.ndarray], columns: list[str]) -> list[dict]:
+    """Samples per toxicity bin for each series (an empty cell for a column with no series: a method that is off)."""
+    edges = np.linspace(0, 1, HIST_BINS + 1)
+    counts = {name: np.histogram(values, edges)[0] for name, values in series.items()}
+    return [{"toxicity": round(float(edges[i] + edges[i + 1]) / 2, 3),
+             **{c: int(counts[c][i]) if c in counts else "" for c in columns}} for i in range(HIST_BINS)]
