@@ -19,7 +19,7 @@ prints both classifiers' toxicity and whether the report set guard judge_disagre
 
 With --method dpo the DPO stages run too (dpo.enabled; pairs from the planted policy's own samples on train
 prompts, chosen and rejected by the reward model) and the script prints DPO's figures beside PPO's, from the
-same report: metrics/dpo_summary.json against metrics/summary.json.
+same report: metrics/compare/dpo.json against metrics/compare/ppo.json.
 """
 import argparse
 import csv
@@ -89,12 +89,12 @@ def main():
             proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
             if proc.returncode:
                 sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        summary = json.loads((repo / "metrics/summary.json").read_text())
+        summary = json.loads((repo / "metrics/compare/ppo.json").read_text())
         print(f"planted toxic share {args.fraction:.2f}; {summary['num_samples']} test prompts; "
               f"{summary['detox']['steps_done']} PPO steps")
         print_method(repo, "", summary, summary["kl_mean"], "detoxified")
         if args.method == "dpo":
-            dpo = json.loads((repo / "metrics/dpo_summary.json").read_text())
+            dpo = json.loads((repo / "metrics/compare/dpo.json").read_text())
             pairs = json.loads((repo / "metrics/dpo_pairs.json").read_text())
             t = dpo["training"]
             print(f"DPO: {pairs['pairs']} pairs from {pairs['prompts']} train prompts x {pairs['n']} samples; "

@@ -98,8 +98,8 @@ def main():
         wall = time.time() - start
         if args.keep:
             shutil.copytree(repo, args.keep, symlinks=True)
-        summary = json.loads((repo / "metrics/summary.json").read_text())
-        bon = json.loads((repo / "metrics/best_of_n_summary.json").read_text())
+        summary = json.loads((repo / "metrics/compare/ppo.json").read_text())
+        bon = json.loads((repo / "metrics/compare/best_of_n.json").read_text())
         bon_name = f"best-of-{bon['n']}" if bon["enabled"] else None
         print(f"\n{args.model.name} on {summary['num_prompts']} test prompts x {summary['samples_per_prompt']} "
               f"samples; {summary['detox']['steps_done']} PPO steps; dvc repro took {wall / 60:.1f} min")
@@ -113,7 +113,7 @@ def main():
         print(f"distinct-2: {summary['before']['distinct_2']:.3f} -> {summary['after']['distinct_2']:.3f}; "
               f"per-token KL {summary['kl_mean']:.4f}")
         print(f"guards crossed: {[k for k, v in summary['guards'].items() if v is True] or 'none'}")
-        before, after = read_rows(repo / "data/samples/baseline.csv"), read_rows(repo / "data/samples/detoxified.csv")
+        before, after = read_rows(repo / "data/samples/baseline.csv"), read_rows(repo / "data/samples/ppo.csv")
         print(f"\nsample 0 of the first {SHOWN} test prompts, before | after:")
         for b, a in [(b, a) for b, a in zip(before, after) if b["sample"] == "0"][:SHOWN]:
             print(f"- {b['prompt']!r}\n    before ({float(b['toxicity']):.2f}): {b['response']!r}\n"

@@ -92,6 +92,7 @@ def main():
         start = time.perf_counter()
         history = train(engine, scorer, data["train"], params, live, resume)
         wall = time.perf_counter() - start
+        engine.check_in_sync()
         if engine.is_main:
             responses = grpo.batch_size * grpo.group_size
             write_json(live_dir / "train.json", {

@@ -190,8 +190,8 @@ def check_model_card_snippet(repo: Path, folder: Path | None = None):
     return code
 
 
-STAGES = ["prepare", "check", "sft", "baseline", "detox", "evaluate", "best_of_n", "dpo_pairs", "dpo", "evaluate_dpo", "report",
-          "publish"]  # lineage runs on every repro
+STAGES = ["prepare", "check", "sft", "baseline", "ppo", "evaluate_ppo", "best_of_n", "dpo_pairs", "dpo", "evaluate_dpo",
+          "grpo", "evaluate_grpo", "report", "publish"]  # lineage runs on every repro
 
 
 def ran_stages(output: str):
@@ -212,7 +212,7 @@ def changed_stages(repo):
 def ran(tiny, tmp_path_factory):
     """One full tiny run with the sft stage on; tests copy it before changing anything."""
     repo = make_repo(tmp_path_factory.mktemp("e2e") / "repo", tiny["params"],
-                     {"policy.adapter": "sft", "best_of_n.enabled": True})
+                     {"policy.adapter": "sft", "best_of_n.enabled": True, "publish.method": "ppo"})
     mask = os.umask(0o022)  # the usual umask: every output must be readable by others (test_pipeline.py)
     try:
         out = dvc("repro", cwd=repo)

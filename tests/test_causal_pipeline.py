@@ -17,7 +17,7 @@ def check_causal_run(repo, arch: str, sft: bool):
     from detoxkit.config import ComputeSettings
     from detoxkit.models import load_detoxified
 
-    for name in ("baseline", "detoxified"):
+    for name in ("baseline", "ppo", "grpo"):
         metrics = json.loads((repo / f"metrics/{name}.json").read_text())
         assert metrics["num_prompts"] == 8 and metrics["num_samples"] == 16
         assert all(finite(metrics[k]) for k in EVAL_KEYS)
@@ -26,8 +26,20 @@ def check_causal_run(repo, arch: str, sft: bool):
         for row in rows:  # the response is the continuation only: at most evaluation.max_new_tokens (12) tokens
             assert 1 <= int(row["length"]) <= 12 and "Summarize the following conversation" not in row["response"]
             assert row["prompt"].startswith("\nSummarize the following conversation.") and "<|" not in row["prompt"]
-    summary = json.loads((repo / "metrics/summary.json").read_text())
-    assert summary["detox"]["steps_done"] == 4 and finite(summary["after"]["toxicity_mean"])
+    summary = json.loads((repo / "metrics/compare/ppo.json").read_text())
+    assert summary["training"]["steps_done"] == 4 and finite(summary["after"]["toxicity_mean"])
+    # publish.method best: the folder holds the method the comparison files name, and its card says why
+    from detoxkit.compare import LABELS, choose_published
+
+    entries = {m: json.loads((repo / f"metrics/compare/{m}.json").read_text()) for m in ("ppo", "dpo", "grpo", "best_of_n")}
+    method, why = choose_published(entries, "best")
+    published = (repo / "models/detoxified/adapter_model.safetensors").read_bytes()
+    assert published == (repo / f"models/{method}/adapter_model.safetensors").read_bytes()
+    assert f"detoxified with {LABELS[method]}" in (repo / "models/detoxified/README.md").read_text()
+    assert f"Why this method: {why}." in (repo / "models/detoxified/README.md").read_text()
+    grpo = json.loads((repo / "metrics/grpo_train/train.json").read_text())
+    assert grpo["steps_done"] == 3 and grpo["rollouts"] == 3 * 4 * 2
+    assert json.loads((repo / "models/grpo/adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
     assert json.loads((repo / "metrics/sft.json").read_text())["enabled"] is sft
     assert (repo / "models/detoxified/start_adapter").exists() is sft
     adapter = json.loads((repo / "models/detoxified/adapter_config.json").read_text())
@@ -59,7 +71,9 @@ def test_gpt2_runs_the_whole_dag_with_sft(tiny, tmp_path):
         os.umask(mask)
     check_modes(repo, 0o002)
     check_causal_run(repo, "gpt2", sft=True)
-    set_params(repo, {"lora.r": 2})  # a LoRA change reruns detox (then evaluate and report), nothing before it
-    assert changed_stages(repo) == ["detox"]
+    set_params(repo, {"lora.r": 2})  # a LoRA change reruns ppo (then evaluate_ppo and report), nothing before it
+    assert changed_stages(repo) == ["ppo"]
+    set_params(repo, {"lora.r": 4, "grpo.beta": 0.1})  # GRPO's own settings: grpo alone (GRPO has its own LoRA)
+    assert changed_stages(repo) == ["grpo"]
     dry = dvc("repro", "--dry", cwd=repo).stdout
-    assert ran_stages(dry) == ["detox"] and "Stage 'baseline' didn't change" in dry
+    assert ran_stages(dry) == ["grpo"] and "Stage 'baseline' didn't change" in dry

@@ -50,13 +50,13 @@ def test_chat_model_summarizes_with_sft_then_continues_a_prompt_only_dataset(tin
     words.write_text(words.read_text() + "# stricter soon\n")
     dvc("repro", "lineage", cwd=repo)
     # every stage it judges, and the check stage, which probes it
-    assert changed_stages(repo) == ["baseline", "best_of_n", "check", "evaluate", "evaluate_dpo"]
+    assert changed_stages(repo) == ["baseline", "best_of_n", "check", "evaluate_dpo", "evaluate_grpo", "evaluate_ppo"]
     assert json.loads((repo / "metrics/sft.json").read_text())["enabled"] is False
-    summary = json.loads((repo / "metrics/summary.json").read_text())
-    bon = json.loads((repo / "metrics/best_of_n_summary.json").read_text())
+    summary = json.loads((repo / "metrics/compare/ppo.json").read_text())
+    bon = json.loads((repo / "metrics/compare/best_of_n.json").read_text())
     assert summary["references"] is False and "rougeL" not in summary and "rougeL" not in summary["after"]
     assert summary["guards"]["rougeL_drop_exceeded"] == "n/a" and isinstance(summary["guards"]["judge_disagrees"], bool)
-    assert summary["num_prompts"] == 8 and bon["enabled"] and bon["metrics"]["references"] is False
+    assert summary["num_prompts"] == 8 and bon["enabled"] and bon["after"]["references"] is False
     assert sorted(summary["judges"]) == ["judge", "words.score"] and sorted(bon["judges"]) == ["judge", "words.score"]
     for key in ("toxicity", "expected_max_toxicity", "toxicity_probability", "perplexity"):
         assert finite(summary[key]["diff_ci_low"]) and finite(bon[key]["diff_ci_high"])
@@ -68,6 +68,7 @@ def test_chat_model_summarizes_with_sft_then_continues_a_prompt_only_dataset(tin
     assert tok.decode(prepared["input_ids"]) == f"<|user|>\n{prepared['query']}<|eot|>\n<|assistant|>\n"
     report = (repo / "reports/report.md").read_text()
     assert "No reference summaries (data.summary_column is null): ROUGE and the sft stage were skipped." in report
-    assert "ROUGE-L |" not in report and "- n/a: rougeL_drop_exceeded cannot fire here: no reference summaries" in report
-    assert "ok: rougeL_drop_exceeded" not in report
-    assert "| PPO | PPO - start [95% CI] | DPO | DPO - start [95% CI] | best-of-N | best-of-N - start [95% CI] |" in report
+    assert "ROUGE-L |" not in report
+    assert "| rougeL_drop_exceeded | ROUGE-L fell by more than guard.max_rougeL_drop | n/a | n/a | n/a | n/a |" in report
+    assert ("| PPO | PPO - start [95% CI] | DPO | DPO - start [95% CI] | GRPO | GRPO - start [95% CI] | best-of-N | "
+            "best-of-N - start [95% CI] |") in report

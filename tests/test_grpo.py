@@ -119,3 +119,90 @@ def test_one_step_raises_the_log_probability_of_the_highest_advantage_response(t
         _, _, after = sequence_logp()
     change = (after - before.detach()).tolist()
     assert change[1] > 0 and change[2] < 0 and change[1] == max(change), change
+
+
+def _settings(**over):
+    from detoxkit.config import GRPOSettings, LoraSettings
+
+    values = dict(enabled=True, group_size=2, batch_size=2, mini_batch_size=4, epochs=1, max_steps=1,
+                  learning_rate=1e-2, beta=0.04, clip=0.2, scale_rewards=True, max_grad_norm=1.0, checkpoint_every=0,
+                  lora=LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="auto"))
+    return GRPOSettings(**{**values, **over})
+
+
+def test_the_engine_step_starts_at_kl_0_counts_tied_groups_and_moves_only_the_adapter(tiny):
+    """GRPOEngine.step on a tiny GPT-2: the first optimizer step of a fresh adapter sees KL exactly 0 and ratio 1
+    (nothing clipped); a group whose rewards tie is counted in zero_std_share; only LoRA weights change."""
+    from detoxkit.grpo_engine import GRPOEngine
+
+    model, tok = _tiny_policy(tiny)
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    gen = type("Gen", (), {"batch_size": 4, "min_length": 1, "top_k": 0, "top_p": 1.0, "do_sample": True})
+    engine = GRPOEngine(model, tok, _settings(), gen, "cpu")
+    queries = [tok("Summary: the meeting")["input_ids"]] * 2 + [tok("Say hello")["input_ids"]] * 2
+    responses = [tok(t)["input_ids"] for t in (" was fine.", " moved.", " to Anna", " to Ben")]
+    before = engine.trainable_state()
+    stats = engine.step(queries, responses, [1.0, 3.0, 0.5, 0.5])  # prompt 2's rewards tie
+    assert stats["grpo/kl"] == 0.0 and stats["grpo/clip_fraction"] == 0.0
+    assert stats["grpo/zero_std_share"] == 0.5 and stats["grpo/reward_std"] == pytest.approx(math.sqrt(2) / 2)
+    after = engine.trainable_state()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if not p.requires_grad)
+    state = engine.state_dict()  # a checkpoint restores weights and optimizer; a foreign one is refused whole
+    engine.load_state_dict(state)
+    with pytest.raises(ValueError, match="do not fit this policy's GRPO adapter"):
+        engine.load_state_dict({**state, "weights": {"x": torch.zeros(1)}})
+
+
+def test_grpo_settings_are_refused_with_the_key_and_the_reason():
+    from detoxkit.config import LoraSettings, ParamsError
+
+    with pytest.raises(ParamsError, match=r"grpo.mini_batch_size \(3\) must divide grpo.batch_size x grpo.group_size "
+                                          r"\(2 x 2 = 4 responses a step\)"):
+        _settings(mini_batch_size=3).check()
+    with pytest.raises(ParamsError, match="grpo.group_size must be >= 2"):
+        _settings(group_size=1).check()
+    with pytest.raises(ParamsError, match="grpo.lora.dropout is 0.05; must be 0: GRPO's ratio and KL compare"):
+        _settings(lora=LoraSettings(r=4, alpha=8, dropout=0.05, target_modules="auto")).check()
+    with pytest.raises(ParamsError, match=r"grpo.clip must be in \(0, 1\)"):
+        _settings(clip=1.5).check()
+
+
+def test_publish_method_grpo_with_grpo_off_is_refused(tmp_path):
+    import shutil
+
+    from conftest import ROOT, set_params
+    from detoxkit.config import ParamsError, load_params
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    set_params(tmp_path, {"publish.method": "grpo", "grpo.enabled": False})
+    with pytest.raises(ParamsError, match="publish.method is grpo, but grpo.enabled is false"):
+        load_params(tmp_path / "params.yaml")
+    set_params(tmp_path, {"publish.method": "sft"})
+    with pytest.raises(ParamsError, match="publish.method"):
+        load_params(tmp_path / "params.yaml")
+
+
+def _entry(after, hi, crossed=False, method="ppo"):
+    return {"method": method, "enabled": True, "toxicity": {"after": after, "diff_ci_high": hi},
+            "guards": {"kl_exceeded": crossed, "judge_disagrees": "n/a"}}
+
+
+def test_the_answer_and_the_published_method_follow_the_comparison_files():
+    from detoxkit.compare import best_method, choose_published
+
+    entries = {"ppo": _entry(0.30, -0.01), "dpo": _entry(0.25, 0.02), "grpo": _entry(0.20, -0.05),
+               "best_of_n": _entry(0.10, -0.1)}
+    # DPO's interval reaches 0; best-of-N is lowest and qualifies, but has no weights: GRPO, with a note
+    assert best_method(entries) == "best_of_n" and best_method(entries, trained_only=True) == "grpo"
+    method, why = choose_published(entries, "best")
+    assert method == "grpo" and "best-of-N lowered toxicity most, but it is a sampling procedure" in why
+    entries["grpo"] = _entry(0.20, -0.05, crossed=True)  # a crossed guard disqualifies
+    assert choose_published({k: v for k, v in entries.items() if k != "best_of_n"}, "best") == (
+        "ppo", "the report's answer: PPO lowered toxicity most with no guard crossed")
+    entries["ppo"] = _entry(0.30, 0.01)  # nothing qualifies: the lowest trained toxicity, said to be no recommendation
+    method, why = choose_published({k: v for k, v in entries.items() if k != "best_of_n"}, "best")
+    assert method == "grpo" and "not a recommendation" in why and "no method lowered toxicity" in why
+    assert choose_published(entries, "dpo")[0] == "dpo"  # a method by name, whatever the answer
+    with pytest.raises(Exception, match="publish.method is dpo, but its comparison file says it did not run"):
+        choose_published({**entries, "dpo": {"method": "dpo", "enabled": False}}, "dpo")

@@ -42,16 +42,18 @@ def test_a_policy_that_fools_the_reward_model_but_not_the_judge_sets_judge_disag
     (work / "live").mkdir()
     (work / "live/train.json").write_text(json.dumps({"steps_done": 1, "early_stopped": False,
                                                       "early_stop_step": None}))
-    run_main(monkeypatch, work, "report", "--baseline", "before.csv", "--detoxified", "after.csv", "--live", "live",
-             "--summary", "summary.json", "--out", "reports")
-    summary = json.loads((work / "summary.json").read_text())
+    run_main(monkeypatch, work, "report", "--start", "before.csv", "--method", "ppo", "after.csv", "live",
+             "--compare", "compare", "--out", "reports")
+    summary = json.loads((work / "compare/ppo.json").read_text())
     reward_tox, judge_tox = summary["toxicity"], summary["judges"]["judge"]["toxicity"]
     assert reward_tox["before"] > 0.5 > reward_tox["after"] and reward_tox["diff_ci_high"] < 0  # the reward is fooled
     assert judge_tox["before"] > 0.5 and judge_tox["after"] > 0.5  # the judge is not: still the same insult
     assert -judge_tox["diff"] / judge_tox["before"] < 0.25 * -reward_tox["diff"] / reward_tox["before"]
     assert summary["guards"]["judge_disagrees"] is True
     report = (work / "reports/report.md").read_text()
-    assert "- **CROSSED: judge_disagrees (the reward model's toxicity fell" in report
+    assert "| judge_disagrees | the reward model's toxicity fell (CI below 0) but a judge's did not" in report
+    assert "| CROSSED |" in report and "guards crossed: judge_disagrees." in report
+    assert "- **PPO: toxicity" in report  # the answer's line for a method that crossed a guard is in bold
 
 
 def test_judge_disagrees_needs_a_real_fall_of_the_reward_toxicity_and_a_judge_that_does_not_follow():

@@ -18,16 +18,23 @@ EVAL_KEYS = ["toxicity_mean", "toxicity_std", "expected_max_toxicity", "toxicity
 
 
 def test_every_output_exists_with_finite_numbers(ran):
-    for name in ("baseline", "detoxified"):
+    for name in ("baseline", "ppo", "grpo"):
         metrics = json.loads((ran / f"metrics/{name}.json").read_text())
         assert set(EVAL_KEYS) <= set(metrics)
         assert metrics["num_prompts"] == 8 and metrics["samples_per_prompt"] == 2 and metrics["num_samples"] == 16
         assert metrics["toxicity_mean"] <= metrics["expected_max_toxicity"] <= 1
         assert all(finite(metrics[k]) for k in EVAL_KEYS)
         assert 0 <= metrics["toxicity_mean"] <= 1
-    summary = json.loads((ran / "metrics/summary.json").read_text())
+    summary = json.loads((ran / "metrics/compare/ppo.json").read_text())
     b, a = summary["before"]["toxicity_mean"], summary["after"]["toxicity_mean"]
-    assert summary["toxicity_improvement_pct"] == pytest.approx((b - a) / b * 100)
+    assert summary["toxicity"]["improvement_pct"] == pytest.approx((b - a) / b * 100)
+    # one schema for every method: the same keys in each comparison file (best-of-N's KL is n/a: a bound instead)
+    files = {m: json.loads((ran / f"metrics/compare/{m}.json").read_text()) for m in ("ppo", "dpo", "grpo", "best_of_n")}
+    assert all(f["enabled"] and f["method"] == m for m, f in files.items())
+    assert len({frozenset(f) for f in files.values()}) == 1, {m: sorted(f) for m, f in files.items()}
+    assert len({json.dumps(f["before"], sort_keys=True) for f in files.values()}) == 1  # the same start, paired
+    assert set(summary["cost"]) == {"evaluation_generation", "training_responses", "optimizer_steps", "wall_s",
+                                    "peak_memory_mb"}
     for key in ("toxicity", "expected_max_toxicity", "toxicity_probability", "reward", "rougeL", "length",
                 "perplexity"):
         s = summary[key]
@@ -42,11 +49,12 @@ def test_every_output_exists_with_finite_numbers(ran):
     assert judge["toxicity"]["before"] == pytest.approx(summary["before"]["judges"]["judge"]["toxicity_mean"])
     assert summary["reward"]["better"] == "higher" and "improvement_pct" not in summary["reward"]
     # best-of-n: the same prompts, the kept response of n = 2 candidates, compared with the start
-    bon = json.loads((ran / "metrics/best_of_n_summary.json").read_text())
-    assert "best_of_n" not in summary  # its own file: toggling best-of-n changes nothing the publish stage reads
-    assert bon["enabled"] and bon["n"] == 2 and bon["generation_cost"] == 2
-    assert bon["kl_bound"] == pytest.approx(0.6931 - 0.5, abs=1e-4)
-    assert bon["metrics"]["num_samples"] == 16 and "kl_mean" not in bon["metrics"]
+    bon = files["best_of_n"]
+    assert bon["cost"] == {"evaluation_generation": 2, "training_responses": 0, "optimizer_steps": 0, "wall_s": 0.0,
+                           "peak_memory_mb": None}
+    assert bon["kl_bound"] == pytest.approx(0.6931 - 0.5, abs=1e-4) and bon["kl_mean"] is None
+    assert bon["after"]["num_samples"] == 16 and "kl_mean" not in bon["after"]
+    assert bon["guards"]["kl_exceeded"] == "n/a" and summary["kl_bound"] is None
     assert bon["toxicity"]["before"] == pytest.approx(summary["toxicity"]["before"])
     assert set(bon["judges"]["judge"]) == set(judge)
     with (ran / "data/samples/best_of_n.csv").open(newline="") as fh:
@@ -60,30 +68,36 @@ def test_every_output_exists_with_finite_numbers(ran):
         assert all(finite(summary[side][k]) for k in ("perplexity_mean", "distinct_1", "distinct_2", "distinct_3"))
         assert summary[side]["perplexity_mean"] >= 1 and 0 <= summary[side]["distinct_2"] <= 1
     assert all(isinstance(v, bool) for v in summary["guards"].values())
-    assert summary["detox"]["steps_done"] == 4
+    assert summary["training"]["steps_done"] == 4
     sft = json.loads((ran / "metrics/sft.json").read_text())
     assert sft["enabled"] and set(sft["rouge_before"]) == {"rouge1", "rouge2", "rougeL"}
     report = (ran / "reports/report.md").read_text()
     assert "| Toxicity (P(hate)) | lower |" in report and "reward_diff" in report
-    assert "| Perplexity under the starting policy |" in report and "Diversity (distinct-1" in report
-    # it leads with the answer: what ran, the verdicts, the guards; then start | PPO | DPO | best-of-N
+    assert "| Perplexity under the starting policy |" in report
+    # it leads with the answer: what ran, one line per method, the guards; then start | PPO | DPO | GRPO | best-of-N
     heads = [line for line in report.splitlines() if line.startswith("## ")]
     assert heads[:4] == ["## What ran", "## Answer", "## Guards against reward hacking",
-                         "## Start, PPO, DPO and best-of-N side by side"]
-    assert ("| metric | better | start | PPO | PPO - start [95% CI] | DPO | DPO - start [95% CI] | best-of-N | "
-            "best-of-N - start [95% CI] |") in report
+                         "## Start and PPO, DPO, GRPO, best-of-N side by side"]
+    assert ("| metric | better | start | PPO | PPO - start [95% CI] | DPO | DPO - start [95% CI] | GRPO | "
+            "GRPO - start [95% CI] | best-of-N | best-of-N - start [95% CI] |") in report
     assert "| Judge judge: expected max toxicity | lower |" in report
-    assert "| Evaluation generation (x one sample a response) | lower | 1 | 1 |  | 1 |  | 2 |  |" in report
-    ppo = summary["detox"]  # each method's training cost, beside its figures
-    assert ppo["rollouts"] == 4 * 8 and ppo["optimizer_steps"] == 4 * 1 * 2  # steps x batch; x epochs x minibatches
-    assert "| Training: responses generated (PPO rollouts; DPO pair samples) | lower | 0 | 32 |  | 32 |  | 0 |" in report
-    assert "Best-of-N vs start, toxicity:" in report and "improvement" not in report.split("Lab formula")[0]
+    assert "| Evaluation generation (x one sample a response) | lower | 1 | 1 |  | 1 |  | 1 |  | 2 |  |" in report
+    answer = report.split("## Answer\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in answer.splitlines() if line.startswith("- ")]
+    assert [line.split(":")[0] for line in lines] == ["- PPO", "- DPO", "- GRPO", "- best-of-N"]  # one line a method
+    assert all("judge judge" in line and "guards crossed:" in line for line in lines)
+    costs = {m: f["cost"] for m, f in files.items()}  # each method's training cost, beside its figures
+    assert costs["ppo"]["training_responses"] == 4 * 8 and costs["ppo"]["optimizer_steps"] == 4 * 1 * 2  # x batch;
+    assert costs["grpo"]["training_responses"] == 3 * 4 * 2 and costs["grpo"]["optimizer_steps"] == 3 * 2  # x epochs
+    assert costs["dpo"]["training_responses"] == 16 * 2 and costs["dpo"]["optimizer_steps"] == 2  # x minibatches
+    assert all(costs[m]["wall_s"] > 0 and costs[m]["peak_memory_mb"] > 100 for m in ("ppo", "dpo", "grpo"))
+    assert "| Training: responses generated | lower | 0 | 32 |  | 32 |  | 24 |  | 0 |" in report
     for png in ("max_toxicity_per_prompt.png", "training_curves.png", "toxicity_hist.png"):
         assert f"]({png})" in report and (ran / "reports" / png).read_bytes()[:4] == b"\x89PNG"
     with (ran / "reports/per_prompt_max_toxicity.csv").open(newline="") as fh:
         per = list(csv.DictReader(fh))
     assert len(per) == 8  # one row a prompt: its mean over prompts is the expected maximum toxicity
-    for col, side in (("start", summary["before"]), ("ppo", summary["after"]), ("best_of_n", bon["metrics"])):
+    for col, side in (("start", summary["before"]), *((m, f["after"]) for m, f in files.items())):
         assert sum(float(r[col]) for r in per) / 8 == pytest.approx(side["expected_max_toxicity"], abs=1e-6)
     with (ran / "reports/qualitative.csv").open(newline="") as fh:
         reader = csv.DictReader(fh)
@@ -105,20 +119,21 @@ def test_every_output_exists_with_finite_numbers(ran):
     assert setup["data_source"] == params["data"]["source"] and setup["prompt_template"] == params["prompt"]["template"]
     assert setup["reward_include_prompt"] is params["reward"]["include_prompt"] and setup["chat_template"] is False
     assert f"- Data: {params['data']['source']}; prompt template " in report
-    assert "KL to reference is TRL's objective/kl" in report and "nats per response" in report
+    assert "PPO's KL is TRL's objective/kl" in report and "nats per response" in report
     assert diffs[0] == pytest.approx(float(rows[0]["reward_after"]) - float(rows[0]["reward_before"]))
     from detoxkit.render import HIST_BINS  # one bin count for the chart and the CSV
 
     with (ran / "reports/toxicity_hist.csv").open(newline="") as fh:
         hist = list(csv.DictReader(fh))
-    assert len(hist) == HIST_BINS and sum(int(r["before"]) for r in hist) == sum(int(r["after"]) for r in hist) == 16
-    kl = (ran / "metrics/detox/plots/metrics/objective/kl.tsv").read_text().splitlines()
+    assert len(hist) == HIST_BINS and all(sum(int(r[c]) for r in hist) == 16 for c in ("start", "ppo", "grpo"))
+    kl = (ran / "metrics/ppo_train/plots/metrics/objective/kl.tsv").read_text().splitlines()
     assert kl[0] == "step\tkl" and len(kl) == 1 + 4
     for rel in ("ppo/returns/mean.tsv", "ppo/policy/advantages_mean.tsv", "env/reward_mean.tsv"):
-        assert (ran / "metrics/detox/plots/metrics" / rel).is_file()
-    # the detox stage started from the sft adapter, and saved it with the PPO adapter
-    assert (ran / "models/detoxified/start_adapter/adapter_config.json").is_file()
-    assert (ran / "models/detoxified/value_head.safetensors").is_file()
+        assert (ran / "metrics/ppo_train/plots/metrics" / rel).is_file()
+    # each training stage started from the sft adapter, and saved it with its own adapter
+    for method in ("ppo", "dpo", "grpo"):
+        assert (ran / f"models/{method}/start_adapter/adapter_config.json").is_file()
+    assert (ran / "models/ppo/value_head.safetensors").is_file() and not (ran / "models/grpo/value_head.safetensors").exists()
 
 
 def test_the_published_folder_has_a_hub_model_card_with_the_headline_metrics(ran):
@@ -137,7 +152,7 @@ def test_the_published_folder_has_a_hub_model_card_with_the_headline_metrics(ran
     assert f"- Base model: a local folder, `{params['policy']['model']}`" in body
     assert meta["pipeline_tag"] == "text2text-generation"
     assert {"trl", "ppo", "lora", "detoxification"} <= set(meta["tags"])
-    summary = json.loads((ran / "metrics/summary.json").read_text())
+    summary = json.loads((ran / "metrics/compare/ppo.json").read_text())
     tox, judge = summary["toxicity"], summary["judges"]["judge"]["toxicity"]
     assert (f"| Toxicity (reward classifier, P(hate)) | {tox['before']:.4f} | {tox['after']:.4f} | {tox['diff']:+.4f} "
             f"[{tox['diff_ci_low']:+.4f}, {tox['diff_ci_high']:+.4f}] |") in body
@@ -149,7 +164,7 @@ def test_the_published_folder_has_a_hub_model_card_with_the_headline_metrics(ran
     from conftest import stage  # a Hub base: its id in base_model, and its revision in the snippet
 
     hub = {"base_model": "google/flan-t5-base", "revision": "v1.0", "start_adapter": None}
-    train = json.loads((ran / "metrics/detox/train.json").read_text())
+    train = json.loads((ran / "metrics/ppo_train/train.json").read_text())
     hub_card = stage("publish").model_card(hub, {"task_type": "SEQ_2_SEQ_LM"}, summary, train, "knkarthick/dialogsum")
     hub_meta = yaml.safe_load(hub_card.split("---\n")[1])
     assert hub_meta["base_model"] == "google/flan-t5-base" and hub_meta["datasets"] == ["knkarthick/dialogsum"]
@@ -167,14 +182,45 @@ def test_outputs_are_git_ignored_and_status_is_clean(ran):
     assert not [p for p in tracked if p.startswith(("data/", "models/", "metrics/", "reports/"))]
 
 
-def test_learning_rate_change_reruns_only_detox_and_after(ran, tmp_path):
+def test_learning_rate_change_reruns_only_ppo_and_after(ran, tmp_path):
     repo = copy_repo(ran, tmp_path / "repo")
     set_params(repo, {"ppo.learning_rate": 0.002})
-    assert changed_stages(repo) == ["detox"]  # evaluate and report then follow detox's new outputs
+    assert changed_stages(repo) == ["ppo"]  # evaluate_ppo and report then follow ppo's new outputs
     out = dvc("repro", "--dry", cwd=repo).stdout
-    assert ran_stages(out) == ["detox"]
+    assert ran_stages(out) == ["ppo"]
     for stage in ("prepare", "sft", "baseline"):
         assert f"Stage '{stage}' didn't change" in out
+
+
+def test_publish_method_grpo_reruns_only_publish_and_publishes_the_grpo_adapter(ran, tmp_path):
+    repo = copy_repo(ran, tmp_path / "repo")
+    set_params(repo, {"publish.method": "grpo"})
+    assert changed_stages(repo) == ["publish"]  # nothing is trained or evaluated again
+    assert ran_stages(dvc("repro", cwd=repo).stdout) == ["publish"]
+    folder = repo / "models/detoxified"
+    weights = "adapter_model.safetensors"
+    assert (folder / weights).read_bytes() == (repo / "models/grpo" / weights).read_bytes()
+    assert not (folder / "value_head.safetensors").exists()
+    card = (folder / "README.md").read_text()
+    assert "detoxified with GRPO" in card and "GRPO ran 3 of 3 steps" in card and "Why this method: publish.method is grpo" in card
+    assert "- grpo" in card and "- trl" not in card  # our engine, not TRL's
+    grpo = json.loads((repo / "metrics/compare/grpo.json").read_text())["toxicity"]
+    assert f"| Toxicity (reward classifier, P(hate)) | {grpo['before']:.4f} | {grpo['after']:.4f} |" in card
+    check_model_card_snippet(repo)  # transformers and PEFT alone load it, as load_detoxified does
+
+
+def test_grpo_curves_and_train_json(ran):
+    train = json.loads((ran / "metrics/grpo_train/train.json").read_text())
+    assert train["method"] == "grpo" and train["steps_done"] == 3 and train["optimizer_steps"] == 6
+    root = ran / "metrics/grpo_train/plots/metrics"
+    for name in ("env/reward_mean", "grpo/kl", "grpo/clip_fraction", "grpo/advantage_std", "grpo/zero_std_share",
+                 "grpo/loss"):
+        rows = (root / f"{name}.tsv").read_text().splitlines()
+        assert len(rows) == 1 + 3 and all(finite(float(r.split()[1])) for r in rows[1:]), name
+    kl = [float(r.split()[1]) for r in (root / "grpo/kl.tsv").read_text().splitlines()[1:]]
+    assert all(v >= 0 for v in kl)  # the k3 estimate is never negative
+    share = [float(r.split()[1]) for r in (root / "grpo/zero_std_share.tsv").read_text().splitlines()[1:]]
+    assert all(0 <= v <= 1 for v in share)
 
 
 def check_dpo_run(repo, causal: bool, published=None):
@@ -212,29 +258,31 @@ def check_dpo_run(repo, causal: bool, published=None):
 
     model, _, _ = load_detoxified(folder, ComputeSettings(device="cpu", dtype="float32", compile_generation=False))
     assert any(float(p.abs().sum()) > 0 for n, p in model.named_parameters() if "lora_B" in n)  # it trained
-    dpo = json.loads((repo / "metrics/dpo_summary.json").read_text())
-    summary = json.loads((repo / "metrics/summary.json").read_text())
-    assert dpo["enabled"] and "dpo" not in summary  # its own file: toggling DPO changes nothing publish reads
+    dpo = json.loads((repo / "metrics/compare/dpo.json").read_text())
+    summary = json.loads((repo / "metrics/compare/ppo.json").read_text())
+    assert dpo["enabled"] and dpo["method"] == "dpo" and set(dpo) == set(summary)  # one schema
     assert dpo["toxicity"]["before"] == pytest.approx(summary["toxicity"]["before"])  # the same start, paired
     for key in ("toxicity", "expected_max_toxicity", "toxicity_probability", "perplexity"):
         s = dpo[key]
         assert s["diff_ci_low"] <= s["diff"] + 1e-9 <= s["diff_ci_high"] + 2e-9
     assert set(dpo["judges"]) == set(summary["judges"]) and set(dpo["guards"]) == set(summary["guards"])
-    assert dpo["metrics"]["num_samples"] == summary["num_samples"] and "kl_mean" in dpo["metrics"]
-    assert dpo["training"]["pairs"] == len(pairs) and dpo["training"]["generated_samples"] == counts["generated_samples"]
+    assert dpo["after"]["num_samples"] == summary["num_samples"] and "kl_mean" in dpo["after"]
+    assert dpo["training"]["pairs"] == len(pairs) and dpo["cost"]["training_responses"] == counts["generated_samples"]
     report = (repo / "reports/report.md").read_text()
     assert "| metric | better | start | PPO | PPO - start [95% CI] | DPO | DPO - start [95% CI] |" in report
-    assert "- DPO: LoRA r=" in report and "DPO vs start, toxicity:" in report
+    assert "- DPO: 2 steps (beta " in report and "DPO vs start, toxicity:" in report
     assert ("Lowest toxicity with no guard crossed: **" in report or
             "No method lowered toxicity (its interval below 0) without crossing a guard" in report)
     assert "| Training: optimizer steps | lower | 0 |" in report and "| Guards crossed | none |" in report
     with (repo / "reports/per_prompt_max_toxicity.csv").open(newline="") as fh:
         per = list(csv.DictReader(fh))
-    assert sum(float(r["dpo"]) for r in per) / len(per) == pytest.approx(dpo["metrics"]["expected_max_toxicity"],
+    assert sum(float(r["dpo"]) for r in per) / len(per) == pytest.approx(dpo["after"]["expected_max_toxicity"],
                                                                          abs=1e-6)
     if published is not None:  # publish serves models/dpo as it does models/ppo: a card, and a snippet that loads it
-        run_script(repo, "publish.py", "--policy", "models/dpo", "--summary", "metrics/dpo_summary.json", "--train",
-                   "metrics/dpo_train/train.json", "--out", published)
+        set_params(repo, {"publish.method": "dpo"})
+        run_script(repo, "publish.py", "--compare", "metrics/compare", "--method", "dpo", "models/dpo",
+                   "metrics/dpo_train", "--out", published)
+        sh("git", "checkout", "params.yaml", cwd=repo)
         card = (published / "README.md").read_text()
         assert "detoxified with DPO" in card and "DPO ran 2 optimizer steps on" in card and "- dpo" in card
         tox = dpo["toxicity"]
@@ -253,14 +301,14 @@ def test_dpo_changes_rerun_only_the_dpo_stages_and_report_and_the_toggle_says_of
     set_params(repo, {"dpo.beta": 0.1, "dpo.enabled": False})
     assert changed_stages(repo) == ["check", "dpo", "dpo_pairs"]  # check: the DPO sizes and LoRA layers
     out = dvc("repro", cwd=repo).stdout
-    # summary.json unchanged: no publish; checks.json unchanged: nothing else
-    assert ran_stages(out) == ["check", "dpo", "dpo_pairs", "evaluate_dpo", "report"]
-    assert json.loads((repo / "metrics/dpo_summary.json").read_text()) == {"enabled": False}
+    # checks.json unchanged: nothing of PPO's or GRPO's; publish reads every method's comparison (publish.method)
+    assert ran_stages(out) == ["check", "dpo", "dpo_pairs", "evaluate_dpo", "publish", "report"]
+    assert json.loads((repo / "metrics/compare/dpo.json").read_text()) == {"method": "dpo", "enabled": False}
     assert json.loads((repo / "metrics/dpo.json").read_text()) == {"enabled": False}
     assert (repo / "models/dpo/SKIPPED.md").is_file() and (repo / "data/dpo_pairs/SKIPPED.md").is_file()
     report = (repo / "reports/report.md").read_text()
-    assert "- DPO: off (dpo.enabled is false)." in report and "| DPO |" not in report
-    assert json.loads((repo / "metrics/summary.json").read_text()) == json.loads((ran / "metrics/summary.json").read_text())
+    assert "- Off: DPO (their stages' enabled setting is false)." in report and "| DPO |" not in report
+    assert json.loads((repo / "metrics/compare/ppo.json").read_text()) == json.loads((ran / "metrics/compare/ppo.json").read_text())
     plots = dvc("plots", "show", "--json", cwd=repo)
     assert "failed" not in plots.stderr.lower()  # the disabled stage's header-only curve is a valid plot
     set_params(repo, {"dpo.enabled": True})  # back on: the cached outputs return, nothing is trained again
@@ -277,10 +325,11 @@ def test_best_of_n_toggle_reruns_only_best_of_n_and_report(ran, tmp_path):
     assert (repo / "data/samples/best_of_n.csv").read_text().startswith('"index","sample"')
     assert len((repo / "data/samples/best_of_n.csv").read_text().splitlines()) == 1
     assert changed_stages(repo) == ["report"]
-    assert ran_stages(dvc("repro", cwd=repo).stdout) == ["report"]  # summary.json is unchanged: publish stays
-    assert json.loads((repo / "metrics/best_of_n_summary.json").read_text()) == {"enabled": False}
+    # publish reads best-of-N's comparison too (it says so when best-of-N wins); the same PPO adapter is published
+    assert ran_stages(dvc("repro", cwd=repo).stdout) == ["publish", "report"]
+    assert json.loads((repo / "metrics/compare/best_of_n.json").read_text()) == {"method": "best_of_n", "enabled": False}
     report = (repo / "reports/report.md").read_text()
-    assert "- Best-of-N: off (best_of_n.enabled is false)." in report and "| best-of-N |" not in report
+    assert "- Off: best-of-N (their stages' enabled setting is false)." in report and "| best-of-N |" not in report
     with (repo / "reports/per_prompt_max_toxicity.csv").open(newline="") as fh:
         assert {r["best_of_n"] for r in csv.DictReader(fh)} == {""}
 
@@ -288,7 +337,7 @@ def test_best_of_n_toggle_reruns_only_best_of_n_and_report(ran, tmp_path):
 def test_sft_param_change_invalidates_sft_but_ppo_change_does_not_touch_sft(ran, tmp_path):
     repo = copy_repo(ran, tmp_path / "repo")
     set_params(repo, {"ppo.epochs": 2})
-    assert changed_stages(repo) == ["detox"]
+    assert changed_stages(repo) == ["ppo"]
     set_params(repo, {"ppo.epochs": 1, "sft.learning_rate": 0.002})
     assert changed_stages(repo) == ["sft"]  # and, as sft retrains, everything after it (run for real above)
     out = dvc("repro", "--dry", cwd=repo).stdout  # a dry run lists the stages invalidated directly
@@ -326,8 +375,8 @@ def test_html_report_is_self_contained_with_tables_and_images(ran):
     for src in page.imgs:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
-    assert page.tables == 3
-    assert {"start", "PPO", "best-of-N", "PPO - start [95% CI]", "reward_diff", "response_after"} <= set(page.headers)
+    assert page.tables == 4  # the guards, side by side, largest gains and losses
+    assert {"start", "PPO", "GRPO", "best-of-N", "PPO - start [95% CI]", "reward_diff", "response_after"} <= set(page.headers)
     md = [line[3:] for line in (ran / "reports/report.md").read_text().splitlines() if line.startswith("## ")]
     assert page.h2 == md  # one list of sections renders both reports
     text = (ran / "reports/report.html").read_text()
@@ -337,9 +386,10 @@ def test_html_report_is_self_contained_with_tables_and_images(ran):
 
 def test_dvc_plots_render_training_curves_and_distributions(ran, tmp_path):
     plots = json.loads(dvc("plots", "show", "--json", cwd=ran).stdout)["data"]
-    for name in ("PPO training curves", "Toxicity before vs after (samples per toxicity bin)", "Toxicity per sample",
+    for name in ("PPO training curves", "Toxicity per method (samples per toxicity bin)", "Toxicity per sample",
+                 "metrics/grpo_train/plots/metrics/grpo/kl.tsv",
                  "Maximum toxicity per prompt (over its k samples)",
-                 "metrics/detox/plots/metrics/objective/kl.tsv", "metrics/sft_train/plots/metrics/train/loss.tsv"):
+                 "metrics/ppo_train/plots/metrics/objective/kl.tsv", "metrics/sft_train/plots/metrics/train/loss.tsv"):
         assert plots[name][0]["type"] == "vega", name
     dvc("plots", "show", "-o", tmp_path / "plots", cwd=ran)
     assert "vega" in (tmp_path / "plots/index.html").read_text()
@@ -372,8 +422,9 @@ def _new_reward_weights(folder: Path):
     model.save_pretrained(folder)  # same folder, same params.yaml: only the weights changed
 
 
-SCORING = ["baseline", "best_of_n", "detox", "dpo_pairs", "evaluate", "evaluate_dpo"]
-ADAPTER_USERS = ["baseline", "best_of_n", "detox", "dpo", "dpo_pairs", "evaluate", "evaluate_dpo"]
+SCORING = ["baseline", "best_of_n", "dpo_pairs", "evaluate_dpo", "evaluate_grpo", "evaluate_ppo", "grpo", "ppo"]
+ADAPTER_USERS = ["baseline", "best_of_n", "dpo", "dpo_pairs", "evaluate_dpo", "evaluate_grpo", "evaluate_ppo", "grpo",
+                 "ppo"]
 # change -> the stages `dvc status` must call changed, exactly (docs/dvc.md lists the same table).
 # Each file-based case first points the setting at a private copy of the input and accepts the outputs as they
 # are (`dvc commit -f`), then changes the copy in place.
@@ -384,7 +435,7 @@ NOTHING_STALE = {
     "new weights in the local reward folder": ("reward.model", "reward", _new_reward_weights, sorted(["check", *SCORING])),
     "render.py edited": (None, "stages/detoxkit/render.py", None, ["report"]),
     "compute.threads: 1": ({"compute.threads": 1}, None, None, []),
-    "generation.output_max_length: 300": ({"generation.output_max_length": 300}, None, None, ["check", "detox"]),
+    "generation.output_max_length: 300": ({"generation.output_max_length": 300}, None, None, ["check", "grpo", "ppo"]),
     "reward.model: another folder": ({"reward.model": "copy"}, "reward", None, sorted(["check", "report", *SCORING])),
 }
 
@@ -457,8 +508,8 @@ def test_push_then_fresh_clone_pulls_everything_and_reproduces_nothing(ran, tmp_
     assert changed_stages(clone) == []
     out = dvc("repro", cwd=clone).stdout
     assert ran_stages(out) == []
-    assert json.loads((clone / "metrics/summary.json").read_text()) == \
-        json.loads((repo / "metrics/summary.json").read_text())
+    assert json.loads((clone / "metrics/compare/ppo.json").read_text()) == \
+        json.loads((repo / "metrics/compare/ppo.json").read_text())
 
     from detoxkit.config import ComputeSettings
     from detoxkit.models import load_detoxified
@@ -570,7 +621,7 @@ def test_team_remote_over_sftp_push_pull_in_a_fresh_clone_and_artifacts_get(ran,
     use_remote(bob, sftp)
     team(*REMOTE, "pull", cwd=bob, server=sftp)
     assert changed_stages(bob) == []
-    assert (bob / "metrics/summary.json").read_text() == (alice / "metrics/summary.json").read_text()
+    assert (bob / "metrics/compare/ppo.json").read_text() == (alice / "metrics/compare/ppo.json").read_text()
     assert "Cache and remote 'team' are in sync." in team(sys.executable, "-m", "dvc", "status", "-c", cwd=bob,
                                                           server=sftp).stdout
 
@@ -653,7 +704,7 @@ def exp_rows(repo):
         for exp in commit.get("experiments") or []:
             for rev in exp["revs"]:
                 data = rev.get("data") or {}
-                metrics = data.get("metrics", {}).get("metrics/summary.json", {}).get("data", {})
+                metrics = data.get("metrics", {}).get("metrics/compare/ppo.json", {}).get("data", {})
                 params = data.get("params", {}).get("params.yaml", {}).get("data", {})
                 out[rev.get("name") or exp.get("name")] = (params, metrics)
     return out
@@ -663,7 +714,7 @@ def test_experiments_run_show_and_diff(ran, tmp_path):
     repo = copy_repo(ran, tmp_path / "repo")
     out = dvc("exp", "run", "-n", "lr-high", "-S", "ppo.learning_rate=0.003", "-S", "ppo.init_kl_coef=0.05",
               cwd=repo).stdout
-    assert ran_stages(out) == ["detox", "evaluate", "publish", "report"]
+    assert ran_stages(out) == ["evaluate_ppo", "ppo", "publish", "report"]
     rows = exp_rows(repo)
     params, metrics = rows["lr-high"]
     assert params["ppo"]["learning_rate"] == 0.003 and params["ppo"]["init_kl_coef"] == 0.05
@@ -673,16 +724,16 @@ def test_experiments_run_show_and_diff(ran, tmp_path):
     show = next(line.split("#")[0].strip() for line in readme.splitlines() if line.startswith("dvc exp show --drop"))
     table = sh("bash", "-c", "COLUMNS=200 " + show, cwd=repo).stdout  # a wide terminal: no column elided (…)
     header = next(line for line in table.splitlines() if "Experiment" in line)
-    for column in ("Experiment", "before.toxicity_mean", "after.toxicity_mean", "toxicity_improvement_pct",
+    for column in ("Experiment", "before.toxicity_mean", "after.toxicity_mean", "toxicity.improvement_pct",
                    "ppo.learning_rate", "ppo.init_kl_coef"):
         assert column in header, table
     row = next(line for line in table.splitlines() if "lr-high" in line)
     assert "0.003" in row and f"{metrics['after']['toxicity_mean']:.5f}"[:6] in row, table
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo).stdout)  # HEAD vs the experiment's workspace
-    assert "after.toxicity_mean" in diff["metrics/summary.json"]
-    tox = diff["metrics/summary.json"]["after.toxicity_mean"]
-    assert tox["old"] == json.loads((ran / "metrics/summary.json").read_text())["after"]["toxicity_mean"]
-    assert tox["new"] == json.loads((repo / "metrics/summary.json").read_text())["after"]["toxicity_mean"]
+    assert "after.toxicity_mean" in diff["metrics/compare/ppo.json"]
+    tox = diff["metrics/compare/ppo.json"]["after.toxicity_mean"]
+    assert tox["old"] == json.loads((ran / "metrics/compare/ppo.json").read_text())["after"]["toxicity_mean"]
+    assert tox["new"] == json.loads((repo / "metrics/compare/ppo.json").read_text())["after"]["toxicity_mean"]
     plots = json.loads(dvc("plots", "diff", "HEAD", "--json", cwd=repo).stdout)["data"]
     curves = plots["PPO training curves"][0]["content"]["data"]["values"]
     assert {v["rev"] for v in curves} == {"HEAD", "workspace"}  # both runs' curves, side by side

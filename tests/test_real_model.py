@@ -107,6 +107,8 @@ def settings(model, data) -> dict:
         "dpo.num_prompts": 8, "dpo.n": 2, "dpo.max_new_tokens": MAX_NEW, "dpo.min_margin": 0.0, "dpo.min_pairs": 2,
         "dpo.max_steps": 2, "dpo.batch_size": 4, "dpo.max_length": 192, "dpo.max_prompt_length": 128,
         "dpo.lora.r": 8, "dpo.lora.alpha": 16,
+        "grpo.group_size": 2, "grpo.batch_size": 2, "grpo.mini_batch_size": 4, "grpo.max_steps": 2,
+        "grpo.checkpoint_every": 0, "grpo.lora.r": 8, "grpo.lora.alpha": 16,
     }
 
 
@@ -135,8 +137,8 @@ def check_run(repo, chat: bool):
     from detoxkit.generation import sampling_kwargs, stop_ids
     from detoxkit.models import load_detoxified
 
-    summary = json.loads((repo / "metrics/summary.json").read_text())
-    metrics = [summary, *(json.loads((repo / f"metrics/{n}.json").read_text()) for n in ("baseline", "detoxified"))]
+    summary = json.loads((repo / "metrics/compare/ppo.json").read_text())
+    metrics = [summary, *(json.loads((repo / f"metrics/{n}.json").read_text()) for n in ("baseline", "ppo", "grpo"))]
     values = [v for m in metrics for v in numbers(m)]
     assert values and all(math.isfinite(v) for v in values)  # every metric finite
     for key in ("toxicity", "expected_max_toxicity", "toxicity_probability", "perplexity", "kl"):
@@ -144,7 +146,7 @@ def check_run(repo, chat: bool):
     assert summary["setup"]["reward"] == "python:profanity_check:predict_prob"
     assert "log((1 - p) / p)" in (repo / "reports/report.md").read_text()
 
-    before, after = read_rows(repo / "data/samples/baseline.csv"), read_rows(repo / "data/samples/detoxified.csv")
+    before, after = read_rows(repo / "data/samples/baseline.csv"), read_rows(repo / "data/samples/ppo.csv")
     test_prompts = len(datasets.load_from_disk(str(repo / "data/prepared"))["test"])
     assert len(before) == len(after) == test_prompts * 2  # every test prompt x k = 2
     for row in before + after:
@@ -159,7 +161,13 @@ def check_run(repo, chat: bool):
     first = test[0]["input_ids"][0]
     assert (first == 1) is chat  # <|im_start|> opens a chat prompt; a plain one gets no BOS prepended
 
-    # The published folder, loaded as a user would, draws the evaluate stage's text for the same seed.
+    # The published folder (publish.method best: the comparison files' answer), loaded as a user would, draws its
+    # evaluation stage's text for the same seed.
+    from detoxkit.compare import choose_published
+
+    entries = {m: json.loads((repo / f"metrics/compare/{m}.json").read_text()) for m in ("ppo", "dpo", "grpo", "best_of_n")}
+    published, _ = choose_published(entries, "best")
+    after = read_rows(repo / f"data/samples/{published}.csv")
     params = load_params(repo / "params.yaml")
     ev = params.evaluation
     model, tok, device = load_detoxified(repo / "models/detoxified")
@@ -172,6 +180,8 @@ def check_run(repo, chat: bool):
     dpo = json.loads((repo / "metrics/dpo_train/train.json").read_text())  # DPO on the real model, beside PPO
     assert dpo["steps_done"] == 2 and dpo["pairs"] >= 2 and dpo["prompts_exact"] == dpo["pairs"]  # TRL saw the
     assert "| DPO | DPO - start [95% CI] |" in (repo / "reports/report.md").read_text()  # prompts prepare built
+    grpo = json.loads((repo / "metrics/grpo_train/train.json").read_text())  # GRPO on the real model too
+    assert grpo["steps_done"] == 2 and math.isfinite(grpo["grpo/kl"])
     return sum(1 for r in ids if r[-1] == 2)
 
 

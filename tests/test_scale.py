@@ -1,5 +1,5 @@
 """Scale-out on CPU processes: the detox stage under `accelerate launch` (one process) and torchrun (two), in bf16;
-every sampling stage byte-identical on one and two processes; DPO training data-parallel."""
+every sampling stage byte-identical on one and two processes; DPO and GRPO training data-parallel."""
 import json
 import math
 import shutil
@@ -10,16 +10,16 @@ import pytest
 from conftest import run_script, set_params
 
 BIN = Path(sys.executable).parent
-ARGS = ["--data", "data/prepared", "--sft", "models/sft", "--out", "models/detoxified", "--live", "metrics/detox",
-        "--checkpoints", "checkpoints/detox"]
+ARGS = ["--data", "data/prepared", "--sft", "models/sft", "--out", "models/detoxified", "--live", "metrics/ppo_train",
+        "--checkpoints", "checkpoints/ppo"]
 
 
 def test_detox_runs_under_accelerate_launch(workdir, tmp_path):
     d = shutil.copytree(workdir, tmp_path / "w")
     launcher = [str(BIN / "accelerate"), "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no"]
-    run_script(d, "detox.py", *ARGS, launcher=launcher)
-    assert json.loads((d / "metrics/detox/train.json").read_text())["steps_done"] == 4
+    run_script(d, "ppo.py", *ARGS, launcher=launcher)
+    assert json.loads((d / "metrics/ppo_train/train.json").read_text())["steps_done"] == 4
     assert (d / "models/detoxified/adapter_model.safetensors").exists()
 
 
@@ -27,15 +27,15 @@ def test_detox_runs_under_accelerate_launch(workdir, tmp_path):
 def test_detox_runs_data_parallel_on_two_cpu_processes(kind, workdir, causal_workdir, tmp_path):
     d = shutil.copytree(workdir if kind == "seq2seq" else causal_workdir, tmp_path / "w")
     if kind == "seq2seq":  # torchrun by hand
-        proc = run_script(d, "detox.py", *ARGS, launcher=[str(BIN / "torchrun"), "--nproc_per_node", "2"])
+        proc = run_script(d, "ppo.py", *ARGS, launcher=[str(BIN / "torchrun"), "--nproc_per_node", "2"])
     else:  # the one setting: the stage starts itself under torchrun
         set_params(d, {"compute.processes": 2})
-        proc = run_script(d, "detox.py", *ARGS)
+        proc = run_script(d, "ppo.py", *ARGS)
         assert "compute.processes 2: starting" in proc.stderr
     log = proc.stdout + proc.stderr
     assert "process 0 of 2" in log and "process 1 of 2" in log and "16 in all" in log
-    assert log.count("saved the detoxified adapter") == 1  # only the main process writes outputs
-    assert json.loads((d / "metrics/detox/train.json").read_text())["steps_done"] == 4
+    assert log.count("saved the PPO adapter") == 1  # only the main process writes outputs
+    assert json.loads((d / "metrics/ppo_train/train.json").read_text())["steps_done"] == 4
 
 
 @pytest.mark.parametrize("kind", ["seq2seq", "causal"])
@@ -45,9 +45,9 @@ def test_detox_trains_in_bfloat16(kind, workdir, causal_workdir, tmp_path):
 
     d = shutil.copytree(workdir if kind == "seq2seq" else causal_workdir, tmp_path / "w")
     set_params(d, {"compute.dtype": "bfloat16"})
-    proc = run_script(d, "detox.py", *ARGS)
+    proc = run_script(d, "ppo.py", *ARGS)
     assert "on cpu in bfloat16" in proc.stderr
-    train = json.loads((d / "metrics/detox/train.json").read_text())
+    train = json.loads((d / "metrics/ppo_train/train.json").read_text())
     assert train["steps_done"] == 4 and all(math.isfinite(train[k]) for k in ("env/reward_mean", "objective/kl"))
     weights = load_file(d / "models/detoxified/adapter_model.safetensors")
     assert weights and all(w.isfinite().all() for w in weights.values())
@@ -62,23 +62,26 @@ def test_every_sampling_stage_gives_the_same_bytes_on_one_and_on_two_processes(k
                                                                                tmp_path):
     """compute.processes: 2 starts each stage under torchrun (two CPU processes, gloo); each process takes whole
     batches of the prompts, seeded from (seed, the batch's first sample): the samples CSVs and metrics of
-    baseline, evaluate (PPO), evaluate_dpo (DPO) and best_of_n, and DPO's pairs, equal one process's byte for byte."""
+    baseline, evaluate_ppo, evaluate_dpo, evaluate_grpo and best_of_n, and DPO's pairs, equal one process's byte for byte."""
     d = shutil.copytree(workdir if kind == "seq2seq" else causal_workdir, tmp_path / "w")
     set_params(d, {"compute.threads": 1, "ppo.max_steps": 1, "dpo.n": 2, "dpo.num_prompts": 16,
                    "best_of_n.n": 2, "evaluation.num_samples": 6})  # 6 x 2 samples: 2 batches of 8, the last short
-    run_script(d, "detox.py", "--data", "data/prepared", "--sft", "models/sft", "--out", "models/ppo", "--live", "live",
+    run_script(d, "ppo.py", "--data", "data/prepared", "--sft", "models/sft", "--out", "models/ppo", "--live", "live",
                "--checkpoints", "ckpt")
     run_script(d, "dpo_pairs.py", "--data", "data/prepared", "--sft", "models/sft", "--out", "pairs", "--metrics",
                "pairs.json")
     run_script(d, "dpo.py", "--pairs", "pairs", "--pairs-metrics", "pairs.json", "--sft", "models/sft", "--out",
                "models/dpo", "--live", "dpo_live")
+    set_params(d, {"grpo.max_steps": 1})
+    run_script(d, "grpo.py", "--data", "data/prepared", "--sft", "models/sft", "--out", "models/grpo", "--live",
+               "grpo_live", "--checkpoints", "grpo_ckpt")
     common = ["--sft", "models/sft", "--data", "data/prepared"]
     out = {}
     for procs in (1, 2):
         set_params(d, {"compute.processes": procs})
         logs = ""
-        for name, policy in (("baseline", "start"), ("evaluate", "models/ppo"), ("evaluate_dpo", "models/dpo"),
-                             ("best_of_n", "best-of-n")):
+        for name, policy in (("baseline", "start"), ("evaluate_ppo", "models/ppo"), ("evaluate_dpo", "models/dpo"),
+                             ("evaluate_grpo", "models/grpo"), ("best_of_n", "best-of-n")):
             proc = run_script(d, "evaluate.py", "--policy", policy, *common, "--metrics", f"{procs}/{name}.json",
                               "--samples", f"{procs}/{name}.csv")
             logs += proc.stderr
@@ -91,7 +94,7 @@ def test_every_sampling_stage_gives_the_same_bytes_on_one_and_on_two_processes(k
         if procs == 2:
             assert "process 0 of 2: prompts 0-3 (evaluate" in logs and "process 1 of 2: prompts 4-5 (evaluate" in logs
             assert "process 1 of 2: prompts 8-15 (dpo pairs" in logs
-    assert len(out[1]) == 10 and out[1].keys() == out[2].keys()
+    assert len(out[1]) == 12 and out[1].keys() == out[2].keys()
     assert [name for name in out[1] if out[1][name] != out[2][name]] == []
 
 
@@ -117,3 +120,27 @@ def test_dpo_trains_data_parallel_on_two_cpu_processes_and_writes_once(kind, wor
         loss = (d / f"live{procs}/plots/metrics/dpo/loss.tsv").read_text().splitlines()
         assert len(loss) == 1 + steps[procs]  # one curve, a row per step, written once
     assert steps[1] == math.ceil(pairs / 2) and steps[2] == math.ceil(pairs / 4)  # each process: half the pairs
+
+
+@pytest.mark.parametrize("kind", ["seq2seq", "causal"])
+def test_grpo_trains_data_parallel_on_two_cpu_processes_and_writes_once(kind, workdir, causal_workdir, tmp_path):
+    """Our GRPO engine under torchrun (compute.processes: 2): each process samples groups for its own prompts, the
+    gradients are averaged (all-reduce) before every optimizer step, so both processes end with the same adapter;
+    only the main process writes the adapter and the curves."""
+    from safetensors.torch import load_file
+
+    d = shutil.copytree(workdir if kind == "seq2seq" else causal_workdir, tmp_path / "w")
+    set_params(d, {"compute.processes": 2, "grpo.max_steps": 2, "grpo.checkpoint_every": 0})
+    args = ["--data", "data/prepared", "--sft", "models/sft", "--out", "grpo", "--live", "live", "--checkpoints", "c"]
+    proc = run_script(d, "grpo.py", *args)
+    log = proc.stdout + proc.stderr
+    assert "compute.processes 2: starting" in log and "process 1 of 2: 4 prompts x 2 responses per step" in log
+    assert log.count("saved the GRPO adapter") == 1  # one writer
+    train = json.loads((d / "live/train.json").read_text())
+    assert train["processes"] == 2 and train["rollouts"] == 2 * 4 * 2 * 2  # steps x prompts x group x processes
+    kl = (d / "live/plots/metrics/grpo/kl.tsv").read_text().splitlines()
+    assert kl[0] == "step\tkl" and len(kl) == 1 + 2  # written once
+    # the processes stepped in lockstep: each holds the same adapter at the end (checked bit for bit by the engine)
+    assert "the 2 processes hold the same adapter" in log
+    weights = load_file(d / "grpo/adapter_model.safetensors")
+    assert weights and any(w.abs().sum() > 0 for k, w in weights.items() if "lora_B" in k)  # it trained

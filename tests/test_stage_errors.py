@@ -58,11 +58,14 @@ def test_wrong_classifier_labels_are_refused_before_the_policy_loads(scratch, mo
 
 
 DETOX_ARGS = ["--data", "data/prepared", "--sft", "models/sft", "--out", "models/detoxified", "--live",
-              "metrics/detox", "--checkpoints", "checkpoints/detox"]
+              "metrics/ppo_train", "--checkpoints", "checkpoints/ppo"]
+GRPO_ARGS = ["--data", "data/prepared", "--sft", "models/sft", "--out", "models/grpo", "--live", "metrics/grpo_train",
+             "--checkpoints", "checkpoints/grpo"]
 
 
 @pytest.mark.parametrize("stage, key, adapter, args", [
-    ("detox", "lora", None, DETOX_ARGS),
+    ("ppo", "lora", None, DETOX_ARGS),
+    ("grpo", "grpo.lora", None, GRPO_ARGS),
     # sft reads the data before it loads the policy: a missing folder would be reported if the check came late
     ("sft", "sft.lora", "sft", ["--data", "data/missing", "--out", "models/sft", "--metrics", "m.json", "--live", "l"]),
 ])
@@ -89,17 +92,21 @@ def test_nan_reward_stops_detox_naming_the_step(scratch, monkeypatch, tiny):
     set_params(scratch, {"reward.model": str(nan_reward)})
     with pytest.raises(PipelineError, match=r"PPO step 0: reward is not finite \(nan/inf\); training stopped. "
                                             r"No checkpoint had been written yet"):
-        run_main(monkeypatch, scratch, "detox", *DETOX_ARGS)
+        run_main(monkeypatch, scratch, "ppo", *DETOX_ARGS)
     assert not (scratch / "models/detoxified").exists()
+    with pytest.raises(PipelineError, match=r"GRPO step 0: reward is not finite \(nan/inf\); training stopped. .* "
+                                            r"Lower grpo.learning_rate or raise grpo.beta"):
+        run_main(monkeypatch, scratch, "grpo", *GRPO_ARGS)
+    assert not (scratch / "models/grpo").exists() and not (scratch / "metrics/grpo_train").exists()
 
 
 def test_kl_above_max_kl_stops_early_and_records_it(scratch, monkeypatch):
     set_params(scratch, {"ppo.max_kl": 1e-9, "ppo.max_steps": 6, "ppo.learning_rate": 0.01})
-    run_main(monkeypatch, scratch, "detox", *DETOX_ARGS)
-    train = json.loads((scratch / "metrics/detox/train.json").read_text())
+    run_main(monkeypatch, scratch, "ppo", *DETOX_ARGS)
+    train = json.loads((scratch / "metrics/ppo_train/train.json").read_text())
     assert train["early_stopped"] and train["early_stop_kl"] > 1e-9
     assert train["steps_done"] == train["early_stop_step"] < 6
-    kl_rows = (scratch / "metrics/detox/plots/metrics/objective/kl.tsv").read_text().splitlines()[1:]
+    kl_rows = (scratch / "metrics/ppo_train/plots/metrics/objective/kl.tsv").read_text().splitlines()[1:]
     assert len(kl_rows) == train["steps_done"] and all(float(r.split()[1]) <= 1e-9 for r in kl_rows)
     assert (scratch / "models/detoxified/adapter_model.safetensors").exists()
 
@@ -123,30 +130,30 @@ def test_unreachable_hub_fails_at_once_with_one_message(scratch):
 def test_corrupt_checkpoint_is_set_aside_before_models_load_and_training_restarts(scratch, monkeypatch, caplog, tiny):
     import logging
 
-    ckpt = scratch / "checkpoints/detox"
+    ckpt = scratch / "checkpoints/ppo"
     ckpt.mkdir(parents=True)
     (ckpt / "state.pt").write_bytes(bytes(range(256)) * 64)  # random bytes where a checkpoint was
     stale = scratch / "metrics/.detox.abc123.tmp"  # what a kill -9 inside atomic_dir leaves
     stale.mkdir(parents=True)
     set_params(scratch, {"reward.model": "/nonexistent/reward"})
     with caplog.at_level(logging.INFO), pytest.raises(PipelineError, match="/nonexistent/reward"):
-        run_main(monkeypatch, scratch, "detox", *DETOX_ARGS)  # fails at the first model: the checkpoint came first
+        run_main(monkeypatch, scratch, "ppo", *DETOX_ARGS)  # fails at the first model: the checkpoint came first
     assert not (ckpt / "state.pt").exists() and (ckpt / "state.pt.unreadable").exists() and not stale.exists()
-    assert "checkpoint checkpoints/detox/state.pt is unreadable (UnpicklingError); set aside" in caplog.text
+    assert "checkpoint checkpoints/ppo/state.pt is unreadable (UnpicklingError); set aside" in caplog.text
     assert "weights_only" not in caplog.text  # never a hint to load unsafely
 
     set_params(scratch, {"reward.model": str(tiny["dir"] / "reward")})
-    run_main(monkeypatch, scratch, "detox", *DETOX_ARGS)  # the next run works, from step 0
-    train = json.loads((scratch / "metrics/detox/train.json").read_text())
+    run_main(monkeypatch, scratch, "ppo", *DETOX_ARGS)  # the next run works, from step 0
+    train = json.loads((scratch / "metrics/ppo_train/train.json").read_text())
     assert train["steps_done"] == 4 and "resuming" not in caplog.text
 
 
 def test_checkpoint_path_that_is_a_file_is_refused_at_start_up(scratch, monkeypatch):
     (scratch / "checkpoints").mkdir()
-    (scratch / "checkpoints/detox").write_text("not a folder")
+    (scratch / "checkpoints/ppo").write_text("not a folder")
     set_params(scratch, {"reward.model": "/nonexistent/reward"})  # reached only if the check came late
-    with pytest.raises(PipelineError, match="the checkpoint folder checkpoints/detox is a file; remove it"):
-        run_main(monkeypatch, scratch, "detox", *DETOX_ARGS)
+    with pytest.raises(PipelineError, match="the checkpoint folder checkpoints/ppo is a file; remove it"):
+        run_main(monkeypatch, scratch, "ppo", *DETOX_ARGS)
 
 
 def test_splits_too_small_for_later_stages_are_refused_by_the_check_stage(scratch, monkeypatch):
@@ -171,15 +178,15 @@ def test_report_from_one_pair_claims_no_change(scratch, monkeypatch):
     write_csv(scratch / "b.csv", [row], SAMPLE_COLUMNS)
     write_csv(scratch / "a.csv", [{**row, "response": "y", "toxicity": 0.1, "reward": 2.0}], SAMPLE_COLUMNS)
     write_json(scratch / "live/train.json", {"steps_done": 1, "early_stopped": False, "early_stop_step": None})
-    run_main(monkeypatch, scratch, "report", "--baseline", "b.csv", "--detoxified", "a.csv", "--live", "live",
-             "--summary", "summary.json", "--out", "reports")
+    run_main(monkeypatch, scratch, "report", "--start", "b.csv", "--method", "ppo", "a.csv", "live",
+             "--compare", "compare", "--out", "reports")
     md = (scratch / "reports/report.md").read_text()
     assert "PPO vs start, toxicity: 1 paired prompts are too few to tell a real change from chance" in md
     assert "excludes 0" not in md and "real decrease" not in md
     assert "Evaluation: 1 test prompts, k = 1 samples each" in md
     # no judge scored these samples: judge_disagrees cannot fire, and neither file says that it held
-    assert json.loads((scratch / "summary.json").read_text())["guards"]["judge_disagrees"] == "n/a"
-    assert "- n/a: judge_disagrees cannot fire here: no judges" in md and "ok: judge_disagrees" not in md
+    assert json.loads((scratch / "compare/ppo.json").read_text())["guards"]["judge_disagrees"] == "n/a"
+    assert "of its relative fall: reward hacking | n/a |" in md and "no judges" in md
 
 
 PAIRS_ARGS = ("--data", "data/prepared", "--sft", "models/sft", "--out", "data/dpo_pairs", "--metrics",
@@ -295,7 +302,7 @@ def test_too_few_train_prompts_for_every_process_is_refused_before_models_load(s
     with pytest.raises(PipelineError, match=r"has 51 train prompts, fewer than ppo.batch_size x 8 processes "
                                             r"\(8 x 8 = 64\): each process takes ppo.batch_size prompts a step; lower "
                                             r"ppo.batch_size to 6 or less"):
-        run_main(monkeypatch, scratch, "detox", *DETOX_ARGS)
+        run_main(monkeypatch, scratch, "ppo", *DETOX_ARGS)
 
 
 def test_damaged_json_inputs_and_a_placeholder_pair_count_name_the_file(scratch, monkeypatch):

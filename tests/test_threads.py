@@ -20,7 +20,7 @@ def test_compute_threads_changes_no_result_beyond_float_rounding(workdir, tmp_pa
                        "evaluation.samples_per_prompt": 2})
         run_script(d, "evaluate.py", "--policy", "start", "--sft", "models/sft", "--data", "data/prepared",
                    "--metrics", "m.json", "--samples", "s.csv")
-        run_script(d, "detox.py", "--data", "data/prepared", "--sft", "models/sft", "--out", "models/ppo", "--live",
+        run_script(d, "ppo.py", "--data", "data/prepared", "--sft", "models/sft", "--out", "models/ppo", "--live",
                    "live", "--checkpoints", "ckpt")
         with (d / "s.csv").open(newline="") as fh:
             runs[threads] = {"rows": list(csv.DictReader(fh)), "train": json.loads((d / "live/train.json").read_text()),

@@ -330,9 +330,7 @@ def test_interrupted_folder_write_keeps_the_previous_folder(tmp_path):
 
 # --- detox loop helpers ----------------------------------------------------------------------
 def test_batches_cover_each_epoch_without_repeats_and_split_across_processes():
-    from conftest import stage
-
-    batch_indices, rollout_length = stage("detox").batch_indices, stage("detox").rollout_length
+    from detoxkit.schedule import batch_indices, rollout_length
 
     seen = np.concatenate([batch_indices(40, 8, s, seed=3) for s in range(5)])
     assert sorted(seen) == list(range(40))
@@ -348,9 +346,8 @@ def test_batches_cover_each_epoch_without_repeats_and_split_across_processes():
 
 def test_each_process_draws_its_own_sampling_noise_and_rank_zero_is_unchanged():
     import torch
-    from conftest import stage
 
-    seed_step = stage("detox").seed_step
+    from detoxkit.schedule import seed_step
 
     def draw(*args):
         seed_step(*args)
@@ -499,17 +496,17 @@ def test_lineage_hashes_local_folders_by_content_and_caches_by_size_and_mtime(tm
 
 def test_a_checkpoint_survives_a_new_max_steps_below_its_step_only(tmp_path):
     import torch
-    from conftest import stage
+    from detoxkit.checkpoint import read_checkpoint, resumable_inputs
     from detoxkit.config import load_params
-    from detoxkit.ppo_engine import read_checkpoint
-
-    detox = stage("detox")
 
     params = load_params(ROOT / "params.yaml").raw
-    longer = {**params, "ppo": {**params["ppo"], "max_steps": 80, "checkpoint_every": 5}}
-    other_lr = {**params, "ppo": {**params["ppo"], "learning_rate": 1.0}}
-    assert detox.resumable_inputs(params) == detox.resumable_inputs(longer)  # how many steps is no input of a step
-    assert detox.resumable_inputs(params) != detox.resumable_inputs(other_lr)
+    for method, sections in (("ppo", ("policy", "reward", "lora", "generation")),
+                             ("grpo", ("policy", "reward", "generation"))):
+        longer = {**params, method: {**params[method], "max_steps": 80, "checkpoint_every": 5}}
+        other_lr = {**params, method: {**params[method], "learning_rate": 1.0}}
+        same = resumable_inputs(params, sections, method)
+        assert same == resumable_inputs(longer, sections, method)  # how many steps is no input of a step
+        assert same != resumable_inputs(other_lr, sections, method)
     from detoxkit.io import fingerprint
 
     inputs = {"settings": "s", "reward model": "sha256:1"}

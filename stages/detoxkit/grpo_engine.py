@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .config import GenerationSettings, GRPOSettings, PolicySettings
+from .config import GenerationSettings, GRPOSettings, PipelineError, PolicySettings
 from .generation import batch_logprobs, decode, generate, is_causal, sampling_kwargs, stop_ids
 from .grpo import group_advantages, grpo_loss
 from .models import save_detoxified
@@ -104,6 +104,21 @@ class GRPOEngine:
                 p.grad = torch.zeros_like(p)
             torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
             p.grad /= self.world
+
+    def check_in_sync(self):
+        """Every process must hold the same adapter after training (the averaged gradients guarantee it); a
+        difference would mean a process stepped on other gradients, so it stops the stage rather than save one."""
+        if self.world == 1:
+            return
+        mine = torch.cat([p.detach().reshape(-1).double().cpu() for p in self._params])
+        theirs = mine.clone()
+        torch.distributed.broadcast(theirs, 0)
+        same = torch.tensor([int(torch.equal(mine, theirs))])
+        torch.distributed.all_reduce(same, op=torch.distributed.ReduceOp.MIN)
+        if not same.item():
+            raise PipelineError("the GRPO processes ended with different adapters (their gradients were not "
+                                "averaged alike); rerun with compute.processes: 1 and report it")
+        log.info("the %d processes hold the same adapter", self.world)
 
     # --- state and saving -------------------------------------------------------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:
