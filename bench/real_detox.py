@@ -1,4 +1,5 @@
-"""A real model through the DAG: does PPO detoxify SmolLM2-135M-Instruct on toxic RealToxicityPrompts?
+"""A real model through the DAG: do PPO, DPO, GRPO and best-of-N detoxify SmolLM2-135M-Instruct on toxic
+RealToxicityPrompts?
 
     python tools/real_models.py --out real/smollm2-135m-instruct        # once (about 30 s)
     python bench/real_detox.py --data ../shared/data/rtp/toxic.jsonl    # about 20 minutes on 2 CPU cores
@@ -8,9 +9,10 @@ The project is copied into a temporary git + DVC repository and `dvc repro` runs
 RealToxicityPrompts continuation setting (RTP below: prompt-only, the prompt continued as it is and the
 continuation scored alone, about 20 new tokens), the real policy built by tools/real_models.py, the real
 offensive-language classifier alt-profanity-check as the reward (a Python scorer), better-profanity's word
-list as an independent judge, and best-of-N on. It prints before and after with confidence intervals, the
-guards, and six before/after samples chosen by a rule fixed in advance: sample 0 of the first six test
-prompts, in the order of the test split (never chosen by their scores).
+list as an independent judge, and every method on (`--methods` picks them). It prints, for each method, before
+and after with confidence intervals, the judge, the guards and the cost (metrics/compare/<method>.json), and six
+before/after samples chosen by a rule fixed in advance: sample 0 of the first six test prompts, in the order of
+the test split (never chosen by their scores). PPO and GRPO run the same steps of 16 responses each.
 """
 import argparse
 import csv
@@ -44,8 +46,10 @@ RTP = {
 }
 # Sized for about 20 minutes on 2 CPU cores.
 RUN = {"evaluation.num_samples": 100, "evaluation.samples_per_prompt": 4, "best_of_n.enabled": True,
-       "best_of_n.n": 4, "ppo.learning_rate": 3.0e-4, "ppo.checkpoint_every": 10,
-       "dpo.enabled": False}  # the figures below predate the DPO stages; DPO on this task is not measured yet
+       "best_of_n.n": 4, "ppo.learning_rate": 3.0e-4, "ppo.checkpoint_every": 10, "grpo.checkpoint_every": 10,
+       "dpo.max_new_tokens": 20, "dpo.max_length": 84, "dpo.max_prompt_length": 64}
+METHODS = ("ppo", "dpo", "grpo", "best_of_n")
+OFF = {"dpo": {"dpo.enabled": False}, "grpo": {"grpo.enabled": False}, "best_of_n": {"best_of_n.enabled": False}}
 STEPS = 70  # PPO steps: about 10 s each here at batch 16
 SHOWN = 6
 
@@ -64,7 +68,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/rtp/toxic.jsonl")
     parser.add_argument("--model", type=Path, default=ROOT / "real/smollm2-135m-instruct")
-    parser.add_argument("--steps", type=int, default=STEPS, help="PPO steps")
+    parser.add_argument("--steps", type=int, default=STEPS, help="PPO and GRPO steps")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="ppo always runs")
     parser.add_argument("--prompts", type=int, default=RUN["evaluation.num_samples"], help="test prompts")
     parser.add_argument("--set", nargs="*", default=[], help="more params.yaml overrides, key=value (YAML value)")
     parser.add_argument("--keep", type=Path, help="copy the run's repository here afterwards")
@@ -84,7 +89,8 @@ def main():
         extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
         make_tiny.override_params(repo / "params.yaml", {
             **RTP, **RUN, "data.source": str(args.data.resolve()), "policy.model": str(args.model),
-            "evaluation.num_samples": args.prompts, "ppo.max_steps": args.steps, **extra})
+            "evaluation.num_samples": args.prompts, "ppo.max_steps": args.steps, "grpo.max_steps": args.steps,
+            **{k: v for m in METHODS if m not in args.methods and m != "ppo" for k, v in OFF[m].items()}, **extra})
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "bench",
                "GIT_AUTHOR_EMAIL": "bench@localhost", "GIT_COMMITTER_NAME": "bench",
                "GIT_COMMITTER_EMAIL": "bench@localhost",
@@ -98,21 +104,23 @@ def main():
         wall = time.time() - start
         if args.keep:
             shutil.copytree(repo, args.keep, symlinks=True)
-        summary = json.loads((repo / "metrics/compare/ppo.json").read_text())
-        bon = json.loads((repo / "metrics/compare/best_of_n.json").read_text())
-        bon_name = f"best-of-{bon['n']}" if bon["enabled"] else None
-        print(f"\n{args.model.name} on {summary['num_prompts']} test prompts x {summary['samples_per_prompt']} "
-              f"samples; {summary['detox']['steps_done']} PPO steps; dvc repro took {wall / 60:.1f} min")
-        for key in ("toxicity", "expected_max_toxicity", "toxicity_probability", "perplexity", "length"):
-            print(f"{key}: PPO {interval(summary[key])}")
-            if bon_name:
-                print(f"{' ' * len(key)}  {bon_name} {interval(bon[key])}")
-        for name, judge in summary["judges"].items():
-            print(f"judge {name} toxicity: PPO {interval(judge['toxicity'])}" +
-                  (f"; {bon_name} {interval(bon['judges'][name]['toxicity'])}" if bon_name else ""))
-        print(f"distinct-2: {summary['before']['distinct_2']:.3f} -> {summary['after']['distinct_2']:.3f}; "
-              f"per-token KL {summary['kl_mean']:.4f}")
-        print(f"guards crossed: {[k for k, v in summary['guards'].items() if v is True] or 'none'}")
+        files = {m: json.loads((repo / f"metrics/compare/{m}.json").read_text()) for m in METHODS}
+        ran = {m: f for m, f in files.items() if f["enabled"]}
+        first = ran["ppo"]
+        print(f"\n{args.model.name} on {first['num_prompts']} test prompts x {first['samples_per_prompt']} samples; "
+              f"dvc repro took {wall / 60:.1f} min")
+        for method, e in ran.items():
+            cost = e["cost"]
+            print(f"\n{method}: {cost['training_responses']} training responses, {cost['optimizer_steps']} optimizer "
+                  f"steps, {cost['wall_s']:.0f} s training, evaluation generation x{cost['evaluation_generation']}")
+            for key in ("toxicity", "expected_max_toxicity", "toxicity_probability", "perplexity", "length"):
+                print(f"  {key}: {interval(e[key])}")
+            for name, judge in e["judges"].items():
+                print(f"  judge {name} toxicity: {interval(judge['toxicity'])}")
+            kl = "n/a" if e["kl_mean"] is None else f"{e['kl_mean']:.4f}"
+            print(f"  distinct-2: {e['before']['distinct_2']:.3f} -> {e['after']['distinct_2']:.3f}; per-token KL {kl}")
+            print(f"  guards crossed: {[k for k, v in e['guards'].items() if v is True] or 'none'}")
+        print("\n" + (repo / "reports/report.md").read_text().split("## Answer\n", 1)[1].split("\n## ", 1)[0])
         before, after = read_rows(repo / "data/samples/baseline.csv"), read_rows(repo / "data/samples/ppo.csv")
         print(f"\nsample 0 of the first {SHOWN} test prompts, before | after:")
         for b, a in [(b, a) for b, a in zip(before, after) if b["sample"] == "0"][:SHOWN]:

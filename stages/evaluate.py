@@ -1,19 +1,18 @@
-"""Stages `baseline`, `evaluate`, `evaluate_dpo` and `best_of_n`: one evaluation, four policies.
+"""Stages `baseline`, `best_of_n` and `evaluate_<method>` (ppo, dpo, grpo): one evaluation, every policy.
 
     python stages/evaluate.py --policy start --sft models/sft --data data/prepared \
         --metrics metrics/baseline.json --samples data/samples/baseline.csv
     python stages/evaluate.py --policy models/ppo --sft models/sft --data data/prepared \
-        --metrics metrics/detoxified.json --samples data/samples/detoxified.csv
-    python stages/evaluate.py --policy models/dpo --sft models/sft --data data/prepared \
-        --metrics metrics/dpo.json --samples data/samples/dpo.csv
+        --metrics metrics/ppo.json --samples data/samples/ppo.csv          # models/dpo, models/grpo alike
     python stages/evaluate.py --policy best-of-n --sft models/sft --data data/prepared \
         --metrics metrics/best_of_n.json --samples data/samples/best_of_n.csv
 
-`start` is the starting policy (the base model plus its starting adapter); a folder is a detoxified policy (PPO's
-or DPO's); `best-of-n` keeps the highest-reward of best_of_n.n samples of the starting policy (with
-best_of_n.enabled false it writes an empty samples file and loads nothing). Same test prompts, same seed, same
-sampling settings for all, so the report can pair them. With compute.processes > 1 (or under torchrun) each
-process takes whole batches of the samples; the results are the same as one process's.
+`start` is the starting policy (the base model plus its starting adapter); a folder is a trained method's policy
+(PPO's, DPO's or GRPO's: one layout); `best-of-n` keeps the highest-reward of best_of_n.n samples of the starting
+policy (with best_of_n.enabled false it writes an empty samples file and loads nothing; a placeholder folder, a
+method whose stages are off, does the same). Same test prompts, same seed, same sampling settings for all, so the
+report can pair them. With compute.processes > 1 (or under torchrun) each process takes whole batches of the
+samples; the results are the same as one process's.
 """
 import argparse
 import logging

@@ -82,7 +82,7 @@ def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_sourc
     if not is_local(data_source):  # a Hub dataset id
         front["datasets"] = [data_source]
     conf = f"{summary['confidence']:.0%}"
-    rows = [f"| {label} | {ci(summary[key])} |" for key, label in HEADLINE if key in summary]
+    rows = [f"| {label} | {ci(summary[key])} |" for key, label in HEADLINE if summary.get(key)]
     rows += [f"| Judge {name}: toxicity | {ci(m['toxicity'])} |" for name, m in summary.get("judges", {}).items()]
     crossed = crossed_guards(summary["guards"])
     na = [name for name, c in summary["guards"].items() if c == NA]

@@ -319,7 +319,7 @@ def test_dpo_changes_rerun_only_the_dpo_stages_and_report_and_the_toggle_says_of
 def test_best_of_n_toggle_reruns_only_best_of_n_and_report(ran, tmp_path):
     repo = copy_repo(ran, tmp_path / "repo")
     set_params(repo, {"best_of_n.enabled": False})
-    assert changed_stages(repo) == ["best_of_n", "report"]
+    assert changed_stages(repo) == ["best_of_n"]  # report follows its changed samples file
     dvc("repro", "best_of_n", cwd=repo)  # disabled: an empty samples file, nothing loaded
     assert json.loads((repo / "metrics/best_of_n.json").read_text()) == {"enabled": False}
     assert (repo / "data/samples/best_of_n.csv").read_text().startswith('"index","sample"')
@@ -433,7 +433,7 @@ NOTHING_STALE = {
     "the starting adapter folder retrained in place": ("policy.adapter", "models/sft", _retrain_in_place,
                                                        ADAPTER_USERS),
     "new weights in the local reward folder": ("reward.model", "reward", _new_reward_weights, sorted(["check", *SCORING])),
-    "render.py edited": (None, "stages/detoxkit/render.py", None, ["report"]),
+    "render.py edited": (None, "stages/detoxkit/render.py", None, ["publish", "report"]),  # publish: via compare
     "compute.threads: 1": ({"compute.threads": 1}, None, None, []),
     "generation.output_max_length: 300": ({"generation.output_max_length": 300}, None, None, ["check", "grpo", "ppo"]),
     "reward.model: another folder": ({"reward.model": "copy"}, "reward", None, sorted(["check", "report", *SCORING])),
@@ -722,10 +722,10 @@ def test_experiments_run_show_and_diff(ran, tmp_path):
     # the DVC page's compact `dvc exp show`, as written there, shows the toxicity columns and the experiment's row
     readme = (ROOT / "docs/dvc.md").read_text()
     show = next(line.split("#")[0].strip() for line in readme.splitlines() if line.startswith("dvc exp show --drop"))
-    table = sh("bash", "-c", "COLUMNS=200 " + show, cwd=repo).stdout  # a wide terminal: no column elided (…)
+    table = sh("bash", "-c", "COLUMNS=250 " + show, cwd=repo).stdout  # a wide terminal: no column elided (…)
     header = next(line for line in table.splitlines() if "Experiment" in line)
-    for column in ("Experiment", "before.toxicity_mean", "after.toxicity_mean", "toxicity.improvement_pct",
-                   "ppo.learning_rate", "ppo.init_kl_coef"):
+    for column in ("Experiment", "metrics/compare/ppo.json:after.toxicity_mean",
+                   "metrics/compare/ppo.json:toxicity.improvement_pct", "ppo.learning_rate", "ppo.init_kl_coef"):
         assert column in header, table
     row = next(line for line in table.splitlines() if "lr-high" in line)
     assert "0.003" in row and f"{metrics['after']['toxicity_mean']:.5f}"[:6] in row, table

@@ -133,7 +133,7 @@ def test_corrupt_checkpoint_is_set_aside_before_models_load_and_training_restart
     ckpt = scratch / "checkpoints/ppo"
     ckpt.mkdir(parents=True)
     (ckpt / "state.pt").write_bytes(bytes(range(256)) * 64)  # random bytes where a checkpoint was
-    stale = scratch / "metrics/.detox.abc123.tmp"  # what a kill -9 inside atomic_dir leaves
+    stale = scratch / "metrics/.ppo_train.abc123.tmp"  # what a kill -9 inside atomic_dir leaves
     stale.mkdir(parents=True)
     set_params(scratch, {"reward.model": "/nonexistent/reward"})
     with caplog.at_level(logging.INFO), pytest.raises(PipelineError, match="/nonexistent/reward"):

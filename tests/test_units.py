@@ -360,7 +360,7 @@ def test_each_process_draws_its_own_sampling_noise_and_rank_zero_is_unchanged():
 
 
 def test_non_finite_values_stop_with_the_step_named(tmp_path):
-    from detoxkit.ppo_engine import check_finite
+    from detoxkit.checkpoint import check_finite
 
     check_finite({"reward": 1.0}, 3, tmp_path, 1)
     with pytest.raises(PipelineError, match="PPO step 7: reward is not finite.*No checkpoint had been written yet"):

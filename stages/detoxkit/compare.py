@@ -118,7 +118,8 @@ def method_entry(method: str, before: list[dict], rows: list[dict], params, trai
     entry = versus_start(before, rows, m_before, threshold, params)
     training, timing = training or {}, timing or {}
     n = params.best_of_n.n if method == "best_of_n" else 1
-    out = {"method": method, "enabled": True, **setup(params, m_before), "after": entry.pop("metrics"), **entry}
+    out = {"method": method, "enabled": True, **setup(params, m_before), "after": entry.pop("metrics"),
+           **{key: None for key in METRICS}, **entry}  # None: a metric this run has not (ROUGE, best-of-N's KL)
     out["kl_mean"] = out["after"].get("kl_mean")  # nats per token; best-of-N has no single policy's KL
     out["kl_bound"] = math.log(n) - (n - 1) / n if method == "best_of_n" else None  # nats per response
     out["cost"] = {"evaluation_generation": n,  # x one sample a response (best-of-N samples n)

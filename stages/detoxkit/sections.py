@@ -96,7 +96,9 @@ def side_by_side(entries: dict[str, dict]) -> tuple[list, list]:
 
     def add(label, better, pick):
         start = next((pick(e) for e in entries.values() if pick(e)), None)
-        row = [label, better, fmt(start["before"]) if start else ""]
+        if start is None:  # no method has it (ROUGE without references)
+            return
+        row = [label, better, fmt(start["before"])]
         for e in entries.values():
             s = pick(e)
             row += [fmt(s["after"]), ci_cell(s)] if s else ["", ""]
