@@ -381,8 +381,11 @@ def test_html_report_is_self_contained_with_tables_and_images(ran):
     md = [line[3:] for line in (ran / "reports/report.md").read_text().splitlines() if line.startswith("## ")]
     assert page.h2 == md  # one list of sections renders both reports
     text = (ran / "reports/report.html").read_text()
-    bold = "**" in (ran / "reports/report.md").read_text()
+    report = (ran / "reports/report.md").read_text()
+    bold = "Lowest toxicity with no guard crossed: **" in report  # the answer's emphasis
+    flagged = "\n- **" in report  # a method's line that crossed a guard: bold in Markdown, class flag in HTML
     assert "**" not in text and ("<strong>" in text) == bold  # Markdown's emphasis is HTML's, not two asterisks
+    assert ("<li class='flag'>" in text) == flagged
 
 
 def test_dvc_plots_render_training_curves_and_distributions(ran, tmp_path):
