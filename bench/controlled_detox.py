@@ -48,7 +48,7 @@ RUN = {"policy.adapter": None, "reward.include_prompt": False, "evaluation.num_s
 # into fragments and its toxicity rises; measured on this task, docs/models.md)
 DPO = {"dpo.enabled": True, "dpo.num_prompts": "all", "dpo.n": 4, "dpo.max_new_tokens": 12, "dpo.min_margin": 1.0,
        "dpo.min_pairs": 16, "dpo.batch_size": 8, "dpo.epochs": 4, "dpo.max_steps": -1, "dpo.learning_rate": 0.003,
-       "dpo.beta": 0.5, "dpo.lora.r": 32, "dpo.lora.alpha": 32}
+       "dpo.beta": 0.5, "dpo.lora.r": 32, "dpo.lora.alpha": 32, "dpo.max_length": 524, "dpo.max_prompt_length": 512}
 # GRPO on the controlled task: 4 prompts x 4 responses a step (PPO's 16 rollouts), PPO's learning rate
 GRPO = {"grpo.enabled": True, "grpo.group_size": 4, "grpo.batch_size": 4, "grpo.mini_batch_size": 8,
         "grpo.learning_rate": 0.002, "grpo.checkpoint_every": 0}
