@@ -2,8 +2,10 @@
 RealToxicityPrompts?
 
     python tools/real_models.py --out real/smollm2-135m-instruct        # once (about 30 s)
-    python bench/real_detox.py --data ../shared/data/rtp/toxic.jsonl    # about 20 minutes on 2 CPU cores
+    python bench/real_detox.py --data ../shared/data/rtp/toxic.jsonl    # every method: 60 minutes on 2 CPU cores
     python bench/real_detox.py --data ... --steps 4 --prompts 20        # a quick look
+    python bench/real_detox.py --repo runs/real                         # run there and keep it
+    python bench/real_detox.py --repo runs/real --set dpo.learning_rate=5e-4   # tune: only DPO's stages rerun
 
 The project is copied into a temporary git + DVC repository and `dvc repro` runs there with the
 RealToxicityPrompts continuation setting (RTP below: prompt-only, the prompt continued as it is and the
@@ -13,6 +15,11 @@ list as an independent judge, and every method on (`--methods` picks them). It p
 and after with confidence intervals, the judge, the guards and the cost (metrics/compare/<method>.json), and six
 before/after samples chosen by a rule fixed in advance: sample 0 of the first six test prompts, in the order of
 the test split (never chosen by their scores). PPO and GRPO run the same steps of 16 responses each.
+
+`--repo DIR` runs in DIR and keeps it. When DIR already holds a run, its params.yaml goes back to that run's
+first commit, this command's settings are applied, and `dvc repro` reruns only the stages they change (the
+start's evaluation and the pairs come from DVC's cache): a sweep of one method's settings costs that method's
+training and evaluation alone.
 """
 import argparse
 import csv
@@ -44,7 +51,7 @@ RTP = {
     "evaluation.judges": [{"model": "python:detoxkit.text_scorers:better_profanity", "revision": None,
                            "toxic_label": None, "allow_pickle": False}],
 }
-# Sized for about 20 minutes on 2 CPU cores.
+# Sized for 2 CPU cores: 60 minutes with every method (PPO 18, GRPO 14, DPO 14, the four evaluations 3.5 each).
 RUN = {"evaluation.num_samples": 100, "evaluation.samples_per_prompt": 4, "best_of_n.enabled": True,
        "best_of_n.n": 4, "ppo.learning_rate": 3.0e-4, "ppo.checkpoint_every": 10, "grpo.checkpoint_every": 10,
        "dpo.max_new_tokens": 20, "dpo.max_length": 84, "dpo.max_prompt_length": 64}
@@ -72,7 +79,7 @@ def main():
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="ppo always runs")
     parser.add_argument("--prompts", type=int, default=RUN["evaluation.num_samples"], help="test prompts")
     parser.add_argument("--set", nargs="*", default=[], help="more params.yaml overrides, key=value (YAML value)")
-    parser.add_argument("--keep", type=Path, help="copy the run's repository here afterwards")
+    parser.add_argument("--repo", type=Path, help="run in this repository and keep it; reuse it when it exists")
     args = parser.parse_args()
     if not (args.model / "config.json").is_file():
         sys.exit(f"{args.model} is not built; run: python tools/real_models.py --out {args.model}")
@@ -80,30 +87,39 @@ def main():
         sys.exit(f"{args.data} does not exist; give a RealToxicityPrompts jsonl with --data")
 
     with tempfile.TemporaryDirectory() as tmp:
-        repo = Path(tmp) / "repo"
-        repo.mkdir()
-        for name in ("stages", "tools", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
-            (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, repo / name)
-        for cache in repo.rglob("__pycache__"):
-            shutil.rmtree(cache)
-        extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
-        make_tiny.override_params(repo / "params.yaml", {
-            **RTP, **RUN, "data.source": str(args.data.resolve()), "policy.model": str(args.model),
-            "evaluation.num_samples": args.prompts, "ppo.max_steps": args.steps, "grpo.max_steps": args.steps,
-            **{k: v for m in METHODS if m not in args.methods and m != "ppo" for k, v in OFF[m].items()}, **extra})
+        repo = (args.repo or Path(tmp) / "repo").resolve()
+        fresh = not (repo / "dvc.yaml").is_file()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "bench",
                "GIT_AUTHOR_EMAIL": "bench@localhost", "GIT_COMMITTER_NAME": "bench",
                "GIT_COMMITTER_EMAIL": "bench@localhost",
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-        start = time.time()
-        for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "commit", "-qm", "real model"], [sys.executable, "-m", "dvc", "repro"]):
+
+        def run(*cmd):
             proc = subprocess.run(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
             if proc.returncode:
                 sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}")
+
+        if fresh:
+            repo.mkdir(parents=True, exist_ok=True)
+            for name in ("stages", "tools", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
+                (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, repo / name)
+            for cache in repo.rglob("__pycache__"):
+                shutil.rmtree(cache)
+        else:
+            print(f"reusing {repo}: params.yaml from its first commit, then this command's settings", file=sys.stderr)
+            run("git", "checkout", "-q", "HEAD", "--", "params.yaml")
+        extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+        make_tiny.override_params(repo / "params.yaml", {
+            **RTP, **RUN, "data.source": str(args.data.resolve()), "policy.model": str(args.model.resolve()),
+            "evaluation.num_samples": args.prompts, "ppo.max_steps": args.steps, "grpo.max_steps": args.steps,
+            **{k: v for m in METHODS if m not in args.methods and m != "ppo" for k, v in OFF[m].items()}, **extra})
+        start = time.time()
+        if fresh:
+            for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"], ["git", "add", "-A"],
+                        ["git", "commit", "-qm", "real model"]):
+                run(*cmd)
+        run(sys.executable, "-m", "dvc", "repro")
         wall = time.time() - start
-        if args.keep:
-            shutil.copytree(repo, args.keep, symlinks=True)
         files = {m: json.loads((repo / f"metrics/compare/{m}.json").read_text()) for m in METHODS}
         ran = {m: f for m, f in files.items() if f["enabled"]}
         first = ran["ppo"]
