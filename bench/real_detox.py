@@ -16,10 +16,10 @@ and after with confidence intervals, the judge, the guards and the cost (metrics
 before/after samples chosen by a rule fixed in advance: sample 0 of the first six test prompts, in the order of
 the test split (never chosen by their scores). PPO and GRPO run the same steps of 16 responses each.
 
-`--repo DIR` runs in DIR and keeps it. When DIR already holds a run, its params.yaml goes back to that run's
-first commit, this command's settings are applied, and `dvc repro` reruns only the stages they change (the
-start's evaluation and the pairs come from DVC's cache): a sweep of one method's settings costs that method's
-training and evaluation alone.
+`--repo DIR` runs in DIR and keeps it. When DIR already holds a run, its params.yaml goes back to the
+committed one (the first run's settings), this command's settings are applied, and `dvc repro` reruns only the
+stages they change (the start's evaluation and the pairs come from DVC's cache): a sweep of one method's settings
+costs that method's training and evaluation alone. The stage code stays the first run's copy.
 """
 import argparse
 import csv
@@ -106,7 +106,7 @@ def main():
             for cache in repo.rglob("__pycache__"):
                 shutil.rmtree(cache)
         else:
-            print(f"reusing {repo}: params.yaml from its first commit, then this command's settings", file=sys.stderr)
+            print(f"reusing {repo}: its committed params.yaml, then this command's settings", file=sys.stderr)
             run("git", "checkout", "-q", "HEAD", "--", "params.yaml")
         extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
         make_tiny.override_params(repo / "params.yaml", {
