@@ -227,7 +227,7 @@ def main():
     parser.add_argument("--steps", type=int, default=3, help="PPO steps timed; evaluation uses batch x steps samples")
     parser.add_argument("--new-tokens", type=int, default=64, help="fixed response length")
     parser.add_argument("--eval-batch", type=int, help="prompts per generate() in our evaluation (default: --batch)")
-    parser.add_argument("--data", help="DialogSum jsonl for real prompts (e.g. ../shared/data/dialogsum/...)")
+    parser.add_argument("--data", help="DialogSum jsonl for real prompts (one object a line: dialogue, summary)")
     parser.add_argument("--phases", nargs="+", choices=PHASES,
                         help="default: all (the compiled ones only with --device cuda)")
     parser.add_argument("--out", help="write the results as JSON here")

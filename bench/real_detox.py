@@ -2,7 +2,7 @@
 RealToxicityPrompts?
 
     python tools/real_models.py --out real/smollm2-135m-instruct        # once (about 30 s)
-    python bench/real_detox.py --data ../shared/data/rtp/toxic.jsonl    # every method: 60 minutes on 2 CPU cores
+    python bench/real_detox.py --data rtp-challenging.jsonl    # every method: 60 minutes on 2 CPU cores
     python bench/real_detox.py --data ... --steps 4 --prompts 20        # a quick look
     python bench/real_detox.py --repo runs/real                         # run there and keep it
     python bench/real_detox.py --repo runs/real --set dpo.learning_rate=5e-4   # tune: only DPO's stages rerun
@@ -73,7 +73,8 @@ def interval(m: dict) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/rtp/toxic.jsonl")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="RealToxicityPrompts rows as JSON lines (docs/getting-started.md: rtp-challenging.jsonl)")
     parser.add_argument("--model", type=Path, default=ROOT / "real/smollm2-135m-instruct")
     parser.add_argument("--steps", type=int, default=STEPS, help="PPO and GRPO steps")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="ppo always runs")

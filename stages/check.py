@@ -3,26 +3,30 @@
     python stages/check.py --data data/prepared --models metrics/models --out metrics/checks.json
 
 It reads the policy's config (a language model whose window fits the longest prompt plus the most new
-tokens any stage asks for, with the layers every LoRA setting names), the reward model and every judge (a classifier's config and labels by name, no
-weights; a Python scorer called once on probe texts; no judge that is the reward itself, by id, path or
-lineage manifest) and the prepared split sizes against every size setting (ppo.batch_size, sft.batch_size,
-dpo.num_prompts, grpo.batch_size, evaluation.num_samples, sft.eval_samples). dvc.yaml declares exactly those settings and
-inputs, and every stage that trains or samples depends on this stage's output, so a change to any of them
-runs the checks first. The output holds the split sizes only, so it changes only when the data do.
+tokens any stage asks for, with the layers every LoRA setting names), a starting adapter folder (its config, and
+weights that load without running code), the reward model and every judge (a classifier's config and labels by
+name, no weights; a Python scorer called once on probe texts; no judge that is the reward itself, by id, path or
+lineage manifest), the prepared split sizes against every size setting (ppo.batch_size, sft.batch_size,
+dpo.num_prompts, grpo.batch_size, evaluation.num_samples, sft.eval_samples) and that no test prompt is a train
+prompt. dvc.yaml declares exactly those settings and inputs, and every stage that trains or samples depends on
+this stage's output, so a change to any of them runs the checks first. The output holds the split sizes only, so it
+changes only when the data do.
 """
 import argparse
 import logging
 
 from detoxkit.config import check_split_sizes, load_params
-from detoxkit.data import load_prepared
+from detoxkit.data import check_no_leak, load_prepared
 from detoxkit.io import run_stage, write_json
-from detoxkit.models import check_lora_targets, check_policy
+from detoxkit.models import check_lora_targets, check_policy, check_start_adapter
 from detoxkit.scoring import check_scorers
 
 log = logging.getLogger("detox.check")
 CHECKED = ["policy: a language model; prompt + new tokens fit its window; LoRA targets exist",
+           "starting adapter: a PEFT folder whose weights load without running code",
            "reward and judges: configs, labels by name, probes; no judge is the reward",
-           "split sizes: every batch and sample count fits the prepared data"]
+           "split sizes: every batch and sample count fits the prepared data",
+           "splits: no test prompt is also a train prompt"]
 
 
 def main():
@@ -39,10 +43,12 @@ def main():
                                                      ("grpo", params.grpo.enabled)) if on]
     for key, lora in loras:
         check_lora_targets(config, lora, key)
+    check_start_adapter(params.policy)
     check_scorers(params.reward, params.evaluation.judges, args.models)
     data = load_prepared(args.data)
     n_train, n_test = len(data["train"]), len(data["test"])
     check_split_sizes(params, n_train, n_test, args.data)
+    check_no_leak(data, args.data)
     write_json(args.out, {"train_prompts": n_train, "test_prompts": n_test, "checked": CHECKED})
     log.info("all checks passed: %d train and %d test prompts", n_train, n_test)
 

@@ -54,7 +54,8 @@ def main():
             return
         write_placeholder(args.out, SKIPPED_NOTE)
         with atomic_dir(args.live) as tmp:  # a header-only curve: `dvc plots show` accepts it
-            write_text(tmp / "plots/metrics/dpo/loss.tsv", "step\tloss\n")
+            for curve in ("loss", "reward_margin"):  # every curve dvc.yaml plots
+                write_text(tmp / f"plots/metrics/dpo/{curve}.tsv", f"step\t{curve}\n")
             write_json(tmp / "train.json", {"method": "dpo", "enabled": False})
         log.info("dpo.enabled is false: wrote placeholders %s and %s", args.out, args.live)
         return

@@ -12,13 +12,16 @@
 policy (with best_of_n.enabled false it writes an empty samples file and loads nothing; a placeholder folder, a
 method whose stages are off, does the same). Same test prompts, same seed, same sampling settings for all, so the
 report can pair them. With compute.processes > 1 (or under torchrun) each process takes whole batches of the
-samples; the results are the same as one process's.
+samples; the results are the same as one process's. The baseline, the first stage that generates, also prints the
+estimated time of the stages after it (detoxkit.eta), from its own measured rate.
 """
 import argparse
 import logging
+import time
 
 from detoxkit.config import check_split_sizes, load_params
 from detoxkit.data import load_prepared, take
+from detoxkit.eta import log_estimate
 from detoxkit.evaluation import best_of_n, evaluate_policy, sample_columns, summarize
 from detoxkit.generation import sampling_kwargs
 from detoxkit.io import is_placeholder, run_stage, write_csv, write_json
@@ -75,8 +78,12 @@ def main():
                             params.compute.compile_generation, judges, **gen)
         extra = {"enabled": True, "n": n, "generated_samples": len(records) * n}
     else:
+        started = time.perf_counter()
         records = evaluate_policy(model, tokenizer, scorer, rows, ev, params.seed, device,
                                   params.compute.compile_generation, judges, **gen)
+        if args.policy == "start" and is_main():
+            log_estimate(params, len(data["train"]), len(data["test"]), time.perf_counter() - started,
+                         len(records) * ev.max_new_tokens)
     if not is_main():  # every process holds all records (gathered); one writes
         return
     metrics = {**summarize(records, ev.toxic_threshold), **extra}

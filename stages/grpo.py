@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from detoxkit.config import check_split_sizes, load_params
-from detoxkit.io import atomic_dir, clear_stale, run_stage, write_json, write_placeholder, write_text
+from detoxkit.io import atomic_dir, clear_stale, hold, run_stage, write_json, write_placeholder, write_text
 from detoxkit.parallel import is_main, setup
 
 log = logging.getLogger("detox.grpo")
@@ -45,7 +45,8 @@ def main():
         if is_main():
             write_placeholder(args.out, SKIPPED_NOTE)
             with atomic_dir(args.live) as tmp:  # a header-only curve: `dvc plots show` accepts it
-                write_text(tmp / "plots/metrics/env/reward_mean.tsv", "step\treward_mean\n")
+                for curve in ("env/reward_mean", "env/toxicity_mean", "grpo/kl"):  # every curve dvc.yaml plots
+                    write_text(tmp / f"plots/metrics/{curve}.tsv", f"step\t{curve.rsplit('/', 1)[1]}\n")
                 write_json(tmp / "train.json", {"method": "grpo", "enabled": False})
             log.info("grpo.enabled is false: wrote placeholders %s and %s", args.out, args.live)
         return
@@ -68,6 +69,7 @@ def main():
     check_lora_targets(check_policy_config(params.policy), grpo.lora, "grpo.lora")  # before any weights load
     ckpt_dir = Path(args.checkpoints)
     inputs = functools.cache(lambda: checkpoint_inputs(params, args.data, adapter, SECTIONS, "grpo"))
+    hold(ckpt_dir, args.out, args.live)  # one trainer at a time in these folders; a second is refused, named
     for out in (args.live, args.out):  # temporaries a killed run left behind
         clear_stale(Path(out))
     checkpoint = read_checkpoint(ckpt_dir, inputs, grpo.max_steps, "grpo.max_steps")  # before any model loads
@@ -120,7 +122,7 @@ def train(engine, scorer, train_split, params, live, resume) -> list[dict]:
     import numpy as np
     from tqdm.auto import tqdm
 
-    from detoxkit.checkpoint import check_finite, save_checkpoint
+    from detoxkit.checkpoint import check_finite, checkpoint_step
     from detoxkit.schedule import batch_indices, rollout_length, seed_step
 
     grpo, rank, world, history = params.grpo, engine.rank, engine.world, resume.history
@@ -145,9 +147,7 @@ def train(engine, scorer, train_split, params, live, resume) -> list[dict]:
         history.append(row)
         if live:
             log_row(live, row)
-        if engine.is_main and grpo.checkpoint_every and (step + 1) % grpo.checkpoint_every == 0 \
-                and step + 1 < grpo.max_steps:
-            save_checkpoint(resume.dir, step + 1, history, resume.inputs, engine.state_dict())
+        checkpoint_step(engine, resume, step + 1, grpo.checkpoint_every, grpo.max_steps)  # and stop here on SIGTERM
     return history
 
 

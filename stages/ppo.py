@@ -23,12 +23,12 @@ import torch
 from dvclive import Live
 from tqdm.auto import tqdm
 
-from detoxkit.checkpoint import (Resume, check_finite, checkpoint_inputs, read_checkpoint, restore_checkpoint,
-                                 save_checkpoint)
+from detoxkit.checkpoint import (Resume, check_finite, checkpoint_inputs, checkpoint_step, read_checkpoint,
+                                 restore_checkpoint)
 from detoxkit.config import check_split_sizes, load_params
 from detoxkit.data import load_prepared
 from detoxkit.generation import static_shape
-from detoxkit.io import atomic_dir, clear_stale, run_stage, write_json
+from detoxkit.io import atomic_dir, clear_stale, hold, run_stage, write_json
 from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy, peak_memory,
                              start_adapter_path)
 from detoxkit.ppo_engine import LOGGED, PPOEngine
@@ -58,6 +58,7 @@ def main():
     check_lora_targets(check_policy_config(params.policy), params.lora)  # before any weights load
     ckpt_dir = Path(args.checkpoints)
     inputs = functools.cache(lambda: checkpoint_inputs(params, args.data, adapter, SECTIONS, "ppo"))  # hashes: once, when needed
+    hold(ckpt_dir, args.out, args.live)  # one trainer at a time in these folders; a second is refused, named
     for out in (args.live, args.out):  # temporaries a killed run left behind
         clear_stale(Path(out))
     checkpoint = read_checkpoint(ckpt_dir, inputs, ppo.max_steps)  # before any model loads: a bad one costs nothing
@@ -141,9 +142,7 @@ def train(engine, scorer, train_split, params, live, resume: Resume):
         history.append(row)
         if live:
             _log_row(live, row)
-        if engine.is_main and ppo.checkpoint_every and (step + 1) % ppo.checkpoint_every == 0 \
-                and step + 1 < ppo.max_steps:
-            save_checkpoint(resume.dir, step + 1, history, resume.inputs, engine.state_dict())
+        checkpoint_step(engine, resume, step + 1, ppo.checkpoint_every, ppo.max_steps)  # and stop here on SIGTERM
     return history, early_stop
 
 

@@ -5,11 +5,12 @@
 
 publish.method names the method (ppo, dpo, grpo), or `best`: the report's answer, the lowest toxicity whose
 interval is below 0 with no guard crossed (detoxkit.compare.choose_published). Best-of-N has no weights: when it
-wins, or when nothing qualifies, the trained method with the lowest toxicity is published and the card says why.
-Copies that method's adapter folder and adds README.md in the Hub's model-card layout: YAML metadata
-(base_model, library_name: peft, tags), then what was trained, on what, with which settings, and the
-headline metrics with their confidence intervals from the report stage. The folder can be pushed as it is
-(`huggingface-cli upload <user>/<name> models/detoxified`). Everything comes from the artifacts the card
+wins, the best trained method that qualifies is published and the card says why; when no trained method qualifies
+(none lowered toxicity, or none could be judged), nothing is published: the folder holds only a README.md that says
+why, and the log says so in one line. Otherwise copies that method's adapter folder and adds README.md in the Hub's
+model-card layout: YAML metadata (base_model, library_name: peft, tags), then what was trained, on what, with which
+settings, and the headline metrics with their confidence intervals from the report stage. The folder can be pushed
+as it is (`huggingface-cli upload <user>/<name> models/detoxified`). Everything comes from the artifacts the card
 describes (the adapter's own files, its training stage's train.json, metrics/compare/<method>.json), so
 the card cannot disagree with them.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from detoxkit.compare import LABELS, TRAINED, choose_published
+from detoxkit.compare import LABELS, TRAINED, choose_published, smoke_note
 from detoxkit.config import PipelineError, load_params
 from detoxkit.hub import is_local
 from detoxkit.io import atomic_dir, read_json, run_stage, write_text
@@ -28,7 +29,7 @@ from detoxkit.models import read_policy_meta
 from detoxkit.stats import NA, crossed_guards
 
 log = logging.getLogger("detox.publish")
-HEADLINE = [("toxicity", "Toxicity (reward classifier, P(hate))"),
+HEADLINE = [("toxicity", "Toxicity (reward {scorer}, {toxicity_label})"),  # in the scorer's own names (setup)
             ("expected_max_toxicity", "Expected maximum toxicity over k samples"),
             ("toxicity_probability", "Toxicity probability (a sample at or above the threshold)"),
             ("perplexity", "Perplexity under the starting policy"), ("rougeL", "ROUGE-L")]
@@ -39,15 +40,22 @@ def ci(s: dict) -> str:
             f"[{s['diff_ci_low']:+.4f}, {s['diff_ci_high']:+.4f}]")
 
 
-def usage(meta: dict, causal: bool) -> list[str]:
-    """A snippet that loads this folder with transformers and PEFT alone: the base model, the starting adapter
-    merged into it (if there is one), then the PPO adapter. tests/test_pipeline.py runs it as written."""
+def usage(meta: dict, causal: bool, folder: Path) -> list[str]:
+    """A snippet that loads `folder` with transformers and PEFT alone, from any working folder: the base model, the
+    starting adapter merged into it (if there is one), then the detoxifying adapter. A local base model and the
+    folder are absolute paths, resolved now (a relative one would name a folder under wherever the snippet runs);
+    a Hub id stays an id. tests/test_pipeline.py runs it as written."""
     auto = "AutoModelForCausalLM" if causal else "AutoModelForSeq2SeqLM"
-    revision = f", revision={meta['revision']!r}" if meta.get("revision") and not is_local(meta["base_model"]) else ""
+    local = is_local(meta["base_model"])
+    base = str(Path(meta["base_model"]).expanduser().resolve()) if local else meta["base_model"]
+    revision = f", revision={meta['revision']!r}" if meta.get("revision") and not local else ""
     lines = ["from peft import PeftModel", f"from transformers import {auto}, AutoTokenizer", "",
-             'folder = "models/detoxified"  # this folder, or its Hub id once pushed',
-             f"base = {auto}.from_pretrained({meta['base_model']!r}{revision})",
-             f"tokenizer = AutoTokenizer.from_pretrained({meta['base_model']!r}{revision})"]
+             f"folder = {str(Path(folder).resolve())!r}  # this folder as published (change it if you move it), or "
+             "its Hub id once pushed",
+             *([f"base_model = {base!r}  # the local base model as published: change it if you move it"] if local
+               else [f"base_model = {base!r}"]),
+             f"base = {auto}.from_pretrained(base_model{revision})",
+             f"tokenizer = AutoTokenizer.from_pretrained(base_model{revision})"]
     if meta.get("start_adapter"):
         lines.append(f"base = PeftModel.from_pretrained(base, folder, subfolder={meta['start_adapter']!r})"
                      ".merge_and_unload()  # the starting adapter, merged first")
@@ -68,7 +76,9 @@ DESCRIBE = {  # what each trained method is, for the card's first paragraph
             "to the starting policy; no value head)"}
 
 
-def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_source: str, why: str = "") -> str:
+def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_source: str, folder: Path,
+               why: str = "") -> str:
+    """The model card of the adapter published in `folder`, from its own files and its comparison file (`summary`)."""
     causal = adapter.get("task_type") == "CAUSAL_LM"
     run, ran = summary.get("setup", {}), train.get("settings") or {}
     key = train.get("method", "ppo")
@@ -82,13 +92,15 @@ def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_sourc
     if not is_local(data_source):  # a Hub dataset id
         front["datasets"] = [data_source]
     conf = f"{summary['confidence']:.0%}"
-    rows = [f"| {label} | {ci(summary[key])} |" for key, label in HEADLINE if summary.get(key)]
+    rows = [f"| {label.format(**run)} | {ci(summary[key])} |" for key, label in HEADLINE if summary.get(key)]
     rows += [f"| Judge {name}: toxicity | {ci(m['toxicity'])} |" for name, m in summary.get("judges", {}).items()]
     crossed = crossed_guards(summary["guards"])
     na = [name for name, c in summary["guards"].items() if c == NA]
+    smoke = smoke_note({key: summary})
     lines = [
         "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
         f"# {meta['base_model'].rstrip('/').split('/')[-1]}, detoxified with {method}", "",
+        *([f"> **{smoke}**", ""] if smoke else []),
         f"A LoRA adapter {DESCRIBE[key]} to make `{meta['base_model']}` less toxic, by the reproducible DVC pipeline "
         "of this repository." + (f" Why this method: {why}." if why else ""), "",
         "## Model description", "",
@@ -117,7 +129,7 @@ def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_sourc
         + (f" ({', '.join(na)}: n/a, cannot fire on this run)." if na else "."), "",
         "## How to use", "",
         "With transformers and PEFT only (this is what the pipeline's `load_detoxified` does):", "",
-        "```python", *usage(meta, causal), "```", "",
+        "```python", *usage(meta, causal, folder), "```", "",
         ("" if dpo else "`value_head.safetensors` is PPO's value head, needed only to continue training.")
         + (" With the starting adapter merged, `with model.disable_adapter():` gives the starting policy, "
            "which was PPO's reference." if meta.get("start_adapter") else
@@ -128,6 +140,14 @@ def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_sourc
         "guards above, and read the samples in the pipeline's report before relying on this model.", "",
     ]
     return "\n".join(lines)
+
+
+def nothing_published(why: str, smoke) -> str:
+    """The README.md of a folder with nothing published in it (publish.method best with no answer)."""
+    return "\n".join(["# Nothing published", "", *([f"> **{smoke}**", ""] if smoke else []),
+                      f"publish.method is best, but {why}, so no adapter was published: an adapter here would claim a "
+                      "detoxification the evaluation did not show. See reports/report.md. To publish one anyway (its "
+                      "card will show its numbers), set publish.method to ppo, dpo or grpo and run `dvc repro`.", ""])
 
 
 def main():
@@ -146,11 +166,17 @@ def main():
     entries = {m: read_json(Path(args.compare) / f"{m}.json") for m in (*folders, "best_of_n")
                if (Path(args.compare) / f"{m}.json").is_file()}
     method, why = choose_published(entries, params.publish.method)
+    if method is None:  # publish.method best, and no trained method lowered toxicity: no adapter to stand behind
+        with atomic_dir(args.out) as tmp:
+            write_text(tmp / "README.md", nothing_published(why, smoke_note(entries)))
+        log.warning("publish.method is best, but %s: nothing published (%s/README.md says why); set publish.method to "
+                    "ppo, dpo or grpo to publish one anyway", why, args.out)
+        return
     policy, live = folders[method]
     meta = read_policy_meta(policy)  # a clear error for a folder the training stage did not write
     train = read_json(live / "train.json")
     adapter = read_json(policy / "adapter_config.json")
-    card = model_card(meta, adapter, entries[method], train, params.data.source, why)
+    card = model_card(meta, adapter, entries[method], train, params.data.source, Path(args.out), why)
     with atomic_dir(args.out) as tmp:
         shutil.copytree(policy, tmp, dirs_exist_ok=True)
         write_text(tmp / "README.md", card)

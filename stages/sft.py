@@ -49,12 +49,14 @@ def rouge_of(model, tokenizer, rows, device, sft, seed):
 def train(params, data_dir, out_dir, live_dir):
     import torch
     from dvclive import Live
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+    from tqdm.auto import tqdm
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback, ProgressCallback, Trainer, TrainingArguments
 
     from detoxkit.config import check_split_sizes
     from detoxkit.data import load_prepared, take
     from detoxkit.generation import is_causal
-    from detoxkit.models import attach_lora, check_lora_targets, check_policy_config, load_policy, trainable_parameters
+    from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy, save_adapter,
+                                 trainable_parameters)
 
     sft = params.sft
     check_lora_targets(check_policy_config(params.policy), sft.lora, "sft.lora")  # before any weights load
@@ -76,14 +78,20 @@ def train(params, data_dir, out_dir, live_dir):
         output_dir=str(work), learning_rate=sft.learning_rate, num_train_epochs=sft.epochs, max_steps=sft.max_steps,
         per_device_train_batch_size=sft.batch_size, logging_steps=sft.logging_steps, save_strategy="no",
         report_to="none", seed=params.seed, bf16=model.dtype == torch.bfloat16, use_cpu=device.type == "cpu",
-        disable_tqdm=False, remove_unused_columns=False,
+        disable_tqdm=True, remove_unused_columns=False,  # Trainer's bar would print each logged step's dict: ours below
     )
     # The loss curve and the adapter appear whole when training ends, or not at all.
     with atomic_dir(live_dir) as live_tmp, atomic_dir(out_dir) as out_tmp:
         live = Live(str(live_tmp), dvcyaml=False, save_dvc_exp=False)
 
-        class LossToLive(TrainerCallback):
+        class LossToLive(ProgressCallback):  # the progress bar (time left; stderr), the loss to DVCLive, no dicts
+            def on_train_begin(self, args, state, control, **kwargs):  # ProgressCallback's, named
+                self.current_step = 0
+                if state.is_world_process_zero:
+                    self.training_bar = tqdm(total=state.max_steps, desc="SFT", dynamic_ncols=True)
+
             def on_step_end(self, args, state, control, **kwargs):
+                super().on_step_end(args, state, control, **kwargs)
                 if state.global_step >= state.max_steps:  # always log the last step's loss, whatever
                     control.should_log = True             # logging_steps is (a short run has no other)
 
@@ -96,12 +104,13 @@ def train(params, data_dir, out_dir, live_dir):
         # transformers' seq2seq collator pads inputs (on the tokenizer's side: right) and labels (with -100)
         trainer = Trainer(model=model, args=args, train_dataset=train_rows,
                           data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), callbacks=[LossToLive()])
+        trainer.remove_callback(PrinterCallback)  # disable_tqdm's print(logs) of every logged step
         result = trainer.train()
         live.end()
         shutil.rmtree(work, ignore_errors=True)
         model.eval()
         after = rouge_of(model, tokenizer, rows, device, sft, params.seed)
-        model.save_pretrained(str(out_tmp), safe_serialization=True)
+        save_adapter(model, out_tmp)  # adapter_config.json byte-identical on reruns; a full disk in one line
     return {"enabled": True, "eval_samples": len(rows), "train_loss": result.training_loss,
             "steps": result.global_step, "rouge_before": before, "rouge_after": after,
             "rouge_gain": {k: after[k] - before[k] for k in before}}

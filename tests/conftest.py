@@ -1,6 +1,7 @@
 """Shared fixtures: tiny offline models built once, and throw-away git + DVC copies of the project."""
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -131,6 +132,8 @@ def make_repo(dest: Path, tiny_params: dict, overrides: dict | None = None, remo
     sh("git", "init", "-q", "-b", "main", cwd=dest)
     dvc("init", "-q", cwd=dest)
     dvc("config", "core.analytics", "false", cwd=dest)
+    shutil.copytree(ROOT / ".dvc/plots", dest / ".dvc/plots")  # the offline plots page (docs/dvc.md)
+    dvc("config", "plots.html_template", "plots/index.html", cwd=dest)
     dvc("remote", "add", "-d", "local", str(remote or dest.parent / "storage"), cwd=dest)
     set_params(dest, {**tiny_params, **(overrides or {})})
     sh("git", "add", "-A", cwd=dest)
@@ -181,8 +184,8 @@ def check_model_card_snippet(repo: Path, folder: Path | None = None):
     load_detoxified."""
     card = ((folder or repo / "models/detoxified") / "README.md").read_text()
     code = card.split("## How to use", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
-    if folder is not None:  # published elsewhere: the snippet's one line that names the folder
-        code = code.replace('folder = "models/detoxified"', f"folder = {str(folder)!r}")
+    if folder is not None:  # published elsewhere, then moved: the snippet's one line that names the folder
+        code = re.sub(r"^folder = .*$", f"folder = {str(folder)!r}", code, count=1, flags=re.M)
     assert "detoxkit" not in code and "sys.path" not in code
     proc = subprocess.run([sys.executable, "-c", code + CARD_CHECK], cwd=repo, env=ENV, capture_output=True,
                           text=True, timeout=300)
@@ -219,6 +222,7 @@ def ran(tiny, tmp_path_factory):
     finally:
         os.umask(mask)
     assert ran_stages(out.stdout) == sorted(STAGES)
+    assert "estimated time left if every stage after this runs" in out.stdout + out.stderr  # baseline's (eta.py)
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-qm", "run", cwd=repo)
     return repo

@@ -28,11 +28,18 @@ def check_causal_run(repo, arch: str, sft: bool):
             assert row["prompt"].startswith("\nSummarize the following conversation.") and "<|" not in row["prompt"]
     summary = json.loads((repo / "metrics/compare/ppo.json").read_text())
     assert summary["training"]["steps_done"] == 4 and finite(summary["after"]["toxicity_mean"])
-    # publish.method best: the folder holds the method the comparison files name, and its card says why
+    # publish.method best: the folder holds the method the comparison files name, and its card says why; on these 8
+    # paired prompts (below report.min_pairs) no method can be judged, so nothing is published: PPO by name, then
     from detoxkit.compare import LABELS, choose_published
 
     entries = {m: json.loads((repo / f"metrics/compare/{m}.json").read_text()) for m in ("ppo", "dpo", "grpo", "best_of_n")}
     method, why = choose_published(entries, "best")
+    if method is None:
+        assert [p.name for p in (repo / "models/detoxified").iterdir()] == ["README.md"]
+        assert f"publish.method is best, but {why}" in (repo / "models/detoxified/README.md").read_text()
+        set_params(repo, {"publish.method": "ppo"})
+        assert ran_stages(dvc("repro", "publish", cwd=repo).stdout) == ["publish"]
+        method, why = choose_published(entries, "ppo")
     published = (repo / "models/detoxified/adapter_model.safetensors").read_bytes()
     assert published == (repo / f"models/{method}/adapter_model.safetensors").read_bytes()
     assert f"detoxified with {LABELS[method]}" in (repo / "models/detoxified/README.md").read_text()

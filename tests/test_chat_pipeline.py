@@ -55,7 +55,10 @@ def test_chat_model_summarizes_with_sft_then_continues_a_prompt_only_dataset(tin
     summary = json.loads((repo / "metrics/compare/ppo.json").read_text())
     bon = json.loads((repo / "metrics/compare/best_of_n.json").read_text())
     assert summary["references"] is False and summary["rougeL"] is None and "rougeL" not in summary["after"]
-    assert summary["guards"]["rougeL_drop_exceeded"] == "n/a" and isinstance(summary["guards"]["judge_disagrees"], bool)
+    assert summary["guards"]["rougeL_drop_exceeded"] == "n/a"
+    # judge_disagrees: True or False, or n/a when every judge was too weak to see the fall (judge_power says why)
+    assert isinstance(summary["guards"]["judge_disagrees"], bool) or all(
+        power["reason"] for power in summary["judge_power"].values())
     assert summary["num_prompts"] == 8 and bon["enabled"] and bon["after"]["references"] is False
     assert sorted(summary["judges"]) == ["judge", "words.score"] and sorted(bon["judges"]) == ["judge", "words.score"]
     for key in ("toxicity", "expected_max_toxicity", "toxicity_probability", "perplexity"):

@@ -22,6 +22,8 @@ def test_the_site_builds_strictly(tmp_path):
     proc = build(ROOT, tmp_path / "site")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "load_params" in (tmp_path / "site/reference/index.html").read_text()  # the API from the docstrings
+    page = (tmp_path / "site/getting-started/index.html").read_text()  # commands wrap (extra.css), diagrams do not
+    assert "stylesheets/extra.css" in page and 'class="language-bash highlight"' in page
 
 
 @pytest.mark.parametrize("planted, named", [("[the old page](no-such-page.md)", "no-such-page.md"),
@@ -59,3 +61,76 @@ def test_the_readme_is_a_first_screen_with_the_two_commands():
     install, run = tests.split(" && .venv/bin/python -m pytest", 1)
     assert install in ci and (".venv/bin/python -m pytest" + run) in ci  # CI runs the README's test command
     assert "dvc repro" in readme and "reports/report.md" in readme and "dvc metrics show" in readme
+
+
+MODULES = sorted(p.stem for p in (ROOT / "stages/detoxkit").glob("*.py") if p.stem != "__init__")
+PAGES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
+
+
+def test_no_page_points_outside_the_repository():
+    """A user has the repository, not the folder beside it: a page names a file of their own instead."""
+    outside = {p.name: n for p in PAGES for n, line in enumerate(p.read_text().splitlines(), 1) if "../shared" in line}
+    assert not outside, outside
+
+
+def test_the_api_reference_has_a_section_for_every_module_and_no_other():
+    text = (ROOT / "docs/reference.md").read_text()
+    entries = re.findall(r"^::: detoxkit\.(\w+)\s*$", text, flags=re.M)
+    missing, unknown = set(MODULES) - set(entries), set(entries) - set(MODULES)
+    assert not missing and not unknown, f"docs/reference.md lacks {sorted(missing)}, names no module {sorted(unknown)}"
+    assert len(entries) == len(set(entries))
+    for name in entries:  # each under its own heading, the line before it
+        assert re.search(rf"^## `detoxkit\.{name}`\n\n::: detoxkit\.{name}$", text, flags=re.M), name
+
+
+def _library_imports() -> dict[str, set[str]]:
+    """Each detoxkit module's imports of other detoxkit modules (inside functions too)."""
+    import ast
+
+    graph = {}
+    for name in MODULES:
+        found = set()
+        for node in ast.walk(ast.parse((ROOT / f"stages/detoxkit/{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("detoxkit."):
+                found.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("detoxkit.")}
+        graph[name] = found & set(MODULES)
+    return graph
+
+
+def test_the_architecture_page_names_every_module_and_its_layering_holds():
+    text = (ROOT / "docs/architecture.md").read_text()
+    unnamed = [m for m in MODULES if not re.search(rf"[`( ]{m}[`,:) ]", text)]
+    assert not unnamed, f"docs/architecture.md does not name {unnamed}"
+    graph = _library_imports()
+    leaves = re.search(r"Leaf modules\s+\(([^)]*)\)", text).group(1).replace("`", "").split(", ")
+    assert all(graph[leaf] <= set(leaves) for leaf in leaves), {leaf: graph[leaf] for leaf in leaves}
+    done, path = set(), []
+
+    def visit(name):  # depth-first: a module met again while on the path closes a cycle
+        assert name not in path, " -> ".join(path[path.index(name):] + [name])
+        if name not in done:
+            path.append(name)
+            for dep in sorted(graph[name]):
+                visit(dep)
+            path.pop()
+            done.add(name)
+
+    for name in MODULES:
+        visit(name)
+
+
+def test_the_home_page_readme_and_site_description_name_every_method():
+    import ast
+
+    tree = ast.parse((ROOT / "stages/detoxkit/compare.py").read_text())
+    labels = next(ast.literal_eval(n.value) for n in tree.body
+                  if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "LABELS")
+    description = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["site_description"]
+    for where, text in (("mkdocs.yml site_description", description),
+                        ("docs/index.md", (ROOT / "docs/index.md").read_text()),
+                        ("README.md's first paragraph", (ROOT / "README.md").read_text().split("\n\n")[1])):
+        assert not [label for label in labels.values() if label not in text], (where, labels)

@@ -184,8 +184,12 @@ def test_publish_method_grpo_with_grpo_off_is_refused(tmp_path):
 
 
 def _entry(after, hi, crossed=False, method="ppo"):
-    return {"method": method, "enabled": True, "toxicity": {"after": after, "diff_ci_high": hi},
-            "guards": {"kl_exceeded": crossed, "judge_disagrees": "n/a"}}
+    from detoxkit.compare import outcome
+
+    entry = {"method": method, "enabled": True, "num_prompts": 30, "min_pairs": 20,
+             "toxicity": {"after": after, "diff_ci_low": hi - 0.1, "diff_ci_high": hi},
+             "guards": {"kl_exceeded": crossed, "judge_disagrees": "n/a"}}
+    return {**entry, "outcome": outcome(entry)}  # as method_entry writes it
 
 
 def test_the_answer_and_the_published_method_follow_the_comparison_files():
@@ -200,9 +204,9 @@ def test_the_answer_and_the_published_method_follow_the_comparison_files():
     entries["grpo"] = _entry(0.20, -0.05, crossed=True)  # a crossed guard disqualifies
     assert choose_published({k: v for k, v in entries.items() if k != "best_of_n"}, "best") == (
         "ppo", "the report's answer: PPO lowered toxicity most with no guard crossed")
-    entries["ppo"] = _entry(0.30, 0.01)  # nothing qualifies: the lowest trained toxicity, said to be no recommendation
+    entries["ppo"] = _entry(0.30, 0.01)  # nothing qualifies: nothing is published, and why
     method, why = choose_published({k: v for k, v in entries.items() if k != "best_of_n"}, "best")
-    assert method == "grpo" and "not a recommendation" in why and "no method lowered toxicity" in why
+    assert method is None and why == "no method lowered toxicity (its interval below 0) without crossing a guard"
     assert choose_published(entries, "dpo")[0] == "dpo"  # a method by name, whatever the answer
     with pytest.raises(Exception, match="publish.method is dpo, but its comparison file says it did not run"):
         choose_published({**entries, "dpo": {"method": "dpo", "enabled": False}}, "dpo")

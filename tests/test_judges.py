@@ -53,7 +53,7 @@ def test_a_policy_that_fools_the_reward_model_but_not_the_judge_sets_judge_disag
     report = (work / "reports/report.md").read_text()
     assert "| judge_disagrees | the reward model's toxicity fell (CI below 0) but a judge's did not" in report
     assert "| CROSSED |" in report and "guards crossed: judge_disagrees." in report
-    assert "- **PPO: toxicity" in report  # the answer's line for a method that crossed a guard is in bold
+    assert "- \U0001F534 **PPO (crossed a guard): toxicity" in report  # a method that crossed a guard: red, in bold
 
 
 def test_judge_disagrees_needs_a_real_fall_of_the_reward_toxicity_and_a_judge_that_does_not_follow():
@@ -62,17 +62,18 @@ def test_judge_disagrees_needs_a_real_fall_of_the_reward_toxicity_and_a_judge_th
     def ci(before, after, lo, hi):
         return {"before": before, "after": after, "diff": after - before, "diff_ci_low": lo, "diff_ci_high": hi}
 
+    seen = {"a": 0.0, "b": 0.0}  # every judge could see any fall (judge power: tests/test_report_answer.py)
     summary = {"toxicity": ci(0.5, 0.3, -0.3, -0.1), "judges": {"a": {"toxicity": ci(0.4, 0.25, -0.2, -0.05)}}}
-    assert disagrees(summary, 0.25) is False  # both fell (40% and 37.5%): detoxified, as far as they can tell
-    assert disagrees({**summary, "judges": {}}, 0.25) == "n/a"  # no judge: it cannot fire, so it never "held"
+    assert disagrees(summary, 0.25, seen) is False  # both fell (40% and 37.5%): detoxified, as far as they can tell
+    assert disagrees({**summary, "judges": {}}, 0.25, seen) == "n/a"  # no judge: it cannot fire, so it never "held"
     summary["judges"]["b"] = {"toxicity": ci(0.4, 0.36, -0.1, 0.02)}
-    assert disagrees(summary, 0.25) is True  # one judge saw no fall
+    assert disagrees(summary, 0.25, seen) is True  # one judge saw no fall
     summary["judges"]["b"] = {"toxicity": ci(0.9, 0.88, -0.03, -0.01)}
-    assert disagrees(summary, 0.25) is True  # a real fall, but 2% beside the reward model's 40%
-    assert disagrees(summary, 0.0) is False  # with no share asked, any real fall agrees
+    assert disagrees(summary, 0.25, seen) is True  # a real fall, but 2% beside the reward model's 40%
+    assert disagrees(summary, 0.0, seen) is False  # with no share asked, any real fall agrees
     summary["toxicity"] = ci(0.5, 0.3, -0.3, 0.01)
-    assert disagrees(summary, 0.25) is False  # the reward's own fall could be chance
-    assert disagrees({"toxicity": ci(0.5, 0.3, -0.3, -0.1), "judges": {}}, 0.25) == "n/a"  # a real fall, no judge
+    assert disagrees(summary, 0.25, seen) is False  # the reward's own fall could be chance
+    assert disagrees({"toxicity": ci(0.5, 0.3, -0.3, -0.1), "judges": {}}, 0.25, seen) == "n/a"  # a real fall, no judge
 
 
 def test_judges_load_under_the_reward_models_rules(tiny, tmp_path):

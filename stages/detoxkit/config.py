@@ -19,7 +19,9 @@ import typing
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-import yaml
+from ruamel.yaml import YAML, MappingNode, SequenceNode
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 
 PYTHON_SCORER = "python:"  # a scorer setting of the form python:MODULE:FUNCTION (python_scorer.py)
@@ -450,6 +452,8 @@ SECTIONS = {
 
 MAX_RESAMPLES = 1_000_000
 FINITE_EXEMPT = {"ppo.max_kl", "grpo.max_grad_norm"}  # .inf is meaningful there: never stop early
+# Booleans in YAML 1.1 only: YAML 1.2 (ruamel.yaml, as DVC reads params.yaml) takes them as text
+YAML11_BOOLS = {"yes": "true", "y": "true", "on": "true", "no": "false", "n": "false", "off": "false"}
 
 
 def split_needs(params: "Params") -> list[tuple[str, str, Union[int, str]]]:
@@ -532,7 +536,7 @@ def _coerce(value, tp, key: str):
         return _build(tp, value, key)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return _finite(float(value), key)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+    if tp is float and isinstance(value, str):  # a quoted number ("1e-3"), as PyYAML (YAML 1.1) wrote 1e-3
         try:
             return _finite(float(value), key)
         except ValueError:
@@ -541,6 +545,9 @@ def _coerce(value, tp, key: str):
         return value
     if tp in (str, bool) and isinstance(value, tp):
         return value
+    if tp is bool and isinstance(value, str) and value.lower() in YAML11_BOOLS:
+        raise ParamsError(f"params.yaml: {key} is {value!r}, which YAML 1.2 (DVC's reading, and the stages') takes as "
+                          f"text, not a boolean as YAML 1.1 did; write {YAML11_BOOLS[value.lower()]}")
     raise ParamsError(f"params.yaml: {key} is {value!r}; expected {_describe(tp)}")
 
 
@@ -629,17 +636,55 @@ def _check_lengths(built: dict):
 
 
 def read_yaml(path: Union[str, Path]) -> dict:
+    """`path` as DVC reads it: YAML 1.2 through ruamel.yaml's safe loader (dvc.utils.serialize.parse_yaml), so a stage
+    sees the values `dvc params diff` and dvc.lock record (PyYAML's YAML 1.1 read `010` as 8 and `on` as true), and a
+    key given twice is refused, as DVC refuses the file (PyYAML kept the last silently)."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path} not found; run the stage from the repository root, where params.yaml lives")
     try:
-        with path.open(encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path} is not valid YAML: {err}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); re-save it as UTF-8") from None
+    try:
+        raw = YAML(typ="safe").load(text)
+    except DuplicateKeyError as err:
+        key, line, first = _duplicate_key(text) or (str(err.problem).split('"')[1], err.problem_mark.line + 1, None)
+        also = f" (first on line {first})" if first else ""
+        raise ParamsError(f"{path} line {line}: {key} is given twice{also}; DVC refuses a file with a repeated key "
+                          "(and PyYAML would keep the last one silently): keep one") from None
+    except MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ParamsError(f"{path}{where} is not valid YAML ({err.problem or err.context}); fix it") from None
+    except YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML ({str(err).splitlines()[0]}); fix it") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
     return raw
+
+
+def _duplicate_key(text: str) -> Optional[tuple[str, int, int]]:
+    """(dotted key, its line, the line it first appeared on) of the first key given twice in one mapping."""
+    def walk(node, prefix: str):
+        if isinstance(node, MappingNode):
+            seen = {}
+            for key, value in node.value:
+                name = f"{prefix}.{key.value}" if prefix else str(key.value)
+                if key.value in seen:
+                    return name, key.start_mark.line + 1, seen[key.value]
+                seen[key.value] = key.start_mark.line + 1
+                found = walk(value, name)
+                if found:
+                    return found
+        elif isinstance(node, SequenceNode):
+            for i, value in enumerate(node.value):
+                found = walk(value, f"{prefix}[{i}]")
+                if found:
+                    return found
+        return None
+
+    return walk(YAML(typ="safe").compose(text), "")
 
 
 def load_params(path: Union[str, Path] = "params.yaml") -> Params:

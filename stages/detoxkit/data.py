@@ -145,9 +145,38 @@ def apply_filter(ds, settings: DataSettings):
     return kept
 
 
+def normalize(text: str) -> str:
+    """Text with every run of whitespace made one space, stripped: what the length window counts, and what makes two
+    prompts the same prompt (a file appended to itself, a copy with other line breaks)."""
+    return " ".join(text.split())
+
+
 def in_window(text, min_chars: int, max_chars: int) -> bool:
-    """The lab's filter: keep min_chars < len(text) <= max_chars."""
-    return isinstance(text, str) and min_chars < len(text) <= max_chars
+    """The lab's filter: keep min_chars < len(text) <= max_chars, counted on the normalized text (so a whitespace-only
+    dialogue never passes data.min_chars)."""
+    return isinstance(text, str) and min_chars < len(normalize(text)) <= max_chars
+
+
+def distinct(prompts: list[str]) -> list[int]:
+    """Positions of the first row of each distinct (normalized) prompt, in order."""
+    seen, keep = set(), []
+    for i, prompt in enumerate(prompts):
+        key = normalize(prompt)
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return keep
+
+
+def check_no_leak(split, where: str):
+    """No test prompt is also a train prompt (normalized): the evaluation would score prompts the policy trained on."""
+    train = {normalize(q) for q in split["train"]["query"]}
+    leaked = [q for q in split["test"]["query"] if normalize(q) in train]
+    if leaked:
+        raise PipelineError(
+            f"{where}: {len(leaked)} of {len(split['test'])} test prompts are also train prompts (e.g. "
+            f"{normalize(leaked[0])[:80]!r}), so the evaluation would score prompts the policy trained on; rebuild "
+            "it with `dvc repro -f prepare` (prepare keeps one row per distinct prompt before it splits)")
 
 
 def make_prompt(template: str, dialogue: str) -> str:
@@ -180,8 +209,20 @@ class PromptEncoder:
 
     def encode(self, text: str) -> list[int]:
         if self.chat:
-            return list(self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
-                                                           add_generation_prompt=True))
+            from jinja2 import TemplateError
+            from jinja2.exceptions import SecurityError
+
+            try:
+                return list(self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
+                                                               add_generation_prompt=True))
+            except TemplateError as err:  # the template is the tokenizer's code, run in Jinja's sandbox
+                what = ("tries to reach outside Jinja's sandbox" if isinstance(err, SecurityError)
+                        else "cannot be rendered")
+                raise PipelineError(
+                    f"prompt.chat_template is true, but the chat template of the tokenizer in "
+                    f"{self.tokenizer.name_or_path} {what} ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                    "use a tokenizer with a trusted chat template (tokenizer_config.json: chat_template), or set "
+                    "prompt.chat_template: false") from None
         return self.tokenizer(text)["input_ids"]
 
     def __call__(self, dialogue: str) -> tuple[str, list[int], bool]:
@@ -222,25 +263,19 @@ def split_sizes(n: int, test_size: float) -> tuple[int, int]:
 
 
 def prepare(ds, settings: DataSettings, prompt: PromptSettings, tokenizer, seed: int):
-    """Filter, prompt, tokenize and split; returns a DatasetDict with train/test."""
+    """Filter, prompt, tokenize, keep one row per distinct prompt, and split; returns a DatasetDict with train/test."""
     ds = apply_filter(check_columns(ds, settings), settings)
     n_read = len(ds)
+    texts = ds[settings.dialogue_column]
+    n_blank = sum(1 for text in texts if not isinstance(text, str) or not text.strip())
     # Rows kept, by their position in the source, so a bad one can be named as the file's row.
-    kept = [i for i, text in enumerate(ds[settings.dialogue_column])
-            if in_window(text, settings.min_chars, settings.max_chars)]
+    kept = [i for i, text in enumerate(texts) if in_window(text, settings.min_chars, settings.max_chars)]
     ds = ds.select(kept)
     if len(ds) == 0:
         raise PipelineError(
             f"no dialogues left after the length filter: read {n_read}, kept 0 with "
-            f"{settings.min_chars} < characters <= {settings.max_chars}; widen data.min_chars/data.max_chars"
-        )
-    if len(ds) < 2:
-        raise PipelineError(f"only {len(ds)} dialogue is left after the length filter; at least 2 are needed to split")
-    n_train, _ = split_sizes(len(ds), settings.test_size)
-    if n_train < 1:
-        raise PipelineError(
-            f"data.test_size {settings.test_size} leaves no train prompts of the {len(ds)} dialogues kept; "
-            "lower data.test_size or add data"
+            f"{settings.min_chars} < characters <= {settings.max_chars} (whitespace collapsed; {n_blank} empty or "
+            "whitespace-only); widen data.min_chars/data.max_chars"
         )
     summaries = None if settings.summary_column is None else [  # None: prompt-only, no references
         reference_text(v, kept[i] + 1, settings) for i, v in enumerate(ds[settings.summary_column])]
@@ -262,12 +297,29 @@ def prepare(ds, settings: DataSettings, prompt: PromptSettings, tokenizer, seed:
 
     ds = ds.select_columns([settings.dialogue_column])  # the summaries come from the checked list above
     ds = ds.map(encode, batched=True, with_indices=True, remove_columns=ds.column_names)
+    n_encoded = len(ds)
+    # One row per distinct prompt (the first): a repeated row would land in both splits, and the evaluation would
+    # score prompts the policy trained on. Two dialogues cut to the same prompt count as one.
+    unique = distinct(ds["query"])
+    if len(unique) < n_encoded:
+        ds = ds.select(unique)
+    n_repeated = n_encoded - len(ds)
+    if len(ds) < 2:
+        raise PipelineError(f"only {len(ds)} distinct dialogue is left after the length filter ({n_repeated} repeated "
+                            "prompts dropped); at least 2 are needed to split")
+    n_train, _ = split_sizes(len(ds), settings.test_size)
+    if n_train < 1:
+        raise PipelineError(
+            f"data.test_size {settings.test_size} leaves no train prompts of the {len(ds)} dialogues kept; "
+            "lower data.test_size or add data"
+        )
     split = ds.train_test_split(test_size=settings.test_size, shuffle=settings.shuffle, seed=seed)
     if n_cut:
         log.info("%d of %d prompts were longer than data.max_prompt_tokens (%d): their dialogues were cut",
-                 n_cut, len(ds), settings.max_prompt_tokens)
-    log.info("read %d rows, kept %d with a text in (%d, %d] chars: %d train, %d test",
-             n_read, len(ds), settings.min_chars, settings.max_chars, len(split["train"]), len(split["test"]))
+                 n_cut, n_encoded, settings.max_prompt_tokens)
+    log.info("read %d rows, kept %d with a text in (%d, %d] chars (whitespace collapsed; %d empty or whitespace-only "
+             "dropped), %d repeated prompts dropped: %d train, %d test", n_read, n_encoded, settings.min_chars,
+             settings.max_chars, n_blank, n_repeated, len(split["train"]), len(split["test"]))
     return split
 
 

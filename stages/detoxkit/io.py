@@ -4,6 +4,11 @@ Every output goes to a temporary sibling first and is renamed into place, so an 
 leaves the previous complete file (or folder) or none, never a truncated one. The temporaries that
 `tempfile` makes are private (0600, 0700); the output gets the mode a plain `open()` or `mkdir` gives
 under the user's umask instead, so colleagues on a shared machine or a shared DVC cache can read it.
+
+A stage ends with the `dvc` that started it (SIGTERM when its parent dies), and a SIGTERM never leaves an
+output behind: before a training loop's first step ends it stops the stage at once; after that it waits for
+the step to end, so that the loop saves a checkpoint first (checkpoint.checkpoint_step). A training stage
+`hold`s its folders, so that a second one started on them is refused, naming the first.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,23 +41,124 @@ def setup_logging():
 
 
 def run_stage(main: Callable[[], None], parallel: bool = False):
-    """Run a stage's main(): a PipelineError becomes a one-line message and exit status 2. A `parallel` stage with
-    compute.processes > 1, started outside a launcher, starts itself again under torchrun with that many
-    processes (one machine; for several, launch the script with torchrun or accelerate yourself)."""
+    """Run a stage's main(): a PipelineError becomes a one-line message and exit status 2; a SIGTERM (sent by
+    Linux when the `dvc` that started the stage dies) stops it without writing outputs, exit status 143. A
+    `parallel` stage with compute.processes > 1, started outside a launcher, starts itself again under torchrun
+    with that many processes (one machine; for several, launch the script with torchrun or accelerate yourself)."""
     setup_logging()
+    if os.environ.get("DVC_STAGE"):  # dvc sets it for every stage command: end with that dvc, never outlive it
+        _end_with_parent()
     if parallel and "LOCAL_RANK" not in os.environ:
         processes = _processes()
         if processes > 1:
             log.info("compute.processes %d: starting %s under torchrun", processes, sys.argv[0])
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
                    sys.argv[0], *sys.argv[1:]]
-            sys.exit(2 if subprocess.call(cmd) else 0)
+            child = subprocess.Popen(cmd, preexec_fn=_end_with_parent if _LINUX else None)
+            signal.signal(signal.SIGTERM, lambda *_: child.terminate())  # torchrun passes it on to each process
+            sys.exit(2 if child.wait() else 0)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         main()
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Stopped as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     _leave_process_group()
+
+
+class Stopped(BaseException):
+    """The stage was asked to stop (SIGTERM). A BaseException, as KeyboardInterrupt is: no `except Exception` in
+    a library turns it into another error."""
+
+
+_LINUX = sys.platform.startswith("linux")
+_STOP = {"asked": False, "wait_for_step": False}
+
+
+def _on_sigterm(signum, frame):
+    _STOP["asked"] = True
+    if not _STOP["wait_for_step"]:
+        raise Stopped("SIGTERM (the `dvc` that started this stage ended, or a kill); no output written")
+
+
+def stop_asked() -> bool:
+    """Whether a SIGTERM asked this process to stop (checked at a training loop's step boundaries)."""
+    return _STOP["asked"]
+
+
+def wait_for_step():
+    """From now on a SIGTERM only asks to stop, and the training loop stops at its next step boundary."""
+    _STOP["wait_for_step"] = True
+
+
+def _end_with_parent():
+    """Have this process sent SIGTERM when its parent (dvc; torchrun's launcher) dies, so that no stage runs on,
+    unseen by DVC, after it: prctl(PR_SET_PDEATHSIG) on Linux, elsewhere a thread that watches the parent's pid."""
+    if _LINUX:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() == 1 and not _dvc_is_init():  # the parent died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+        return
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
+def _dvc_is_init() -> bool:
+    """In a container whose first process is `dvc repro` itself, a parent pid of 1 is the living dvc."""
+    try:
+        return b"dvc" in Path("/proc/1/cmdline").read_bytes()
+    except OSError:
+        return True  # cannot tell: assume the parent lives
+
+
+_HELD: dict[Path, int] = {}  # lock file: descriptor, held until the process ends (the OS releases it, on kill -9 too)
+
+
+def hold(*folders):
+    """Hold an exclusive lock on each folder for the life of this process, so that one process at a time trains
+    into a checkpoint or output folder: the file .NAME.lock beside it (beside, so that removing the folder keeps
+    it), flock'ed and holding this process's pid and command. A second holder is refused with a PipelineError
+    naming the first. Under torchrun the first process holds the locks for all (the others write nothing); a
+    process that holds a lock already (a stage's main() called again, in tests) keeps it."""
+    import fcntl
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    for folder in map(Path, folders):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        lock = folder.parent / f".{folder.name}.lock"
+        if lock.resolve() in _HELD:
+            continue
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)  # not inherited by started programs (O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode("utf-8", "replace").strip()
+            os.close(fd)
+            pid, _, cmd = holder.partition(" ")
+            who = f"process {pid} ({cmd})" if pid.isdigit() else "another process"
+            stop = f"`kill {pid}`" if pid.isdigit() else "it"
+            raise PipelineError(
+                f"{folder} is in use by {who}, which holds {lock}: another run of this stage (left running by a "
+                f"stopped `dvc`?) still writes it. Wait for it to end, or stop it with {stop} (it saves a checkpoint "
+                "at its next step), then rerun") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, " ".join([str(os.getpid()), Path(sys.executable).name, *sys.argv]).encode() + b"\n")
+        _HELD[lock.resolve()] = fd
 
 
 def _leave_process_group():
@@ -178,7 +285,7 @@ def read_csv(path) -> list[dict]:
 
 @contextlib.contextmanager
 def atomic_dir(path):
-    """Yield a temporary folder; on success it replaces `path` whole, on error it is removed.
+    """Yield a temporary folder; on success it replaces `path` whole, on error (or after a SIGTERM) it is removed.
 
     What was written in it (by us, by transformers, by safetensors, which writes 0600) gets the umask's modes."""
     path = Path(path)
@@ -187,6 +294,8 @@ def atomic_dir(path):
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        if stop_asked():  # a SIGTERM while the output was being written: it stays unwritten
+            raise Stopped("SIGTERM (the `dvc` that started this stage ended, or a kill); no output written")
         public_modes(tmp)
         old = None
         if path.exists():

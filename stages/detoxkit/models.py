@@ -9,8 +9,12 @@ which is what TRL uses as the frozen reference (no second copy of the model in m
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
+import pickle
+import re
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -237,7 +241,43 @@ def start_adapter_path(policy: PolicySettings, sft_dir) -> Optional[Path]:
         raise PipelineError(damaged_output(path / "adapter_config.json")) from None
     if _damaged(path / "adapter_model.safetensors"):  # before any model loads
         raise PipelineError(damaged_output(path / "adapter_model.safetensors"))
+    _check_adapter_weights(path, policy.allow_pickle)
     return path
+
+
+def check_start_adapter(policy: PolicySettings):
+    """The `check` stage's look at a user's starting adapter folder (the sft stage's does not exist yet, and is
+    written as safetensors): its config and its weights, before anything trains."""
+    if policy.adapter not in (None, "sft"):
+        start_adapter_path(policy, None)
+
+
+def _check_adapter_weights(path: Path, allow_pickle: bool):
+    """Safetensors weights, or pickle (adapter_model.bin) only with policy.allow_pickle and only what torch's
+    weights-only unpickler reads (tensors, no code): refused in one line, before any model loads."""
+    if (path / "adapter_model.safetensors").is_file():
+        return
+    pickled = path / "adapter_model.bin"
+    if not pickled.is_file():
+        raise PipelineError(f"policy.adapter {path} has no adapter_model.safetensors; give a PEFT adapter folder "
+                            "(save_pretrained of a PeftModel), sft, or null")
+    if not allow_pickle:
+        raise PipelineError(
+            f"adapter {path} has no adapter_model.safetensors, only pickle weights ({pickled.name}), which can run "
+            "code when loaded; convert it, or set policy.allow_pickle: true if you trust the source")
+    try:
+        torch.load(pickled, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise PipelineError(unsafe_pickle(pickled, err)) from None
+
+
+def unsafe_pickle(file: Path, err: Exception) -> str:
+    """One line for a pickle that torch's weights-only unpickler refuses; it never suggests unsafe loading."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    what = f"the Python object {found.group(1)}" if found else f"something other than tensors ({type(err).__name__})"
+    return (f"{file} holds {what}, which weights-only loading refuses (unpickling it could run code); save the "
+            "adapter again with safetensors (save_pretrained(folder, safe_serialization=True)) from a source you "
+            "trust")
 
 
 def _load_adapter(model, path: Path, allow_pickle: bool, merge: bool, trainable: bool = False):
@@ -253,6 +293,8 @@ def _load_adapter(model, path: Path, allow_pickle: bool, merge: bool, trainable:
     except Exception as err:
         if _damaged(path / "adapter_model.safetensors"):
             raise PipelineError(damaged_output(path / "adapter_model.safetensors")) from None
+        if isinstance(err, pickle.UnpicklingError):  # a *.bin with more than tensors: never load it unsafely
+            raise PipelineError(unsafe_pickle(path / "adapter_model.bin", err)) from None
         if not isinstance(err, (RuntimeError, ValueError, KeyError)):
             raise
         raise PipelineError(
@@ -356,20 +398,60 @@ def trainable_parameters(model) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
+SET_VALUED = ("target_modules", "exclude_modules")  # PEFT keeps these as sets: their order follows PYTHONHASHSEED
+
+
+def save_adapter(peft_model, out_dir: Path):
+    """`save_pretrained` of a PEFT model (safetensors), byte-identical for identical inputs: adapter_config.json is
+    rewritten with its set-valued lists sorted (PEFT writes a set in the order of this process's string hashes, so
+    a rerun with nothing changed rewrote it, and DVC called every later stage stale). Every stage that saves an
+    adapter (sft, ppo, dpo, grpo; publish copies one) saves it here."""
+    with disk_space_named(out_dir):
+        peft_model.save_pretrained(str(out_dir), safe_serialization=True)
+        config_file = Path(out_dir) / "adapter_config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        for key in SET_VALUED:
+            if isinstance(config.get(key), list):
+                config[key] = sorted(config[key])
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")  # PEFT's own layout
+
+
+@contextlib.contextmanager
+def disk_space_named(out_dir: Path):
+    """A full disk while writing `out_dir` (safetensors' SafetensorError, or OSError ENOSPC) becomes one line naming
+    the output folder. The output is written in a temporary folder (io.atomic_dir), so the previous one is kept,
+    and so is a training stage's checkpoint: the next run resumes."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, SafetensorError) as err:
+        full = getattr(err, "errno", None) == errno.ENOSPC or any(
+            s in str(err) for s in ("No space left", "os error 28"))
+        if not full:
+            raise
+        stale = re.fullmatch(r"\.(.+)\.\w{8}\.tmp", Path(out_dir).name)  # atomic_dir's temporary name
+        folder = Path(out_dir).with_name(stale.group(1)) if stale else Path(out_dir)
+        raise PipelineError(f"{folder}: the disk is full ({str(err).splitlines()[0][:160]}); nothing was replaced "
+                            "(the previous output and any checkpoint are kept): free disk space and rerun "
+                            "`dvc repro`") from None
+
+
 def save_detoxified(out_dir: Path, peft_model, v_head, policy: PolicySettings, adapter: Optional[Path]):
     """The LoRA adapter (PEFT format), PPO's value head (safetensors; None for DPO, which has none) and how to
     rebuild the starting policy: one layout for models/ppo and models/dpo."""
     from safetensors.torch import save_file
 
-    peft_model.save_pretrained(str(out_dir), safe_serialization=True)
-    if v_head is not None:
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in v_head.state_dict().items()},
-                  str(out_dir / VALUE_HEAD_FILE))
-    if adapter is not None:
-        shutil.copytree(adapter, out_dir / "start_adapter")
-    meta = {"base_model": policy.model, "revision": policy.revision,
-            "start_adapter": "start_adapter" if adapter is not None else None}
-    (out_dir / POLICY_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    save_adapter(peft_model, out_dir)
+    with disk_space_named(out_dir):
+        if v_head is not None:
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in v_head.state_dict().items()},
+                      str(out_dir / VALUE_HEAD_FILE))
+        if adapter is not None:
+            shutil.copytree(adapter, out_dir / "start_adapter")
+        meta = {"base_model": policy.model, "revision": policy.revision,
+                "start_adapter": "start_adapter" if adapter is not None else None}
+        (out_dir / POLICY_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
 def damaged_output(file: Path) -> str:

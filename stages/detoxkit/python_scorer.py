@@ -67,8 +67,8 @@ def _import(key: str, ref: str, module: str):
             loaded = importlib.util.module_from_spec(spec)
             try:
                 spec.loader.exec_module(loaded)
-            except Exception as err:
-                raise PipelineError(f"{key} {ref}: importing {module} raised {type(err).__name__}: {err}") from None
+            except (Exception, SystemExit) as err:  # sys.exit() in scorer code would end the stage with no outputs
+                raise PipelineError(f"{key} {ref}: importing {module} raised {_raised(err)}") from None
             _FILES[resolved] = loaded
         return _FILES[resolved]
     try:
@@ -76,8 +76,16 @@ def _import(key: str, ref: str, module: str):
     except ModuleNotFoundError as err:
         raise PipelineError(f"{key} {ref}: no module named {err.name!r}; install the package that provides it "
                             "(e.g. pip install alt-profanity-check for profanity_check), or give a .py file") from None
-    except Exception as err:
-        raise PipelineError(f"{key} {ref}: importing {module} raised {type(err).__name__}: {err}") from None
+    except (Exception, SystemExit) as err:
+        raise PipelineError(f"{key} {ref}: importing {module} raised {_raised(err)}") from None
+
+
+def _raised(err: BaseException) -> str:
+    """What scorer code raised, in words; SystemExit (sys.exit, exit()) named as such: a scorer returns, never exits."""
+    if isinstance(err, SystemExit):
+        return (f"SystemExit({err.code!r}) (it called sys.exit or exit(); a scorer must return its values, never end "
+                "the process)")
+    return f"{type(err).__name__}: {err}"
 
 
 def load_function(key: str, ref: str) -> Callable:
@@ -106,8 +114,8 @@ class PythonScorer:
         where = f"{self.key} {self.ref}"
         try:
             raw = self.fn(list(texts))
-        except Exception as err:
-            raise PipelineError(f"{where} raised {type(err).__name__}: {err}") from None
+        except (Exception, SystemExit) as err:  # SystemExit too: else the stage would end with status 0 and no outputs
+            raise PipelineError(f"{where} raised {_raised(err)}") from None
         if hasattr(raw, "detach"):  # a torch tensor
             raw = raw.detach().cpu().numpy()
         try:

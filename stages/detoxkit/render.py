@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 # (summary key, label, which direction is better) for every metric compared with a paired CI
-HEADLINE = [("toxicity", "Toxicity (P(hate))", "lower"),
+HEADLINE = [("toxicity", "Toxicity", "lower"),  # toxicity and reward: named by the scorer (sections.side_by_side)
             ("expected_max_toxicity", "Expected maximum toxicity (over k samples)", "lower"),
             ("toxicity_probability", "Toxicity probability (a sample >= threshold)", "lower"),
-            ("reward", "Reward (not-hate logit)", "higher"),
+            ("reward", "Reward", "higher"),
             ("rouge1", "ROUGE-1", "higher"), ("rouge2", "ROUGE-2", "higher"), ("rougeL", "ROUGE-L", "higher"),
             ("length", "Length (tokens)", "neither"),
             ("perplexity", "Perplexity under the starting policy", "lower"),
@@ -84,12 +84,20 @@ CURVES = [("env/reward_mean", "mean reward of the training batch"),
           ("dpo/loss", "DPO: loss")]
 
 
+PANEL_COLUMNS = 2  # panels side by side: two 4-inch panels fit the HTML page (1100 px) and a Markdown viewer
+
+
 def training_figure(histories: dict[str, dict]) -> str:
-    """Each method's logged training curves ({label: read_live_history(...)}), one panel per curve in CURVES."""
+    """Each method's logged training curves ({label: read_live_history(...)}), one panel per curve in CURVES, in
+    rows of PANEL_COLUMNS so that the figure stays as wide as the page."""
     plt = _plt()
     panels = [(key, title) for key, title in CURVES if any(key in h for h in histories.values())] or CURVES[:1]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3), squeeze=False)
-    for ax, (key, title) in zip(axes[0], panels):
+    cols = min(PANEL_COLUMNS, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False, constrained_layout=True)
+    for ax in axes.flat[len(panels):]:
+        ax.remove()  # an odd number of panels leaves one cell empty
+    for ax, (key, title) in zip(axes.flat, panels):
         for label, history in histories.items():
             if key in history:
                 ax.plot(*history[key], marker="o", ms=3, label=label)
@@ -100,14 +108,14 @@ def training_figure(histories: dict[str, dict]) -> str:
     return _png(fig)
 
 
-def histogram_figure(series: dict[str, np.ndarray]) -> str:
-    """Samples per toxicity bin, one bar set per policy."""
+def histogram_figure(series: dict[str, np.ndarray], toxicity: str) -> str:
+    """Samples per toxicity bin, one bar set per policy; `toxicity` names the scorer's measure (P(hate), ...)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3))
     bins = np.linspace(0, 1, HIST_BINS + 1)
     for name, values in series.items():
         ax.hist(values, bins=bins, alpha=0.5, label=name)
-    ax.set_xlabel("toxicity (P(hate)) per sample")
+    ax.set_xlabel(f"toxicity ({toxicity}) per sample")
     ax.set_ylabel("samples")
     ax.legend()
     return _png(fig)
@@ -135,18 +143,31 @@ def html_table(header, rows) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+# A list line's mark: the colour of its outcome (compare.MARK), a dot in Markdown and the line's colour in HTML
+MARKS = {"green": "\U0001F7E2", "grey": "\u26AA", "red": "\U0001F534"}  # green, white (grey) and red circles
+HTML_CLASS = {"green": "ok", "grey": "same", "red": "flag"}
+
+
+def _md_item(text: str, mark) -> str:
+    if mark is None:
+        return f"- {text}"
+    return f"- {MARKS[mark]} {'**' + text + '**' if mark == 'red' else text}"
+
+
 def to_markdown(title: str, sections: list) -> str:
-    """`sections`: (heading, blocks); a block is ("p", text), ("list", [(text, crossed or None)]),
-    ("table", header, rows) or ("figure", file name, alt). One list renders both reports."""
+    """`title`: the first line (the answer). `sections`: (heading or None, blocks); a block is ("p", text),
+    ("list", [(text, mark or None)]), ("table", header, rows) or ("figure", file name, alt). One list renders both
+    reports."""
     parts = [f"# {title}"]
     for heading, blocks in sections:
-        parts.append(f"## {heading}")
+        if heading:
+            parts.append(f"## {heading}")
         for block in blocks:
             kind = block[0]
             if kind == "p":
                 parts.append(block[1])
             elif kind == "list":
-                parts.append("\n".join(f"- {'**' + text + '**' if flag else text}" for text, flag in block[1]))
+                parts.append("\n".join(_md_item(text, mark) for text, mark in block[1]))
             elif kind == "table":
                 parts.append(md_table(block[1], block[2]))
             elif kind == "figure":
@@ -154,29 +175,35 @@ def to_markdown(title: str, sections: list) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+PAGE = "Detoxification report"  # the HTML page's <title>; its first heading is the answer
+
+
 def to_html(title: str, sections: list, images: dict[str, str]) -> str:
-    """The same sections as one self-contained page: figures embedded as data: URIs (`images`: file -> base64)."""
+    """The same sections as one self-contained page, `title` (the answer) its first heading: figures embedded as
+    data: URIs (`images`: file -> base64), never wider than the page."""
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "h1{font-size:1.4em}img{max-width:100%;height:auto}"
              "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
              "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}th{background:#f3f3f3}"
-             ".flag{color:#b00;font-weight:bold}.ok{color:#070}")
+             ".flag{color:#b00;font-weight:bold}.ok{color:#070}.same{color:#777}")
     body = []
     for heading, blocks in sections:
-        body.append(f"<h2>{html.escape(heading)}</h2>")
+        if heading:
+            body.append(f"<h2>{html.escape(heading)}</h2>")
         for block in blocks:
             kind = block[0]
             if kind == "p":
                 body.append(f"<p>{_inline(block[1])}</p>")
             elif kind == "list":
                 body.append("<ul>" + "".join(
-                    f"<li class='{'flag' if flag else 'ok'}'>{_inline(text)}</li>" if flag is not None
-                    else f"<li>{_inline(text)}</li>" for text, flag in block[1]) + "</ul>")
+                    f"<li class='{HTML_CLASS[mark]}'>{MARKS[mark]} {_inline(text)}</li>" if mark is not None
+                    else f"<li>{_inline(text)}</li>" for text, mark in block[1]) + "</ul>")
             elif kind == "table":
                 body.append(html_table(block[1], block[2]))
             elif kind == "figure":
                 body.append(img(images[block[1]], block[2]))
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{''.join(body)}</body></html>\n")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{PAGE}</title>"
+            f"<style>{style}</style></head><body><h1>{_inline(title)}</h1>{''.join(body)}</body></html>\n")
 
 
 def _inline(text: str) -> str:

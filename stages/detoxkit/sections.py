@@ -1,12 +1,13 @@
 """The report's sections, built from the comparison entries (detoxkit.compare.method_entry) of every method that
 ran. Nothing here is written per method: a new method is a new entry, and its row, column and line follow.
-A section is (heading, blocks) for render.to_markdown / render.to_html."""
+A section is (heading, blocks) for render.to_markdown / render.to_html; report() gives the title (the answer) and
+every section in order."""
 from __future__ import annotations
 
 import numpy as np
 
-from .compare import LABELS, best_method
-from .render import HEADLINE, HIST_BINS
+from .compare import LABELS, MARK, best_method, no_answer, smoke_note
+from .render import HEADLINE, HIST_BINS, QUAL_COLUMNS, qual_rows
 from .stats import NA, crossed_guards, interval_verdict
 
 
@@ -18,21 +19,42 @@ def ci_cell(s: dict) -> str:
     return f"{s['diff']:+.4f} [{s['diff_ci_low']:+.4f}, {s['diff_ci_high']:+.4f}]"
 
 
-def answer(entries: dict[str, dict], min_pairs: int) -> list:
-    """The first line (which method lowered toxicity most with no guard crossed), then one line per method:
-    toxicity with its CI and verdict, each judge, the guards crossed (bold where one was)."""
+def answer(entries: dict[str, dict]) -> str:
+    """The report's first line: the method with the lowest toxicity that lowered it with no guard crossed
+    (compare.best_method), with its numbers and any judge too weak to confirm it; or why no method is named."""
     best = best_method(entries)
-    first = (f"Lowest toxicity with no guard crossed: **{LABELS[best]}**." if best else
-             "No method lowered toxicity (its interval below 0) without crossing a guard.")
+    if best is None:
+        return f"Answer: {no_answer(entries)}."
+    e, t = entries[best], entries[best]["toxicity"]
+    text = (f"Answer: {LABELS[best]} lowered toxicity most with no guard crossed ({t['before']:.4f} -> "
+            f"{t['after']:.4f}, {ci_cell(t)} over {e['num_prompts']} paired prompts)")
+    blind = [name for name, power in e["judge_power"].items() if power["reason"]]
+    if blind:
+        text += (f"; the judge {', '.join(blind)} could not confirm it (too weak to see the fall; see {LABELS[best]}'s "
+                 "line)")
+    if best == "best_of_n":
+        trained = best_method(entries, trained_only=True)
+        text += (f"; best-of-N has no weights, so publish.method best packs {LABELS[trained]}" if trained else
+                 "; best-of-N has no weights, and no trained method lowered toxicity, so publish.method best "
+                 "publishes nothing")
+    return text + "."
+
+
+def method_lines(entries: dict[str, dict]) -> list:
+    """One line per method, coloured by its outcome (compare.MARK): what it did, toxicity with its CI and verdict,
+    each judge (and whether it could confirm the fall), the guards crossed."""
     lines = []
     for method, e in entries.items():
         t, crossed = e["toxicity"], crossed_guards(e["guards"])
-        judges = "; ".join(f"judge {name} {ci_cell(j['toxicity'])}" for name, j in e["judges"].items()) or "no judges"
+        judges = "; ".join(f"judge {name} {ci_cell(j['toxicity'])}" + (
+            f" (could not confirm the fall: {e['judge_power'][name]['reason']})" if e["judge_power"][name]["reason"]
+            else "") for name, j in e["judges"].items()) or "no judges"
         verdict = interval_verdict(f"{LABELS[method]} vs start, toxicity", (t["diff_ci_low"], t["diff_ci_high"]), True,
-                                   e["num_prompts"], min_pairs)
-        lines.append((f"{LABELS[method]}: toxicity {t['before']:.4f} -> {t['after']:.4f}, {ci_cell(t)}; {judges}; "
-                      f"guards crossed: {', '.join(crossed) or 'none'}. {verdict}", bool(crossed)))
-    return [("p", first), ("list", lines)]
+                                   e["num_prompts"], e["min_pairs"])
+        lines.append((f"{LABELS[method]} ({e['outcome']}): toxicity {t['before']:.4f} -> {t['after']:.4f}, "
+                      f"{ci_cell(t)}; {judges}; guards crossed: {', '.join(crossed) or 'none'}. {verdict}",
+                      MARK[e["outcome"]]))
+    return lines
 
 
 def what_ran(entries: dict[str, dict], params) -> list:
@@ -90,6 +112,8 @@ def side_by_side(entries: dict[str, dict]) -> tuple[list, list]:
     CI; then distinct-2, KL, the guards crossed and the cost."""
     first = next(iter(entries.values()))
     conf = f"{first['confidence']:.0%}"
+    named = {"toxicity": f"Toxicity ({first['setup']['toxicity_label']})",  # the scorer's own names
+             "reward": f"Reward ({first['setup']['reward_label']})"}
     header = ["metric", "better", "start",
               *[c for m in entries for c in (LABELS[m], f"{LABELS[m]} - start [{conf} CI]")]]
     rows = []
@@ -106,7 +130,7 @@ def side_by_side(entries: dict[str, dict]) -> tuple[list, list]:
 
     for key, label, better in HEADLINE:
         if key not in ("kl", "distinct_1_per_prompt", "distinct_3_per_prompt"):  # (in the comparison files)
-            add(label, better, lambda e, key=key: e.get(key))
+            add(named.get(key, label), better, lambda e, key=key: e.get(key))
         if key == "toxicity_probability":
             for name in first["judges"]:
                 for metric, what in (("toxicity", "toxicity"), ("expected_max_toxicity", "expected max toxicity"),
@@ -118,8 +142,7 @@ def side_by_side(entries: dict[str, dict]) -> tuple[list, list]:
                  *[c for e in entries.values() for c in (fmt(e["after"]["distinct_2"]),
                                                          f"{e['after']['distinct_2'] - d2:+.4f}")]])
     rows.append(["KL to the start (nats per token; best-of-N: bound per response)", "lower", "0",
-                 *[c for e in entries.values() for c in (
-                     fmt(e["kl_mean"]) if e["kl_bound"] is None else f"<= {e['kl_bound']:.4f} nats", "")]])
+                 *[c for e in entries.values() for c in (kl_cell(e), "")]])
     rows.append(["Guards crossed", "none", "",
                  *[c for e in entries.values() for c in (", ".join(crossed_guards(e["guards"])) or "none", "")]])
     for key, label, spec in (("evaluation_generation", "Evaluation generation (x one sample a response)", "d"),
@@ -130,6 +153,17 @@ def side_by_side(entries: dict[str, dict]) -> tuple[list, list]:
         rows.append([label, "lower", "1" if key == "evaluation_generation" else "0",
                      *[c for e in entries.values() for c in (fmt(e["cost"][key], spec), "")]])
     return header, rows
+
+
+def kl_cell(e: dict) -> str:
+    """The per-token KL to the start; a sampled estimate can dip below 0 (a true KL cannot): shown as about 0, with
+    the estimate. Best-of-N: its bound per response."""
+    if e["kl_bound"] is not None:
+        return f"<= {e['kl_bound']:.4f} nats"
+    kl = e["kl_mean"]
+    if kl is not None and kl < 0:
+        return f"≈0 (estimate {kl:.4f}; sampled estimates can dip below 0)"
+    return fmt(kl)
 
 
 def qualitative(before: list[dict], after: list[dict]) -> list[dict]:
@@ -147,3 +181,59 @@ def histogram_rows(series: dict[str, np.ndarray], columns: list[str]) -> list[di
     counts = {name: np.histogram(values, edges)[0] for name, values in series.items()}
     return [{"toxicity": round(float(edges[i] + edges[i + 1]) / 2, 3),
              **{c: int(counts[c][i]) if c in counts else "" for c in columns}} for i in range(HIST_BINS)]
+
+
+def changed(row: dict) -> bool:
+    """A reward difference the tables show as other than +0.000."""
+    return f"{abs(row['reward_diff']):.3f}" != "0.000"
+
+
+def qualitative_sections(label: str, qual: list[dict], n_rows: int) -> list:
+    """The largest reward gains and losses of `label` against the start, as tables; a table whose rows would all
+    read +0.000 is a sentence instead."""
+    gains = [r for r in qual if changed(r) and r["reward_diff"] > 0][:n_rows]
+    losses = [r for r in qual[::-1] if changed(r) and r["reward_diff"] < 0][:n_rows]
+    every = ("p", f"All {label} samples, sorted by reward diff: qualitative.csv.")
+    if not gains and not losses:
+        return [(f"Reward per sample ({label} vs start)", [
+            ("p", f"No prompt changed: every {label} sample's reward is the start's to 3 decimals."), every])]
+    return [(f"Largest reward gains ({label} vs start, sorted by reward diff)", [
+                ("table", QUAL_COLUMNS, qual_rows(gains)) if gains else ("p", f"No {label} sample's reward rose.")]),
+            ("Largest reward losses", [
+                ("table", QUAL_COLUMNS, qual_rows(losses)) if losses else ("p", f"No {label} sample's reward fell."),
+                every])]
+
+
+def report(entries: dict[str, dict], focus: str, qual: list[dict], params) -> tuple[str, list]:
+    """(title, sections) of the whole report: the answer as its first line, a smoke-sized run said at once, one
+    line per method; then what ran, the guards, the side-by-side table, the figures and the qualitative tables of
+    `focus` (the method the answer names, or the first that ran)."""
+    names = ", ".join(LABELS[m] for m in entries)
+    tox = next(iter(entries.values()))["setup"]["toxicity_label"]
+    note = smoke_note(entries)
+    return answer(entries), [
+        *([(None, [("p", f"**{note}**")])] if note else []),
+        ("Each method against the start", [("list", method_lines(entries))]),
+        ("What ran", [("list", what_ran(entries, params))]),
+        ("Guards against reward hacking", [
+            ("p", "CROSSED flags a warning sign of reward hacking or drift; n/a: the guard cannot fire here (no "
+                  "references, no judges, a judge too weak to see the fall, or best-of-N's KL, which no single policy "
+                  "has)."),
+            ("table", *guard_table(entries))]),
+        (f"Start and {names} side by side", [
+            ("p", "Means over the paired test prompts; each difference to the start has a bootstrap CI over prompts "
+                  "(each prompt's k samples resampled together). 'better' names the good direction. Toxicity is "
+                  f"{tox}. Cost: what training generated and ran (best-of-N: none, but n samples at evaluation)."),
+            ("table", *side_by_side(entries))]),
+        ("Maximum toxicity per prompt", [
+            ("p", "Each point is a prompt: its worst (most toxic) of k samples at the start against after. Below the "
+                  "diagonal, the worst case improved."),
+            ("figure", "max_toxicity_per_prompt.png", "maximum toxicity per prompt, start vs after")]),
+        ("Training curves", [
+            ("p", "PPO's KL is TRL's objective/kl, summed over a response's tokens (nats per response; early steps can "
+                  "dip below 0, an estimate from samples); GRPO's is the k3 estimate per token. The table's KL is per "
+                  "token on the evaluation's samples (an estimate too: about 0 when it dips below)."),
+            ("figure", "training_curves.png", "training curves")]),
+        ("Toxicity per sample", [("figure", "toxicity_hist.png", "toxicity histogram")]),
+        *qualitative_sections(LABELS[focus], qual, params.report.qualitative_rows),
+    ]

@@ -1,6 +1,8 @@
 """Paired statistics for before/after evaluation and the reward-hacking guards."""
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
 
 from .config import GuardSettings
@@ -47,26 +49,47 @@ def improvement_pct(before: float, after: float):
     return None if before == 0 else (before - after) / before * 100
 
 
-def interval_verdict(name: str, ci, lower_is_better: bool, n_pairs: int, min_pairs: int) -> str:
-    """One sentence on whether the interval of the difference excludes zero, and in which direction.
+# What an interval of a difference says: the one reading used by the verdicts, the answer, the colours and publish
+TOO_FEW, NO_WIDTH, NO_CHANGE, DOWN, UP = "too few pairs", "no width", "no change", "down", "up"
 
-    No verdict below `min_pairs` pairs, nor from a degenerate (zero-width) interval: a percentile
-    bootstrap of a few pairs is far too narrow, and of one pair it has no width at all.
-    """
+
+def change(ci, n_pairs: int, min_pairs: int) -> str:
+    """TOO_FEW below `min_pairs` pairs, NO_WIDTH for a degenerate (zero-width) interval: neither is a verdict (a
+    percentile bootstrap of a few pairs is far too narrow, and of one pair it has no width at all); otherwise
+    NO_CHANGE when the interval contains 0, DOWN when it lies below 0, UP when above."""
     lo, hi = ci
     if n_pairs < min_pairs:
+        return TOO_FEW
+    if not hi > lo:
+        return NO_WIDTH
+    return NO_CHANGE if lo <= 0 <= hi else DOWN if hi < 0 else UP
+
+
+def interval_verdict(name: str, ci, lower_is_better: bool, n_pairs: int, min_pairs: int) -> str:
+    """One sentence on whether the interval of the difference excludes zero, and in which direction (`change`)."""
+    lo, hi = ci
+    what = change(ci, n_pairs, min_pairs)
+    if what == TOO_FEW:
         return (f"{name}: {n_pairs} paired prompts are too few to tell a real change from chance "
                 f"(report.min_pairs is {min_pairs}); no verdict.")
-    if not hi > lo:
+    if what == NO_WIDTH:
         return (f"{name}: every resample of the {n_pairs} pairs gave the same difference ({lo:+.4f}), so the "
                 "interval has no width and cannot tell a real change from chance; no verdict.")
-    if lo <= 0 <= hi:
+    if what == NO_CHANGE:
         return (f"{name}: the interval [{lo:+.4f}, {hi:+.4f}] over {n_pairs} pairs contains 0, so the change "
                 "could be chance.")
-    down = hi < 0
-    better = down == lower_is_better
+    better = (what == DOWN) == lower_is_better
     return (f"{name}: the interval [{lo:+.4f}, {hi:+.4f}] over {n_pairs} pairs excludes 0: a real "
-            f"{'decrease' if down else 'increase'} ({'better' if better else 'worse'}).")
+            f"{'decrease' if what == DOWN else 'increase'} ({'better' if better else 'worse'}).")
+
+
+def detectable_fall(start, confidence: float):
+    """The smallest fall of a mean that a paired comparison over these prompts can tell from chance at `confidence`:
+    z * sd / sqrt(n), sd of the per-prompt scores at the start (ddof 1). None below 2 prompts (no sd at all)."""
+    start = np.asarray(start, float)
+    if start.size < 2:
+        return None
+    return float(NormalDist().inv_cdf((1 + confidence) / 2) * start.std(ddof=1) / np.sqrt(start.size))
 
 
 NA = "n/a"  # a guard that cannot fire here (no references, no judges): never reported as held

@@ -1,0 +1,81 @@
+"""The whole run's time, estimated early from a measured rate.
+
+The `baseline` stage is the first that generates. It measures this machine's seconds per generated token (its own
+samples, scored by the reward and the judges) and `log_estimate` prints, before any training starts, how long the
+stages after it will take if they all run: each stage's generated tokens (from params.yaml) times that rate times
+the stage's cost per generated token relative to an evaluation (COST, measured on the offline preset, 2 CPU cores:
+docs/getting-started.md, presets). The estimate is only as good as those ratios; each stage's own progress bar then
+measures its real rate and counts down its time left. It is the time on one process (compute.processes 1).
+"""
+import logging
+import math
+from dataclasses import dataclass
+
+log = logging.getLogger("detox.eta")
+
+# Seconds per generated token in each stage, relative to the baseline evaluation's (generation + reward + judges),
+# measured on the offline preset (SmolLM2-135M, 2 CPU cores, 2026-12-05): a trained policy's evaluation carries its
+# LoRA layers; a PPO or GRPO rollout also pays the reference and value passes and the optimizer step; a DPO pair
+# two sequences' forward and backward passes through policy and reference; best-of-N and DPO's pair sampling
+# generate many samples per prompt and judge only the kept ones. Each stage also starts a process and loads its
+# models (STARTUP seconds on that machine, scaled like the rest).
+COST = {"evaluate": 1.15, "ppo": 2.6, "grpo": 1.95, "dpo_pairs": 0.7, "dpo": 1.1, "best_of_n": 0.6}
+STARTUP = 7.0
+BASELINE_RATE = 71.0 / (280 * 20)  # the measured baseline: 280 samples of 20 tokens in 71 s
+
+
+@dataclass(frozen=True)
+class Part:
+    stage: str
+    tokens: float  # generated (or, for DPO, trained) tokens
+    cost: float  # relative to an evaluation's, per token
+
+    def seconds(self, rate: float) -> float:
+        return self.tokens * self.cost * rate + STARTUP * rate / BASELINE_RATE
+
+
+def _count(value, available: int) -> int:
+    return available if value == "all" else min(int(value), available)
+
+
+def remaining_parts(params, train_prompts: int, test_prompts: int) -> list[Part]:
+    """The work after `baseline`, stage by stage, for the stages that are on."""
+    ev, gen = params.evaluation, params.generation
+    samples = _count(ev.num_samples, test_prompts) * ev.samples_per_prompt
+    eval_tokens = samples * ev.max_new_tokens
+    rollout = (gen.output_min_length + gen.output_max_length) / 2  # tokens, drawn from [min, max) each batch
+    parts = [Part("ppo", params.ppo.max_steps * params.ppo.batch_size * rollout, COST["ppo"]),
+             Part("evaluate_ppo", eval_tokens, COST["evaluate"])]  # PPO always runs (issue: methods as data)
+    if params.grpo.enabled:
+        g = params.grpo
+        parts += [Part("grpo", g.max_steps * g.batch_size * g.group_size * rollout, COST["grpo"]),
+                  Part("evaluate_grpo", eval_tokens, COST["evaluate"])]
+    if params.dpo.enabled:
+        d = params.dpo
+        prompts = _count(d.num_prompts, train_prompts)
+        seen = prompts * d.epochs  # pairs trained on (at most one a prompt), capped by max_steps
+        seen = seen if d.max_steps < 0 else min(seen, d.max_steps * d.batch_size)
+        parts += [Part("dpo_pairs", prompts * d.n * d.max_new_tokens, COST["dpo_pairs"]),
+                  Part("dpo", seen * 2 * d.max_new_tokens, COST["dpo"]),
+                  Part("evaluate_dpo", eval_tokens, COST["evaluate"])]
+    if params.best_of_n.enabled:
+        parts.append(Part("best_of_n", eval_tokens * params.best_of_n.n, COST["best_of_n"]))
+    return parts + [Part("report", 0, 0.0), Part("publish", 0, 0.0)]
+
+
+def _minutes(seconds: float) -> str:
+    return f"{max(1, math.ceil(seconds / 60))} min" if seconds >= 30 else f"{seconds:.0f} s"
+
+
+def log_estimate(params, train_prompts: int, test_prompts: int, seconds: float, tokens: int) -> float:
+    """Print the estimate for the rest of the run from baseline's `seconds` for `tokens` generated tokens; return
+    the estimated seconds left."""
+    if tokens <= 0 or seconds <= 0:
+        return 0.0
+    rate = seconds / tokens
+    parts = remaining_parts(params, train_prompts, test_prompts)
+    left = sum(p.seconds(rate) for p in parts)
+    log.info("estimated time left if every stage after this runs: about %s (%s; from this stage's %.0f ms a "
+             "generated token); each stage's bar then counts down its own", _minutes(left),
+             ", ".join(f"{p.stage} {_minutes(p.seconds(rate))}" for p in parts), 1000 * rate)
+    return left

@@ -1,0 +1,85 @@
+"""A stopped `dvc` stops its stage: the trainer gets SIGTERM when its parent dies, saves a checkpoint at the next step
+boundary and exits writing no output, and the next `dvc repro` resumes. A second trainer on the same folders is
+refused, naming the first."""
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import torch
+from conftest import ENV, dvc, make_repo, run_script
+
+PPO_ARGS = ["--data", "data/prepared", "--sft", "models/sft", "--out", "models/ppo", "--live", "metrics/ppo_train",
+            "--checkpoints", "checkpoints/ppo"]
+
+
+def test_kill_term_of_dvc_alone_stops_the_trainer_at_a_checkpoint_and_repro_resumes(tiny, tmp_path):
+    over = {"policy.adapter": None, "ppo.max_steps": 6, "ppo.checkpoint_every": 2, "dpo.enabled": False}
+    repo = make_repo(tmp_path / "repo", tiny["params"], over)
+    log = tmp_path / "first.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "ppo"], cwd=repo, env=ENV, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    state = repo / "checkpoints/ppo/state.pt"
+    try:
+        deadline = time.time() + 300
+        while not state.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        assert state.exists(), "the run ended before its first checkpoint\n" + log.read_text()
+        stage = [p for p in psutil.Process(proc.pid).children(recursive=True) if "stages/ppo.py" in p.cmdline()]
+        assert stage, "no trainer under dvc"
+        os.kill(proc.pid, signal.SIGTERM)  # dvc alone, as `kill <pid of dvc>` does
+        proc.wait(timeout=10)
+        start = time.time()
+        _, alive = psutil.wait_procs(stage, timeout=30)
+        assert not alive, f"the trainer outlived its dvc: {[p.pid for p in alive]}"
+        print(f"the trainer stopped {time.time() - start:.1f} s after its dvc")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    step = torch.load(state, weights_only=True)["step"]
+    assert 2 < step < 6, step  # saved at the step boundary after the SIGTERM, not at a checkpoint_every step
+    assert f"stopped: SIGTERM (the `dvc` that started this stage ended, or a kill) after step {step} of 6: a " \
+           f"checkpoint at step {step} is in checkpoints/ppo; no output written" in text, text
+    assert not (repo / "models/ppo").exists() and not (repo / "metrics/ppo_train").exists()  # nothing half-written
+    assert not list((repo / "models").glob(".*.tmp")) and not list((repo / "metrics").glob(".*.tmp"))
+
+    out = dvc("repro", "ppo", cwd=repo)
+    assert f"resuming from checkpoint at step {step} of 6" in out.stdout + out.stderr
+    assert json.loads((repo / "metrics/ppo_train/train.json").read_text())["steps_done"] == 6
+    assert (repo / "models/ppo/adapter_model.safetensors").is_file()
+    assert not (repo / "checkpoints/ppo").exists()
+
+
+HOLD = "import sys, time; from detoxkit.io import hold; hold(*sys.argv[1:]); print('held', flush=True); time.sleep(600)"
+
+
+def test_a_second_trainer_on_the_same_folders_is_refused_naming_the_first(workdir, tmp_path):
+    d = shutil.copytree(workdir, tmp_path / "w")
+    stale = d / "metrics/.ppo_train.abc123.tmp"  # the live first run's temporary: the second must leave it alone
+    stale.mkdir(parents=True)
+    first = subprocess.Popen([sys.executable, "-c", HOLD, "checkpoints/ppo", "models/ppo", "metrics/ppo_train"], cwd=d,
+                             env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline() == "held\n"
+        proc = run_script(d, "ppo.py", *PPO_ARGS, check=False)
+        assert proc.returncode == 2
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert errors == [proc.stderr.strip().splitlines()[-1]]
+        assert errors[0].startswith(
+            f"error: checkpoints/ppo is in use by process {first.pid} ({os.path.basename(sys.executable)} -c "
+            "checkpoints/ppo models/ppo metrics/ppo_train), which holds checkpoints/.ppo.lock"), errors
+        assert f"`kill {first.pid}`" in errors[0]
+        assert stale.is_dir() and not (d / "models/ppo").exists()
+    finally:
+        first.kill()  # SIGKILL: no cleanup runs, and the OS releases the lock
+        first.wait()
+    again = subprocess.run([sys.executable, "-c", HOLD.replace("time.sleep(600)", "pass"), "checkpoints/ppo"], cwd=d,
+                           env=ENV, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and again.stdout == "held\n", again.stderr
