@@ -81,8 +81,9 @@ def save_checkpoint(path: Path, step: int, history: list[dict], inputs: dict, st
 def checkpoint_step(engine, resume: Resume, done: int, every: int, max_steps: int):
     """Called by a training loop after each step (`done` steps so far): the main process saves a checkpoint every
     `every` steps (0: never), none at `max_steps` (the outputs follow). After a SIGTERM (the `dvc` that started the
-    stage ended: io.run_stage) it saves one now and stops the stage, writing no output; from the first call on, a
-    SIGTERM waits for this boundary (before it, there is nothing to save and the stage stops at once)."""
+    stage ended: io.run_stage) it saves one now and stops the stage, writing no output; from the first call on
+    (before its save), a SIGTERM waits for a step boundary (before it, there is nothing to save: the stage stops)."""
+    wait_for_step()  # first: a SIGTERM during the save below waits for it (no half-written state.pt.tmp)
     stop = stop_asked()
     if engine.is_main and every and done < max_steps and (stop or done % every == 0):
         save_checkpoint(resume.dir, done, resume.history, resume.inputs, engine.state_dict())
@@ -91,7 +92,6 @@ def checkpoint_step(engine, resume: Resume, done: int, every: int, max_steps: in
             f"the last checkpoint in {resume.dir} (if any) is kept"
         raise Stopped(f"SIGTERM (the `dvc` that started this stage ended, or a kill) after step {done} of "
                       f"{max_steps}: {kept}; no output written. `dvc repro` resumes from it")
-    wait_for_step()
 
 
 def read_checkpoint(path: Path, inputs: Callable[[], dict], max_steps: int, key: str = "ppo.max_steps") -> Optional[dict]:

@@ -8,20 +8,20 @@ docs/getting-started.md, presets). The estimate is only as good as those ratios;
 measures its real rate and counts down its time left. It is the time on one process (compute.processes 1).
 """
 import logging
-import math
 from dataclasses import dataclass
 
 log = logging.getLogger("detox.eta")
 
 # Seconds per generated token in each stage, relative to the baseline evaluation's (generation + reward + judges),
-# measured on the offline preset (SmolLM2-135M, 2 CPU cores, 2026-12-05): a trained policy's evaluation carries its
-# LoRA layers; a PPO or GRPO rollout also pays the reference and value passes and the optimizer step; a DPO pair
-# two sequences' forward and backward passes through policy and reference; best-of-N and DPO's pair sampling
-# generate many samples per prompt and judge only the kept ones. Each stage also starts a process and loads its
-# models (STARTUP seconds on that machine, scaled like the rest).
-COST = {"evaluate": 1.15, "ppo": 2.6, "grpo": 1.95, "dpo_pairs": 0.7, "dpo": 1.1, "best_of_n": 0.6}
+# measured on the offline preset (SmolLM2-135M, 2 CPU cores, two runs on 2026-12-05, averaged; the whole estimate
+# came within 15% of the time taken): a trained policy's evaluation carries its LoRA layers; a PPO or GRPO rollout
+# also pays the reference and value passes and the optimizer step; a DPO pair two sequences' forward and backward
+# passes through policy and reference; best-of-N and DPO's pair sampling generate many samples per prompt and judge
+# only the kept ones. Each stage also starts a process and loads its models (STARTUP seconds on that machine,
+# scaled like the rest).
+COST = {"evaluate": 1.25, "ppo": 2.8, "grpo": 2.1, "dpo_pairs": 0.78, "dpo": 1.27, "best_of_n": 0.63}
 STARTUP = 7.0
-BASELINE_RATE = 71.0 / (280 * 20)  # the measured baseline: 280 samples of 20 tokens in 71 s
+BASELINE_RATE = 0.0116  # seconds a generated token in those runs' baselines (12.7 and 10.5 ms)
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ def remaining_parts(params, train_prompts: int, test_prompts: int) -> list[Part]
     return parts + [Part("report", 0, 0.0), Part("publish", 0, 0.0)]
 
 
-def _minutes(seconds: float) -> str:
-    return f"{max(1, math.ceil(seconds / 60))} min" if seconds >= 30 else f"{seconds:.0f} s"
+def _minutes(seconds: float, digits: int = 0) -> str:
+    return f"{seconds / 60:.{digits}f} min" if seconds >= 30 else f"{seconds:.0f} s"
 
 
 def log_estimate(params, train_prompts: int, test_prompts: int, seconds: float, tokens: int) -> float:
@@ -77,5 +77,5 @@ def log_estimate(params, train_prompts: int, test_prompts: int, seconds: float, 
     left = sum(p.seconds(rate) for p in parts)
     log.info("estimated time left if every stage after this runs: about %s (%s; from this stage's %.0f ms a "
              "generated token); each stage's bar then counts down its own", _minutes(left),
-             ", ".join(f"{p.stage} {_minutes(p.seconds(rate))}" for p in parts), 1000 * rate)
+             ", ".join(f"{p.stage} {_minutes(p.seconds(rate), 1)}" for p in parts), 1000 * rate)
     return left
