@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import (ENV, ROOT, changed_stages, check_model_card_snippet, check_modes, copy_repo, dvc, finite, ran_stages,
                       run_script, set_params, sh)
 
@@ -776,3 +777,45 @@ def test_queued_sweep_runs_two_experiments(ran, tmp_path):
     for name, confidence in (("q-a", 0.9), ("q-b", 0.8)):  # each ran its own report
         dvc("exp", "apply", name, cwd=repo)
         assert json.loads((repo / "metrics/compare/ppo.json").read_text())["confidence"] == confidence
+
+
+def _output_files(repo):
+    """Every file of every stage output dvc.yaml declares, with its bytes."""
+    found = {}
+    for stage in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"].values():
+        for out in stage.get("outs", []):
+            path = repo / (out if isinstance(out, str) else next(iter(out)))
+            for f in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+                found[str(f.relative_to(repo))] = f.read_bytes()
+    return found
+
+
+def _unmeasured(node):
+    """A JSON value without what is measured rather than computed: wall times, memory, their totals."""
+    import re
+
+    if isinstance(node, dict):
+        return {k: _unmeasured(v) for k, v in node.items() if not re.search(r"wall|seconds|_s$|time|memory|peak", k)}
+    return [_unmeasured(v) for v in node] if isinstance(node, list) else node
+
+
+# Files that show measured time or memory in their text (the report and the card print the cost table).
+MEASURED_TEXT = ("reports/", "models/detoxified/README.md")
+
+
+def test_every_stage_run_twice_on_identical_inputs_writes_the_same_bytes(ran, tmp_path):
+    """`dvc repro -f` (every stage again, nothing changed) rewrites every output byte for byte, but for measured
+    wall times and memory: a JSON file that differs differs in those keys alone, and only the report and the
+    card, which print them, differ in their text."""
+    repo = copy_repo(ran, tmp_path / "repo")
+    before = _output_files(repo)
+    dvc("repro", "-f", cwd=repo)
+    after = _output_files(repo)
+    assert set(after) == set(before) and len(before) > 50
+    differ = sorted(k for k in before if before[k] != after[k])
+    assert any(k.startswith("models/ppo/") for k in before) and not [k for k in differ if k.startswith("models/ppo")]
+    for name in differ:
+        if name.endswith(".json"):
+            assert _unmeasured(json.loads(before[name])) == _unmeasured(json.loads(after[name])), name
+        else:
+            assert name.startswith(MEASURED_TEXT), (name, differ)
