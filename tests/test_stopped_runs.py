@@ -23,8 +23,10 @@ def test_kill_term_of_dvc_alone_stops_the_trainer_at_a_checkpoint_and_repro_resu
     repo = make_repo(tmp_path / "repo", tiny["params"], over)
     log = tmp_path / "first.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "ppo"], cwd=repo, env=ENV, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        # SHELL=/bin/sh: on Debian dash, which forks the stage command rather than exec'ing it, so the trainer's
+        # parent is a shell that outlives dvc (bash execs it: the trainer's parent is dvc itself)
+        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "ppo"], cwd=repo, env={**ENV, "SHELL": "/bin/sh"},
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     state = repo / "checkpoints/ppo/state.pt"
     try:
         deadline = time.time() + 300
@@ -43,6 +45,7 @@ def test_kill_term_of_dvc_alone_stops_the_trainer_at_a_checkpoint_and_repro_resu
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     text = log.read_text()
+    assert state.exists(), "the trainer ran on after its dvc ended\n" + text
     step = torch.load(state, weights_only=True)["step"]
     assert 2 < step < 6, step  # saved at the step boundary after the SIGTERM, not at a checkpoint_every step
     assert f"stopped: SIGTERM (the `dvc` that started this stage ended, or a kill) after step {step} of 6: a " \

@@ -54,7 +54,7 @@ def run_stage(main: Callable[[], None], parallel: bool = False):
             log.info("compute.processes %d: starting %s under torchrun", processes, sys.argv[0])
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
                    sys.argv[0], *sys.argv[1:]]
-            child = subprocess.Popen(cmd, preexec_fn=_end_with_parent if _LINUX else None)
+            child = subprocess.Popen(cmd, preexec_fn=_pdeathsig if _LINUX else None)
             signal.signal(signal.SIGTERM, lambda *_: child.terminate())  # torchrun passes it on to each process
             sys.exit(2 if child.wait() else 0)
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -95,26 +95,51 @@ def wait_for_step():
 
 
 def _end_with_parent():
-    """Have this process sent SIGTERM when its parent (dvc; torchrun's launcher) dies, so that no stage runs on,
-    unseen by DVC, after it: prctl(PR_SET_PDEATHSIG) on Linux, elsewhere a thread that watches the parent's pid."""
+    """Have this process sent SIGTERM when the `dvc` (or torchrun launcher) that started it dies, so that no stage
+    runs on, unseen by DVC, after it. The parent: prctl(PR_SET_PDEATHSIG) on Linux. The `dvc` itself when the parent
+    is the shell it ran the command with and that shell forked rather than exec'd (dash, DVC's shell where $SHELL
+    is unset or /bin/sh, lives on when dvc dies), and every parent off Linux: a thread that watches it."""
+    _pdeathsig()
+    owner = _owner()
+    if owner is None or (_LINUX and owner.pid == os.getppid()):
+        return
+    import threading
+    import time
+
+    def watch():
+        while owner.is_running():  # psutil: a reused pid does not count as the same process
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
+def _pdeathsig():
+    """SIGTERM to this process when its parent dies (Linux; safe in a preexec_fn: no thread, no allocation)."""
     if _LINUX:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
         if os.getppid() == 1 and not _dvc_is_init():  # the parent died before the line above
             os.kill(os.getpid(), signal.SIGTERM)
-        return
-    import threading
-    import time
 
-    parent = os.getppid()
 
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(1)
-        os.kill(os.getpid(), signal.SIGTERM)
+_SHELLS = {"sh", "dash", "bash", "zsh", "fish", "ksh", "mksh", "busybox"}
 
-    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+def _owner():
+    """The process whose end ends this one: the parent, or the parent's parent when the parent is a `SHELL -c`
+    wrapper; None when it cannot be told."""
+    import psutil
+
+    try:
+        parent = psutil.Process().parent()
+        cmd = parent.cmdline() if parent else []
+        if cmd and os.path.basename(cmd[0]) in _SHELLS and "-c" in cmd[1:]:
+            return parent.parent() or parent
+        return parent
+    except psutil.Error:
+        return None
 
 
 def _dvc_is_init() -> bool:
