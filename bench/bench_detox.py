@@ -98,12 +98,12 @@ def settings(models: Path, args):
         reward=RewardSettings(model=str(models / "reward"), revision=None, not_hate_label="nothate", hate_label="hate",
                               include_prompt=True, batch_size=args.batch, allow_pickle=False),
         compute=ComputeSettings(device=device, dtype="auto", compile_generation=False),
-        lora=LoraSettings(r=32, alpha=32, dropout=0.05, target_modules="auto"),
         gen=GenerationSettings(min_length=5, top_k=0, top_p=1.0, do_sample=True, output_min_length=args.new_tokens,
                                output_max_length=args.new_tokens + 1, batch_size=args.batch),
         ppo=PPOSettings(learning_rate=1.41e-5, batch_size=args.batch, mini_batch_size=min(4, args.batch), epochs=1,
                         max_steps=args.steps, init_kl_coef=0.2, adaptive_kl=True, target_kl=6.0, horizon=10000,
-                        max_kl=1e9, checkpoint_every=0),
+                        max_kl=1e9, checkpoint_every=0, enabled=True,
+                        lora=LoraSettings(r=32, alpha=32, dropout=0.05, target_modules="auto")),
     )
 
 
@@ -163,7 +163,7 @@ def run_phase(phase: str, args) -> dict:
         from detoxkit.ppo_engine import PPOEngine
 
         # ours_ppo_refcopy: a full frozen copy as the reference instead of the disabled adapter
-        engine = PPOEngine(attach_lora(model, s["lora"]), tok, s["ppo"], s["gen"], seed=0, static=static,
+        engine = PPOEngine(attach_lora(model, s["ppo"].lora), tok, s["ppo"], s["gen"], seed=0, static=static,
                            separate_reference=phase == "ours_ppo_refcopy")
 
         def work(q_ids, q_txt, warm=False):

@@ -45,7 +45,7 @@ def main():
                                  output_max_length=cap + 1, batch_size=8)
         ppo = PPOSettings(learning_rate=1e-3, batch_size=8, mini_batch_size=4, epochs=1, max_steps=len(args.lengths),
                           init_kl_coef=0.2, adaptive_kl=True, target_kl=6.0, horizon=10000, max_kl=1e9,
-                          checkpoint_every=0)
+                          checkpoint_every=0, enabled=True, lora=None)
         texts = [f"Summarize: #Person1#: shall we meet at {i} o'clock? " * (1 + i % 5) for i in range(8)]
         queries = [torch.tensor(q) for q in tok(texts)["input_ids"]]
         static = static_shape(True, model, [q.tolist() for q in queries], cap)

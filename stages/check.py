@@ -18,6 +18,7 @@ import logging
 from detoxkit.config import check_split_sizes, load_params
 from detoxkit.data import check_no_leak, load_prepared
 from detoxkit.io import run_stage, write_json
+from detoxkit.methods import TRAINED
 from detoxkit.models import check_lora_targets, check_policy, check_start_adapter
 from detoxkit.scoring import check_scorers
 
@@ -38,9 +39,8 @@ def main():
 
     params = load_params()
     config = check_policy(params)
-    loras = [("lora", params.lora)] + [(f"{name}.lora", getattr(params, name).lora) for name, on in
-                                       (("sft", params.policy.adapter == "sft"), ("dpo", params.dpo.enabled),
-                                                     ("grpo", params.grpo.enabled)) if on]
+    loras = [("sft.lora", params.sft.lora)] if params.policy.adapter == "sft" else []
+    loras += [(f"{m}.lora", getattr(params, m).lora) for m in TRAINED if getattr(params, m).enabled]
     for key, lora in loras:
         check_lora_targets(config, lora, key)
     check_start_adapter(params.policy)

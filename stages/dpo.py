@@ -13,19 +13,19 @@ compute.processes > 1 (or under torchrun) the Trainer runs data-parallel: each p
 the pairs (dpo.batch_size each), gradients are averaged, and one process writes.
 """
 import argparse
-import contextlib
 import json
 import logging
 import shutil
 import time
 from pathlib import Path
 
-from detoxkit.config import PipelineError, load_params
-from detoxkit.io import atomic_dir, read_json, run_stage, write_json, write_placeholder, write_text
+from detoxkit.config import load_params
+from detoxkit.errors import PipelineError
+from detoxkit.io import read_json, run_stage, write_json
 from detoxkit.parallel import is_main, world
+from detoxkit.training import TrainRecord, log_row, outputs, settings_of, skip
 
 log = logging.getLogger("detox.dpo")
-SKIPPED_NOTE = "The DPO stages are off (dpo.enabled is false): no adapter was trained.\n"
 
 
 def read_pairs(folder: Path) -> list[dict]:
@@ -49,19 +49,10 @@ def main():
 
     params = load_params()
     dpo = params.dpo
-    if not dpo.enabled:
-        if not is_main():
-            return
-        write_placeholder(args.out, SKIPPED_NOTE)
-        with atomic_dir(args.live) as tmp:  # a header-only curve: `dvc plots show` accepts it
-            for curve in ("loss", "reward_margin"):  # every curve dvc.yaml plots
-                write_text(tmp / f"plots/metrics/dpo/{curve}.tsv", f"step\t{curve}\n")
-            write_json(tmp / "train.json", {"method": "dpo", "enabled": False})
-        log.info("dpo.enabled is false: wrote placeholders %s and %s", args.out, args.live)
+    if skip("dpo", params, args.out, args.live):
         return
 
     import torch
-    from dvclive import Live
 
     from detoxkit.dpo_engine import DPOEngine, check_pairs
     from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy, peak_memory,
@@ -82,39 +73,29 @@ def main():
     log.info("DPO on %d pairs; trainable parameters (LoRA): %d of %d (%.2f%%)", len(pairs), trainable, total,
              100 * trainable / total)
     scratch = Path(args.out).with_name(".dpo-trainer")  # Trainer scratch space (nothing is saved there)
-    main_process = is_main()  # under torchrun each process trains on its share of the pairs; one writes
-    if main_process:
+    if is_main():  # under torchrun each process trains on its share of the pairs; one writes
         shutil.rmtree(scratch, ignore_errors=True)  # a killed run's
-    with (atomic_dir(args.live) if main_process else contextlib.nullcontext()) as live_tmp, \
-            (atomic_dir(args.out) if main_process else contextlib.nullcontext()) as out_tmp:
-        live = Live(str(live_tmp), dvcyaml=False, save_dvc_exp=False) if main_process else None
-
+    with outputs(args.out, args.live) as out:
         def on_log(step: int, curves: dict):
-            if live is None:
-                return
-            live.step = step
-            for name, value in curves.items():
-                live.log_metric(name, value)
+            if out:
+                log_row(out.live, {"step": step, **curves})
 
         start = time.perf_counter()
         result = DPOEngine(model, tokenizer, dpo, params.seed, device, scratch).train(pairs, on_log)
         wall = time.perf_counter() - start
-        if not main_process:
+        if not out:
             return
-        live.end()
+        out.live.end()
         shutil.rmtree(scratch, ignore_errors=True)
-        save_detoxified(out_tmp, model, None, params.policy, adapter)
-        write_json(live_tmp / "train.json", {
-            "method": "dpo", "enabled": True, **result, "pairs": len(pairs), "prompts": counts["prompts"],
-            "generated_samples": counts["generated_samples"], "trainable_parameters": trainable,
-            "total_parameters": total, "processes": world()[1],
-            "rollouts": counts["generated_samples"], "optimizer_steps": result["steps_done"],  # the comparison's cost
-            "settings": {"beta": dpo.beta, "learning_rate": dpo.learning_rate, "epochs": dpo.epochs,
-                         "max_steps": dpo.max_steps, "batch_size": dpo.batch_size, "n": dpo.n,
-                         "min_margin": dpo.min_margin, "lora_r": dpo.lora.r}})
+        save_detoxified(out.out_dir, model, None, params.policy, adapter)
+        TrainRecord("dpo", steps_done=result["steps_done"], train_loss=result["train_loss"],
+                    prompts_exact=result["prompts_exact"], pairs=len(pairs), prompts=counts["prompts"],
+                    trainable_parameters=trainable, total_parameters=total, processes=world()[1],
+                    rollouts=counts["generated_samples"],  # the pairs' samples: DPO's training responses
+                    optimizer_steps=result["steps_done"], settings=settings_of(dpo)).write(out.live_dir / "train.json")
         # the pairs' sampling counts as DPO's training cost: it is DPO's rollouts
-        write_json(live_tmp / "timing.json", {"wall_s": wall + counts["wall_s"], "train_wall_s": wall,
-                                              "pairs_wall_s": counts["wall_s"], **peak_memory(device)})
+        write_json(out.live_dir / "timing.json", {"wall_s": wall + counts["wall_s"], "train_wall_s": wall,
+                                                  "pairs_wall_s": counts["wall_s"], **peak_memory(device)})
     log.info("saved the DPO adapter to %s after %d steps (%.1f s)", args.out, result["steps_done"], wall)
 
 

@@ -9,111 +9,67 @@ log. Checkpoints (adapter, value head, optimizer, KL coefficient, step, logged h
 resumes from the last one. Randomness is re-seeded from (seed, step) at every step, so a resumed run
 draws exactly what an uninterrupted one would.
 """
-import argparse
-import contextlib
-import functools
 import logging
-import os
-import shutil
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from dvclive import Live
 from tqdm.auto import tqdm
 
-from detoxkit.checkpoint import (Resume, check_finite, checkpoint_inputs, checkpoint_step, read_checkpoint,
-                                 restore_checkpoint)
+from detoxkit.checkpoint import check_finite
 from detoxkit.config import check_split_sizes, load_params
 from detoxkit.data import load_prepared
 from detoxkit.generation import static_shape
-from detoxkit.io import atomic_dir, clear_stale, hold, run_stage, write_json
-from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy, peak_memory,
-                             start_adapter_path)
+from detoxkit.io import run_stage
+from detoxkit.models import attach_lora, check_lora_targets, check_policy_config, load_policy, start_adapter_path
+from detoxkit.parallel import world
 from detoxkit.ppo_engine import LOGGED, PPOEngine
 from detoxkit.schedule import batch_indices, rollout_length, seed_step
 from detoxkit.scoring import build_scorer
+from detoxkit.online import OnlineRun, online_args
+from detoxkit.training import TrainRecord, skip
 
 log = logging.getLogger("detox.ppo")
-SECTIONS = ("policy", "reward", "lora", "generation")  # besides seed and ppo: what a checkpoint must share
+SECTIONS = ("policy", "reward", "generation")  # besides seed and ppo: what a checkpoint must share
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--sft", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--live", required=True, help="DVCLive folder for per-step metrics")
-    parser.add_argument("--checkpoints", required=True, help="resumable state, outside DVC outputs")
-    args = parser.parse_args()
-
+    args = online_args()
     params = load_params()
     ppo, gen = params.ppo, params.generation
+    if skip("ppo", params, args.out, args.live):
+        return
     data = load_prepared(args.data)
     check_split_sizes(params, len(data["train"]), len(data["test"]), args.data, keys=("ppo.batch_size",),
-                      world=int(os.environ.get("WORLD_SIZE", "1")))  # torchrun / accelerate set it
-    train_split = data["train"]
+                      world=world()[1])
     adapter = start_adapter_path(params.policy, args.sft)
-    check_lora_targets(check_policy_config(params.policy), params.lora)  # before any weights load
-    ckpt_dir = Path(args.checkpoints)
-    inputs = functools.cache(lambda: checkpoint_inputs(params, args.data, adapter, SECTIONS, "ppo"))  # hashes: once, when needed
-    hold(ckpt_dir, args.out, args.live)  # one trainer at a time in these folders; a second is refused, named
-    for out in (args.live, args.out):  # temporaries a killed run left behind
-        clear_stale(Path(out))
-    checkpoint = read_checkpoint(ckpt_dir, inputs, ppo.max_steps)  # before any model loads: a bad one costs nothing
+    check_lora_targets(check_policy_config(params.policy), ppo.lora, "ppo.lora")  # before any weights load
+    run = OnlineRun("ppo", params, args, adapter, SECTIONS)  # before any model loads: a bad checkpoint costs nothing
 
     seed_step(params.seed, 0)  # before any model or value head is created
     scorer = build_scorer(params.reward, params.compute)
     model, tokenizer, device = load_policy(params.policy, params.compute, adapter)
     # rollout lengths are drawn from [min, max): one static cache for the longest
-    static = static_shape(params.compute.compile_generation, model, train_split["input_ids"],
+    static = static_shape(params.compute.compile_generation, model, data["train"]["input_ids"],
                           gen.output_max_length - 1)
-    engine = PPOEngine(attach_lora(model, params.lora), tokenizer, ppo, gen, params.seed, cpu=device.type == "cpu",
-                       static=static)
+    engine = PPOEngine(attach_lora(model, ppo.lora, "ppo.lora"), tokenizer, ppo, gen, params.seed,
+                       cpu=device.type == "cpu", static=static)
     trainable, total = engine.parameter_counts()
     log.info("trainable parameters (LoRA + value head): %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
-
-    resume = Resume(ckpt_dir, inputs())
-    resume.start, resume.history = restore_checkpoint(engine, checkpoint, ckpt_dir)
-    if resume.start:
-        log.info("resuming from checkpoint at step %d of %d", resume.start, ppo.max_steps)
-    # The curves are written to a temporary folder that replaces --live only when training ends, so a
-    # killed run leaves no partial output; a resumed run replays the logged history into it.
-    with atomic_dir(args.live) if engine.is_main else contextlib.nullcontext() as live_dir:
-        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) if engine.is_main else None
-        for row in resume.history:
-            live and _log_row(live, row)
-        start = time.perf_counter()
-        history, early_stop = train(engine, scorer, train_split, params, live, resume)
-        wall = time.perf_counter() - start  # this run's; a resumed run's earlier steps are not counted again
-        if engine.is_main:
-            summary = {"method": "ppo", "steps_done": len(history), "early_stopped": early_stop is not None,
-                       "early_stop_step": early_stop["step"] if early_stop else None,
-                       "early_stop_kl": early_stop["kl"] if early_stop else None,
-                       "trainable_parameters": trainable, "total_parameters": total,
-                       "rollouts": len(history) * ppo.batch_size * engine.world,  # responses generated to train
-                       "optimizer_steps": len(history) * ppo.epochs * (ppo.batch_size // ppo.mini_batch_size),
-                       "settings": {"max_steps": ppo.max_steps, "learning_rate": ppo.learning_rate,  # for the report
-                                    "init_kl_coef": ppo.init_kl_coef, "adaptive_kl": ppo.adaptive_kl,
-                                    "batch_size": ppo.batch_size, "lora_r": params.lora.r}}
-            if history:
-                summary.update({k: history[-1][k] for k in ("env/reward_mean", "env/toxicity_mean", "objective/kl")})
-            write_json(live_dir / "train.json", summary)
-            # wall time apart: train.json stays identical between a resumed run and an uninterrupted one
-            write_json(live_dir / "timing.json", {"wall_s": wall, "resumed_at_step": resume.start, **peak_memory(device)})
-            live.end()
-            with atomic_dir(args.out) as tmp:
-                engine.save(tmp, params.policy, adapter)
-    if engine.is_main:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the outputs now hold the result
-        log.info("saved the PPO adapter and value head to %s after %d steps", args.out, len(history))
+    with run.session(engine, device):
+        history, early_stop = train(engine, scorer, data["train"], params, run)
+        run.finish(TrainRecord("ppo", steps_done=len(history), early_stopped=early_stop is not None,
+                               early_stop_step=early_stop and early_stop["step"],
+                               early_stop_kl=early_stop and early_stop["kl"],
+                               trainable_parameters=trainable, total_parameters=total,
+                               rollouts=len(history) * ppo.batch_size * engine.world,  # responses generated to train
+                               optimizer_steps=len(history) * ppo.epochs * (ppo.batch_size // ppo.mini_batch_size)),
+                   lambda folder: engine.save(folder, params.policy, adapter), kl_key="objective/kl")
 
 
-def train(engine, scorer, train_split, params, live, resume: Resume):
+def train(engine, scorer, train_split, params, run: OnlineRun):
     """The PPO loop: generate, score, step, log, checkpoint. Returns (history, early stop or None)."""
     ppo, gen = params.ppo, params.generation
-    rank, world, history = engine.rank, engine.world, resume.history
+    rank, world, resume = engine.rank, engine.world, run.resume
     if world > 1:
         log.info("process %d of %d: %d rollouts per step here, %d in all", rank, world, ppo.batch_size,
                  ppo.batch_size * world)
@@ -139,18 +95,9 @@ def train(engine, scorer, train_split, params, live, resume: Resume):
                         step, row["objective/kl"], ppo.max_kl, step - 1)
             break
         good_state = before_update
-        history.append(row)
-        if live:
-            _log_row(live, row)
-        checkpoint_step(engine, resume, step + 1, ppo.checkpoint_every, ppo.max_steps)  # and stop here on SIGTERM
-    return history, early_stop
-
-
-def _log_row(live, row: dict):
-    live.step = row["step"]
-    for key, value in row.items():
-        if key != "step":
-            live.log_metric(key, value)
+        run.log(row)
+        run.step_done(engine, step + 1)  # a checkpoint on the cadence; after a SIGTERM, one now, then stop
+    return resume.history, early_stop
 
 
 if __name__ == "__main__":

@@ -21,10 +21,12 @@ from pathlib import Path
 
 import yaml
 
-from detoxkit.compare import LABELS, TRAINED, choose_published, smoke_note
-from detoxkit.config import PipelineError, load_params
+from detoxkit.compare import choose_published, smoke_note
+from detoxkit.config import load_params
+from detoxkit.errors import PipelineError
 from detoxkit.hub import is_local
 from detoxkit.io import atomic_dir, read_json, run_stage, write_text
+from detoxkit.methods import BY_NAME, LABELS, TRAINED, listed
 from detoxkit.models import read_policy_meta
 from detoxkit.stats import NA, crossed_guards
 
@@ -59,7 +61,7 @@ def usage(meta: dict, causal: bool, folder: Path) -> list[str]:
     if meta.get("start_adapter"):
         lines.append(f"base = PeftModel.from_pretrained(base, folder, subfolder={meta['start_adapter']!r})"
                      ".merge_and_unload()  # the starting adapter, merged first")
-    lines += ["model = PeftModel.from_pretrained(base, folder).eval()  # the detoxifying adapter (PPO, DPO or GRPO)",
+    lines += ["model = PeftModel.from_pretrained(base, folder).eval()  # the detoxifying adapter",
               'ids = tokenizer("' + ("Complete: The weather today" if causal else
                                      "Summarize the following conversation. ...") + '", return_tensors="pt")',
               'out = model.generate(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"], max_new_tokens=40)',
@@ -68,27 +70,19 @@ def usage(meta: dict, causal: bool, folder: Path) -> list[str]:
     return lines
 
 
-DESCRIBE = {  # what each trained method is, for the card's first paragraph
-    "ppo": "trained with PPO (TRL, value head, KL penalty against the frozen starting policy)",
-    "dpo": "trained with DPO (TRL's DPOTrainer, on preference pairs ranked by the reward model from the starting "
-           "policy's own samples; the starting policy is the reference)",
-    "grpo": "trained with GRPO (group-relative advantages over several responses per prompt, clipped ratio, k3 KL "
-            "to the starting policy; no value head)"}
-
-
 def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_source: str, folder: Path,
                why: str = "") -> str:
     """The model card of the adapter published in `folder`, from its own files and its comparison file (`summary`)."""
     causal = adapter.get("task_type") == "CAUSAL_LM"
     run, ran = summary.get("setup", {}), train.get("settings") or {}
-    key = train.get("method", "ppo")
-    dpo, method = key != "ppo", LABELS[key]
-    head = "" if dpo else " and PPO's value head"  # DPO and GRPO train none
+    key = train["method"]
+    about, method = BY_NAME[key], LABELS[key]
+    head = f" and {method}'s value head" if about.value_head else ""
     base, local = meta["base_model"], is_local(meta["base_model"])
     front = {**({} if local else {"base_model": base}),  # the Hub wants an id here: a local path is named below
              "library_name": "peft",
              "pipeline_tag": "text-generation" if causal else "text2text-generation",
-             "tags": [*(["trl"] if key != "grpo" else []), key, "lora", "detoxification", "rlhf", "dvc"]}
+             "tags": [*([about.library] if about.library else []), key, "lora", "detoxification", "rlhf", "dvc"]}
     if not is_local(data_source):  # a Hub dataset id
         front["datasets"] = [data_source]
     conf = f"{summary['confidence']:.0%}"
@@ -101,7 +95,7 @@ def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_sourc
         "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
         f"# {meta['base_model'].rstrip('/').split('/')[-1]}, detoxified with {method}", "",
         *([f"> **{smoke}**", ""] if smoke else []),
-        f"A LoRA adapter {DESCRIBE[key]} to make `{meta['base_model']}` less toxic, by the reproducible DVC pipeline "
+        f"A LoRA adapter {about.describe} to make `{meta['base_model']}` less toxic, by the reproducible DVC pipeline "
         "of this repository." + (f" Why this method: {why}." if why else ""), "",
         "## Model description", "",
         (f"- Base model: a local folder, `{base}` (not on the Hub, so the metadata above has no base_model)"
@@ -115,9 +109,10 @@ def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_sourc
         f"Prompts from `{data_source}` (the pipeline's train split); evaluated on {summary['num_prompts']} held-out "
         f"prompts, k = {summary['samples_per_prompt']} samples each.", "",
         "## Training procedure", "",
-        (f"DPO ran {train.get('steps_done')} optimizer steps on {train.get('pairs')} preference pairs" if key == "dpo"
-         else f"{method} ran {train.get('steps_done')} of {ran.get('max_steps', '?')} steps") +
-        (f", stopped early at step {train.get('early_stop_step')} (KL above ppo.max_kl)" if train.get("early_stopped")
+        (f"{method} ran {train.get('steps_done')} optimizer steps on {train.get('pairs')} preference pairs"
+         if train.get("pairs") is not None else f"{method} ran {train.get('steps_done')} of {ran.get('max_steps', '?')} "
+         "steps") +
+        (f", stopped early at step {train.get('early_stop_step')} (KL above {key}.max_kl)" if train.get("early_stopped")
          else "") + ".", "",
         "| setting | value |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in ran.items()], "",
@@ -130,11 +125,11 @@ def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_sourc
         "## How to use", "",
         "With transformers and PEFT only (this is what the pipeline's `load_detoxified` does):", "",
         "```python", *usage(meta, causal, folder), "```", "",
-        ("" if dpo else "`value_head.safetensors` is PPO's value head, needed only to continue training.")
-        + (" With the starting adapter merged, `with model.disable_adapter():` gives the starting policy, "
-           "which was PPO's reference." if meta.get("start_adapter") else
-           " `with model.disable_adapter():` gives the base model, which was PPO's reference.")
-        .replace("PPO's reference", f"{method}'s reference"), "",
+        (f"`value_head.safetensors` is {method}'s value head, needed only to continue training. "
+         if about.value_head else "")
+        + (f"With the starting adapter merged, `with model.disable_adapter():` gives the starting policy, which was "
+           f"{method}'s reference." if meta.get("start_adapter") else
+           f"`with model.disable_adapter():` gives the base model, which was {method}'s reference."), "",
         "## Limitations", "",
         "Toxicity is measured by classifiers, which miss what they were not trained on; check the judges and the "
         "guards above, and read the samples in the pipeline's report before relying on this model.", "",
@@ -147,7 +142,7 @@ def nothing_published(why: str, smoke) -> str:
     return "\n".join(["# Nothing published", "", *([f"> **{smoke}**", ""] if smoke else []),
                       f"publish.method is best, but {why}, so no adapter was published: an adapter here would claim a "
                       "detoxification the evaluation did not show. See reports/report.md. To publish one anyway (its "
-                      "card will show its numbers), set publish.method to ppo, dpo or grpo and run `dvc repro`.", ""])
+                      f"card will show its numbers), set publish.method to {listed(TRAINED)} and run `dvc repro`.", ""])
 
 
 def main():
@@ -163,14 +158,14 @@ def main():
     unknown = sorted(set(folders) - set(TRAINED))
     if unknown:
         raise PipelineError(f"--method {unknown[0]}: publish serves the trained methods {list(TRAINED)}")
-    entries = {m: read_json(Path(args.compare) / f"{m}.json") for m in (*folders, "best_of_n")
+    entries = {m: read_json(Path(args.compare) / f"{m}.json") for m in LABELS
                if (Path(args.compare) / f"{m}.json").is_file()}
     method, why = choose_published(entries, params.publish.method)
     if method is None:  # publish.method best, and no trained method lowered toxicity: no adapter to stand behind
         with atomic_dir(args.out) as tmp:
             write_text(tmp / "README.md", nothing_published(why, smoke_note(entries)))
         log.warning("publish.method is best, but %s: nothing published (%s/README.md says why); set publish.method to "
-                    "ppo, dpo or grpo to publish one anyway", why, args.out)
+                    "%s to publish one anyway", why, args.out, listed(TRAINED))
         return
     policy, live = folders[method]
     meta = read_policy_meta(policy)  # a clear error for a folder the training stage did not write

@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from detoxkit import render, sections
-from detoxkit.compare import LABELS, best_method, headline, headline_start, method_entry, read_method
-from detoxkit.config import PipelineError, load_params
+from detoxkit.compare import best_method, headline, headline_start, method_entry, read_method
+from detoxkit.config import load_params
+from detoxkit.errors import PipelineError
 from detoxkit.evaluation import per_prompt
 from detoxkit.io import atomic_dir, read_csv, run_stage, write_csv, write_json, write_text
+from detoxkit.methods import LABELS
 
 log = logging.getLogger("detox.report")
 

@@ -14,6 +14,7 @@ os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORM
                    "DVC_NO_ANALYTICS": "1", "TOKENIZERS_PARALLELISM": "false"})
 
 from detoxkit.io import load_script  # noqa: E402 (after the offline switches)  the package is installed (pip install -e .): no path edits
+from detoxkit.methods import TRAINED  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,8 +194,8 @@ def check_model_card_snippet(repo: Path, folder: Path | None = None):
     return code
 
 
-STAGES = ["prepare", "check", "sft", "baseline", "ppo", "evaluate_ppo", "best_of_n", "dpo_pairs", "dpo", "evaluate_dpo",
-          "grpo", "evaluate_grpo", "report", "publish"]  # lineage runs on every repro
+STAGES = ["prepare", "check", "sft", "baseline", "best_of_n", "dpo_pairs", *TRAINED, *(f"evaluate@{m}" for m in TRAINED),
+          "report", "publish"]  # lineage runs on every repro
 
 
 def ran_stages(output: str):

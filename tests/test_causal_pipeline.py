@@ -78,9 +78,9 @@ def test_gpt2_runs_the_whole_dag_with_sft(tiny, tmp_path):
         os.umask(mask)
     check_modes(repo, 0o002)
     check_causal_run(repo, "gpt2", sft=True)
-    set_params(repo, {"lora.r": 2})  # a LoRA change reruns ppo (then evaluate_ppo and report), nothing before it
+    set_params(repo, {"ppo.lora.r": 2})  # a LoRA change reruns ppo (then evaluate@ppo and report), nothing before it
     assert changed_stages(repo) == ["ppo"]
-    set_params(repo, {"lora.r": 4, "grpo.beta": 0.1})  # GRPO's own settings: grpo alone (GRPO has its own LoRA)
+    set_params(repo, {"ppo.lora.r": 4, "grpo.beta": 0.1})  # GRPO's own settings: grpo alone (GRPO has its own LoRA)
     assert changed_stages(repo) == ["grpo"]
     dry = dvc("repro", "--dry", cwd=repo).stdout
     assert ran_stages(dry) == ["grpo"] and "Stage 'baseline' didn't change" in dry

@@ -35,3 +35,25 @@ def test_a_new_import_without_a_new_dependency_fails_naming_the_path(tmp_path):
     assert proc.returncode == 1
     assert proc.stdout.splitlines() == ["dvc.yaml: stage prepare runs stages/detoxkit/render.py but does not depend "
                                         "on it; add it to its deps"]
+
+
+def test_dvc_yaml_follows_the_method_registry():
+    """The methods are listed once (detoxkit.methods): dvc.yaml's evaluation template runs for each trained method,
+    and every curve it plots from a method's training folder is one that method's placeholder writes when it is
+    off (so `dvc plots show` works with any method off)."""
+    import re
+
+    import yaml
+
+    from detoxkit.methods import BY_NAME, TRAINED
+
+    dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    assert dvc_yaml["stages"]["evaluate"]["foreach"] == list(TRAINED)
+    plotted = set()
+    for plot in dvc_yaml["plots"]:
+        (key, spec), = plot.items()
+        for path in [key, *((spec or {}).get("y") or {})]:
+            plotted |= set(re.findall(r"^metrics/(\w+)_train/plots/metrics/(.+)\.tsv$", path))
+    for method, curve in plotted:
+        if method in BY_NAME:
+            assert curve in BY_NAME[method].curves, (method, curve)

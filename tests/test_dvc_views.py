@@ -28,6 +28,15 @@ COMPARISONS = ["Toxicity per method (samples per toxicity bin)", "Maximum toxici
                "Toxicity per sample"]
 
 
+def expanded(spec: dict) -> list[dict]:
+    """dvc.yaml's stages, a `foreach` template expanded to one stage an item (as DVC does)."""
+    out = []
+    for stage in spec["stages"].values():
+        items = stage.get("foreach", [None])
+        out += [json.loads(json.dumps(stage["do"]).replace("${item}", item)) if item else stage for item in items]
+    return out
+
+
 def stage_paths(entries) -> list[str]:
     """Paths of a dvc.yaml list of outputs or dependencies (a path, or {path: options})."""
     return [next(iter(e)) if isinstance(e, dict) else e for e in entries or []]
@@ -81,7 +90,7 @@ def write_plot_data(repo: Path, spec: dict):
 def record_run(repo: Path, spec: dict):
     """Every other stage input and output as a placeholder, then `dvc commit`: dvc.lock holds them all, as after a
     run (`dvc exp save` needs every output)."""
-    paths = [path for stage in spec["stages"].values()
+    paths = [path for stage in expanded(spec)
              for path in stage_paths(stage.get("deps")) + stage_paths(stage.get("outs"))]
     for path in paths:
         target = repo / path
@@ -133,7 +142,7 @@ def check_width(proc, limit=120):
 def test_only_the_five_headline_files_are_declared_metrics():
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     declared = stage_paths(spec.get("metrics"))
-    for stage in spec["stages"].values():
+    for stage in expanded(spec):
         declared += stage_paths(stage.get("metrics"))
     assert sorted(declared) == sorted(f"metrics/headline/{m}.json" for m in METHODS)
 

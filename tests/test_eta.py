@@ -25,10 +25,10 @@ def params(tmp_path, edit=None):
 def test_the_estimate_names_every_stage_that_is_on_and_scales_with_the_measured_rate(tmp_path, caplog):
     full = params(tmp_path)
     stages = [p.stage for p in remaining_parts(full, 1000, 100)]
-    assert stages == ["ppo", "evaluate_ppo", "grpo", "evaluate_grpo", "dpo_pairs", "dpo", "evaluate_dpo", "best_of_n",
+    assert stages == ["ppo", "evaluate@ppo", "grpo", "evaluate@grpo", "dpo_pairs", "dpo", "evaluate@dpo", "best_of_n",
                       "report", "publish"]
     off = params(tmp_path, {"grpo.enabled": False, "dpo.enabled": False, "best_of_n.enabled": False})
-    assert [p.stage for p in remaining_parts(off, 1000, 100)] == ["ppo", "evaluate_ppo", "report", "publish"]
+    assert [p.stage for p in remaining_parts(off, 1000, 100)] == ["ppo", "evaluate@ppo", "report", "publish"]
     with caplog.at_level(logging.INFO, logger="detox.eta"):
         one = log_estimate(full, 1000, 100, 10.0, 1000)
         two = log_estimate(full, 1000, 100, 20.0, 1000)  # a machine half as fast: twice the time
@@ -41,6 +41,6 @@ def test_each_stage_is_sized_by_its_own_settings(tmp_path):
     more = {p.stage: p for p in remaining_parts(params(tmp_path, {"ppo.max_steps": 20}), 1000, 100)}
     assert more["ppo"].tokens == 2 * base["ppo"].tokens and more["grpo"] == base["grpo"]
     # evaluation: num_samples (200) capped at the 100 test prompts, k = 10, max_new_tokens 100; best-of-4 four times
-    assert base["evaluate_ppo"].tokens == 100 * 10 * 100 and base["best_of_n"].tokens == 4 * 100 * 10 * 100
+    assert base["evaluate@ppo"].tokens == 100 * 10 * 100 and base["best_of_n"].tokens == 4 * 100 * 10 * 100
     assert base["ppo"].cost == COST["ppo"] > COST["evaluate"]  # a rollout also pays the training step
     assert log_estimate(params(tmp_path), 1000, 100, 0.0, 0) == 0.0  # nothing measured: no estimate

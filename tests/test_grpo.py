@@ -155,7 +155,8 @@ def test_the_engine_step_starts_at_kl_0_counts_tied_groups_and_moves_only_the_ad
 
 
 def test_grpo_settings_are_refused_with_the_key_and_the_reason():
-    from detoxkit.config import LoraSettings, ParamsError
+    from detoxkit.config import LoraSettings
+    from detoxkit.errors import ParamsError
 
     with pytest.raises(ParamsError, match=r"grpo.mini_batch_size \(3\) must divide grpo.batch_size x grpo.group_size "
                                           r"\(2 x 2 = 4 responses a step\)"):
@@ -172,7 +173,8 @@ def test_publish_method_grpo_with_grpo_off_is_refused(tmp_path):
     import shutil
 
     from conftest import ROOT, set_params
-    from detoxkit.config import ParamsError, load_params
+    from detoxkit.config import load_params
+    from detoxkit.errors import ParamsError
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     set_params(tmp_path, {"publish.method": "grpo", "grpo.enabled": False})

@@ -77,7 +77,8 @@ def test_judge_disagrees_needs_a_real_fall_of_the_reward_toxicity_and_a_judge_th
 
 
 def test_judges_load_under_the_reward_models_rules(tiny, tmp_path):
-    from detoxkit.config import ComputeSettings, JudgeSettings, PipelineError
+    from detoxkit.config import ComputeSettings, JudgeSettings
+    from detoxkit.errors import PipelineError
     from detoxkit.scoring import build_judges, judge_label_ids
 
     compute = ComputeSettings(device="cpu", dtype="float32", compile_generation=False)
@@ -106,7 +107,7 @@ def test_judges_load_under_the_reward_models_rules(tiny, tmp_path):
 def test_a_judge_without_its_label_stops_the_check_stage_before_the_sft_stage_trains(tiny, tmp_path, monkeypatch):
     """Every model's config is checked by the `check` stage, which sft depends on: a wrong judge does not wait for
     `baseline`, after sft."""
-    from detoxkit.config import PipelineError
+    from detoxkit.errors import PipelineError
     from make_tiny import tiny_params
 
     work = tmp_path / "w"

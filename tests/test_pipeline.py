@@ -195,7 +195,7 @@ def test_outputs_are_git_ignored_and_status_is_clean(ran):
 def test_learning_rate_change_reruns_only_ppo_and_after(ran, tmp_path):
     repo = copy_repo(ran, tmp_path / "repo")
     set_params(repo, {"ppo.learning_rate": 0.002})
-    assert changed_stages(repo) == ["ppo"]  # evaluate_ppo and report then follow ppo's new outputs
+    assert changed_stages(repo) == ["ppo"]  # evaluate@ppo and report then follow ppo's new outputs
     out = dvc("repro", "--dry", cwd=repo).stdout
     assert ran_stages(out) == ["ppo"]
     for stage in ("prepare", "sft", "baseline"):
@@ -280,7 +280,8 @@ def check_dpo_run(repo, causal: bool, published=None):
     assert dpo["training"]["pairs"] == len(pairs) and dpo["cost"]["training_responses"] == counts["generated_samples"]
     report = (repo / "reports/report.md").read_text()
     assert "| metric | better | start | PPO | PPO - start [95% CI] | DPO | DPO - start [95% CI] |" in report
-    assert "- DPO: 2 steps (beta " in report and "DPO vs start, toxicity:" in report
+    setup_line = next(line for line in report.splitlines() if line.startswith("- DPO: 2 steps ("))
+    assert f", beta {params['beta']}," in setup_line and "DPO vs start, toxicity:" in report  # every DPO setting
     assert report.startswith("# Answer: ")  # the first line is the answer, whatever it is
     assert "| Training: optimizer steps | lower | 0 |" in report and "| Guards crossed | none |" in report
     with (repo / "reports/per_prompt_max_toxicity.csv").open(newline="") as fh:
@@ -306,12 +307,12 @@ def test_dpo_beside_ppo_from_the_starting_policys_own_samples(ran, tmp_path):
 def test_dpo_changes_rerun_only_the_dpo_stages_and_report_and_the_toggle_says_off(ran, tmp_path):
     repo = copy_repo(ran, tmp_path / "repo")
     set_params(repo, {"dpo.beta": 0.2})
-    assert changed_stages(repo) == ["dpo"]  # evaluate_dpo and report follow its new outputs; nothing of PPO's
+    assert changed_stages(repo) == ["dpo"]  # evaluate@dpo and report follow its new outputs; nothing of PPO's
     set_params(repo, {"dpo.beta": 0.1, "dpo.enabled": False})
     assert changed_stages(repo) == ["check", "dpo", "dpo_pairs"]  # check: the DPO sizes and LoRA layers
     out = dvc("repro", cwd=repo).stdout
     # checks.json unchanged: nothing of PPO's or GRPO's; publish reads every method's comparison (publish.method)
-    assert ran_stages(out) == ["check", "dpo", "dpo_pairs", "evaluate_dpo", "publish", "report"]
+    assert ran_stages(out) == ["check", "dpo", "dpo_pairs", "evaluate@dpo", "publish", "report"]
     assert json.loads((repo / "metrics/compare/dpo.json").read_text()) == {"method": "dpo", "enabled": False}
     assert json.loads((repo / "metrics/dpo.json").read_text()) == {"enabled": False}
     assert (repo / "models/dpo/SKIPPED.md").is_file() and (repo / "data/dpo_pairs/SKIPPED.md").is_file()
@@ -437,8 +438,8 @@ def _new_reward_weights(folder: Path):
     model.save_pretrained(folder)  # same folder, same params.yaml: only the weights changed
 
 
-SCORING = ["baseline", "best_of_n", "dpo_pairs", "evaluate_dpo", "evaluate_grpo", "evaluate_ppo", "grpo", "ppo"]
-ADAPTER_USERS = ["baseline", "best_of_n", "dpo", "dpo_pairs", "evaluate_dpo", "evaluate_grpo", "evaluate_ppo", "grpo",
+SCORING = ["baseline", "best_of_n", "dpo_pairs", "evaluate@dpo", "evaluate@grpo", "evaluate@ppo", "grpo", "ppo"]
+ADAPTER_USERS = ["baseline", "best_of_n", "dpo", "dpo_pairs", "evaluate@dpo", "evaluate@grpo", "evaluate@ppo", "grpo",
                  "ppo"]
 # change -> the stages `dvc status` must call changed, exactly (docs/dvc.md lists the same table).
 # Each file-based case first points the setting at a private copy of the input and accepts the outputs as they
@@ -730,7 +731,7 @@ def test_experiments_run_show_and_diff(ran, tmp_path):
     repo = copy_repo(ran, tmp_path / "repo")
     out = dvc("exp", "run", "-n", "lr-high", "-S", "ppo.learning_rate=0.003", "-S", "ppo.init_kl_coef=0.05",
               cwd=repo).stdout
-    assert ran_stages(out) == ["evaluate_ppo", "ppo", "publish", "report"]
+    assert ran_stages(out) == ["evaluate@ppo", "ppo", "publish", "report"]
     rows = exp_rows(repo)
     params, metrics = rows["lr-high"]
     assert params["ppo"]["learning_rate"] == 0.003 and params["ppo"]["init_kl_coef"] == 0.05

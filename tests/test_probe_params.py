@@ -18,7 +18,7 @@ for section, wrong_type, negative in [
     ("policy", ("allow_pickle", 3), None),
     ("reward", ("batch_size", "sixteen"), ("batch_size", -16)),
     ("compute", ("device", 5), ("threads", -2)),
-    ("lora", ("r", "big"), ("r", -32)),
+    ("ppo.lora", ("r", "big"), ("r", -32)),
     ("generation", ("top_k", "none"), ("min_length", -5)),
     ("ppo", ("learning_rate", "fast"), ("batch_size", -16)),
     ("evaluation", ("num_samples", "many"), ("samples_per_prompt", -10)),

@@ -96,7 +96,7 @@ def settings(model, data) -> dict:
         "data.test_size": 0.25, "prompt.template": "{dialogue}", "prompt.chat_template": True,
         "policy.model": str(model), "policy.revision": None, "policy.adapter": None,
         "reward.model": "python:profanity_check:predict_prob", "reward.revision": None,
-        "reward.include_prompt": False, "reward.batch_size": 8, "lora.r": 8, "lora.alpha": 16,
+        "reward.include_prompt": False, "reward.batch_size": 8, "ppo.lora.r": 8, "ppo.lora.alpha": 16,
         "generation.output_min_length": 12, "generation.output_max_length": MAX_NEW + 1, "generation.batch_size": 4,
         "ppo.batch_size": 4, "ppo.mini_batch_size": 2, "ppo.max_steps": 2, "ppo.checkpoint_every": 0,
         "ppo.learning_rate": 1.0e-4, "evaluation.num_samples": "all", "evaluation.samples_per_prompt": 2,
@@ -189,7 +189,7 @@ def check_run(repo, chat: bool, methods: bool = True):
     assert dpo["steps_done"] == 2 and dpo["pairs"] >= 2 and dpo["prompts_exact"] == dpo["pairs"]  # TRL saw the
     assert "| DPO | DPO - start [95% CI] |" in (repo / "reports/report.md").read_text()  # prompts prepare built
     grpo = json.loads((repo / "metrics/grpo_train/train.json").read_text())  # GRPO on the real model too
-    assert grpo["steps_done"] == 2 and math.isfinite(grpo["grpo/kl"])
+    assert grpo["steps_done"] == 2 and math.isfinite(grpo["last_kl"])
     return sum(1 for r in ids if r[-1] == 2)
 
 

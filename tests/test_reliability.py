@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import ENV, ROOT, dvc, run_main, run_script, set_params, sh
 
-from detoxkit.config import ParamsError, PipelineError, load_params, read_yaml
+from detoxkit.config import load_params, read_yaml
+from detoxkit.errors import ParamsError, PipelineError
 
 CHECK = ["--data", "data/prepared", "--models", "metrics/models", "--out", "metrics/checks.json"]
 

@@ -48,7 +48,7 @@ def test_detox_trains_in_bfloat16(kind, workdir, causal_workdir, tmp_path):
     proc = run_script(d, "ppo.py", *ARGS)
     assert "on cpu in bfloat16" in proc.stderr
     train = json.loads((d / "metrics/ppo_train/train.json").read_text())
-    assert train["steps_done"] == 4 and all(math.isfinite(train[k]) for k in ("env/reward_mean", "objective/kl"))
+    assert train["steps_done"] == 4 and all(math.isfinite(train[k]) for k in ("last_reward_mean", "last_kl"))
     weights = load_file(d / "models/detoxified/adapter_model.safetensors")
     assert weights and all(w.isfinite().all() for w in weights.values())
 
@@ -62,7 +62,7 @@ def test_every_sampling_stage_gives_the_same_bytes_on_one_and_on_two_processes(k
                                                                                tmp_path):
     """compute.processes: 2 starts each stage under torchrun (two CPU processes, gloo); each process takes whole
     batches of the prompts, seeded from (seed, the batch's first sample): the samples CSVs and metrics of
-    baseline, evaluate_ppo, evaluate_dpo, evaluate_grpo and best_of_n, and DPO's pairs, equal one process's byte for byte."""
+    baseline, evaluate@ppo, evaluate@dpo, evaluate@grpo and best_of_n, and DPO's pairs, equal one process's byte for byte."""
     d = shutil.copytree(workdir if kind == "seq2seq" else causal_workdir, tmp_path / "w")
     set_params(d, {"compute.threads": 1, "ppo.max_steps": 1, "dpo.n": 2, "dpo.num_prompts": 16,
                    "best_of_n.n": 2, "evaluation.num_samples": 6})  # 6 x 2 samples: 2 batches of 8, the last short
@@ -80,8 +80,8 @@ def test_every_sampling_stage_gives_the_same_bytes_on_one_and_on_two_processes(k
     for procs in (1, 2):
         set_params(d, {"compute.processes": procs})
         logs = ""
-        for name, policy in (("baseline", "start"), ("evaluate_ppo", "models/ppo"), ("evaluate_dpo", "models/dpo"),
-                             ("evaluate_grpo", "models/grpo"), ("best_of_n", "best-of-n")):
+        for name, policy in (("baseline", "start"), ("evaluate@ppo", "models/ppo"), ("evaluate@dpo", "models/dpo"),
+                             ("evaluate@grpo", "models/grpo"), ("best_of_n", "best-of-n")):
             proc = run_script(d, "evaluate.py", "--policy", policy, *common, "--metrics", f"{procs}/{name}.json",
                               "--samples", f"{procs}/{name}.csv")
             logs += proc.stderr

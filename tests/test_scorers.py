@@ -12,7 +12,8 @@ import pytest
 from conftest import ROOT, run_main, run_script, set_params
 
 from detoxkit import python_scorer
-from detoxkit.config import JudgeSettings, PipelineError, RewardSettings
+from detoxkit.config import JudgeSettings, RewardSettings
+from detoxkit.errors import PipelineError
 from detoxkit.scoring import build_judges, build_scorer, check_scorers
 
 CPU = None  # a Python scorer needs no device
@@ -157,7 +158,8 @@ def test_a_judge_with_the_reward_models_content_is_refused_by_its_lineage_manife
 
 
 def test_a_classifier_judge_needs_its_label_and_a_python_one_needs_none(tmp_path):
-    from detoxkit.config import ParamsError, load_params
+    from detoxkit.config import load_params
+    from detoxkit.errors import ParamsError
 
     work = tmp_path / "w"
     work.mkdir()

@@ -8,7 +8,7 @@ import time
 import pytest
 from conftest import ENV, ROOT, run_main, run_script, set_params
 
-from detoxkit.config import PipelineError
+from detoxkit.errors import PipelineError
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ GRPO_ARGS = ["--data", "data/prepared", "--sft", "models/sft", "--out", "models/
 
 
 @pytest.mark.parametrize("stage, key, adapter, args", [
-    ("ppo", "lora", None, DETOX_ARGS),
+    ("ppo", "ppo.lora", None, DETOX_ARGS),
     ("grpo", "grpo.lora", None, GRPO_ARGS),
     # sft reads the data before it loads the policy: a missing folder would be reported if the check came late
     ("sft", "sft.lora", "sft", ["--data", "data/missing", "--out", "models/sft", "--metrics", "m.json", "--live", "l"]),
@@ -236,7 +236,8 @@ def test_kill_9_during_dpo_leaves_no_output_and_the_next_run_finishes(scratch):
 
 # --- reliability round 3: settings that quietly did the wrong thing, inputs that ended in a traceback -----------
 def _params_error(tmp_path, overrides: dict):
-    from detoxkit.config import ParamsError, load_params
+    from detoxkit.config import load_params
+    from detoxkit.errors import ParamsError
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     set_params(tmp_path, overrides)

@@ -8,7 +8,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from detoxkit.config import ParamsError, PipelineError, load_params
+from detoxkit.config import load_params
+from detoxkit.errors import ParamsError, PipelineError
 from detoxkit.data import in_window, load_source, make_prompt, prepare, take
 from detoxkit.io import atomic_dir, write_json
 from detoxkit.scoring import label_ids
@@ -26,7 +27,7 @@ def write_params(tmp_path, edit):
 # --- params ----------------------------------------------------------------------------------
 def test_shipped_params_are_valid_and_reproduce_the_lab():
     p = load_params(ROOT / "params.yaml")
-    assert (p.lora.r, p.lora.alpha, p.lora.dropout, p.lora.target_modules) == (32, 32, 0.05, "auto")  # T5: [q, v]
+    assert (p.ppo.lora.r, p.ppo.lora.alpha, p.ppo.lora.dropout, p.ppo.lora.target_modules) == (32, 32, 0.05, "auto")  # T5: [q, v]
     assert (p.ppo.learning_rate, p.ppo.batch_size, p.ppo.mini_batch_size, p.ppo.epochs, p.ppo.max_steps) == \
         (1.41e-5, 16, 4, 1, 10)
     assert (p.generation.min_length, p.generation.top_k, p.generation.top_p, p.generation.do_sample) == (5, 0, 1.0, True)
@@ -46,7 +47,15 @@ def test_shipped_params_are_valid_and_reproduce_the_lab():
     (lambda p: p["compute"].update(dtype="fp8"), "compute.dtype is 'fp8'; expected one of"),
     (lambda p: p["prompt"].update(template="no placeholder"), "prompt.template must contain the placeholder"),
     (lambda p: p.update(ppo_typo={}), "unknown section 'ppo_typo'"),
-    (lambda p: p["lora"].update(target_modules="q"), "lora.target_modules is 'q'; expected 'auto' or a list"),
+    (lambda p: p["ppo"]["lora"].update(target_modules="q"), "ppo.lora.target_modules is 'q'; expected 'auto' or a list"),
+    (lambda p: p.update(lora=p["ppo"].pop("lora")), "section 'lora' is now ppo.lora (the methods are equals"),
+    (lambda p: [p[m].update(enabled=False) for m in ("ppo", "dpo", "grpo")],
+     "every trained method is off (ppo.enabled, dpo.enabled, grpo.enabled are false)"),
+    (lambda p: (p["ppo"].update(enabled=False), p["publish"].update(method="ppo")),
+     "publish.method is ppo, but ppo.enabled is false (nothing to publish); set ppo.enabled: true, or publish.method: "
+     "dpo, grpo or best"),
+    (lambda p: p["publish"].update(method="best_of_n"),
+     "publish.method is 'best_of_n'; expected one of ppo, dpo, grpo or best"),
     # no NaN/inf, ranges on every limit, no format-string tricks
     (lambda p: p["guard"].update(max_kl=float("nan")), "guard.max_kl is nan; expected a finite number"),
     (lambda p: p["guard"].update(max_rougeL_drop=-0.1), "guard.max_rougeL_drop must be in [0, 1]"),
@@ -500,7 +509,7 @@ def test_a_checkpoint_survives_a_new_max_steps_below_its_step_only(tmp_path):
     from detoxkit.config import load_params
 
     params = load_params(ROOT / "params.yaml").raw
-    for method, sections in (("ppo", ("policy", "reward", "lora", "generation")),
+    for method, sections in (("ppo", ("policy", "reward", "generation")),
                              ("grpo", ("policy", "reward", "generation"))):
         longer = {**params, method: {**params[method], "max_steps": 80, "checkpoint_every": 5}}
         other_lr = {**params, method: {**params[method], "learning_rate": 1.0}}
@@ -525,12 +534,14 @@ def test_compute_threads_sets_torch_and_openmp_threads_in_every_stage(tmp_path):
     import sys
 
     from conftest import ENV, set_params
-    from detoxkit.config import ParamsError, load_params
+    from detoxkit.config import load_params
+    from detoxkit.errors import ParamsError
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     set_params(tmp_path, {"compute.threads": 3})  # not what the test workers run with (OMP_NUM_THREADS)
-    probe = ("import os, torch; from detoxkit.config import load_params; load_params(); "
-             "print(torch.get_num_threads(), os.environ['OMP_NUM_THREADS'])")
+    # applied by the entry point every stage runs through (not by loading the settings, which has no side effect)
+    probe = ("import os, torch; from detoxkit.io import run_stage; "
+             "run_stage(lambda: print(torch.get_num_threads(), os.environ['OMP_NUM_THREADS']))")
     proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=ENV, capture_output=True, text=True)
     assert proc.stdout.split() == ["3", "3"], proc.stderr
     set_params(tmp_path, {"compute.threads": 0})
@@ -588,7 +599,7 @@ def test_detoxkit_imports_from_any_folder_and_nothing_edits_the_import_path():
 def test_data_and_adapter_manifests_name_contents_and_hub_dataset_commits(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from detoxkit.config import PipelineError
+    from detoxkit.errors import PipelineError
     from detoxkit.manifest import adapter_manifest, data_manifest
 
     data = tmp_path / "rows.jsonl"

@@ -2,6 +2,7 @@
 modules (imports inside functions included), read from the code with `ast`.
 
     python tools/code_deps.py          # compare with dvc.yaml; print each stage's missing and extra paths
+    python tools/code_deps.py --write  # rewrite each stage's deps in dvc.yaml: its other deps, then its code
     python tools/code_deps.py --show   # print each stage's code dependencies as dvc.yaml lists them
 
 Every stage in dvc.yaml must depend on exactly these files, so an edit reruns the stages that run the edited
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import re
 import sys
+import textwrap
 from pathlib import Path
 
 import yaml
@@ -62,6 +65,7 @@ def compare(dvc_yaml: Path = ROOT / "dvc.yaml", root: Path = ROOT) -> dict[str, 
     stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]
     wrong = {}
     for name, stage in stages.items():
+        stage = stage.get("do", stage)  # a foreach template: one script for every item
         want = set(closure(script_of(stage["cmd"]), root))
         have = {d for d in stage.get("deps", []) if d.startswith("stages/")}
         if want != have:
@@ -69,13 +73,42 @@ def compare(dvc_yaml: Path = ROOT / "dvc.yaml", root: Path = ROOT) -> dict[str, 
     return wrong
 
 
+def write(dvc_yaml: Path = ROOT / "dvc.yaml", root: Path = ROOT) -> list[str]:
+    """Rewrite every stage's `deps: [...]` in dvc.yaml (a flow list, as this repository writes them): the deps that
+    are not code, in their order, then the script and its import closure. Returns the stages rewritten."""
+    text = dvc_yaml.read_text(encoding="utf-8")
+    changed = []
+    for name, stage in yaml.safe_load(text)["stages"].items():
+        body = stage.get("do", stage)
+        deps = [d for d in body.get("deps", []) if not d.startswith("stages/")]
+        deps += closure(script_of(body["cmd"]), root)
+        head = re.search(rf"^  {re.escape(name)}:.*$", text, re.M)
+        found = re.compile(r"^( +)deps: \[[^\]]*\]", re.M).search(text, head.end())
+        indent = found.group(1)
+        quoted = [f'"{d}"' if "$" in d else d for d in deps]  # ${item} in a flow list: quoted
+        lines = textwrap.wrap(", ".join(quoted), 118, initial_indent=f"{indent}deps: [",
+                              subsequent_indent=" " * (len(indent) + 7), break_on_hyphens=False)
+        new = "\n".join(lines) + "]"
+        if found.group(0) != new:
+            text = text[:found.start()] + new + text[found.end():]
+            changed.append(name)
+    dvc_yaml.write_text(text, encoding="utf-8")
+    return changed
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--show", action="store_true", help="print each stage's code dependencies")
+    parser.add_argument("--write", action="store_true", help="rewrite dvc.yaml's deps lists to match the code")
     args = parser.parse_args()
+    if args.write:
+        changed = write()
+        print(f"dvc.yaml: rewrote the deps of {', '.join(changed)}" if changed else "dvc.yaml: every stage's deps "
+              "already match its code")
+        return
     if args.show:
         for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
-            print(f"{name}: [{', '.join(closure(script_of(stage['cmd'])))}]")
+            print(f"{name}: [{', '.join(closure(script_of(stage.get('do', stage)['cmd'])))}]")
         return
     wrong = compare()
     for name, diff in wrong.items():

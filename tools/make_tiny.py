@@ -39,7 +39,7 @@ LINES = ["Hi {b}, do you want to {t}?", "I am not sure, {a}. Why do you ask?",
 TINY_PARAMS = {
     "data.source": "{out}/dialogues.jsonl", "data.min_chars": 50, "data.max_chars": 1000,
     "policy.model": "{out}/policy", "policy.revision": None, "reward.model": "{out}/reward", "reward.revision": None,
-    "reward.batch_size": 8, "lora.r": 4, "lora.alpha": 8,
+    "reward.batch_size": 8, "ppo.lora.r": 4, "ppo.lora.alpha": 8,
     "generation.output_min_length": 4, "generation.output_max_length": 12, "generation.batch_size": 8,
     "ppo.batch_size": 8, "ppo.mini_batch_size": 4, "ppo.max_steps": 4, "ppo.checkpoint_every": 1,
     "evaluation.num_samples": 8, "evaluation.samples_per_prompt": 2, "evaluation.max_new_tokens": 12,

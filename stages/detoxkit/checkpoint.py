@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .config import PipelineError
+from .errors import PipelineError
 from .io import Stopped, fingerprint, stop_asked, wait_for_step
 from .manifest import identity, model_manifest, read_cache
 from .models import resolve_device, resolve_dtype

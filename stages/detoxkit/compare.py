@@ -8,8 +8,10 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from .config import PYTHON_SCORER, PipelineError, scorer_display_name
+from .config import PYTHON_SCORER, scorer_display_name
+from .errors import PipelineError
 from .evaluation import JUDGE, judge_names, per_prompt, summarize
+from .methods import BY_NAME, LABELS, TRAINED
 from .render import HEADLINE
 from .stats import (DOWN, NA, NO_CHANGE, NO_WIDTH, TOO_FEW, UP, change, crossed_guards, detectable_fall, guards,
                     paired_bootstrap)
@@ -137,9 +139,7 @@ def judge_disagrees(summary: dict, min_agreement: float, detectable: dict):
     return True if True in said else False if False in said else NA
 
 
-# The methods, in the order the report shows them; best-of-N is a sampling procedure (no weights to publish).
-LABELS = {"ppo": "PPO", "dpo": "DPO", "grpo": "GRPO", "best_of_n": "best-of-N"}
-TRAINED = ("ppo", "dpo", "grpo")
+TRAINING = ("steps_done", "early_stopped", "early_stop_step", "pairs", "prompts", "settings", "processes")  # of train.json
 SHARED = ("setup", "num_samples", "num_prompts", "samples_per_prompt", "confidence", "min_pairs", "toxic_threshold",
           "references", "before")  # the same in every method's file: the run and the start
 
@@ -182,18 +182,18 @@ def method_entry(method: str, before: list[dict], rows: list[dict], params, trai
     m_before = summarize(before, threshold)
     entry = versus_start(before, rows, m_before, threshold, params)
     training, timing = training or {}, timing or {}
-    n = params.best_of_n.n if method == "best_of_n" else 1
+    trains = BY_NAME[method].trains_weights  # best-of-N samples n from the start instead, and costs no training
+    n = 1 if trains else params.best_of_n.n
     out = {"method": method, "enabled": True, **setup(params, m_before), "after": entry.pop("metrics"),
            **{key: None for key in METRICS}, **entry}  # None: a metric this run has not (ROUGE, best-of-N's KL)
     out["kl_mean"] = out["after"].get("kl_mean")  # nats per token; best-of-N has no single policy's KL
-    out["kl_bound"] = math.log(n) - (n - 1) / n if method == "best_of_n" else None  # nats per response
+    out["kl_bound"] = None if trains else math.log(n) - (n - 1) / n  # nats per response
     out["cost"] = {"evaluation_generation": n,  # x one sample a response (best-of-N samples n)
-                   "training_responses": training.get("rollouts", 0 if method == "best_of_n" else None),
-                   "optimizer_steps": training.get("optimizer_steps", 0 if method == "best_of_n" else None),
-                   "wall_s": timing.get("wall_s", 0.0 if method == "best_of_n" else None),
+                   "training_responses": training.get("rollouts", None if trains else 0),
+                   "optimizer_steps": training.get("optimizer_steps", None if trains else 0),
+                   "wall_s": timing.get("wall_s", None if trains else 0.0),
                    "peak_memory_mb": timing.get("peak_memory_mb")}
-    out["training"] = {k: training[k] for k in ("steps_done", "early_stopped", "early_stop_step", "pairs", "prompts",
-                                                "settings", "processes") if k in training}
+    out["training"] = {k: training.get(k) for k in TRAINING}  # None: not this method's (best-of-N trains nothing)
     out["outcome"] = outcome(out)
     return out
 
@@ -271,7 +271,7 @@ def smoke(entries: dict[str, dict]) -> Optional[str]:
     why = []
     if ran[0]["num_prompts"] < ran[0]["min_pairs"]:
         why.append(f"{ran[0]['num_prompts']} paired prompts, fewer than report.min_pairs ({ran[0]['min_pairs']})")
-    steps = [e["training"]["steps_done"] for e in ran if e["method"] in TRAINED and "steps_done" in e["training"]]
+    steps = [e["training"]["steps_done"] for e in ran if e["training"].get("steps_done") is not None]
     if steps and max(steps) < SMOKE_STEPS:
         why.append(f"{max(steps)} training steps at most, fewer than {SMOKE_STEPS}")
     return "; ".join(why) or None
@@ -294,15 +294,17 @@ def choose_published(entries: dict[str, dict], wanted: str) -> tuple[Optional[st
                                 f"{wanted}.enabled: true or choose another publish.method")
         return wanted, f"publish.method is {wanted}"
     if not any(entries.get(m, {}).get("enabled") for m in TRAINED):
-        raise PipelineError("no trained method ran (ppo always runs: is metrics/compare complete?); rerun `dvc repro`")
+        raise PipelineError("no trained method ran (params.yaml enables one, so metrics/compare is incomplete); rerun "
+                            "`dvc repro`")
     best = best_method(entries)
     if best in TRAINED:
         return best, f"the report's answer: {LABELS[best]} lowered toxicity most with no guard crossed"
     trained = best_method(entries, trained_only=True)
-    if best == "best_of_n" and trained:
+    untrained = best is not None and not BY_NAME[best].trains_weights
+    if untrained and trained:
         return trained, (f"best-of-N lowered toxicity most, but it is a sampling procedure with no weights; "
                          f"{LABELS[trained]} is the best trained method")
-    if best == "best_of_n":
+    if untrained:
         return None, ("best-of-N lowered toxicity most, but it is a sampling procedure with no weights, and no trained "
                       "method lowered toxicity without crossing a guard")
     return None, no_answer(entries)

@@ -23,6 +23,9 @@ from ruamel.yaml import YAML, MappingNode, SequenceNode
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from .errors import ParamsError, PipelineError
+from .methods import METHODS, TRAINED, listed
+
 
 PYTHON_SCORER = "python:"  # a scorer setting of the form python:MODULE:FUNCTION (python_scorer.py)
 PROBABILITY_CLIP = 1e-4  # a Python scorer's P(toxic) is clipped to [1e-4, 1 - 1e-4] before the log-odds: +-9.21
@@ -32,14 +35,6 @@ def scorer_display_name(ref: str) -> str:
     """A Python scorer's short name for reports and sample columns: module (or .py file stem) and function."""
     module, _, function = ref[len(PYTHON_SCORER):].rpartition(":")
     return f"{Path(module).stem if module.endswith('.py') else module}.{function}"
-
-
-class PipelineError(Exception):
-    """An input problem the user can fix: printed as one clear message, without a traceback."""
-
-
-class ParamsError(PipelineError):
-    pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +131,7 @@ class ComputeSettings:
 
     def apply_threads(self):
         """Set the thread count for this process: torch's (if it is loaded) and OpenMP's and MKL's (read when
-        torch, numpy's BLAS or sklearn start). Called by load_params, so it holds in every stage."""
+        torch, numpy's BLAS or sklearn start). Called by every stage's entry point (io.run_stage)."""
         if self.threads is None:
             return
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -193,6 +188,7 @@ class GenerationSettings:
 
 @dataclasses.dataclass(frozen=True)
 class PPOSettings:
+    enabled: bool  # the ppo and evaluate@ppo stages (off: placeholders)
     learning_rate: float
     batch_size: int  # rollouts per PPO step
     mini_batch_size: int
@@ -204,8 +200,10 @@ class PPOSettings:
     horizon: float
     max_kl: float  # stop training early when objective/kl exceeds this (.inf: never)
     checkpoint_every: int  # steps between resumable checkpoints; 0 disables them
+    lora: LoraSettings  # PPO's adapter on the (merged) starting policy
 
     def check(self):
+        self.lora.check("ppo.lora")
         _require(self.learning_rate > 0, "ppo.learning_rate", "must be positive")
         _require(self.batch_size > 0, "ppo.batch_size", "must be positive")
         _require(self.mini_batch_size > 0, "ppo.mini_batch_size", "must be positive")
@@ -278,7 +276,7 @@ class EvaluationSettings:
 
 @dataclasses.dataclass(frozen=True)
 class BestOfNSettings:
-    enabled: bool  # the best_of_n stage: rejection sampling from the starting policy, beside PPO
+    enabled: bool  # the best_of_n stage: rejection sampling from the starting policy
     n: int  # candidates sampled per kept response (n-fold generation cost)
 
     def check(self):
@@ -287,7 +285,7 @@ class BestOfNSettings:
 
 @dataclasses.dataclass(frozen=True)
 class DPOSettings:
-    enabled: bool  # the dpo_pairs, dpo and evaluate_dpo stages: Direct Preference Optimization beside PPO
+    enabled: bool  # the dpo_pairs, dpo and evaluate@dpo stages (off: placeholders)
     num_prompts: Union[int, Literal["all"]]  # train prompts sampled for pairs (the first ones), or "all"
     n: int  # responses sampled per prompt from the starting policy; chosen = highest reward, rejected = lowest
     max_new_tokens: int  # the sampled responses' token cap
@@ -327,7 +325,7 @@ class DPOSettings:
 
 @dataclasses.dataclass(frozen=True)
 class GRPOSettings:
-    enabled: bool  # the grpo and evaluate_grpo stages: group-relative policy optimization beside PPO and DPO
+    enabled: bool  # the grpo and evaluate@grpo stages (off: placeholders)
     group_size: int  # responses sampled per prompt; advantages are relative to the group's rewards
     batch_size: int  # prompts per step (per process): batch_size x group_size responses generated a step
     mini_batch_size: int  # responses per optimizer step; must divide batch_size x group_size
@@ -409,7 +407,11 @@ class ReportSettings:
 
 @dataclasses.dataclass(frozen=True)
 class PublishSettings:
-    method: Literal["ppo", "dpo", "grpo", "best"]  # best: the report's answer (best-of-N has no weights)
+    method: str  # a method that trains weights, or best: the report's answer (best-of-N has no weights)
+
+    def check(self):
+        _require(self.method in (*TRAINED, "best"), "publish.method",
+                 f"is {self.method!r}; expected one of {listed([*TRAINED, 'best'])}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -430,19 +432,17 @@ class GuardSettings:
         _require(0 <= self.min_judge_agreement <= 1, "guard.min_judge_agreement", "must be in [0, 1]")
 
 
+MOVED = {"lora": "ppo.lora"}  # sections of earlier releases: where they went
+ALGORITHMS = {"ppo": PPOSettings, "dpo": DPOSettings, "grpo": GRPOSettings, "best_of_n": BestOfNSettings}
 SECTIONS = {
     "data": DataSettings,
     "prompt": PromptSettings,
     "policy": PolicySettings,
     "reward": RewardSettings,
     "compute": ComputeSettings,
-    "lora": LoraSettings,
     "generation": GenerationSettings,
-    "ppo": PPOSettings,
+    **{m.name: ALGORITHMS[m.algorithm] for m in METHODS},  # a section a method (detoxkit.methods)
     "evaluation": EvaluationSettings,
-    "best_of_n": BestOfNSettings,
-    "dpo": DPOSettings,
-    "grpo": GRPOSettings,
     "sft": SFTSettings,
     "report": ReportSettings,
     "publish": PublishSettings,
@@ -458,8 +458,8 @@ YAML11_BOOLS = {"yes": "true", "y": "true", "on": "true", "no": "false", "n": "f
 
 def split_needs(params: "Params") -> list[tuple[str, str, Union[int, str]]]:
     """(split, setting, rows it needs) for every setting that takes prompts from the prepared data."""
-    needs = [("train", "ppo.batch_size", params.ppo.batch_size),
-             ("test", "evaluation.num_samples", params.evaluation.num_samples)]
+    needs = [("train", "ppo.batch_size", params.ppo.batch_size)] if params.ppo.enabled else []
+    needs.append(("test", "evaluation.num_samples", params.evaluation.num_samples))
     if params.policy.adapter == "sft":
         needs += [("train", "sft.batch_size", params.sft.batch_size), ("test", "sft.eval_samples", params.sft.eval_samples)]
     if params.dpo.enabled:
@@ -601,7 +601,6 @@ class Params:
     policy: PolicySettings
     reward: RewardSettings
     compute: ComputeSettings
-    lora: LoraSettings
     generation: GenerationSettings
     ppo: PPOSettings
     evaluation: EvaluationSettings
@@ -691,6 +690,10 @@ def load_params(path: Union[str, Path] = "params.yaml") -> Params:
     """Read `path` and validate all of it: `seed`, every section, and the rules between sections."""
     raw = read_yaml(path)
     unknown = sorted(set(raw) - set(SECTIONS) - {"seed"})
+    if set(MOVED) & set(unknown):
+        old = sorted(set(MOVED) & set(unknown))[0]
+        raise ParamsError(f"params.yaml: section {old!r} is now {MOVED[old]} (the methods are equals, each with its "
+                          f"settings in its own section); move it there")
     if unknown:
         raise ParamsError(
             f"params.yaml: unknown section {unknown[0]!r} (known: seed, {', '.join(SECTIONS)}); check the spelling"
@@ -707,10 +710,13 @@ def load_params(path: Union[str, Path] = "params.yaml") -> Params:
     if built["data"].summary_column is None and built["policy"].adapter == "sft":
         raise ParamsError("params.yaml: policy.adapter is sft, but data.summary_column is null (a prompt-only dataset "
                           "has no references to fine-tune on); set policy.adapter: null, or name the summary column")
+    if not any(built[m].enabled for m in TRAINED):
+        raise ParamsError(f"params.yaml: every trained method is off ({', '.join(f'{m}.enabled' for m in TRAINED)} "
+                          "are false): nothing would be trained or published; set one of them to true")
     method = built["publish"].method
-    if method in ("dpo", "grpo") and not built[method].enabled:
+    if method in TRAINED and not built[method].enabled:
+        others = [m for m in TRAINED if built[m].enabled]
         raise ParamsError(f"params.yaml: publish.method is {method}, but {method}.enabled is false (nothing to "
-                          f"publish); set {method}.enabled: true, or publish.method: ppo or best")
+                          f"publish); set {method}.enabled: true, or publish.method: {listed([*others, 'best'])}")
     _check_lengths(built)
-    built["compute"].apply_threads()  # every stage reads its params here
     return Params(seed=seed, raw=raw, **built)

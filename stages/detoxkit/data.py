@@ -6,7 +6,8 @@ import logging
 import math
 from pathlib import Path
 
-from .config import DataSettings, PipelineError, PromptSettings
+from .config import DataSettings, PromptSettings
+from .errors import PipelineError
 from .hub import is_local, offline_hint, require_hub
 
 log = logging.getLogger("detox.data")

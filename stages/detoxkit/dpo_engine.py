@@ -20,7 +20,8 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from .config import DPOSettings, PipelineError
+from .config import DPOSettings
+from .errors import PipelineError
 
 log = logging.getLogger("detox.dpo")
 

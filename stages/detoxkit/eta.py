@@ -44,12 +44,14 @@ def remaining_parts(params, train_prompts: int, test_prompts: int) -> list[Part]
     samples = _count(ev.num_samples, test_prompts) * ev.samples_per_prompt
     eval_tokens = samples * ev.max_new_tokens
     rollout = (gen.output_min_length + gen.output_max_length) / 2  # tokens, drawn from [min, max) each batch
-    parts = [Part("ppo", params.ppo.max_steps * params.ppo.batch_size * rollout, COST["ppo"]),
-             Part("evaluate_ppo", eval_tokens, COST["evaluate"])]  # PPO always runs (issue: methods as data)
+    parts = []
+    if params.ppo.enabled:
+        parts += [Part("ppo", params.ppo.max_steps * params.ppo.batch_size * rollout, COST["ppo"]),
+                  Part("evaluate@ppo", eval_tokens, COST["evaluate"])]
     if params.grpo.enabled:
         g = params.grpo
         parts += [Part("grpo", g.max_steps * g.batch_size * g.group_size * rollout, COST["grpo"]),
-                  Part("evaluate_grpo", eval_tokens, COST["evaluate"])]
+                  Part("evaluate@grpo", eval_tokens, COST["evaluate"])]
     if params.dpo.enabled:
         d = params.dpo
         prompts = _count(d.num_prompts, train_prompts)
@@ -57,7 +59,7 @@ def remaining_parts(params, train_prompts: int, test_prompts: int) -> list[Part]
         seen = seen if d.max_steps < 0 else min(seen, d.max_steps * d.batch_size)
         parts += [Part("dpo_pairs", prompts * d.n * d.max_new_tokens, COST["dpo_pairs"]),
                   Part("dpo", seen * 2 * d.max_new_tokens, COST["dpo"]),
-                  Part("evaluate_dpo", eval_tokens, COST["evaluate"])]
+                  Part("evaluate@dpo", eval_tokens, COST["evaluate"])]
     if params.best_of_n.enabled:
         parts.append(Part("best_of_n", eval_tokens * params.best_of_n.n, COST["best_of_n"]))
     return parts + [Part("report", 0, 0.0), Part("publish", 0, 0.0)]

@@ -95,7 +95,7 @@ def require_hub(kind: str, ref: str):
     """Fail at once, not after minutes of retries, when `ref` needs the Hub and the Hub is unreachable."""
     from huggingface_hub import constants
 
-    from .config import PipelineError
+    from .errors import PipelineError
 
     missing = missing_folder(kind, ref) if under_real(ref) else None  # a model the real-model tool has not built
     if missing:

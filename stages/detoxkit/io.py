@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .config import PipelineError
+from .errors import PipelineError
 
 log = logging.getLogger("detox")
 
@@ -48,8 +48,11 @@ def run_stage(main: Callable[[], None], parallel: bool = False):
     setup_logging()
     if os.environ.get("DVC_STAGE"):  # dvc sets it for every stage command: end with that dvc, never outlive it
         _end_with_parent()
+    compute = _compute()
+    if compute is not None:
+        compute.apply_threads()  # before main() loads torch's models
     if parallel and "LOCAL_RANK" not in os.environ:
-        processes = _processes()
+        processes = compute.processes if compute is not None else 1
         if processes > 1:
             log.info("compute.processes %d: starting %s under torchrun", processes, sys.argv[0])
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
@@ -195,14 +198,14 @@ def _leave_process_group():
         dist.destroy_process_group()
 
 
-def _processes() -> int:
-    """compute.processes from params.yaml; 1 when the file cannot be read (main() then says why)."""
+def _compute():
+    """params.yaml's compute section; None when the file cannot be read (main() then says why)."""
     from .config import load_params
 
     try:
-        return load_params().compute.processes
+        return load_params().compute
     except PipelineError:
-        return 1
+        return None
 
 
 def load_script(path):

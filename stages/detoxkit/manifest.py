@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import python_scorer
-from .config import PipelineError
+from .errors import PipelineError
 from .hub import OFFLINE, hub_reachable, is_local, missing_folder, under_real
 from .io import fingerprint
 

@@ -23,7 +23,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .config import PROBABILITY_CLIP, PipelineError
+from .config import PROBABILITY_CLIP
+from .errors import PipelineError
 from .config import PYTHON_SCORER as PREFIX
 from .config import scorer_display_name as display_name
 

@@ -17,7 +17,8 @@ import torch
 
 from . import python_scorer
 from .python_scorer import join
-from .config import ComputeSettings, PipelineError, RewardSettings
+from .config import ComputeSettings, RewardSettings
+from .errors import PipelineError
 from .hub import is_local
 from .io import read_json
 from .models import from_pretrained_safely, load_config, load_tokenizer, resolve_device, resolve_dtype

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .compare import LABELS, MARK, best_method, no_answer, smoke_note
+from .compare import MARK, best_method, no_answer, smoke_note
+from .methods import LABELS
 from .render import HEADLINE, HIST_BINS, QUAL_COLUMNS, qual_rows
 from .stats import NA, crossed_guards, interval_verdict
 
@@ -75,7 +76,7 @@ def what_ran(entries: dict[str, dict], params) -> list:
     ]
     for method, e in entries.items():
         t, settings = e["training"], e["training"].get("settings") or {}
-        done = (f"{t['steps_done']} steps" if "steps_done" in t else f"n = {p.best_of_n.n} samples of the starting "
+        done = (f"{t['steps_done']} steps" if t.get("steps_done") is not None else f"n = {p.best_of_n.n} samples of the starting "
                 "policy per kept response")
         early = f", stopped early at step {t['early_stop_step']}" if t.get("early_stopped") else ""
         lines.append(f"{LABELS[method]}: {done}{early}" + (

@@ -1,0 +1,96 @@
+"""An online method's run (PPO, GRPO) around the loop the stage keeps in view (generate, score, step,
+`run.log(row)`, `run.step_done(engine, step + 1)`): one trainer at a time in its folders, a killed run's temporaries
+cleared, a checkpoint read before any model loads and restored into the engine, each step's row logged, a checkpoint
+on the cadence (and at the step boundary after a SIGTERM), train.json and timing.json, the checkpoint removed once
+the outputs hold the result.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from .checkpoint import Resume, checkpoint_inputs, checkpoint_step, read_checkpoint, restore_checkpoint
+from .io import clear_stale, hold, write_json
+from .methods import get
+from .models import peak_memory
+from .parallel import world
+from .training import TrainRecord, log_row, outputs, settings_of
+
+log = logging.getLogger("detox.training")
+
+
+def online_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--sft", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--live", required=True, help="DVCLive folder for per-step metrics")
+    parser.add_argument("--checkpoints", required=True, help="resumable state, outside DVC outputs")
+    return parser.parse_args()
+
+
+class OnlineRun:
+    """An online method's run (PPO, GRPO): made before any model loads (it holds the folders and reads the
+    checkpoint, so a bad one costs nothing), then `session(engine, device)` around the loop."""
+
+    def __init__(self, method: str, params, args, adapter, sections: tuple[str, ...]):
+        self.method, self.params, self.args, self.adapter = get(method), params, args, adapter
+        self.settings = getattr(params, method)
+        self.dir = Path(args.checkpoints)
+        self.inputs = functools.cache(lambda: checkpoint_inputs(params, args.data, adapter, sections, method))
+        hold(self.dir, args.out, args.live)  # one trainer at a time in these folders; a second is refused, named
+        for folder in (args.live, args.out):  # temporaries a killed run left behind
+            clear_stale(Path(folder))
+        self.checkpoint = read_checkpoint(self.dir, self.inputs, self.settings.max_steps, f"{method}.max_steps")
+        self.resume = self.out = None
+
+    @contextlib.contextmanager
+    def session(self, engine, device):
+        """The checkpoint restored into `engine`, the logged history replayed into a fresh DVCLive folder; yields
+        the Resume (start step, history). Ends by `finish`; on a stop or an error no output is written."""
+        self.resume = Resume(self.dir, self.inputs())
+        self.resume.start, self.resume.history = restore_checkpoint(engine, self.checkpoint, self.dir)
+        if self.resume.start:
+            log.info("resuming from checkpoint at step %d of %d", self.resume.start, self.settings.max_steps)
+        self.engine, self.device = engine, device
+        with outputs(self.args.out, self.args.live) as self.out:
+            for row in self.resume.history:
+                self.out and log_row(self.out.live, row)
+            self.started = time.perf_counter()  # this run's wall time; a resumed run's earlier steps are not counted
+            yield self.resume
+        if engine.is_main:
+            shutil.rmtree(self.dir, ignore_errors=True)  # finished: the outputs now hold the result
+
+    def log(self, row: dict):
+        """A finished step's row: kept for the checkpoint and train.json, and logged to DVCLive."""
+        self.resume.history.append(row)
+        if self.out:
+            log_row(self.out.live, row)
+
+    def step_done(self, engine, done: int):
+        """After each step: a checkpoint every checkpoint_every steps; after a SIGTERM, one now, then the stage
+        stops (detoxkit.checkpoint)."""
+        checkpoint_step(engine, self.resume, done, self.settings.checkpoint_every, self.settings.max_steps)
+
+    def finish(self, record: TrainRecord, save: Callable[[Path], None], kl_key: str):
+        """The main process writes train.json (the last step's means filled in), timing.json and the adapter
+        (`save(folder)`); both folders replace --live and --out as the session ends."""
+        wall = time.perf_counter() - self.started
+        if not self.out:
+            return
+        last = self.resume.history[-1] if self.resume.history else {}
+        record.last_reward_mean, record.last_toxicity_mean = last.get("env/reward_mean"), last.get("env/toxicity_mean")
+        record.last_kl, record.processes, record.settings = last.get(kl_key), world()[1], settings_of(self.settings)
+        record.write(self.out.live_dir / "train.json")
+        # wall time apart: train.json stays identical between a resumed run and an uninterrupted one
+        write_json(self.out.live_dir / "timing.json", {"wall_s": wall, "resumed_at_step": self.resume.start,
+                                                       **peak_memory(self.device)})
+        self.out.live.end()
+        save(self.out.out_dir)
+        log.info("saved the %s adapter to %s after %d steps", self.method.label, self.args.out, record.steps_done)

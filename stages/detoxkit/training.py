@@ -1,0 +1,108 @@
+"""The bookkeeping every training stage shares, so that a stage shows its algorithm and nothing else.
+
+- `skip`: a method that is off writes placeholders (SKIPPED.md, a header-only file for every curve dvc.yaml plots,
+  a train.json that says so), so that its DVC outputs exist and `dvc plots show` still works.
+- `TrainRecord`: train.json, one schema for every method (None where a field does not apply).
+- `outputs`: the adapter folder and the DVCLive folder, written whole when training ends or not at all; one writer
+  (the main process) under torchrun.
+
+The online methods' checkpoints and folders: detoxkit.online (OnlineRun).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+from .io import atomic_dir, write_json, write_placeholder, write_text
+from .methods import get
+from .parallel import is_main
+
+log = logging.getLogger("detox.training")
+
+
+@dataclasses.dataclass
+class TrainRecord:
+    """train.json: what a training stage did and what it cost, the same keys for every method."""
+    method: str
+    enabled: bool = True
+    steps_done: Optional[int] = None  # optimizer steps (DPO) or training steps (PPO, GRPO) done
+    early_stopped: bool = False
+    early_stop_step: Optional[int] = None
+    early_stop_kl: Optional[float] = None
+    rollouts: Optional[int] = None  # responses generated to train (DPO: the pair samples)
+    optimizer_steps: Optional[int] = None
+    processes: Optional[int] = None
+    trainable_parameters: Optional[int] = None
+    total_parameters: Optional[int] = None
+    pairs: Optional[int] = None  # DPO: preference pairs trained on
+    prompts: Optional[int] = None  # DPO: train prompts sampled for pairs
+    prompts_exact: Optional[int] = None  # DPO: prompts TRL tokenized exactly as prepare built them
+    train_loss: Optional[float] = None  # DPO: the trainer's mean loss
+    last_reward_mean: Optional[float] = None  # online methods: the last step's batch means
+    last_toxicity_mean: Optional[float] = None
+    last_kl: Optional[float] = None  # the method's own KL curve (PPO: per response; GRPO: per token)
+    settings: dict = dataclasses.field(default_factory=dict)  # the method's settings, for the report and the card
+
+    def write(self, path: Path):
+        write_json(path, dataclasses.asdict(self))
+
+
+def settings_of(section) -> dict:
+    """A method's settings for train.json: every field but the switches, with the LoRA rank."""
+    out = {k: v for k, v in dataclasses.asdict(section).items() if k not in ("enabled", "checkpoint_every", "lora")}
+    return {**out, "lora_r": section.lora.r} if hasattr(section, "lora") else out
+
+
+def skip(method: str, params, out: str, live: str) -> bool:
+    """True (placeholders written by the main process) when `method` is off in params.yaml."""
+    if getattr(params, method).enabled:
+        return False
+    if is_main():
+        write_placeholder(out, f"The {get(method).label} stages are off ({method}.enabled is false): no adapter was "
+                               "trained.\n")
+        with atomic_dir(live) as tmp:
+            for curve in get(method).curves:  # header only: `dvc plots show` accepts it
+                write_text(tmp / f"plots/metrics/{curve}.tsv", f"step\t{curve.rsplit('/', 1)[1]}\n")
+            TrainRecord(method, enabled=False).write(tmp / "train.json")
+        log.info("%s.enabled is false: wrote placeholders %s and %s", method, out, live)
+    return True
+
+
+@dataclasses.dataclass
+class Outputs:
+    """Where the main process writes: the DVCLive logger and the two temporary folders that replace --live and
+    --out when training ends."""
+    live: object
+    live_dir: Path
+    out_dir: Path
+
+
+@contextlib.contextmanager
+def outputs(out: str, live: str):
+    """Both outputs of a training stage, whole when the block ends without error, else neither: an Outputs on the
+    main process, None on the others (they write nothing)."""
+    if not is_main():
+        yield None
+        return
+    from dvclive import Live
+
+    with atomic_dir(live) as live_dir, atomic_dir(out) as out_dir:
+        yield Outputs(Live(str(live_dir), dvcyaml=False, save_dvc_exp=False), live_dir, out_dir)
+
+
+def log_row(live, row: dict):
+    """One step's values to DVCLive (`step` is the x axis)."""
+    live.step = row["step"]
+    for key, value in row.items():
+        if key != "step":
+            live.log_metric(key, value)
+
+
+def read_record(path: Path) -> dict:
+    """A train.json as a dict of TrainRecord's keys (a file from an older run: missing keys None)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return {**dataclasses.asdict(TrainRecord(data.get("method", "?"))), **data}
