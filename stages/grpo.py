@@ -14,53 +14,31 @@ prompts and the gradients are averaged.
 """
 import logging
 
-from detoxkit.config import check_split_sizes, load_params
 from detoxkit.io import run_stage
-from detoxkit.parallel import setup, world
-from detoxkit.online import OnlineRun, online_args
-from detoxkit.training import TrainRecord, skip
+from detoxkit.parallel import setup
+from detoxkit.online import OnlineRun
+from detoxkit.training import TrainRecord
 
 log = logging.getLogger("detox.grpo")
-SECTIONS = ("policy", "reward", "generation")  # besides seed and grpo: what a checkpoint must share
 
 
 def main():
-    args = online_args()
-    params = load_params()
-    grpo, gen = params.grpo, params.generation
-    if skip("grpo", params, args.out, args.live):
+    run = OnlineRun.begin("grpo")  # data, checks, folders, checkpoint: before any model loads
+    if run is None:  # grpo.enabled is false: placeholders written
         return
-    from detoxkit.data import load_prepared
-    from detoxkit.generation import static_shape
     from detoxkit.grpo_engine import GRPOEngine
-    from detoxkit.models import attach_lora, check_lora_targets, check_policy_config, load_policy, start_adapter_path
-    from detoxkit.schedule import seed_step
-    from detoxkit.scoring import build_scorer
 
-    data = load_prepared(args.data)
-    check_split_sizes(params, len(data["train"]), len(data["test"]), args.data, keys=("grpo.batch_size",),
-                      world=world()[1])
-    adapter = start_adapter_path(params.policy, args.sft)
-    check_lora_targets(check_policy_config(params.policy), grpo.lora, "grpo.lora")  # before any weights load
-    run = OnlineRun("grpo", params, args, adapter, SECTIONS)  # before any model loads: a bad checkpoint costs nothing
-
+    params, grpo = run.params, run.params.grpo
     setup()  # under torchrun: join the process group
-    seed_step(params.seed, 0)  # before the adapter is created: every process makes the same one
-    scorer = build_scorer(params.reward, params.compute)
-    model, tokenizer, device = load_policy(params.policy, params.compute, adapter)
-    static = static_shape(params.compute.compile_generation, model, data["train"]["input_ids"],
-                          gen.output_max_length - 1)
-    engine = GRPOEngine(attach_lora(model, grpo.lora, "grpo.lora"), tokenizer, grpo, gen, device, static)
-    trainable, total = engine.parameter_counts()
-    log.info("trainable parameters (LoRA): %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
+    model, tokenizer, device, scorer, static = run.load()
+    engine = GRPOEngine(model, tokenizer, grpo, params.generation, device, static)
     with run.session(engine, device):
-        history = train(engine, scorer, data["train"], params, run)
+        history = train(engine, scorer, run.data["train"], params, run)
         engine.check_in_sync()
         responses = grpo.batch_size * grpo.group_size
-        run.finish(TrainRecord("grpo", steps_done=len(history), trainable_parameters=trainable, total_parameters=total,
-                               rollouts=len(history) * responses * engine.world,  # responses generated to train
+        run.finish(TrainRecord("grpo", steps_done=len(history), rollouts=len(history) * responses * engine.world,  # responses generated to train
                                optimizer_steps=len(history) * grpo.epochs * (responses // grpo.mini_batch_size)),
-                   lambda folder: engine.save(folder, params.policy, adapter), kl_key="grpo/kl")
+                   lambda folder: engine.save(folder, params.policy, run.adapter), kl_key="grpo/kl")
 
 
 def train(engine, scorer, train_split, params, run: OnlineRun) -> list[dict]:

@@ -16,54 +16,30 @@ import torch
 from tqdm.auto import tqdm
 
 from detoxkit.checkpoint import check_finite
-from detoxkit.config import check_split_sizes, load_params
-from detoxkit.data import load_prepared
-from detoxkit.generation import static_shape
 from detoxkit.io import run_stage
-from detoxkit.models import attach_lora, check_lora_targets, check_policy_config, load_policy, start_adapter_path
-from detoxkit.parallel import world
 from detoxkit.ppo_engine import LOGGED, PPOEngine
 from detoxkit.schedule import batch_indices, rollout_length, seed_step
-from detoxkit.scoring import build_scorer
-from detoxkit.online import OnlineRun, online_args
-from detoxkit.training import TrainRecord, skip
+from detoxkit.online import OnlineRun
+from detoxkit.training import TrainRecord
 
 log = logging.getLogger("detox.ppo")
-SECTIONS = ("policy", "reward", "generation")  # besides seed and ppo: what a checkpoint must share
 
 
 def main():
-    args = online_args()
-    params = load_params()
-    ppo, gen = params.ppo, params.generation
-    if skip("ppo", params, args.out, args.live):
+    run = OnlineRun.begin("ppo")  # data, checks, folders, checkpoint: before any model loads
+    if run is None:  # ppo.enabled is false: placeholders written
         return
-    data = load_prepared(args.data)
-    check_split_sizes(params, len(data["train"]), len(data["test"]), args.data, keys=("ppo.batch_size",),
-                      world=world()[1])
-    adapter = start_adapter_path(params.policy, args.sft)
-    check_lora_targets(check_policy_config(params.policy), ppo.lora, "ppo.lora")  # before any weights load
-    run = OnlineRun("ppo", params, args, adapter, SECTIONS)  # before any model loads: a bad checkpoint costs nothing
-
-    seed_step(params.seed, 0)  # before any model or value head is created
-    scorer = build_scorer(params.reward, params.compute)
-    model, tokenizer, device = load_policy(params.policy, params.compute, adapter)
-    # rollout lengths are drawn from [min, max): one static cache for the longest
-    static = static_shape(params.compute.compile_generation, model, data["train"]["input_ids"],
-                          gen.output_max_length - 1)
-    engine = PPOEngine(attach_lora(model, ppo.lora, "ppo.lora"), tokenizer, ppo, gen, params.seed,
-                       cpu=device.type == "cpu", static=static)
-    trainable, total = engine.parameter_counts()
-    log.info("trainable parameters (LoRA + value head): %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
+    params, ppo = run.params, run.params.ppo
+    model, tokenizer, device, scorer, static = run.load()
+    engine = PPOEngine(model, tokenizer, ppo, params.generation, params.seed, cpu=device.type == "cpu", static=static)
     with run.session(engine, device):
-        history, early_stop = train(engine, scorer, data["train"], params, run)
+        history, early_stop = train(engine, scorer, run.data["train"], params, run)
         run.finish(TrainRecord("ppo", steps_done=len(history), early_stopped=early_stop is not None,
                                early_stop_step=early_stop and early_stop["step"],
                                early_stop_kl=early_stop and early_stop["kl"],
-                               trainable_parameters=trainable, total_parameters=total,
                                rollouts=len(history) * ppo.batch_size * engine.world,  # responses generated to train
                                optimizer_steps=len(history) * ppo.epochs * (ppo.batch_size // ppo.mini_batch_size)),
-                   lambda folder: engine.save(folder, params.policy, adapter), kl_key="objective/kl")
+                   lambda folder: engine.save(folder, params.policy, run.adapter), kl_key="objective/kl")
 
 
 def train(engine, scorer, train_split, params, run: OnlineRun):

@@ -13,16 +13,22 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from .checkpoint import Resume, checkpoint_inputs, checkpoint_step, read_checkpoint, restore_checkpoint
+from .config import check_split_sizes, load_params
+from .data import load_prepared
 from .io import clear_stale, hold, write_json
 from .methods import get
-from .models import peak_memory
+from .generation import static_shape
+from .models import attach_lora, check_lora_targets, check_policy_config, load_policy, peak_memory, start_adapter_path
 from .parallel import world
-from .training import TrainRecord, log_row, outputs, settings_of
+from .schedule import seed_step
+from .scoring import build_scorer
+from .training import TrainRecord, log_row, outputs, settings_of, skip
 
 log = logging.getLogger("detox.training")
+SECTIONS = ("policy", "reward", "generation")  # besides seed and the method's own: what a checkpoint must share
 
 
 def online_args() -> argparse.Namespace:
@@ -36,12 +42,18 @@ def online_args() -> argparse.Namespace:
 
 
 class OnlineRun:
-    """An online method's run (PPO, GRPO): made before any model loads (it holds the folders and reads the
-    checkpoint, so a bad one costs nothing), then `session(engine, device)` around the loop."""
+    """An online method's run (PPO, GRPO): made before any model loads (it reads the prepared data, checks the split
+    sizes and the LoRA layers, holds the folders and reads the checkpoint, so a bad input costs nothing), then
+    `session(engine, device)` around the loop. `data`: the prepared splits; `adapter`: the starting adapter."""
 
-    def __init__(self, method: str, params, args, adapter, sections: tuple[str, ...]):
-        self.method, self.params, self.args, self.adapter = get(method), params, args, adapter
+    def __init__(self, method: str, params, args, sections: tuple[str, ...] = SECTIONS):
+        self.method, self.params, self.args = get(method), params, args
         self.settings = getattr(params, method)
+        self.data = load_prepared(args.data)
+        check_split_sizes(params, len(self.data["train"]), len(self.data["test"]), args.data,
+                          keys=(f"{method}.batch_size",), world=world()[1])
+        self.adapter = adapter = start_adapter_path(params.policy, args.sft)
+        check_lora_targets(check_policy_config(params.policy), self.settings.lora, f"{method}.lora")  # before weights
         self.dir = Path(args.checkpoints)
         self.inputs = functools.cache(lambda: checkpoint_inputs(params, args.data, adapter, sections, method))
         hold(self.dir, args.out, args.live)  # one trainer at a time in these folders; a second is refused, named
@@ -50,10 +62,32 @@ class OnlineRun:
         self.checkpoint = read_checkpoint(self.dir, self.inputs, self.settings.max_steps, f"{method}.max_steps")
         self.resume = self.out = None
 
+    @classmethod
+    def begin(cls, method: str) -> Optional["OnlineRun"]:
+        """The run of the stage's command line and params.yaml; None when `method` is off (placeholders written)."""
+        args, params = online_args(), load_params()
+        return None if skip(method, params, args.out, args.live) else cls(method, params, args)
+
+    def load(self):
+        """(policy with this method's fresh LoRA adapter, tokenizer, device, reward scorer, static cache shape),
+        seeded from (seed, 0) first, so every process makes the same adapter (and PPO's value head, created next)."""
+        params = self.params
+        seed_step(params.seed, 0)
+        scorer = build_scorer(params.reward, params.compute)
+        model, tokenizer, device = load_policy(params.policy, params.compute, self.adapter)
+        # rollout lengths are drawn from [min, max): one static cache for the longest
+        static = static_shape(params.compute.compile_generation, model, self.data["train"]["input_ids"],
+                              params.generation.output_max_length - 1)
+        model = attach_lora(model, self.settings.lora, f"{self.method.name}.lora")
+        return model, tokenizer, device, scorer, static
+
     @contextlib.contextmanager
     def session(self, engine, device):
         """The checkpoint restored into `engine`, the logged history replayed into a fresh DVCLive folder; yields
         the Resume (start step, history). Ends by `finish`; on a stop or an error no output is written."""
+        trainable, total = engine.parameter_counts()
+        log.info("trainable parameters (LoRA%s): %d of %d (%.2f%%)", " + value head" if self.method.value_head else "",
+                 trainable, total, 100 * trainable / total)
         self.resume = Resume(self.dir, self.inputs())
         self.resume.start, self.resume.history = restore_checkpoint(engine, self.checkpoint, self.dir)
         if self.resume.start:
@@ -79,11 +113,12 @@ class OnlineRun:
         checkpoint_step(engine, self.resume, done, self.settings.checkpoint_every, self.settings.max_steps)
 
     def finish(self, record: TrainRecord, save: Callable[[Path], None], kl_key: str):
-        """The main process writes train.json (the last step's means filled in), timing.json and the adapter
-        (`save(folder)`); both folders replace --live and --out as the session ends."""
+        """The main process writes train.json (parameter counts and the last step's means filled in), timing.json and
+        the adapter (`save(folder)`); both folders replace --live and --out as the session ends."""
         wall = time.perf_counter() - self.started
         if not self.out:
             return
+        record.trainable_parameters, record.total_parameters = self.engine.parameter_counts()
         last = self.resume.history[-1] if self.resume.history else {}
         record.last_reward_mean, record.last_toxicity_mean = last.get("env/reward_mean"), last.get("env/toxicity_mean")
         record.last_kl, record.processes, record.settings = last.get(kl_key), world()[1], settings_of(self.settings)
