@@ -87,8 +87,9 @@ def prompts(args, template, n):
 
 
 def settings(models: Path, args):
-    from detoxkit.config import (ComputeSettings, GenerationSettings, LoraSettings, PolicySettings, PPOSettings,
-                                 RewardSettings, load_params)
+    from detoxkit.config import load_params
+    from detoxkit.settings import (ComputeSettings, GenerationSettings, LoraSettings, PolicySettings, PPOSettings,
+                                   RewardSettings)
 
     p = load_params(ROOT / "params.yaml")
     device = "cuda" if args.device == "cuda" else "cpu"

@@ -30,7 +30,7 @@ def main():
     import torch
     from make_tiny import build_all
 
-    from detoxkit.config import ComputeSettings, GenerationSettings, LoraSettings, PolicySettings, PPOSettings
+    from detoxkit.settings import ComputeSettings, GenerationSettings, LoraSettings, PolicySettings, PPOSettings
     from detoxkit.generation import static_shape
     from detoxkit.models import attach_lora, load_policy
     from detoxkit.ppo_engine import PPOEngine

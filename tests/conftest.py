@@ -150,7 +150,7 @@ def copy_repo(src: Path, dest: Path) -> Path:
 
 CARD_CHECK = """
 import torch
-from detoxkit.config import ComputeSettings
+from detoxkit.settings import ComputeSettings
 from detoxkit.models import load_detoxified
 
 ref, _, _ = load_detoxified(folder, ComputeSettings(device="cpu", dtype="float32", compile_generation=False))

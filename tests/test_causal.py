@@ -5,7 +5,8 @@ import shutil
 import pytest
 import torch
 
-from detoxkit.config import ComputeSettings, GenerationSettings, LoraSettings, PolicySettings, PPOSettings, PromptSettings, RewardSettings
+from detoxkit.settings import (ComputeSettings, GenerationSettings, LoraSettings, PolicySettings, PPOSettings,
+                               PromptSettings, RewardSettings)
 from detoxkit.errors import PipelineError
 from detoxkit.models import attach_lora, check_lora_targets, load_config, load_policy, load_tokenizer
 

@@ -14,7 +14,7 @@ EVAL_KEYS = ["toxicity_mean", "toxicity_std", "expected_max_toxicity", "toxicity
 
 def check_causal_run(repo, arch: str, sft: bool):
     """Every output of a causal run is there and sane, and no prompt reached a response."""
-    from detoxkit.config import ComputeSettings
+    from detoxkit.settings import ComputeSettings
     from detoxkit.models import load_detoxified
 
     for name in ("baseline", "ppo", "grpo"):

@@ -70,7 +70,7 @@ def test_a_group_with_equal_rewards_contributes_nothing():
 def _tiny_policy(tiny, rank_seed=0):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from detoxkit.config import LoraSettings
+    from detoxkit.settings import LoraSettings
     from detoxkit.models import attach_lora
 
     torch.manual_seed(rank_seed)
@@ -122,7 +122,7 @@ def test_one_step_raises_the_log_probability_of_the_highest_advantage_response(t
 
 
 def _settings(**over):
-    from detoxkit.config import GRPOSettings, LoraSettings
+    from detoxkit.settings import GRPOSettings, LoraSettings
 
     values = dict(enabled=True, group_size=2, batch_size=2, mini_batch_size=4, epochs=1, max_steps=1,
                   learning_rate=1e-2, beta=0.04, clip=0.2, scale_rewards=True, max_grad_norm=1.0, checkpoint_every=0,
@@ -155,7 +155,7 @@ def test_the_engine_step_starts_at_kl_0_counts_tied_groups_and_moves_only_the_ad
 
 
 def test_grpo_settings_are_refused_with_the_key_and_the_reason():
-    from detoxkit.config import LoraSettings
+    from detoxkit.settings import LoraSettings
     from detoxkit.errors import ParamsError
 
     with pytest.raises(ParamsError, match=r"grpo.mini_batch_size \(3\) must divide grpo.batch_size x grpo.group_size "

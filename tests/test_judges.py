@@ -77,7 +77,7 @@ def test_judge_disagrees_needs_a_real_fall_of_the_reward_toxicity_and_a_judge_th
 
 
 def test_judges_load_under_the_reward_models_rules(tiny, tmp_path):
-    from detoxkit.config import ComputeSettings, JudgeSettings
+    from detoxkit.settings import ComputeSettings, JudgeSettings
     from detoxkit.errors import PipelineError
     from detoxkit.scoring import build_judges, judge_label_ids
 

@@ -5,7 +5,8 @@ import shutil
 import pytest
 import torch
 
-from detoxkit.config import ComputeSettings, GenerationSettings, LoraSettings, PolicySettings, PPOSettings, RewardSettings
+from detoxkit.settings import (ComputeSettings, GenerationSettings, LoraSettings, PolicySettings, PPOSettings,
+                               RewardSettings)
 from detoxkit.errors import PipelineError
 from detoxkit.models import attach_lora, load_detoxified, load_policy
 from detoxkit.scoring import load_reward
@@ -256,7 +257,7 @@ def test_k_samples_per_prompt_and_k_1_draws_what_one_pass_does(tiny):
     samples each prompt three times in a row, and the per-prompt metrics follow from those samples."""
     import datasets
 
-    from detoxkit.config import EvaluationSettings
+    from detoxkit.settings import EvaluationSettings
     from detoxkit.evaluation import evaluate_policy, generate_texts, summarize
     from detoxkit.scoring import build_scorer
 

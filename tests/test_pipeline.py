@@ -263,7 +263,7 @@ def check_dpo_run(repo, causal: bool, published=None):
     loss = (repo / "metrics/dpo_train/plots/metrics/dpo/loss.tsv").read_text().splitlines()
     margin = (repo / "metrics/dpo_train/plots/metrics/dpo/reward_margin.tsv").read_text().splitlines()
     assert loss[0] == "step\tloss" and len(loss) == 1 + params["max_steps"] and len(margin) == len(loss)
-    from detoxkit.config import ComputeSettings
+    from detoxkit.settings import ComputeSettings
     from detoxkit.models import load_detoxified
 
     model, _, _ = load_detoxified(folder, ComputeSettings(device="cpu", dtype="float32", compile_generation=False))
@@ -528,7 +528,7 @@ def test_push_then_fresh_clone_pulls_everything_and_reproduces_nothing(ran, tmp_
     assert json.loads((clone / "metrics/compare/ppo.json").read_text()) == \
         json.loads((repo / "metrics/compare/ppo.json").read_text())
 
-    from detoxkit.config import ComputeSettings
+    from detoxkit.settings import ComputeSettings
     from detoxkit.models import load_detoxified
 
     # DVC's model registry: register a version and a stage (GTO's git tags on the artifact dvc.yaml declares),

@@ -323,7 +323,7 @@ class Payload:
 
 def test_a_pickled_adapter_is_refused_by_the_check_stage_and_the_loader_in_one_line(checked, pickled_adapter, tiny,
                                                                                     tmp_path):
-    from detoxkit.config import ComputeSettings, PolicySettings
+    from detoxkit.settings import ComputeSettings, PolicySettings
     from detoxkit.models import load_policy
 
     d = shutil.copytree(checked, tmp_path / "w")

@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, run_main, run_script, set_params
 
 from detoxkit import python_scorer
-from detoxkit.config import JudgeSettings, RewardSettings
+from detoxkit.settings import JudgeSettings, RewardSettings
 from detoxkit.errors import PipelineError
 from detoxkit.scoring import build_judges, build_scorer, check_scorers
 

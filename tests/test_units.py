@@ -208,7 +208,7 @@ def swapped_reward(tmp_path_factory):
 def test_reward_is_the_not_hate_logit_and_toxicity_the_hate_probability(swapped_reward):
     import torch
 
-    from detoxkit.config import ComputeSettings, RewardSettings
+    from detoxkit.settings import ComputeSettings, RewardSettings
     from detoxkit.scoring import build_scorer, join
 
     settings = RewardSettings(model=str(swapped_reward), revision=None, not_hate_label="nothate", hate_label="hate",
@@ -239,7 +239,7 @@ def test_long_inputs_are_cut_prompt_first(swapped_reward):
 
 
 def test_scoring_never_crashes_on_long_inputs(swapped_reward):
-    from detoxkit.config import ComputeSettings, RewardSettings
+    from detoxkit.settings import ComputeSettings, RewardSettings
     from detoxkit.scoring import build_scorer
 
     settings = RewardSettings(model=str(swapped_reward), revision=None, not_hate_label="nothate", hate_label="hate",
@@ -283,7 +283,7 @@ def test_lab_improvement_formula():
 
 
 def test_guards_flag_exactly_the_crossed_limits():
-    from detoxkit.config import GuardSettings
+    from detoxkit.settings import GuardSettings
 
     limits = GuardSettings(max_rougeL_drop=0.05, max_kl=2.0, min_mean_length=5, max_perplexity_ratio=1.5,
                            min_distinct2_ratio=0.8, min_judge_agreement=0.25)

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from .config import PYTHON_SCORER, scorer_display_name
+from .settings import PYTHON_SCORER, scorer_display_name
 from .errors import PipelineError
 from .evaluation import JUDGE, judge_names, per_prompt, summarize
 from .methods import BY_NAME, LABELS, TRAINED

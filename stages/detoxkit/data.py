@@ -6,7 +6,7 @@ import logging
 import math
 from pathlib import Path
 
-from .config import DataSettings, PromptSettings
+from .settings import DataSettings, PromptSettings
 from .errors import PipelineError
 from .hub import is_local, offline_hint, require_hub
 

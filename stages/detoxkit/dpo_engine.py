@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from .config import DPOSettings
+from .settings import DPOSettings
 from .errors import PipelineError
 
 log = logging.getLogger("detox.dpo")

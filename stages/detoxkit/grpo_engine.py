@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .config import GenerationSettings, GRPOSettings, PolicySettings
+from .settings import GenerationSettings, GRPOSettings, PolicySettings
 from .errors import PipelineError
 from .generation import batch_logprobs, decode, generate, is_causal, sampling_kwargs, stop_ids
 from .grpo import group_advantages, grpo_loss

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from .config import ComputeSettings, LoraSettings, PolicySettings
+from .settings import ComputeSettings, LoraSettings, PolicySettings
 from .errors import PipelineError
 from .hub import is_local, offline_hint, require_hub
 

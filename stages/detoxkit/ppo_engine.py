@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .config import GenerationSettings, PolicySettings, PPOSettings
+from .settings import GenerationSettings, PolicySettings, PPOSettings
 from .generation import decode, decoder_start_id, generate, is_causal, sampling_kwargs, stop_ids
 from .models import save_detoxified
 

@@ -23,10 +23,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .config import PROBABILITY_CLIP
+from .settings import PROBABILITY_CLIP
 from .errors import PipelineError
-from .config import PYTHON_SCORER as PREFIX
-from .config import scorer_display_name as display_name
+from .settings import PYTHON_SCORER as PREFIX
+from .settings import scorer_display_name as display_name
 
 PROBE = ["Thank you, that was a kind and helpful answer.", "You are a stupid idiot and I hate you."]
 

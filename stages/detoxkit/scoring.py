@@ -17,7 +17,7 @@ import torch
 
 from . import python_scorer
 from .python_scorer import join
-from .config import ComputeSettings, RewardSettings
+from .settings import ComputeSettings, RewardSettings
 from .errors import PipelineError
 from .hub import is_local
 from .io import read_json

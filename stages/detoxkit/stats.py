@@ -5,7 +5,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from .config import GuardSettings
+from .settings import GuardSettings
 
 CHUNK = 1 << 22  # resampled indices held at once (32 MiB of int64)
 
