@@ -15,7 +15,7 @@ Phases (each in a fresh subprocess, so peak memory is per phase):
   lab_ppo    (a) one generate() per prompt, per-sample classifier calls, then PPOTrainer.step
   ours_ppo   (b) our detox stage's rollout: PPOEngine.generate (batched) + RewardScorer + step
   lab_eval   (c) one generate() and one classifier call per sample (the lab's evaluate_toxicity)
-  ours_eval  (d) our evaluation: batched generate_texts + batched RewardScorer
+  ours_eval  (d) our evaluation: batched Sampler.texts + batched RewardScorer
   ours_ppo_refcopy  (b) with a separate frozen reference model instead of the disabled adapter
   ours_ppo_compiled, ours_eval_compiled  (b), (d) with compute.compile_generation (CUDA: static KV
              cache, prompts padded to one length, compiled decoder step with CUDA graphs); the
@@ -143,7 +143,7 @@ def run_phase(phase: str, args) -> dict:
         parts[name] = parts.get(name, 0.0) + time.perf_counter() - t0
 
     if "_eval" in phase:
-        from detoxkit.evaluation import generate_texts
+        from detoxkit.evaluation import Sampler
 
         def work(q_ids, q_txt):
             if phase == "lab_eval":
@@ -156,8 +156,8 @@ def run_phase(phase: str, args) -> dict:
                         finite.extend(scorer.score([p], [text])[0])
             else:
                 with part("generate"):
-                    _, out = generate_texts(model, tok, {"input_ids": q_ids}, args.eval_batch, device, 0, "eval",
-                                            compiled, **sample)
+                    _, out = Sampler(model, tok, device, 0, args.eval_batch, compiled, sample).texts(
+                        {"input_ids": q_ids}, sample["max_new_tokens"], "eval")
                 with part("score"):
                     finite.extend(scorer.score(q_txt, out)[0])
     else:

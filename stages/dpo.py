@@ -54,7 +54,8 @@ def main():
 
     import torch
 
-    from detoxkit.dpo_engine import DPOEngine, check_pairs
+    from detoxkit.dpo_engine import DPOEngine
+    from detoxkit.preferences import check_pairs
     from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy, peak_memory,
                                  save_detoxified, start_adapter_path, trainable_parameters)
 

@@ -43,8 +43,8 @@ def main():
         return
 
     from detoxkit.data import load_prepared, take
-    from detoxkit.dpo_engine import check_pairs
-    from detoxkit.evaluation import preference_pairs
+    from detoxkit.evaluation import Sampler
+    from detoxkit.preferences import check_pairs, preference_pairs
     from detoxkit.generation import sampling_kwargs
     from detoxkit.models import load_policy, start_adapter_path
     from detoxkit.scoring import build_scorer
@@ -56,9 +56,9 @@ def main():
     model, tokenizer, device = load_policy(params.policy, params.compute, start_adapter_path(params.policy, args.sft))
     log.info("sampling %d responses for each of %d train prompts from the starting policy", dpo.n, len(rows))
     start = time.perf_counter()
-    pairs, counts = preference_pairs(model, tokenizer, scorer, rows, dpo, params.generation.batch_size,
-                                     params.seed, device,
-                                     params.compute.compile_generation, **sampling_kwargs(params.generation))
+    sampler = Sampler(model, tokenizer, device, params.seed, params.generation.batch_size,
+                      params.compute.compile_generation, sampling_kwargs(params.generation))
+    pairs, counts = preference_pairs(sampler, scorer, rows, dpo)
     wall = time.perf_counter() - start
     log.info("%d of %d prompts gave a pair (reward gap >= dpo.min_margin %g; mean gap %.3f over all prompts)",
              counts["pairs"], counts["prompts"], dpo.min_margin, counts["margin_mean_all"])

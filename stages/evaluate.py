@@ -22,7 +22,7 @@ import time
 from detoxkit.config import check_split_sizes, load_params
 from detoxkit.data import load_prepared, take
 from detoxkit.eta import log_estimate
-from detoxkit.evaluation import best_of_n, evaluate_policy, sample_columns, summarize
+from detoxkit.evaluation import Sampler, best_of_n, evaluate_policy, sample_columns, summarize
 from detoxkit.generation import sampling_kwargs
 from detoxkit.io import is_placeholder, run_stage, write_csv, write_json
 from detoxkit.parallel import is_main, setup
@@ -70,17 +70,16 @@ def main():
     log.info("evaluating %s on %d test prompts, %d samples each; judges: %s", args.policy, len(rows),
              ev.samples_per_prompt, [j.name for j in judges] or "none")
 
-    gen, extra = sampling_kwargs(params.generation), {}
+    sampler, extra = Sampler(model, tokenizer, device, params.seed, ev.batch_size, params.compute.compile_generation,
+                             sampling_kwargs(params.generation)), {}
     if args.policy == "best-of-n":
         n = params.best_of_n.n
         log.info("best-of-%d: %d candidates from the starting policy", n, len(rows) * ev.samples_per_prompt * n)
-        records = best_of_n(model, tokenizer, scorer, rows, ev, n, params.seed, device,
-                            params.compute.compile_generation, judges, **gen)
+        records = best_of_n(sampler, scorer, rows, ev, n, judges)
         extra = {"enabled": True, "n": n, "generated_samples": len(records) * n}
     else:
         started = time.perf_counter()
-        records = evaluate_policy(model, tokenizer, scorer, rows, ev, params.seed, device,
-                                  params.compute.compile_generation, judges, **gen)
+        records = evaluate_policy(sampler, scorer, rows, ev, judges)
         if args.policy == "start" and is_main():
             log_estimate(params, len(data["train"]), len(data["test"]), time.perf_counter() - started,
                          len(records) * ev.max_new_tokens)

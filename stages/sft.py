@@ -39,10 +39,10 @@ def tokenize_for_sft(split, tokenizer, max_target_tokens: int, causal: bool):
 
 
 def rouge_of(model, tokenizer, rows, device, sft, seed):
-    from detoxkit.evaluation import generate_texts, rouge
+    from detoxkit.evaluation import Sampler, rouge
 
-    _, texts = generate_texts(model, tokenizer, rows, sft.batch_size, device, seed, "rouge",
-                              max_new_tokens=sft.eval_max_new_tokens, do_sample=False)
+    _, texts = Sampler(model, tokenizer, device, seed, sft.batch_size).texts(rows, sft.eval_max_new_tokens, "rouge",
+                                                                             do_sample=False)
     return {k: float(v.mean()) for k, v in rouge(texts, list(rows["summary"])).items()}
 
 

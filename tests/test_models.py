@@ -258,7 +258,7 @@ def test_k_samples_per_prompt_and_k_1_draws_what_one_pass_does(tiny):
     import datasets
 
     from detoxkit.settings import EvaluationSettings
-    from detoxkit.evaluation import evaluate_policy, generate_texts, summarize
+    from detoxkit.evaluation import Sampler, evaluate_policy, summarize
     from detoxkit.scoring import build_scorer
 
     model, tok, _ = load_policy(policy(tiny["dir"] / "policy"), CPU, None)
@@ -268,12 +268,13 @@ def test_k_samples_per_prompt_and_k_1_draws_what_one_pass_does(tiny):
     gen = {"do_sample": True, "top_k": 0, "min_length": 3}
     ev = EvaluationSettings(num_samples=5, samples_per_prompt=1, toxic_threshold=0.5, max_new_tokens=6, batch_size=2,
                             judges=[])
-    one = evaluate_policy(model, tok, scorer, rows, ev, 7, "cpu", **gen)
-    _, plain = generate_texts(model, tok, rows, 2, "cpu", 7, "plain", max_new_tokens=6, **gen)
+    sampler = Sampler(model, tok, "cpu", 7, ev.batch_size, kwargs=gen)
+    one = evaluate_policy(sampler, scorer, rows, ev)
+    _, plain = sampler.texts(rows, 6, "plain")
     assert [r["response"] for r in one] == plain  # the same draws as a single pass (before k existed)
     assert [r["toxicity"] for r in one] == pytest.approx(list(scorer.score(texts, plain)[1]), abs=1e-6)
 
-    three = evaluate_policy(model, tok, scorer, rows, dataclasses.replace(ev, samples_per_prompt=3), 7, "cpu", **gen)
+    three = evaluate_policy(sampler, scorer, rows, dataclasses.replace(ev, samples_per_prompt=3))
     assert [(r["index"], r["sample"]) for r in three] == [(i, s) for i in range(5) for s in range(3)]
     assert len({r["response"] for r in three}) > 5  # sampled, not copied
     worst = [max(r["toxicity"] for r in three if r["index"] == i) for i in range(5)]

@@ -134,7 +134,7 @@ def check_run(repo, chat: bool, methods: bool = True):
 
     from detoxkit.config import load_params
     from detoxkit.data import take
-    from detoxkit.evaluation import expand, generate_texts
+    from detoxkit.evaluation import Sampler, expand
     from detoxkit.generation import sampling_kwargs, stop_ids
     from detoxkit.models import load_detoxified
 
@@ -178,8 +178,8 @@ def check_run(repo, chat: bool, methods: bool = True):
     model, tok, device = load_detoxified(folder)
     assert stop_ids(model, tok) == [2]  # <|im_end|> alone ends a response
     rows, _ = expand(take(test, ev.num_samples, "evaluation.num_samples"), ev.samples_per_prompt)
-    ids, texts = generate_texts(model, tok, rows, ev.batch_size, device, params.seed, "check", False,
-                                max_new_tokens=ev.max_new_tokens, **sampling_kwargs(params.generation))
+    ids, texts = Sampler(model, tok, device, params.seed, ev.batch_size,
+                         kwargs=sampling_kwargs(params.generation)).texts(rows, ev.max_new_tokens, "check")
     assert texts == [r["response"] for r in after]
     assert all(len(r) == ev.max_new_tokens or r[-1] == 2 for r in ids)  # cut at <|im_end|> or at the token cap
     if not methods:

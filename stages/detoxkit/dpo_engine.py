@@ -148,11 +148,3 @@ def prompts_exact(tokenized: list[list[int]], ids: list[list[int]]) -> int:
     prompt included) would train on other prompts than those the policy is evaluated on. The settings refuse
     prompts longer than dpo.max_prompt_length, so TRL cuts none."""
     return sum(list(t) == list(p) for t, p in zip(tokenized, ids))
-
-
-def check_pairs(pairs: list[dict], dpo: DPOSettings, where: str):
-    """Refuse too few pairs (before any model loads), naming the settings that make more."""
-    if len(pairs) < max(dpo.min_pairs, 1):
-        raise PipelineError(
-            f"{where} gave {len(pairs)} preference pairs, fewer than dpo.min_pairs ({dpo.min_pairs}); lower "
-            "dpo.min_margin, raise dpo.n or dpo.num_prompts, or lower dpo.min_pairs")

@@ -4,6 +4,7 @@ Same test prompts, same sampling seed, same code: only the policy differs, so be
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -27,19 +28,48 @@ def rouge(predictions: list[str], references: list[str]) -> dict[str, np.ndarray
     return {k: np.array([s[k].fmeasure for s in scores]) for k in ("rouge1", "rouge2", "rougeL")}
 
 
-def generate_texts(model, tokenizer, rows, batch_size, device, seed, desc, compile_generation=False, **gen_kwargs):
-    """Generate for `rows` in batches, each seeded from (seed, its first row) and shared among the data-parallel
-    processes (parallel.map_batches); returns (token ids, texts) of all rows, in order."""
-    queries = list(rows["input_ids"])
-    static = static_shape(compile_generation, model, queries, gen_kwargs["max_new_tokens"])
-    stops = stop_ids(model, tokenizer)
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """A policy and how it samples: batches of `batch_size` rows, each seeded from (seed, its first row) and taken by
+    whichever data-parallel process (parallel.map_batches), on CUDA with a compiled decoder step when
+    `compile_generation`; `kwargs`: generate()'s sampling settings (generation.sampling_kwargs)."""
+    model: object
+    tokenizer: object
+    device: object
+    seed: int
+    batch_size: int
+    compile_generation: bool = False
+    kwargs: dict = dataclasses.field(default_factory=dict)
 
-    def batch(start, end):
-        ids = generate(model, tokenizer, queries[start:end], batch_size, device, static, **gen_kwargs)
-        return list(zip(ids, decode(tokenizer, ids, stops)))
+    def map(self, rows, max_new_tokens: int, desc: str, each, per_prompt: int = 1, **overrides) -> list:
+        """each(start, end, token ids, texts) for every batch of `rows`' samples, in order, gathered."""
+        queries = list(rows["input_ids"])
+        static = static_shape(self.compile_generation, self.model, queries, max_new_tokens)
+        stops = stop_ids(self.model, self.tokenizer)
+        kwargs = {**self.kwargs, **overrides, "max_new_tokens": max_new_tokens}
 
-    out = map_batches(len(queries), batch_size, seed, batch, desc)
-    return [i for i, _ in out], [t for _, t in out]
+        def batch(start, end):
+            ids = generate(self.model, self.tokenizer, queries[start:end], self.batch_size, self.device, static,
+                           **kwargs)
+            return each(start, end, ids, decode(self.tokenizer, ids, stops))
+
+        return map_batches(len(queries), self.batch_size, self.seed, batch, desc, per_prompt)
+
+    def texts(self, rows, max_new_tokens: int, desc: str, **overrides) -> tuple[list, list[str]]:
+        """(token ids, texts) of one response for each row, in order."""
+        out = self.map(rows, max_new_tokens, desc, lambda start, end, ids, texts: list(zip(ids, texts)), **overrides)
+        return [i for i, _ in out], [t for _, t in out]
+
+    def scored(self, scorer, rows, max_new_tokens: int, desc: str, per_prompt: int = 1) -> list[tuple]:
+        """(token ids, text, reward, toxicity) of one response for each row, each batch generated and scored as
+        one."""
+        prompts = list(rows["query"])
+
+        def each(start, end, ids, texts):
+            rewards, toxicity = scorer.score(prompts[start:end], texts)
+            return list(zip(ids, texts, map(float, rewards), map(float, toxicity)))
+
+        return self.map(rows, max_new_tokens, desc, each, per_prompt)
 
 
 def reference_stats(model, tokenizer, queries, responses, batch_size, device) -> tuple[np.ndarray, np.ndarray]:
@@ -74,52 +104,25 @@ def expand(rows, k: int):
     return (rows.select(order) if k > 1 else rows), order
 
 
-def evaluate_policy(model, tokenizer, scorer, rows, ev, seed: int, device, compile_generation=False, judges=(),
-                    **gen_kwargs) -> list[dict]:
+def evaluate_policy(sampler: Sampler, scorer, rows, ev, judges=()) -> list[dict]:
     """Generate `ev.samples_per_prompt` responses per row (consecutively), then score each: reward and toxicity,
     the judges' toxicity, ROUGE (when the data has references), length, KL and perplexity; one record a sample,
-    `index` naming its prompt and `sample` which of its k. Each batch of ev.batch_size samples is generated and
+    `index` naming its prompt and `sample` which of its k. Each batch of the sampler's batch size is generated and
     scored as one, seeded from (seed, its first sample), by whichever data-parallel process takes it.
     """
     k = ev.samples_per_prompt
     rows, order = expand(rows, k)
-    queries = list(rows["input_ids"])
-    static = static_shape(compile_generation, model, queries, ev.max_new_tokens)
-    stops = stop_ids(model, tokenizer)
 
-    def batch(start, end):
-        part = rows.select(range(start, end))
-        ids = generate(model, tokenizer, queries[start:end], ev.batch_size, device, static,
-                       max_new_tokens=ev.max_new_tokens, **gen_kwargs)
-        return sample_records(model, tokenizer, scorer, judges, part, order[start:end], k, ids,
-                              decode(tokenizer, ids, stops), ev.batch_size, device, first=start)
+    def each(start, end, ids, texts):
+        return sample_records(sampler, scorer, judges, rows.select(range(start, end)), order[start:end], k, ids, texts,
+                              first=start)
 
-    return map_batches(len(rows), ev.batch_size, seed, batch, "evaluate", per_prompt=k)
+    return sampler.map(rows, ev.max_new_tokens, "evaluate", each, per_prompt=k)
 
 
-def _scored_candidates(model, tokenizer, scorer, candidates, batch_size, seed, device, compile_generation, desc,
-                       max_new_tokens, per_prompt, **gen_kwargs) -> list[tuple]:
-    """(token ids, text, reward, toxicity) of one sampled response per candidate row, each batch generated and
-    scored as one by whichever data-parallel process takes it."""
-    queries = list(candidates["input_ids"])
-    prompts = list(candidates["query"])
-    static = static_shape(compile_generation, model, queries, max_new_tokens)
-    stops = stop_ids(model, tokenizer)
-
-    def batch(start, end):
-        ids = generate(model, tokenizer, queries[start:end], batch_size, device, static, max_new_tokens=max_new_tokens,
-                       **gen_kwargs)
-        texts = decode(tokenizer, ids, stops)
-        rewards, toxicity = scorer.score(prompts[start:end], texts)
-        return list(zip(ids, texts, map(float, rewards), map(float, toxicity)))
-
-    return map_batches(len(queries), batch_size, seed, batch, desc, per_prompt)
-
-
-def best_of_n(model, tokenizer, scorer, rows, ev, n: int, seed: int, device, compile_generation=False, judges=(),
-              **gen_kwargs) -> list[dict]:
-    """The rejection-sampling baseline: for each of the k samples of each prompt, n candidates from `model`
-    (the starting policy), the highest-reward one kept; records like evaluate_policy's, without KL (no single
+def best_of_n(sampler: Sampler, scorer, rows, ev, n: int, judges=()) -> list[dict]:
+    """The rejection-sampling baseline: for each of the k samples of each prompt, n candidates from the sampler's
+    policy (the starting policy), the highest-reward one kept; records like evaluate_policy's, without KL (no single
     policy sampled the kept responses; best-of-n's KL to its sampler is at most log n - (n - 1) / n nats).
 
     TRL's BestOfNSampler is not used: it generates one query at a time, decodes a causal model's prompt with
@@ -128,8 +131,7 @@ def best_of_n(model, tokenizer, scorer, rows, ev, n: int, seed: int, device, com
     """
     k = ev.samples_per_prompt
     candidates, _ = expand(rows, k * n)
-    scored = _scored_candidates(model, tokenizer, scorer, candidates, ev.batch_size, seed, device, compile_generation,
-                                f"best-of-{n}", ev.max_new_tokens, k * n, **gen_kwargs)
+    scored = sampler.scored(scorer, candidates, ev.max_new_tokens, f"best-of-{n}", k * n)
     rewards = np.array([r for _, _, r, _ in scored])
     best = rewards.reshape(-1, n).argmax(axis=1) + np.arange(0, len(scored), n)
     kept, order = expand(rows, k)
@@ -137,44 +139,15 @@ def best_of_n(model, tokenizer, scorer, rows, ev, n: int, seed: int, device, com
 
     def batch(start, end):  # the kept samples' judges, ROUGE, length and perplexity: scoring only
         part = chosen[start:end]
-        return sample_records(model, tokenizer, scorer, judges, kept.select(range(start, end)), order[start:end], k,
-                              [c[0] for c in part], [c[1] for c in part], ev.batch_size, device,
+        return sample_records(sampler, scorer, judges, kept.select(range(start, end)), order[start:end], k,
+                              [c[0] for c in part], [c[1] for c in part],
                               (np.array([c[2] for c in part]), np.array([c[3] for c in part])), kl=False, first=start)
 
-    return map_batches(len(chosen), ev.batch_size, seed, batch, f"best-of-{n} scores", per_prompt=k)
+    return map_batches(len(chosen), sampler.batch_size, sampler.seed, batch, f"best-of-{n} scores", per_prompt=k)
 
 
-def preference_pairs(model, tokenizer, scorer, rows, dpo, batch_size: int, seed: int, device,
-                     compile_generation=False, **gen_kwargs) -> tuple[list[dict], dict]:
-    """DPO's data from the starting policy's own samples: `dpo.n` responses for each row (the evaluation's
-    batched, and on CUDA compiled, generation), scored by the reward model; the highest-reward response is
-    chosen, the lowest rejected (among distinct texts), and the pair kept when their reward gap is at least
-    `dpo.min_margin` (and above 0: two equal responses teach nothing). Returns (pairs, counts)."""
-    n = dpo.n
-    candidates, _ = expand(rows, n)
-    scored = _scored_candidates(model, tokenizer, scorer, candidates, batch_size, seed, device, compile_generation,
-                                f"dpo pairs (n={n})", dpo.max_new_tokens, n, **gen_kwargs)
-    texts, rewards = [t for _, t, _, _ in scored], [r for _, _, r, _ in scored]
-    pairs, margins = [], []
-    for i in range(len(rows)):
-        # one reward per distinct text: the same text scored in two batches can differ in the last bits, and a
-        # pair of one text twice teaches nothing
-        scored_texts = dict(zip(texts[i * n:(i + 1) * n], rewards[i * n:(i + 1) * n]))
-        chosen, rejected = max(scored_texts, key=scored_texts.get), min(scored_texts, key=scored_texts.get)
-        gap = scored_texts[chosen] - scored_texts[rejected]
-        margins.append(gap)
-        if chosen != rejected and gap > 0 and gap >= dpo.min_margin:
-            pairs.append({"index": i, "query": rows[i]["query"], "prompt_ids": list(rows[i]["input_ids"]),
-                          "chosen": chosen, "rejected": rejected, "reward_chosen": scored_texts[chosen],
-                          "reward_rejected": scored_texts[rejected], "margin": gap})
-    counts = {"prompts": len(rows), "generated_samples": len(texts), "pairs": len(pairs),
-              "margin_mean_all": float(np.mean(margins)) if margins else 0.0,
-              "margin_mean_kept": float(np.mean([p["margin"] for p in pairs])) if pairs else None}
-    return pairs, counts
-
-
-def sample_records(model, tokenizer, scorer, judges, rows, order, k, ids, texts, batch_size, device,
-                   scored=None, kl=True, first=0) -> list[dict]:
+def sample_records(sampler: Sampler, scorer, judges, rows, order, k, ids, texts, scored=None, kl=True,
+                   first=0) -> list[dict]:
     """One record per generated sample (the samples from item `first` of the expanded rows on). `scored`:
     (rewards, toxicity) already computed; `kl` False leaves the KL cell empty (best-of-n's responses come from
     no single policy whose log-ratio could be taken)."""
@@ -182,7 +155,9 @@ def sample_records(model, tokenizer, scorer, judges, rows, order, k, ids, texts,
     rewards, toxicity = scored if scored is not None else scorer.score(prompts, texts)
     references = list(rows["summary"]) if "summary" in rows.column_names else None  # None: a prompt-only dataset
     scores = rouge(texts, references) if references is not None else {}
-    ref_kl, perplexity = reference_stats(model, tokenizer, list(rows["input_ids"]), ids, batch_size, device)
+    model, tokenizer = sampler.model, sampler.tokenizer
+    ref_kl, perplexity = reference_stats(model, tokenizer, list(rows["input_ids"]), ids, sampler.batch_size,
+                                         sampler.device)
     judged = {f"{JUDGE}{j.name}": j.toxicity(texts) for j in judges}
     stops = stop_ids(model, tokenizer)
     return [
