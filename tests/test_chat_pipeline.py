@@ -1,6 +1,7 @@
 """A Llama-style chat model (prompt.chat_template on) end to end: first summarizing DialogSum-shaped dialogues
-with sft on, then continuing RealToxicityPrompts-shaped prompts, a prompt-only dataset (no references: no
-ROUGE, no sft), with best-of-N on."""
+with sft on (PPO alone: DPO and GRPO on a causal policy run in test_causal_pipeline.py and below), then continuing
+RealToxicityPrompts-shaped prompts, a prompt-only dataset (no references: no ROUGE, no sft), with every method and
+best-of-N on."""
 import csv
 import json
 
@@ -20,9 +21,10 @@ def write_rtp(path, n=48):
 
 
 def test_chat_model_summarizes_with_sft_then_continues_a_prompt_only_dataset(tiny, tmp_path):
-    repo = make_repo(tmp_path / "repo", tiny_params(str(tiny["dir"]), "llama"), {"policy.adapter": "sft"})
+    repo = make_repo(tmp_path / "repo", tiny_params(str(tiny["dir"]), "llama"),
+                     {"policy.adapter": "sft", "dpo.enabled": False, "grpo.enabled": False})
     assert ran_stages(dvc("repro", cwd=repo).stdout) == sorted(STAGES)
-    check_causal_run(repo, "llama", sft=True)
+    check_causal_run(repo, "llama", sft=True, trained=("ppo",))
     import datasets
     from transformers import AutoTokenizer
 
@@ -41,7 +43,8 @@ def test_chat_model_summarizes_with_sft_then_continues_a_prompt_only_dataset(tin
               {"model": "python:scorers/words.py:score", "revision": None, "toxic_label": None, "allow_pickle": False}]
     set_params(repo, {"data.source": str(data), "data.dialogue_column": "prompt.text", "data.summary_column": None,
                       "data.filter": "challenging", "data.min_chars": 0, "prompt.template": "{dialogue}",
-                      "policy.adapter": None, "best_of_n.enabled": True, "evaluation.judges": judges})
+                      "policy.adapter": None, "best_of_n.enabled": True, "evaluation.judges": judges,
+                      "dpo.enabled": True, "grpo.enabled": True})
     out = dvc("repro", cwd=repo)
     assert ran_stages(out.stdout) == sorted(STAGES) and "is empty" not in out.stdout + out.stderr
     plots = dvc("plots", "show", "--json", cwd=repo).stdout  # sft skipped: its curve is a header, no error
