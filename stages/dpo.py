@@ -7,7 +7,8 @@ TRL 0.11.4's DPOTrainer (detoxkit.dpo_engine) on the dpo_pairs stage's pairs. Th
 policy (its start adapter merged, as for PPO): the same model with the DPO adapter disabled. `models/dpo`
 has the layout of `models/ppo` (adapter, start_adapter/, policy.json; no value head: DPO has none), so
 `load_detoxified` and `publish` serve it. The loss and reward-margin curves go to DVCLive (--live); its
-train.json holds the cost: pairs, samples generated, optimizer steps, wall time. Both outputs appear
+train.json (detoxkit.training.TrainRecord) holds the cost: pairs, the pair samples (rollouts), optimizer
+steps; timing.json the wall time. Both outputs appear
 whole when training ends, or not at all. With `dpo.enabled: false` it writes placeholders. With
 compute.processes > 1 (or under torchrun) the Trainer runs data-parallel: each process trains on its share of
 the pairs (dpo.batch_size each), gradients are averaged, and one process writes.

@@ -1,4 +1,4 @@
-"""Stages `baseline`, `best_of_n` and `evaluate_<method>` (ppo, dpo, grpo): one evaluation, every policy.
+"""Stages `baseline`, `best_of_n` and `evaluate@<method>` (ppo, dpo, grpo): one evaluation, every policy.
 
     python stages/evaluate.py --policy start --sft models/sft --data data/prepared \
         --metrics metrics/baseline.json --samples data/samples/baseline.csv

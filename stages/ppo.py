@@ -7,7 +7,8 @@ The loop is the lab's: generate a batch of summaries, score them, `step(queries,
 log. Checkpoints (adapter, value head, optimizer, KL coefficient, step, logged history) go to
 --checkpoints, outside DVC outputs, every ppo.checkpoint_every steps; a rerun with the same inputs
 resumes from the last one. Randomness is re-seeded from (seed, step) at every step, so a resumed run
-draws exactly what an uninterrupted one would.
+draws exactly what an uninterrupted one would. The bookkeeping (placeholders when `ppo.enabled` is false, the
+checkpoints, DVCLive, train.json, the outputs written whole) is detoxkit.online's; this file is the loop.
 """
 import logging
 

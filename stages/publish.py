@@ -75,7 +75,7 @@ def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_sourc
     """The model card of the adapter published in `folder`, from its own files and its comparison file (`summary`)."""
     causal = adapter.get("task_type") == "CAUSAL_LM"
     run, ran = summary.get("setup", {}), train.get("settings") or {}
-    key = train["method"]
+    key = summary["method"]  # the comparison file of the method publish chose
     about, method = BY_NAME[key], LABELS[key]
     head = f" and {method}'s value head" if about.value_head else ""
     base, local = meta["base_model"], is_local(meta["base_model"])
@@ -137,12 +137,12 @@ def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_sourc
     return "\n".join(lines)
 
 
-def nothing_published(why: str, smoke) -> str:
+def nothing_published(why: str, smoke, enabled) -> str:
     """The README.md of a folder with nothing published in it (publish.method best with no answer)."""
     return "\n".join(["# Nothing published", "", *([f"> **{smoke}**", ""] if smoke else []),
                       f"publish.method is best, but {why}, so no adapter was published: an adapter here would claim a "
                       "detoxification the evaluation did not show. See reports/report.md. To publish one anyway (its "
-                      f"card will show its numbers), set publish.method to {listed(TRAINED)} and run `dvc repro`.", ""])
+                      f"card will show its numbers), set publish.method to {listed(enabled)} and run `dvc repro`.", ""])
 
 
 def main():
@@ -161,11 +161,12 @@ def main():
     entries = {m: read_json(Path(args.compare) / f"{m}.json") for m in LABELS
                if (Path(args.compare) / f"{m}.json").is_file()}
     method, why = choose_published(entries, params.publish.method)
+    enabled = [m for m in TRAINED if getattr(params, m).enabled]  # what publish.method may name
     if method is None:  # publish.method best, and no trained method lowered toxicity: no adapter to stand behind
         with atomic_dir(args.out) as tmp:
-            write_text(tmp / "README.md", nothing_published(why, smoke_note(entries)))
+            write_text(tmp / "README.md", nothing_published(why, smoke_note(entries), enabled))
         log.warning("publish.method is best, but %s: nothing published (%s/README.md says why); set publish.method to "
-                    "%s to publish one anyway", why, args.out, listed(TRAINED))
+                    "%s to publish one anyway", why, args.out, listed(enabled))
         return
     policy, live = folders[method]
     meta = read_policy_meta(policy)  # a clear error for a folder the training stage did not write

@@ -57,3 +57,15 @@ def test_dvc_yaml_follows_the_method_registry():
     for method, curve in plotted:
         if method in BY_NAME:
             assert curve in BY_NAME[method].curves, (method, curve)
+
+
+def test_write_puts_back_a_dropped_dependency_and_touches_nothing_else(tmp_path):
+    for name in ("stages", "tools", "dvc.yaml"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, tmp_path / name)
+    text = (tmp_path / "dvc.yaml").read_text()
+    dropped = text.replace("stages/detoxkit/preferences.py, ", "", 1)  # from the first stage that lists it
+    assert dropped != text
+    (tmp_path / "dvc.yaml").write_text(dropped)
+    assert code_deps.compare(tmp_path / "dvc.yaml", tmp_path) != {}
+    assert code_deps.write(tmp_path / "dvc.yaml", tmp_path) == ["dpo_pairs"]
+    assert (tmp_path / "dvc.yaml").read_text() == text  # byte for byte: the other stages and the comments as they were

@@ -820,3 +820,25 @@ def test_every_stage_run_twice_on_identical_inputs_writes_the_same_bytes(ran, tm
             assert _unmeasured(json.loads(before[name])) == _unmeasured(json.loads(after[name])), name
         else:
             assert name.startswith(MEASURED_TEXT), (name, differ)
+
+
+def test_ppo_is_one_method_among_equals_its_toggle_says_off(ran, tmp_path):
+    """ppo.enabled false: PPO's stages write placeholders as DPO's and GRPO's do (every curve dvc.yaml plots,
+    header only; a train.json of the one schema), the report says it is off, and `dvc plots show` still works."""
+    from detoxkit.methods import BY_NAME
+
+    repo = copy_repo(ran, tmp_path / "repo")
+    set_params(repo, {"ppo.enabled": False, "publish.method": "best"})  # publish.method ppo would be refused
+    assert changed_stages(repo) == ["check", "ppo", "publish"]  # check: PPO's sizes and LoRA layers
+    assert ran_stages(dvc("repro", cwd=repo).stdout) == ["check", "evaluate@ppo", "ppo", "publish", "report"]
+    assert json.loads((repo / "metrics/compare/ppo.json").read_text()) == {"method": "ppo", "enabled": False}
+    assert (repo / "models/ppo/SKIPPED.md").is_file() and json.loads((repo / "metrics/ppo.json").read_text()) == {
+        "enabled": False}
+    for curve in BY_NAME["ppo"].curves:
+        tsv = repo / "metrics/ppo_train/plots/metrics" / f"{curve}.tsv"
+        assert tsv.read_text() == f"step\t{curve.rsplit('/', 1)[1]}\n", curve
+    train = json.loads((repo / "metrics/ppo_train/train.json").read_text())
+    assert train["enabled"] is False and set(train) == set(json.loads((repo / "metrics/grpo_train/train.json").read_text()))
+    report = (repo / "reports/report.md").read_text()
+    assert "- Off: PPO (their stages' enabled setting is false)." in report and "| PPO |" not in report
+    assert "failed" not in dvc("plots", "show", "--json", cwd=repo).stderr.lower()

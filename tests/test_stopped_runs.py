@@ -12,7 +12,7 @@ import time
 
 import psutil
 import torch
-from conftest import ENV, dvc, make_repo, run_script
+from conftest import ENV, ROOT, dvc, make_repo, run_script, set_params
 
 PPO_ARGS = ["--data", "data/prepared", "--sft", "models/sft", "--out", "models/ppo", "--live", "metrics/ppo_train",
             "--checkpoints", "checkpoints/ppo"]
@@ -86,3 +86,41 @@ def test_a_second_trainer_on_the_same_folders_is_refused_naming_the_first(workdi
     again = subprocess.run([sys.executable, "-c", HOLD.replace("time.sleep(600)", "pass"), "checkpoints/ppo"], cwd=d,
                            env=ENV, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and again.stdout == "held\n", again.stderr
+
+
+def test_sigterm_under_two_processes_stops_both_at_the_same_step_and_the_next_run_resumes(workdir, tmp_path):
+    """compute.processes 2 (torchrun, two CPU processes): a SIGTERM to the stage reaches both trainers at slightly
+    different moments; they agree (an all-reduce at every step boundary) to stop at the same step, the main one
+    saves the checkpoint, every process exits within seconds (none is left waiting in a collective for a process
+    that already stopped), and the next run resumes from that step."""
+    d = shutil.copytree(workdir, tmp_path / "w")
+    set_params(d, {"compute.processes": 2, "grpo.max_steps": 8, "grpo.checkpoint_every": 2})
+    args = ["--data", "data/prepared", "--sft", "models/sft", "--out", "models/grpo", "--live", "live",
+            "--checkpoints", "ckpt"]
+    log = tmp_path / "first.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "stages/grpo.py"), *args], cwd=d, env=ENV, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    state = d / "ckpt/state.pt"
+    try:
+        deadline = time.time() + 300
+        while not state.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        assert state.exists(), "the run ended before its first checkpoint\n" + log.read_text()
+        started = psutil.Process(proc.pid).children(recursive=True)  # torchrun and its two trainers
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) != 0
+        _, alive = psutil.wait_procs(started, timeout=30)
+        assert not alive, f"left running: {[p.cmdline() for p in alive]}\n" + log.read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    step = torch.load(state, weights_only=True)["step"]
+    assert 2 < step < 8, (step, text)  # the step boundary after the SIGTERM, not a checkpoint_every step
+    assert text.count(f"stopped: SIGTERM (the `dvc` that started this stage ended, or a kill) after step {step} of 8"
+                      ) == 2, text  # both processes, the same step
+    assert not (d / "models/grpo").exists() and not (d / "live").exists()
+    out = run_script(d, "grpo.py", *args)
+    assert f"resuming from checkpoint at step {step} of 8" in out.stderr
+    assert json.loads((d / "live/train.json").read_text())["steps_done"] == 8

@@ -83,7 +83,10 @@ def write(dvc_yaml: Path = ROOT / "dvc.yaml", root: Path = ROOT) -> list[str]:
         deps = [d for d in body.get("deps", []) if not d.startswith("stages/")]
         deps += closure(script_of(body["cmd"]), root)
         head = re.search(rf"^  {re.escape(name)}:.*$", text, re.M)
-        found = re.compile(r"^( +)deps: \[[^\]]*\]", re.M).search(text, head.end())
+        end = re.compile(r"^  \S", re.M).search(text, head.end())  # the next stage, or the next top-level key
+        found = re.compile(r"^( +)deps: \[[^\]]*\]", re.M).search(text, head.end(), end.start() if end else len(text))
+        if found is None:
+            raise SystemExit(f"dvc.yaml: stage {name} has no `deps: [...]` flow list to rewrite; write one by hand")
         indent = found.group(1)
         quoted = [f'"{d}"' if "$" in d else d for d in deps]  # ${item} in a flow list: quoted
         lines = textwrap.wrap(", ".join(quoted), 118, initial_indent=f"{indent}deps: [",

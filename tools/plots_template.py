@@ -19,6 +19,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from detoxkit.methods import METHODS as REGISTRY
+
 PACKAGES = ("vega", "vega-lite", "vega-embed")  # the order DVC's page loads them: vega-embed needs the other two
 PAGE = """<!DOCTYPE html>
 <!-- DVC's plots page (dvc_render's PAGE_HTML) with its three CDN scripts inline: written by
@@ -43,8 +45,10 @@ PAGE = """<!DOCTYPE html>
 """
 
 
-METHODS = ["start", "ppo", "dpo", "grpo", "best_of_n"]
-COLOURS = ["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]  # start grey; the same colour a method everywhere
+METHODS = ["start", *(m.name for m in REGISTRY)]  # the start, then the methods as the report orders them
+PALETTE = ["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
+           "#17becf"]  # start grey, then matplotlib's tab10
+COLOURS = PALETTE[:len(METHODS)]  # the same colour a method everywhere
 # A datum's method: its column (reports/toxicity_hist.csv: start, ppo, ...) or its file (data/samples/ppo.csv,
 # metrics/ppo_train/...; the baseline's samples are the start's). DVC gives a multi-file plot's data `filename`
 # and `field` when the template uses none of its optional anchors (these use none).

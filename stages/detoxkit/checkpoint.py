@@ -21,6 +21,7 @@ import torch
 from .errors import PipelineError
 from .io import Stopped, fingerprint, stop_asked, wait_for_step
 from .manifest import identity, model_manifest, read_cache
+from .parallel import any_process
 from .models import resolve_device, resolve_dtype
 
 log = logging.getLogger("detox.checkpoint")
@@ -84,7 +85,7 @@ def checkpoint_step(engine, resume: Resume, done: int, every: int, max_steps: in
     stage ended: io.run_stage) it saves one now and stops the stage, writing no output; from the first call on
     (before its save), a SIGTERM waits for a step boundary (before it, there is nothing to save: the stage stops)."""
     wait_for_step()  # first: a SIGTERM during the save below waits for it (no half-written state.pt.tmp)
-    stop = stop_asked()
+    stop = any_process(stop_asked())  # every process stops at the same step boundary
     if engine.is_main and every and done < max_steps and (stop or done % every == 0):
         save_checkpoint(resume.dir, done, resume.history, resume.inputs, engine.state_dict())
     if stop:

@@ -118,13 +118,18 @@ def _end_with_parent():
 
 
 def _pdeathsig():
-    """SIGTERM to this process when its parent dies (Linux; safe in a preexec_fn: no thread, no allocation)."""
+    """SIGTERM to this process when its parent dies (Linux). Also a Popen preexec_fn: it starts no thread and takes
+    no lock (prctl is looked up at import)."""
     if _LINUX:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        _PRCTL(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
         if os.getppid() == 1 and not _dvc_is_init():  # the parent died before the line above
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+if _LINUX:
+    import ctypes
+
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 
 
 _SHELLS = {"sh", "dash", "bash", "zsh", "fish", "ksh", "mksh", "busybox"}
@@ -132,15 +137,19 @@ _SHELLS = {"sh", "dash", "bash", "zsh", "fish", "ksh", "mksh", "busybox"}
 
 def _owner():
     """The process whose end ends this one: the parent, or the parent's parent when the parent is a `SHELL -c`
-    wrapper; None when it cannot be told."""
+    wrapper; None when it cannot be told. A wrapper already orphaned (its dvc died while this stage started) gives
+    this process a SIGTERM now."""
     import psutil
 
     try:
         parent = psutil.Process().parent()
         cmd = parent.cmdline() if parent else []
-        if cmd and os.path.basename(cmd[0]) in _SHELLS and "-c" in cmd[1:]:
-            return parent.parent() or parent
-        return parent
+        if not (cmd and os.path.basename(cmd[0]) in _SHELLS and "-c" in cmd[1:]):
+            return parent
+        owner = parent.parent()
+        if owner is None or owner.pid == 1 and not _dvc_is_init():
+            os.kill(os.getpid(), signal.SIGTERM)
+        return owner
     except psutil.Error:
         return None
 

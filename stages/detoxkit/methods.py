@@ -23,7 +23,6 @@ class Method:
     panels: tuple[tuple[str, str], ...] = ()  # its own curves in the report's training figure: (curve, title)
     describe: str = ""  # what it is, for the model card's first paragraph
     library: Optional[str] = None  # the training library, a model-card tag (None: our own engine)
-    steps_key: str = ""  # the setting that caps its training steps, named in the card
 
 
 METHODS = (
@@ -32,18 +31,17 @@ METHODS = (
                    "ppo/policy/advantages_mean"),
            panels=(("objective/kl", "PPO: KL to reference (nats per response)"),),
            describe="trained with PPO (TRL, value head, KL penalty against the frozen starting policy)",
-           library="trl", steps_key="ppo.max_steps"),
+           library="trl"),
     Method("dpo", "DPO", "dpo", trains_weights=True, value_head=False, curves=("dpo/loss", "dpo/reward_margin"),
            panels=(("dpo/loss", "DPO: loss"),),
            describe="trained with DPO (TRL's DPOTrainer, on preference pairs ranked by the reward model from the "
                     "starting policy's own samples; the starting policy is the reference)",
-           library="trl", steps_key="dpo.max_steps"),
+           library="trl"),
     Method("grpo", "GRPO", "grpo", trains_weights=True, value_head=False,
            curves=("env/reward_mean", "env/toxicity_mean", "grpo/kl"),
            panels=(("grpo/kl", "GRPO: KL to reference (per token)"),),
            describe="trained with GRPO (group-relative advantages over several responses per prompt, clipped "
-                    "ratio, k3 KL to the starting policy; no value head)",
-           steps_key="grpo.max_steps"),
+                    "ratio, k3 KL to the starting policy; no value head)"),
     Method("best_of_n", "best-of-N", "best_of_n", trains_weights=False, value_head=False),
 )
 BY_NAME = {m.name: m for m in METHODS}

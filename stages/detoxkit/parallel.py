@@ -39,6 +39,19 @@ def is_main() -> bool:
     return world()[0] == 0
 
 
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is true on any process (an all-reduce; `flag` itself with one process), so that every process
+    takes the same branch at the same step: a SIGTERM reaches the processes at slightly different moments, and a
+    process that stopped a step before the others would leave them waiting in a collective forever."""
+    dist = torch.distributed
+    if world()[1] == 1 or not dist.is_available() or not dist.is_initialized():
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def batch_seed(seed: int, first: int) -> int:
     """The seed of the batch that starts at item `first`: the same wherever the batch runs."""
     return seed * 1_000_003 + first

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .compare import MARK, best_method, no_answer, smoke_note
-from .methods import LABELS
+from .methods import BY_NAME, LABELS
 from .render import HEADLINE, HIST_BINS, QUAL_COLUMNS, qual_rows
 from .stats import NA, crossed_guards, interval_verdict
 
@@ -33,10 +33,10 @@ def answer(entries: dict[str, dict]) -> str:
     if blind:
         text += (f"; the judge {', '.join(blind)} could not confirm it (too weak to see the fall; see {LABELS[best]}'s "
                  "line)")
-    if best == "best_of_n":
+    if not BY_NAME[best].trains_weights:
         trained = best_method(entries, trained_only=True)
-        text += (f"; best-of-N has no weights, so publish.method best packs {LABELS[trained]}" if trained else
-                 "; best-of-N has no weights, and no trained method lowered toxicity, so publish.method best "
+        text += (f"; {LABELS[best]} has no weights, so publish.method best packs {LABELS[trained]}" if trained else
+                 f"; {LABELS[best]} has no weights, and no trained method lowered toxicity, so publish.method best "
                  "publishes nothing")
     return text + "."
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -52,8 +52,10 @@ class TrainRecord:
 
 
 def settings_of(section) -> dict:
-    """A method's settings for train.json: every field but the switches, with the LoRA rank."""
+    """A method's settings for train.json: every field but the switches, with the LoRA rank; a non-finite number
+    (ppo.max_kl: .inf) as its text, so that the file stays strict JSON."""
     out = {k: v for k, v in dataclasses.asdict(section).items() if k not in ("enabled", "checkpoint_every", "lora")}
+    out = {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}
     return {**out, "lora_r": section.lora.r} if hasattr(section, "lora") else out
 
 
@@ -100,9 +102,3 @@ def log_row(live, row: dict):
     for key, value in row.items():
         if key != "step":
             live.log_metric(key, value)
-
-
-def read_record(path: Path) -> dict:
-    """A train.json as a dict of TrainRecord's keys (a file from an older run: missing keys None)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    return {**dataclasses.asdict(TrainRecord(data.get("method", "?"))), **data}
