@@ -426,3 +426,24 @@ def test_the_shipped_lexicon_judge_is_recorded_with_its_package_version():
     assert entry["packages"] == {"better-profanity": importlib.metadata.version("better-profanity")}
     entry = model_manifest("reward.model", "python:profanity_check:predict_prob", None, {})
     assert entry["packages"]["scikit-learn"] == importlib.metadata.version("scikit-learn")  # what its model needs
+
+
+def test_an_empty_data_file_and_a_damaged_tokenizer_are_named_in_one_line(scratch, tiny):
+    """An empty (or whitespace-only) data file, and a tokenizer.json that is not JSON: one line naming the file."""
+    empty = scratch / "empty.jsonl"
+    empty.write_text("\n  \n")
+    set_params(scratch, {"data.source": str(empty)})
+    proc = subprocess.run([sys.executable, str(ROOT / "stages/prepare.py"), "--out", "data/p2"], cwd=scratch, env=ENV,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: data.source {empty} is empty (no rows: 4 bytes, "
+                                                    "whitespace at most); point data.source at a file with data")
+    policy = scratch / "policy"
+    shutil.copytree(tiny["dir"] / "policy", policy)
+    (policy / "tokenizer.json").write_text("{")
+    set_params(scratch, {"data.source": tiny["params"]["data.source"], "policy.model": str(policy)})
+    proc = subprocess.run([sys.executable, str(ROOT / "stages/prepare.py"), "--out", "data/p2"], cwd=scratch, env=ENV,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: policy.model {policy}: {policy}/tokenizer.json is damaged (not JSON: "), proc.stderr

@@ -124,3 +124,23 @@ def test_sigterm_under_two_processes_stops_both_at_the_same_step_and_the_next_ru
     out = run_script(d, "grpo.py", *args)
     assert f"resuming from checkpoint at step {step} of 8" in out.stderr
     assert json.loads((d / "live/train.json").read_text())["steps_done"] == 8
+
+
+def test_ctrl_c_stops_the_trainer_at_a_step_boundary_with_one_line_and_a_checkpoint(workdir, tmp_path):
+    """Ctrl-C (SIGINT) during training is a stop, as SIGTERM is: the step ends, a checkpoint is saved, one
+    `stopped:` line (no KeyboardInterrupt traceback), exit status 130, no output written."""
+    d = shutil.copytree(workdir, tmp_path / "w")
+    set_params(d, {"ppo.max_steps": 8, "ppo.checkpoint_every": 2})
+    proc = subprocess.Popen([sys.executable, str(ROOT / "stages/ppo.py"), *PPO_ARGS], cwd=d, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = d / "checkpoints/ppo/state.pt"
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    step = torch.load(state, weights_only=True)["step"]
+    assert 2 < step < 8 and "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines()[-1].startswith(f"stopped: SIGINT (Ctrl-C) after step {step} of 8: a checkpoint")
+    assert not (d / "models/ppo").exists() and not (d / "metrics/ppo_train").exists()

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import torch
 
 from .errors import PipelineError
-from .io import Stopped, fingerprint, stop_asked, wait_for_step
+from .io import Stopped, fingerprint, stop_asked, stop_reason, wait_for_step
 from .manifest import identity, model_manifest, read_cache
 from .parallel import any_process
 from .models import resolve_device, resolve_dtype
@@ -91,7 +91,7 @@ def checkpoint_step(engine, resume: Resume, done: int, every: int, max_steps: in
     if stop:
         kept = f"a checkpoint at step {done} is in {resume.dir}" if every and done < max_steps else \
             f"the last checkpoint in {resume.dir} (if any) is kept"
-        raise Stopped(f"SIGTERM (the `dvc` that started this stage ended, or a kill) after step {done} of "
+        raise Stopped(f"{stop_reason()} after step {done} of "
                       f"{max_steps}: {kept}; no output written. `dvc repro` resumes from it")
 
 

@@ -62,6 +62,10 @@ def _local_files(path: Path) -> tuple[str, list[str]]:
             + ", ".join(sorted({p.suffix or p.name for p in files}))
         )
     for p in files:
+        size = p.stat().st_size
+        if p.suffix != ".parquet" and (size == 0 or size < 1 << 20 and not p.read_bytes().strip()):
+            raise PipelineError(f"data.source {p} is empty (no rows: {p.stat().st_size} bytes, whitespace at most); "
+                                "point data.source at a file with data")
         _check_utf8(p)
     return kinds.pop(), [str(p) for p in files]
 
@@ -88,7 +92,8 @@ def load_source(settings: DataSettings):
         try:
             return datasets.load_dataset(builder, data_files=files, split="train")
         except Exception as err:  # a malformed file: say which and why, not a 40-frame traceback
-            raise PipelineError(f"data.source {source} could not be read as {builder}: {err}") from None
+            raise PipelineError(f"data.source {source} could not be read as {builder}: "
+                                f"{str(err).strip() or type(err).__name__}") from None
     require_hub("dataset", source)
     try:
         return datasets.load_dataset(source, split=settings.split, revision=settings.revision)

@@ -59,8 +59,10 @@ def run_stage(main: Callable[[], None], parallel: bool = False):
                    sys.argv[0], *sys.argv[1:]]
             child = subprocess.Popen(cmd, preexec_fn=_pdeathsig if _LINUX else None)
             signal.signal(signal.SIGTERM, lambda *_: child.terminate())  # torchrun passes it on to each process
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the processes themselves (one group)
             sys.exit(2 if child.wait() else 0)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)  # Ctrl-C: as SIGTERM (a second Ctrl-C stops at once)
     try:
         main()
     except PipelineError as err:
@@ -68,7 +70,7 @@ def run_stage(main: Callable[[], None], parallel: bool = False):
         sys.exit(2)
     except Stopped as err:
         print(f"stopped: {err}", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
+        sys.exit(128 + _STOP["signal"])
     _leave_process_group()
 
 
@@ -78,18 +80,25 @@ class Stopped(BaseException):
 
 
 _LINUX = sys.platform.startswith("linux")
-_STOP = {"asked": False, "wait_for_step": False}
+_STOP = {"asked": False, "wait_for_step": False, "signal": signal.SIGTERM}
+WHY = {signal.SIGTERM: "SIGTERM (the `dvc` that started this stage ended, or a kill)", signal.SIGINT: "SIGINT (Ctrl-C)"}
 
 
-def _on_sigterm(signum, frame):
-    _STOP["asked"] = True
-    if not _STOP["wait_for_step"]:
-        raise Stopped("SIGTERM (the `dvc` that started this stage ended, or a kill); no output written")
+def _on_signal(signum, frame):
+    again = _STOP["asked"] and signum == signal.SIGINT  # a second Ctrl-C: stop now, not at the step boundary
+    _STOP["asked"], _STOP["signal"] = True, signum
+    if again or not _STOP["wait_for_step"]:
+        raise Stopped(f"{stop_reason()}; no output written")
 
 
 def stop_asked() -> bool:
-    """Whether a SIGTERM asked this process to stop (checked at a training loop's step boundaries)."""
+    """Whether a SIGTERM or a Ctrl-C asked this process to stop (checked at a training loop's step boundaries)."""
     return _STOP["asked"]
+
+
+def stop_reason() -> str:
+    """The signal that asked this process to stop, in words."""
+    return WHY.get(_STOP["signal"], f"signal {_STOP['signal']}")
 
 
 def wait_for_step():
@@ -332,7 +341,7 @@ def atomic_dir(path):
     try:
         yield tmp
         if stop_asked():  # a SIGTERM while the output was being written: it stays unwritten
-            raise Stopped("SIGTERM (the `dvc` that started this stage ended, or a kill); no output written")
+            raise Stopped(f"{stop_reason()}; no output written")
         public_modes(tmp)
         old = None
         if path.exists():

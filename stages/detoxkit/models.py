@@ -131,10 +131,25 @@ def from_pretrained_safely(auto_cls, kind: str, ref: str, revision, allow_pickle
 def load_tokenizer(kind: str, ref: str, revision: Optional[str]):
     from transformers import AutoTokenizer
 
+    folder = Path(ref)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        file = folder / name
+        if folder.is_dir() and file.is_file():  # a damaged file: transformers' own error would not name it
+            try:
+                json.loads(file.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as err:
+                raise PipelineError(f"{kind} {ref}: {file} is damaged (not JSON: {err}); restore the folder or save "
+                                    "the tokenizer again (tokenizer.save_pretrained)") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref, revision=revision, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise _hub_error(kind, ref, "tokenizer", err) from None
+    except Exception as err:  # a tokenizer transformers cannot build (e.g. a slow one missing its library)
+        if not folder.is_dir():
+            raise
+        raise PipelineError(f"{kind} {ref}: its tokenizer cannot be loaded ({type(err).__name__}: "
+                            f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no message'}); check the "
+                            "tokenizer files in that folder") from None
     if tokenizer.pad_token is None:  # batches need one; padding is masked out, so EOS serves (as for GPT-2)
         fallback = tokenizer.eos_token or tokenizer.unk_token
         if fallback is None:
