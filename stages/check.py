@@ -19,7 +19,7 @@ from detoxkit.config import check_split_sizes, load_params
 from detoxkit.data import check_no_leak, load_prepared
 from detoxkit.io import run_stage, write_json
 from detoxkit.methods import TRAINED
-from detoxkit.models import check_lora_targets, check_policy, check_start_adapter
+from detoxkit.models import check_lora_targets, check_policy, check_start_adapter, resolve_device
 from detoxkit.scoring import check_scorers
 
 log = logging.getLogger("detox.check")
@@ -38,6 +38,7 @@ def main():
     args = parser.parse_args()
 
     params = load_params()
+    resolve_device(params.compute)  # compute.device cuda on a machine with no GPU: here, not in the first training
     config = check_policy(params)
     loras = [("sft.lora", params.sft.lora)] if params.policy.adapter == "sft" else []
     loras += [(f"{m}.lora", getattr(params, m).lora) for m in TRAINED if getattr(params, m).enabled]

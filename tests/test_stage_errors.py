@@ -447,3 +447,13 @@ def test_an_empty_data_file_and_a_damaged_tokenizer_are_named_in_one_line(scratc
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(
         f"error: policy.model {policy}: {policy}/tokenizer.json is damaged (not JSON: "), proc.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is visible: compute.device cuda is right")
+def test_compute_device_cuda_with_no_gpu_stops_the_check_stage(scratch):
+    set_params(scratch, {"compute.device": "cuda"})
+    proc = run_script(scratch, "check.py", "--data", "data/prepared", "--models", "metrics/models", "--out", "c.json",
+                      check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        "error: compute.device is cuda but no CUDA GPU is visible; use auto or cpu"), proc.stderr
+    assert not (scratch / "c.json").exists()
