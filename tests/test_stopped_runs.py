@@ -18,6 +18,14 @@ PPO_ARGS = ["--data", "data/prepared", "--sft", "models/sft", "--out", "models/p
             "--checkpoints", "checkpoints/ppo"]
 
 
+def wait_for_checkpoint(state, proc, output):
+    """Until the run's first checkpoint is saved (it is then between steps); `output()` for the failure message."""
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert state.exists(), "the run ended before its first checkpoint\n" + output()
+
+
 def test_kill_term_of_dvc_alone_stops_the_trainer_at_a_checkpoint_and_repro_resumes(tiny, tmp_path):
     over = {"policy.adapter": None, "ppo.max_steps": 6, "ppo.checkpoint_every": 2, "dpo.enabled": False}
     repo = make_repo(tmp_path / "repo", tiny["params"], over)
@@ -29,10 +37,7 @@ def test_kill_term_of_dvc_alone_stops_the_trainer_at_a_checkpoint_and_repro_resu
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     state = repo / "checkpoints/ppo/state.pt"
     try:
-        deadline = time.time() + 300
-        while not state.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        assert state.exists(), "the run ended before its first checkpoint\n" + log.read_text()
+        wait_for_checkpoint(state, proc, log.read_text)
         stage = [p for p in psutil.Process(proc.pid).children(recursive=True) if "stages/ppo.py" in p.cmdline()]
         assert stage, "no trainer under dvc"
         os.kill(proc.pid, signal.SIGTERM)  # dvc alone, as `kill <pid of dvc>` does
@@ -103,10 +108,7 @@ def test_sigterm_under_two_processes_stops_both_at_the_same_step_and_the_next_ru
                                 stderr=subprocess.STDOUT, start_new_session=True)
     state = d / "ckpt/state.pt"
     try:
-        deadline = time.time() + 300
-        while not state.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        assert state.exists(), "the run ended before its first checkpoint\n" + log.read_text()
+        wait_for_checkpoint(state, proc, log.read_text)
         started = psutil.Process(proc.pid).children(recursive=True)  # torchrun and its two trainers
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) != 0
@@ -134,9 +136,7 @@ def test_ctrl_c_stops_the_trainer_at_a_step_boundary_with_one_line_and_a_checkpo
     proc = subprocess.Popen([sys.executable, str(ROOT / "stages/ppo.py"), *PPO_ARGS], cwd=d, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state = d / "checkpoints/ppo/state.pt"
-    deadline = time.time() + 300
-    while not state.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_checkpoint(state, proc, lambda: "")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
