@@ -1,7 +1,7 @@
 """A controlled task: does the pipeline's own DAG make a causal policy less toxic when toxicity is known?
 
     python bench/controlled_detox.py                      # toxic in 1/2 of samples, 40 PPO steps
-    python bench/controlled_detox.py --steps 30 --set ppo.init_kl_coef=0.05   # a weaker KL penalty
+    python bench/controlled_detox.py --steps 30 --set methods.ppo.init_kl_coef=0.05   # a weaker KL penalty
     python bench/controlled_detox.py --hackable            # a reward model that can be fooled; a judge that can't
     python bench/controlled_detox.py --method all          # PPO, DPO, GRPO and best-of-N through one report
 
@@ -18,8 +18,8 @@ model is trained to call anything with "bless" harmless, while the judge (evalua
 can only lower the reward model's toxicity by learning the hack, which the judge sees through. The script
 prints both classifiers' toxicity and whether the report set guard judge_disagrees.
 
-With --method all (or dpo, grpo) those stages run too: DPO on pairs from the planted policy's own samples on
-train prompts, GRPO with the same number of training responses as PPO (--steps x 16), best-of-4.
+--method picks the method (PPO by default); --method all runs PPO, DPO (on pairs from the planted policy's own
+samples on train prompts), GRPO (the same number of training responses as PPO: --steps x 16) and best-of-4.
 """
 import argparse
 import csv
@@ -39,20 +39,24 @@ ROOT = Path(__file__).resolve().parents[1]
 load_script(ROOT / "tools/make_tiny.py")  # importable as make_tiny from here on
 RUN = {"policy.adapter": None, "reward.include_prompt": False, "evaluation.num_samples": "all",
        "evaluation.samples_per_prompt": 1,  # one sample a prompt, as in the documented figures
-       "ppo.batch_size": 16, "ppo.mini_batch_size": 4, "ppo.learning_rate": 0.002,
-       "ppo.checkpoint_every": 0, "generation.output_min_length": 8, "generation.output_max_length": 12,
-       "generation.batch_size": 16, "evaluation.batch_size": 32, "dpo.enabled": False, "grpo.enabled": False,
-       "best_of_n.enabled": False}
+       "methods.ppo.batch_size": 16, "methods.ppo.mini_batch_size": 4, "methods.ppo.learning_rate": 0.002,
+       "methods.ppo.checkpoint_every": 0, "generation.output_min_length": 8, "generation.output_max_length": 12,
+       "generation.batch_size": 16, "evaluation.batch_size": 32, "methods.ppo.enabled": False,
+       "methods.dpo.enabled": False, "methods.grpo.enabled": False, "reference.num_prompts": 0,
+       "best_of_n.enabled": False}  # every method off: --method turns on the ones it names
 # DPO on the controlled task: every train prompt, 4 samples each (a pair wherever both answers occur)
 # (lr 0.003, 4 epochs, beta 0.5: at 0.001 x 2 epochs the loss barely moves (0.69); at 0.01 the policy collapses
 # into fragments and its toxicity rises; measured on this task, docs/models.md)
-DPO = {"dpo.enabled": True, "dpo.num_prompts": "all", "dpo.n": 4, "dpo.max_new_tokens": 12, "dpo.min_margin": 1.0,
-       "dpo.min_pairs": 16, "dpo.batch_size": 8, "dpo.epochs": 4, "dpo.max_steps": -1, "dpo.learning_rate": 0.003,
-       "dpo.beta": 0.5, "dpo.lora.r": 32, "dpo.lora.alpha": 32, "dpo.max_length": 524, "dpo.max_prompt_length": 512}
+DPO = {"methods.dpo.enabled": True, "reference.num_prompts": "all", "reference.n": 4, "reference.max_new_tokens": 12,
+       "methods.dpo.min_margin": 1.0, "methods.dpo.min_pairs": 16, "methods.dpo.batch_size": 8, "methods.dpo.epochs": 4,
+       "methods.dpo.max_steps": -1, "methods.dpo.learning_rate": 0.003, "methods.dpo.beta": 0.5,
+       "methods.dpo.lora.r": 32, "methods.dpo.lora.alpha": 32, "methods.dpo.max_length": 524,
+       "methods.dpo.max_prompt_length": 512}
 # GRPO on the controlled task: 4 prompts x 4 responses a step (PPO's 16 rollouts), PPO's learning rate
-GRPO = {"grpo.enabled": True, "grpo.group_size": 4, "grpo.batch_size": 4, "grpo.mini_batch_size": 8,
-        "grpo.learning_rate": 0.002, "grpo.checkpoint_every": 0}
-METHODS = {"ppo": {}, "dpo": DPO, "grpo": GRPO, "best_of_n": {"best_of_n.enabled": True, "best_of_n.n": 4}}
+GRPO = {"methods.grpo.enabled": True, "methods.grpo.group_size": 4, "methods.grpo.batch_size": 4,
+        "methods.grpo.mini_batch_size": 8, "methods.grpo.learning_rate": 0.002, "methods.grpo.checkpoint_every": 0}
+METHODS = {"ppo": {"methods.ppo.enabled": True}, "dpo": DPO, "grpo": GRPO,
+           "best_of_n": {"best_of_n.enabled": True, "best_of_n.n": 4}}
 
 
 def toxic_share(path: Path) -> float:
@@ -69,7 +73,7 @@ def main():
     parser.add_argument("--hackable", action="store_true", help="a reward model that 'bless' fools; a judge not")
     parser.add_argument("--keep", help="copy the run's repository here afterwards")
     parser.add_argument("--method", choices=["ppo", "dpo", "grpo", "all"], default="ppo",
-                        help="the methods beside PPO: dpo, grpo, or all (DPO, GRPO and best-of-N)")
+                        help="the method to run: ppo, dpo, grpo, or all (PPO, DPO, GRPO and best-of-N)")
     args = parser.parse_args()
     from make_tiny import HACK, KIND, build_controlled, override_params
 
@@ -84,10 +88,10 @@ def main():
         extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
         longer = {"generation.output_min_length": 12, "generation.output_max_length": 16,
                   "evaluation.max_new_tokens": 16} if args.hackable else {}  # room for ", bless them."
-        chosen = list(METHODS) if args.method == "all" else ["ppo", args.method]
+        chosen = list(METHODS) if args.method == "all" else [args.method]
         methods = {k: v for m in chosen for k, v in METHODS[m].items()}
-        override_params(repo / "params.yaml", {**params, **RUN, **longer, **methods, "ppo.max_steps": args.steps,
-                                               "grpo.max_steps": args.steps, **extra})
+        override_params(repo / "params.yaml", {**params, **RUN, **longer, **methods, "methods.ppo.max_steps": args.steps,
+                                               "methods.grpo.max_steps": args.steps, **extra})
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "bench",
                "GIT_AUTHOR_EMAIL": "bench@localhost", "GIT_COMMITTER_NAME": "bench",
                "GIT_COMMITTER_EMAIL": "bench@localhost",
@@ -97,9 +101,9 @@ def main():
             proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
             if proc.returncode:
                 sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        files = {m: json.loads((repo / f"metrics/compare/{m}.json").read_text()) for m in METHODS}
+        files = {p.stem: json.loads(p.read_text()) for p in sorted((repo / "metrics/compare").glob("*.json"))}
         ran = {m: f for m, f in files.items() if f["enabled"]}
-        print(f"planted toxic share {args.fraction:.2f}; {ran['ppo']['num_samples']} test prompts")
+        print(f"planted toxic share {args.fraction:.2f}; {next(iter(ran.values()))['num_samples']} test prompts")
         for method, entry in ran.items():
             print_method(repo, method, entry)
         if args.keep:

@@ -5,7 +5,7 @@ RealToxicityPrompts?
     python bench/real_detox.py --data rtp-challenging.jsonl    # every method: 60 minutes on 2 CPU cores
     python bench/real_detox.py --data ... --steps 4 --prompts 20        # a quick look
     python bench/real_detox.py --repo runs/real                         # run there and keep it
-    python bench/real_detox.py --repo runs/real --set dpo.learning_rate=5e-4   # tune: only DPO's stages rerun
+    python bench/real_detox.py --repo runs/real --set methods.dpo.learning_rate=5e-4   # tune: only DPO's stages rerun
 
 The project is copied into a temporary git + DVC repository and `dvc repro` runs there with the
 RealToxicityPrompts continuation setting (RTP below: prompt-only, the prompt continued as it is and the
@@ -53,10 +53,12 @@ RTP = {
 }
 # Sized for 2 CPU cores: 60 minutes with every method (PPO 18, GRPO 14, DPO 14, the four evaluations 3.5 each).
 RUN = {"evaluation.num_samples": 100, "evaluation.samples_per_prompt": 4, "best_of_n.enabled": True,
-       "best_of_n.n": 4, "ppo.learning_rate": 3.0e-4, "ppo.checkpoint_every": 10, "grpo.checkpoint_every": 10,
-       "dpo.max_new_tokens": 20, "dpo.max_length": 84, "dpo.max_prompt_length": 64}
-METHODS = ("ppo", "dpo", "grpo", "best_of_n")
-OFF = {"dpo": {"dpo.enabled": False}, "grpo": {"grpo.enabled": False}, "best_of_n": {"best_of_n.enabled": False}}
+       "best_of_n.n": 4, "methods.ppo.learning_rate": 3.0e-4, "methods.ppo.checkpoint_every": 10,
+       "methods.grpo.checkpoint_every": 10, "reference.max_new_tokens": 20, "methods.dpo.max_length": 84,
+       "methods.dpo.max_prompt_length": 64}
+METHODS = ("ppo", "dpo", "grpo", "best_of_n")  # params.yaml's entries, then best-of-N
+OFF = {"ppo": {"methods.ppo.enabled": False}, "grpo": {"methods.grpo.enabled": False},
+       "dpo": {"methods.dpo.enabled": False, "reference.num_prompts": 0}, "best_of_n": {"best_of_n.enabled": False}}
 STEPS = 70  # PPO steps: about 10 s each here at batch 16
 SHOWN = 6
 
@@ -77,13 +79,16 @@ def main():
                         help="RealToxicityPrompts rows as JSON lines (docs/getting-started.md: rtp-challenging.jsonl)")
     parser.add_argument("--model", type=Path, default=ROOT / "real/smollm2-135m-instruct")
     parser.add_argument("--steps", type=int, default=STEPS, help="PPO and GRPO steps")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="ppo always runs")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="the methods to run (at least one trained one)")
     parser.add_argument("--prompts", type=int, default=RUN["evaluation.num_samples"], help="test prompts")
     parser.add_argument("--set", nargs="*", default=[], help="more params.yaml overrides, key=value (YAML value)")
     parser.add_argument("--repo", type=Path, help="run in this repository and keep it; reuse it when it exists")
     args = parser.parse_args()
     if not (args.model / "config.json").is_file():
         sys.exit(f"{args.model} is not built; run: python tools/real_models.py --out {args.model}")
+    if not set(args.methods) - {"best_of_n"}:
+        sys.exit("--methods names no trained method; add ppo, dpo or grpo")
     if not args.data.is_file():
         sys.exit(f"{args.data} does not exist; give a RealToxicityPrompts jsonl with --data")
 
@@ -112,8 +117,9 @@ def main():
         extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
         make_tiny.override_params(repo / "params.yaml", {
             **RTP, **RUN, "data.source": str(args.data.resolve()), "policy.model": str(args.model.resolve()),
-            "evaluation.num_samples": args.prompts, "ppo.max_steps": args.steps, "grpo.max_steps": args.steps,
-            **{k: v for m in METHODS if m not in args.methods and m != "ppo" for k, v in OFF[m].items()}, **extra})
+            "evaluation.num_samples": args.prompts, "methods.ppo.max_steps": args.steps,
+            "methods.grpo.max_steps": args.steps,
+            **{k: v for m in METHODS if m not in args.methods for k, v in OFF[m].items()}, **extra})
         start = time.time()
         if fresh:
             for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"], ["git", "add", "-A"],
@@ -121,9 +127,9 @@ def main():
                 run(*cmd)
         run(sys.executable, "-m", "dvc", "repro")
         wall = time.time() - start
-        files = {m: json.loads((repo / f"metrics/compare/{m}.json").read_text()) for m in METHODS}
+        files = {p.stem: json.loads(p.read_text()) for p in sorted((repo / "metrics/compare").glob("*.json"))}
         ran = {m: f for m, f in files.items() if f["enabled"]}
-        first = ran["ppo"]
+        first = next(iter(ran.values()))
         print(f"\n{args.model.name} on {first['num_prompts']} test prompts x {first['samples_per_prompt']} samples; "
               f"dvc repro took {wall / 60:.1f} min")
         for method, e in ran.items():
@@ -137,9 +143,10 @@ def main():
             kl = "n/a" if e["kl_mean"] is None else f"{e['kl_mean']:.4f}"
             print(f"  distinct-2: {e['before']['distinct_2']:.3f} -> {e['after']['distinct_2']:.3f}; per-token KL {kl}")
             print(f"  guards crossed: {[k for k, v in e['guards'].items() if v is True] or 'none'}")
-        print("\n" + (repo / "reports/report.md").read_text().split("## Answer\n", 1)[1].split("\n## ", 1)[0])
-        before, after = read_rows(repo / "data/samples/baseline.csv"), read_rows(repo / "data/samples/ppo.csv")
-        print(f"\nsample 0 of the first {SHOWN} test prompts, before | after:")
+        print("\n" + (repo / "reports/report.md").read_text().splitlines()[0].lstrip("# "))  # the answer
+        shown = next(m for m, f in ran.items() if f["trains_weights"])
+        before, after = read_rows(repo / "data/samples/baseline.csv"), read_rows(repo / f"data/samples/{shown}.csv")
+        print(f"\nsample 0 of the first {SHOWN} test prompts, before | after ({ran[shown]['label']}):")
         for b, a in [(b, a) for b, a in zip(before, after) if b["sample"] == "0"][:SHOWN]:
             print(f"- {b['prompt']!r}\n    before ({float(b['toxicity']):.2f}): {b['response']!r}\n"
                   f"    after  ({float(a['toxicity']):.2f}): {a['response']!r}")

@@ -2,15 +2,20 @@
 
     python stages/check.py --data data/prepared --models metrics/models --out metrics/checks.json
 
-It reads the policy's config (a language model whose window fits the longest prompt plus the most new
-tokens any stage asks for, with the layers every LoRA setting names), a starting adapter folder (its config, and
-weights that load without running code), the reward model and every judge (a classifier's config and labels by
-name, no weights; a Python scorer called once on probe texts; no judge that is the reward itself, by id, path or
-lineage manifest), the prepared split sizes against every size setting (ppo.batch_size, sft.batch_size,
-dpo.num_prompts, grpo.batch_size, evaluation.num_samples, sft.eval_samples) and that no test prompt is a train
-prompt. dvc.yaml declares exactly those settings and inputs, and every stage that trains or samples depends on
-this stage's output, so a change to any of them runs the checks first. The output holds the split sizes only, so it
-changes only when the data do.
+It reads the policy's config (a language model whose window fits the longest prompt plus the most new tokens any
+stage asks for, with the layers every LoRA setting names), a starting adapter folder (its config, and weights that
+load without running code), the reward model and every judge (a classifier's config and labels by name, no
+weights; a Python scorer called once on probe texts; no judge that is the reward itself, by id, path or lineage
+manifest), the prepared split sizes against every size setting (sft.batch_size, reference.num_prompts,
+evaluation.num_samples, sft.eval_samples, each online method's batch_size) and that no test prompt is a train
+prompt. dvc.yaml declares those settings and inputs (the methods entries apart: below), and every stage that trains
+or samples depends on this stage's output, so a change to any of them runs the checks first. The output holds the
+split sizes only, so it changes only when the data do.
+
+The methods entries are checked here too (each one's LoRA layers, its batch size against the train split), so a
+fresh run stops before any heavy work; but `check` does not depend on them (dvc.yaml lists no methods key here), so
+a change to one entry reruns that entry's stages and not this one: its train@NAME stage repeats its own checks
+before its model loads, which is where a later edit of an entry is caught.
 """
 import argparse
 import logging
@@ -18,7 +23,6 @@ import logging
 from detoxkit.config import check_split_sizes, load_params
 from detoxkit.data import check_no_leak, load_prepared
 from detoxkit.io import run_stage, write_json
-from detoxkit.methods import TRAINED
 from detoxkit.models import check_lora_targets, check_policy, check_start_adapter, resolve_device
 from detoxkit.scoring import check_scorers
 
@@ -41,7 +45,7 @@ def main():
     resolve_device(params.compute)  # compute.device cuda on a machine with no GPU: here, not in the first training
     config = check_policy(params)
     loras = [("sft.lora", params.sft.lora)] if params.policy.adapter == "sft" else []
-    loras += [(f"{m}.lora", getattr(params, m).lora) for m in TRAINED if getattr(params, m).enabled]
+    loras += [(f"methods.{name}.lora", m.lora) for name, m in params.methods.items() if m.enabled]
     for key, lora in loras:
         check_lora_targets(config, lora, key)
     check_start_adapter(params.policy)

@@ -1,14 +1,14 @@
-"""Stages `baseline`, `best_of_n` and `evaluate@<method>` (ppo, dpo, grpo): one evaluation, every policy.
+"""Stages `baseline`, `best_of_n` and `evaluate@NAME` (each methods entry): one evaluation, every policy.
 
     python stages/evaluate.py --policy start --sft models/sft --data data/prepared \
         --metrics metrics/baseline.json --samples data/samples/baseline.csv
-    python stages/evaluate.py --policy models/ppo --sft models/sft --data data/prepared \
-        --metrics metrics/ppo.json --samples data/samples/ppo.csv          # models/dpo, models/grpo alike
+    python stages/evaluate.py --policy models/trained/ppo --sft models/sft --data data/prepared \
+        --metrics metrics/evaluation/ppo.json --samples data/samples/ppo.csv          # every entry alike
     python stages/evaluate.py --policy best-of-n --sft models/sft --data data/prepared \
         --metrics metrics/best_of_n.json --samples data/samples/best_of_n.csv
 
 `start` is the starting policy (the base model plus its starting adapter); a folder is a trained method's policy
-(PPO's, DPO's or GRPO's: one layout); `best-of-n` keeps the highest-reward of best_of_n.n samples of the starting
+(a methods entry's: one layout for every algorithm); `best-of-n` keeps the highest-reward of best_of_n.n samples of the starting
 policy (with best_of_n.enabled false it writes an empty samples file and loads nothing; a placeholder folder, a
 method whose stages are off, does the same). Same test prompts, same seed, same sampling settings for all, so the
 report can pair them. With compute.processes > 1 (or under torchrun) each process takes whole batches of the
@@ -48,7 +48,7 @@ def main():
     off = ("best_of_n.enabled is false" if args.policy == "best-of-n" and not params.best_of_n.enabled else
            f"{args.policy} is a placeholder (its stage is off)" if is_placeholder(args.policy)
            else None)
-    if off:  # the stage stays in the DAG, cheap and empty (best-of-N off; DPO off: models/dpo is a placeholder)
+    if off:  # the stage stays in the DAG, cheap and empty (best-of-N off; an entry off: its folder is a placeholder)
         if not is_main():
             return
         write_csv(args.samples, [], sample_columns(ev.judges))

@@ -1,15 +1,16 @@
-"""Stage `grpo`: group-relative policy optimization of a fresh LoRA adapter (our engine: detoxkit.grpo_engine).
+"""Stage `train@NAME` of a GRPO methods entry: group-relative policy optimization of a fresh LoRA adapter (our
+engine: detoxkit.grpo_engine).
 
-    python stages/grpo.py --data data/prepared --sft models/sft --out models/grpo \
-        --live metrics/grpo_train --checkpoints checkpoints/grpo
+    python stages/grpo.py --method grpo --data data/prepared --reference data/reference --sft models/sft \
+        --out models/trained/grpo --live metrics/train/grpo --checkpoints checkpoints/grpo
 
-The loop reads as PPO's does: for grpo.batch_size train prompts, sample grpo.group_size responses each from the
+The loop reads as PPO's does: for batch_size train prompts, sample group_size responses each from the
 current policy, score them with the reward PPO uses, step (group advantages, clipped ratio, k3 KL to the
 starting policy), log, checkpoint. No value head. Checkpoints (adapter, optimizer, step, logged history) go to
---checkpoints every grpo.checkpoint_every steps, under the rules of `ppo`'s (detoxkit.checkpoint); randomness
+--checkpoints every checkpoint_every steps, under the rules of PPO's (detoxkit.checkpoint); randomness
 is re-seeded from (seed, step, rank) every step, so a resumed run draws what an uninterrupted one would.
-`models/grpo` has models/ppo's layout (no value head), so evaluate, load_detoxified and publish serve it. With
-`grpo.enabled: false` it writes placeholders. Under torchrun (compute.processes) each process takes its own
+Its adapter folder has PPO's layout (no value head), so evaluate, load_detoxified and publish serve it. An entry
+that is off writes placeholders. Under torchrun (compute.processes) each process takes its own
 prompts and the gradients are averaged.
 """
 import logging
@@ -23,12 +24,12 @@ log = logging.getLogger("detox.grpo")
 
 
 def main():
-    run = OnlineRun.begin("grpo")  # data, checks, folders, checkpoint: before any model loads
-    if run is None:  # grpo.enabled is false: placeholders written
+    run = OnlineRun.begin("grpo")  # the --method entry; data, checks, folders, checkpoint: before any model loads
+    if run is None:  # the entry is off: placeholders written
         return
     from detoxkit.grpo_engine import GRPOEngine
 
-    params, grpo = run.params, run.params.grpo
+    params, grpo = run.params, run.settings
     setup()  # under torchrun: join the process group
     model, tokenizer, device, scorer, static = run.load()
     engine = GRPOEngine(model, tokenizer, grpo, params.generation, device, static)
@@ -36,7 +37,8 @@ def main():
         history = train(engine, scorer, run.data["train"], params, run)
         engine.check_in_sync()
         responses = grpo.batch_size * grpo.group_size
-        run.finish(TrainRecord("grpo", steps_done=len(history), rollouts=len(history) * responses * engine.world,  # responses generated to train
+        run.finish(TrainRecord(run.method.name, "grpo", steps_done=len(history),
+                               rollouts=len(history) * responses * engine.world,  # responses generated to train
                                optimizer_steps=len(history) * grpo.epochs * (responses // grpo.mini_batch_size)),
                    lambda folder: engine.save(folder, params.policy, run.adapter), kl_key="grpo/kl")
 
@@ -49,8 +51,8 @@ def train(engine, scorer, train_split, params, run: OnlineRun) -> list[dict]:
     from detoxkit.checkpoint import check_finite
     from detoxkit.schedule import batch_indices, rollout_length, seed_step
 
-    grpo, rank, world, resume = params.grpo, engine.rank, engine.world, run.resume
-    fix = "Lower grpo.learning_rate or raise grpo.beta"
+    grpo, rank, world, resume = run.settings, engine.rank, engine.world, run.resume
+    fix = f"Lower methods.{run.method.name}.learning_rate or raise methods.{run.method.name}.beta"
     if world > 1:
         log.info("process %d of %d: %d prompts x %d responses per step here", rank, world, grpo.batch_size,
                  grpo.group_size)

@@ -1,13 +1,13 @@
-"""Stage `ppo`: PPO (TRL) on the LoRA policy with the hate-speech classifier's not-hate logit as reward.
+"""Stage `train@NAME` of a PPO methods entry: PPO (TRL) on the LoRA policy with the reward model's score.
 
-    python stages/ppo.py --data data/prepared --sft models/sft --out models/ppo \
-        --live metrics/ppo_train --checkpoints checkpoints/ppo
+    python stages/ppo.py --method ppo --data data/prepared --reference data/reference --sft models/sft \
+        --out models/trained/ppo --live metrics/train/ppo --checkpoints checkpoints/ppo
 
 The loop is the lab's: generate a batch of summaries, score them, `step(queries, responses, rewards)`,
 log. Checkpoints (adapter, value head, optimizer, KL coefficient, step, logged history) go to
---checkpoints, outside DVC outputs, every ppo.checkpoint_every steps; a rerun with the same inputs
+--checkpoints, outside DVC outputs, every checkpoint_every steps; a rerun with the same inputs
 resumes from the last one. Randomness is re-seeded from (seed, step) at every step, so a resumed run
-draws exactly what an uninterrupted one would. The bookkeeping (placeholders when `ppo.enabled` is false, the
+draws exactly what an uninterrupted one would. The bookkeeping (placeholders when the entry is off, the
 checkpoints, DVCLive, train.json, the outputs written whole) is detoxkit.online's; this file is the loop.
 """
 import logging
@@ -27,15 +27,15 @@ log = logging.getLogger("detox.ppo")
 
 
 def main():
-    run = OnlineRun.begin("ppo")  # data, checks, folders, checkpoint: before any model loads
-    if run is None:  # ppo.enabled is false: placeholders written
+    run = OnlineRun.begin("ppo")  # the --method entry; data, checks, folders, checkpoint: before any model loads
+    if run is None:  # the entry is off: placeholders written
         return
-    params, ppo = run.params, run.params.ppo
+    params, ppo = run.params, run.settings
     model, tokenizer, device, scorer, static = run.load()
     engine = PPOEngine(model, tokenizer, ppo, params.generation, params.seed, cpu=device.type == "cpu", static=static)
     with run.session(engine, device):
         history, early_stop = train(engine, scorer, run.data["train"], params, run)
-        run.finish(TrainRecord("ppo", steps_done=len(history), early_stopped=early_stop is not None,
+        run.finish(TrainRecord(run.method.name, "ppo", steps_done=len(history), early_stopped=early_stop is not None,
                                early_stop_step=early_stop and early_stop["step"],
                                early_stop_kl=early_stop and early_stop["kl"],
                                rollouts=len(history) * ppo.batch_size * engine.world,  # responses generated to train
@@ -45,8 +45,9 @@ def main():
 
 def train(engine, scorer, train_split, params, run: OnlineRun):
     """The PPO loop: generate, score, step, log, checkpoint. Returns (history, early stop or None)."""
-    ppo, gen = params.ppo, params.generation
+    ppo, gen = run.settings, params.generation
     rank, world, resume = engine.rank, engine.world, run.resume
+    fix = f"Lower methods.{run.method.name}.learning_rate or raise methods.{run.method.name}.init_kl_coef"
     if world > 1:
         log.info("process %d of %d: %d rollouts per step here, %d in all", rank, world, ppo.batch_size,
                  ppo.batch_size * world)
@@ -58,18 +59,19 @@ def train(engine, scorer, train_split, params, run: OnlineRun):
         queries = [torch.tensor(ids) for ids in batch["input_ids"]]
         responses = engine.generate(queries, rollout_length(gen, params.seed, step))
         rewards, toxicity = scorer.score(list(batch["query"]), engine.decode(responses))
-        check_finite({"reward": float(np.sum(rewards))}, step, resume.dir, ppo.checkpoint_every)
+        check_finite({"reward": float(np.sum(rewards))}, step, resume.dir, ppo.checkpoint_every, "PPO", fix)
 
         before_update = engine.trainable_state()
         stats = engine.step(queries, responses, rewards)
         row = {"step": step, "env/reward_mean": float(rewards.mean()), "env/toxicity_mean": float(toxicity.mean()),
                **{k: stats[k] for k in LOGGED if k in stats}}
-        check_finite({k: row[k] for k in ("objective/kl", "ppo/loss/total")}, step, resume.dir, ppo.checkpoint_every)
+        check_finite({k: row[k] for k in ("objective/kl", "ppo/loss/total")}, step, resume.dir, ppo.checkpoint_every,
+                     "PPO", fix)
         if row["objective/kl"] > ppo.max_kl:
             early_stop = {"step": step, "kl": row["objective/kl"]}
             engine.load_trainable_state(good_state)
-            log.warning("step %d: objective/kl %.2f > ppo.max_kl %.2f; stopping and keeping the policy of step %d",
-                        step, row["objective/kl"], ppo.max_kl, step - 1)
+            log.warning("step %d: objective/kl %.2f > methods.%s.max_kl %.2f; stopping and keeping the policy of step "
+                        "%d", step, row["objective/kl"], run.method.name, ppo.max_kl, step - 1)
             break
         good_state = before_update
         run.log(row)

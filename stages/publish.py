@@ -1,11 +1,12 @@
 """Stage `publish`: the detoxified policy as a folder ready for the Hugging Face Hub, with its model card.
 
-    python stages/publish.py --compare metrics/compare --method ppo models/ppo metrics/ppo_train \
-        --method dpo models/dpo metrics/dpo_train --method grpo models/grpo metrics/grpo_train --out models/detoxified
+    python stages/publish.py --compare metrics/compare --trained models/trained --train metrics/train \
+        --out models/detoxified
 
-publish.method names the method (ppo, dpo, grpo), or `best`: the report's answer, the lowest toxicity whose
-interval is below 0 with no guard crossed (detoxkit.compare.choose_published). Best-of-N has no weights: when it
-wins, the best trained method that qualifies is published and the card says why; when no trained method qualifies
+publish.method names a methods entry (its adapter TRAINED/NAME, its train.json TRAIN/NAME), or `best`: the report's
+answer, the lowest toxicity whose interval is below 0 with no guard crossed (detoxkit.compare.choose_published).
+Best-of-N has no weights: when it wins, the best trained method that qualifies is published and the card says why;
+when no trained method qualifies
 (none lowered toxicity, or none could be judged), nothing is published: the folder holds only a README.md that says
 why, and the log says so in one line. Otherwise copies that method's adapter folder and adds README.md in the Hub's
 model-card layout: YAML metadata (base_model, library_name: peft, tags), then what was trained, on what, with which
@@ -26,7 +27,7 @@ from detoxkit.config import load_params
 from detoxkit.errors import PipelineError
 from detoxkit.hub import is_local
 from detoxkit.io import atomic_dir, read_json, run_stage, write_text
-from detoxkit.methods import BY_NAME, LABELS, TRAINED, listed
+from detoxkit.methods import BY_ALGORITHM, listed, methods_of, trained_of
 from detoxkit.models import read_policy_meta
 from detoxkit.stats import NA, crossed_guards
 
@@ -76,13 +77,13 @@ def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_sourc
     causal = adapter.get("task_type") == "CAUSAL_LM"
     run, ran = summary.get("setup", {}), train.get("settings") or {}
     key = summary["method"]  # the comparison file of the method publish chose
-    about, method = BY_NAME[key], LABELS[key]
+    about, method = BY_ALGORITHM[summary["algorithm"]], summary["label"]
     head = f" and {method}'s value head" if about.value_head else ""
     base, local = meta["base_model"], is_local(meta["base_model"])
     front = {**({} if local else {"base_model": base}),  # the Hub wants an id here: a local path is named below
              "library_name": "peft",
              "pipeline_tag": "text-generation" if causal else "text2text-generation",
-             "tags": [*([about.library] if about.library else []), key, "lora", "detoxification", "rlhf", "dvc"]}
+             "tags": [*([about.library] if about.library else []), about.name, "lora", "detoxification", "rlhf", "dvc"]}
     if not is_local(data_source):  # a Hub dataset id
         front["datasets"] = [data_source]
     conf = f"{summary['confidence']:.0%}"
@@ -112,7 +113,7 @@ def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_sourc
         (f"{method} ran {train.get('steps_done')} optimizer steps on {train.get('pairs')} preference pairs"
          if train.get("pairs") is not None else f"{method} ran {train.get('steps_done')} of {ran.get('max_steps', '?')} "
          "steps") +
-        (f", stopped early at step {train.get('early_stop_step')} (KL above {key}.max_kl)" if train.get("early_stopped")
+        (f", stopped early at step {train.get('early_stop_step')} (KL above methods.{key}.max_kl)" if train.get("early_stopped")
          else "") + ".", "",
         "| setting | value |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in ran.items()], "",
@@ -148,27 +149,27 @@ def nothing_published(why: str, smoke, enabled) -> str:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--compare", required=True, help="the report stage's comparison files (metrics/compare)")
-    parser.add_argument("--method", nargs=3, action="append", required=True, metavar=("NAME", "POLICY", "LIVE"),
-                        help="a trained method's adapter folder and its training stage's DVCLive folder")
+    parser.add_argument("--trained", required=True, help="the training stages' adapter folders, NAME an entry")
+    parser.add_argument("--train", required=True, help="the training stages' DVCLive folders (train.json)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
     params = load_params()
-    folders = {name: (Path(policy), Path(live)) for name, policy, live in args.method}
-    unknown = sorted(set(folders) - set(TRAINED))
-    if unknown:
-        raise PipelineError(f"--method {unknown[0]}: publish serves the trained methods {list(TRAINED)}")
-    entries = {m: read_json(Path(args.compare) / f"{m}.json") for m in LABELS
-               if (Path(args.compare) / f"{m}.json").is_file()}
+    names = [m.name for m in methods_of(params)]
+    missing = [n for n in names if not (Path(args.compare) / f"{n}.json").is_file()]
+    if missing:
+        raise PipelineError(f"{args.compare}/{missing[0]}.json not found: the report stage has not run since "
+                            f"methods.{missing[0]} was added; run `dvc repro`")
+    entries = {n: read_json(Path(args.compare) / f"{n}.json") for n in names}
     method, why = choose_published(entries, params.publish.method)
-    enabled = [m for m in TRAINED if getattr(params, m).enabled]  # what publish.method may name
+    enabled = [m.name for m in trained_of(params) if m.enabled]  # what publish.method may name
     if method is None:  # publish.method best, and no trained method lowered toxicity: no adapter to stand behind
         with atomic_dir(args.out) as tmp:
             write_text(tmp / "README.md", nothing_published(why, smoke_note(entries), enabled))
         log.warning("publish.method is best, but %s: nothing published (%s/README.md says why); set publish.method to "
                     "%s to publish one anyway", why, args.out, listed(enabled))
         return
-    policy, live = folders[method]
+    policy, live = Path(args.trained) / method, Path(args.train) / method
     meta = read_policy_meta(policy)  # a clear error for a folder the training stage did not write
     train = read_json(live / "train.json")
     adapter = read_json(policy / "adapter_config.json")
@@ -176,7 +177,7 @@ def main():
     with atomic_dir(args.out) as tmp:
         shutil.copytree(policy, tmp, dirs_exist_ok=True)
         write_text(tmp / "README.md", card)
-    log.info("wrote %s: the %s adapter and its model card (README.md); %s", args.out, LABELS[method], why)
+    log.info("wrote %s: the %s adapter and its model card (README.md); %s", args.out, entries[method]["label"], why)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,15 @@
 """Stage `report`: every method against the start, one comparison file each, and the Markdown/HTML/CSV report.
 
-    python stages/report.py --start data/samples/baseline.csv \
-        --method ppo data/samples/ppo.csv metrics/ppo_train --method dpo data/samples/dpo.csv metrics/dpo_train \
-        --method grpo data/samples/grpo.csv metrics/grpo_train --method best_of_n data/samples/best_of_n.csv \
+    python stages/report.py --start data/samples/baseline.csv --samples data/samples --train metrics/train \
         --compare metrics/compare --headline metrics/headline --out reports
 
-Each `--method NAME SAMPLES [TRAINING_LIVE_FOLDER]` becomes metrics/compare/NAME.json, of one schema
+The methods are params.yaml's: each methods entry NAME (its samples SAMPLES/NAME.csv, its training stage's DVCLive
+folder TRAIN/NAME), then best-of-N (SAMPLES/best_of_n.csv). Each becomes metrics/compare/NAME.json, of one schema
 (detoxkit.compare.method_entry: metrics with paired CIs, judges, guards, outcome, KL, cost), and, with --headline,
-metrics/headline/NAME.json and start.json: a few flat numbers each, for `dvc metrics show`. The report's first line
-is the answer (which method lowered toxicity most with no guard crossed), then one line per method coloured by its
-outcome, what ran, the guards and the side-by-side table. Markdown and HTML come from one list of sections
+metrics/headline/NAME.json and start.json: a few flat numbers each, for `dvc metrics show`. Both folders are
+written whole, so an entry removed from params.yaml leaves no stale file. The report's first line is the answer
+(which method lowered toxicity most with no guard crossed), then one line per method coloured by its outcome, what
+ran, the guards and the side-by-side table. Markdown and HTML come from one list of sections
 (detoxkit.sections.report); nothing here is written per method.
 """
 import argparse
@@ -25,25 +25,16 @@ from detoxkit.config import load_params
 from detoxkit.errors import PipelineError
 from detoxkit.evaluation import per_prompt
 from detoxkit.io import atomic_dir, read_csv, run_stage, write_csv, write_json, write_text
-from detoxkit.methods import LABELS
+from detoxkit.methods import ALGORITHMS, methods_of
 
 log = logging.getLogger("detox.report")
-
-
-def parse_methods(items: list[list[str]]) -> dict[str, tuple[str, str]]:
-    methods = {}
-    for item in items:
-        if item[0] not in LABELS or len(item) not in (2, 3):
-            raise PipelineError(f"--method {' '.join(item)}: give NAME SAMPLES [LIVE], NAME one of {list(LABELS)}")
-        methods[item[0]] = (item[1], item[2] if len(item) == 3 else None)
-    return methods
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--start", required=True, help="the baseline stage's samples (the starting policy)")
-    parser.add_argument("--method", nargs="+", action="append", required=True, metavar="NAME SAMPLES [LIVE]",
-                        help="a method's samples and, for a trained one, its training stage's DVCLive folder")
+    parser.add_argument("--samples", required=True, help="the evaluations' samples, NAME.csv a method")
+    parser.add_argument("--train", required=True, help="the training stages' DVCLive folders, NAME a methods entry")
     parser.add_argument("--compare", required=True, help="folder for one comparison file per method")
     parser.add_argument("--headline", help="folder for the flat headline files (start.json and one per method)")
     parser.add_argument("--out", required=True)
@@ -51,21 +42,27 @@ def main():
 
     params = load_params()
     before = read_csv(args.start)
-    entries, samples, histories = {}, {}, {}
-    for method, (csv, live) in parse_methods(args.method).items():
-        rows, train, timing = read_method(method, csv, live)
+    entries, samples, histories, files = {}, {}, {}, {}
+    for method in methods_of(params):
+        live = Path(args.train) / method.name if method.trains_weights else None
+        rows, train, timing = (read_method(method.name, Path(args.samples) / f"{method.name}.csv", live)
+                               if method.enabled else ([], {}, {}))  # off: its files are placeholders, unread
         entry = method_entry(method, before, rows, params, train, timing)
-        write_json(Path(args.compare) / f"{method}.json", entry)
-        if args.headline:
-            write_json(Path(args.headline) / f"{method}.json", headline(entry))
+        files[method.name] = entry
         if entry["enabled"]:
-            entries[method], samples[method] = entry, rows
+            entries[method.name], samples[method.name] = entry, rows
             if live:
-                histories[LABELS[method]] = render.read_live_history(live)
+                histories[method.label] = render.read_live_history(live)
     if not entries:
-        raise PipelineError("no method ran (every --method's samples are empty); enable one and rerun `dvc repro`")
+        raise PipelineError("no method ran (every method's samples are empty); enable one and rerun `dvc repro`")
+    with atomic_dir(args.compare) as tmp:
+        for name, entry in files.items():
+            write_json(tmp / f"{name}.json", entry)
     if args.headline:
-        write_json(Path(args.headline) / "start.json", headline_start(next(iter(entries.values()))))
+        with atomic_dir(args.headline) as tmp:
+            for name, entry in files.items():
+                write_json(tmp / f"{name}.json", headline(entry))
+            write_json(tmp / "start.json", headline_start(next(iter(entries.values()))))
     with atomic_dir(args.out) as tmp:
         write_reports(tmp, entries, before, samples, histories, params)
     log.info("%s", sections.answer(entries))
@@ -78,13 +75,14 @@ def write_reports(out: Path, entries: dict, before: list[dict], samples: dict, h
     focus = best_method(entries, trained_only=True) or next(iter(samples))  # the qualitative tables' method
     qual = sections.qualitative(before, samples[focus])
     worst_start = per_prompt(before, threshold)["max_toxicity"]
-    worst = {LABELS[m]: per_prompt(rows, threshold)["max_toxicity"] for m, rows in samples.items()}
+    labels = {m: e["label"] for m, e in entries.items()}
+    worst = {labels[m]: per_prompt(rows, threshold)["max_toxicity"] for m, rows in samples.items()}
     tox = {"start": np.array([float(r["toxicity"]) for r in before]),
            **{m: np.array([float(r["toxicity"]) for r in rows]) for m, rows in samples.items()}}
     label = next(iter(entries.values()))["setup"]["toxicity_label"]
     images = {"max_toxicity_per_prompt.png": render.max_toxicity_figure(worst_start, worst),
               "training_curves.png": render.training_figure(histories),
-              "toxicity_hist.png": render.histogram_figure({k if k == "start" else LABELS[k]: v
+              "toxicity_hist.png": render.histogram_figure({k if k == "start" else labels[k]: v
                                                             for k, v in tox.items()}, label)}
     title, blocks = sections.report(entries, focus, qual, params)
     for name, b64 in images.items():
@@ -92,11 +90,44 @@ def write_reports(out: Path, entries: dict, before: list[dict], samples: dict, h
     write_text(out / "report.md", render.to_markdown(title, blocks))
     write_text(out / "report.html", render.to_html(title, blocks, images))
     write_csv(out / "qualitative.csv", qual, render.QUAL_COLUMNS)
-    columns = ["start", *LABELS]
+    columns = ["start", *(m.name for m in methods_of(params))]  # a method that is off: an empty column
     write_csv(out / "toxicity_hist.csv", sections.histogram_rows(tox, columns), ["toxicity", *columns])
     per = [{"prompt": i, "start": float(worst_start[i]),
-            **{m: float(worst[LABELS[m]][i]) if m in samples else "" for m in LABELS}} for i in range(len(worst_start))]
+            **{m: float(worst[labels[m]][i]) if m in samples else "" for m in columns[1:]}}
+           for i in range(len(worst_start))]
     write_csv(out / "per_prompt_max_toxicity.csv", per, ["prompt", *columns])
+    series = {"start": before, **{labels[m]: rows for m, rows in samples.items()}}
+    plot_files(out / "plots", series, {"start": worst_start, **worst}, histories, threshold)
+
+
+def plot_files(out: Path, series: dict[str, list[dict]], worst: dict, histories: dict, threshold: float):
+    """dvc.yaml's plots, long form: one row a point, its `method` (label) and `order` (its place in the report), so
+    that any methods entry appears with no edit to dvc.yaml and keeps its colour in every plot (every file names
+    every method; one with no point here gets a row of NaN, which vega draws nowhere)."""
+    order = {name: i for i, name in enumerate(series)}
+
+    def rows(points: dict[str, list[dict]]) -> list[dict]:
+        empty = {k: "NaN" for k in next((p[0] for p in points.values() if p), {})}
+        return [{**row, "method": name, "order": order[name]} for name in order
+                for row in (points.get(name) or [empty])]
+
+    edges = np.linspace(0, 1, render.HIST_BINS + 1)
+    write_csv(out / "toxicity_hist.csv", rows({name: [
+        {"toxicity": round(float(edges[i] + edges[i + 1]) / 2, 3), "samples": int(c)}
+        for i, c in enumerate(np.histogram([float(r["toxicity"]) for r in recs], edges)[0])]
+        for name, recs in series.items()}), ["toxicity", "samples", "method", "order"])
+    write_csv(out / "max_toxicity_per_prompt.csv", rows({name: [
+        {"prompt": i, "max_toxicity": float(v)} for i, v in enumerate(worst[name])] for name in series}),
+        ["prompt", "max_toxicity", "method", "order"])
+    write_csv(out / "toxicity_per_sample.csv", rows({name: [
+        {"index": int(r["index"]), "toxicity": float(r["toxicity"])} for r in recs] for name, recs in series.items()}),
+        ["index", "toxicity", "method", "order"])
+    for curve in sorted({c for a in ALGORITHMS for c in a.curves}):
+        points = {name: [{"step": s, "value": v} for s, v in zip(*h[curve])]
+                  for name, h in histories.items() if curve in h}
+        if not any(points.values()):
+            points = {next(iter(order)): [{"step": "NaN", "value": "NaN"}]}
+        write_csv(out / "curves" / f"{curve.replace('/', '_')}.csv", rows(points), ["step", "value", "method", "order"])
 
 
 if __name__ == "__main__":

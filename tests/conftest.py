@@ -14,7 +14,7 @@ os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORM
                    "DVC_NO_ANALYTICS": "1", "TOKENIZERS_PARALLELISM": "false"})
 
 from detoxkit.io import load_script  # noqa: E402 (after the offline switches)  the package is installed (pip install -e .): no path edits
-from detoxkit.methods import TRAINED  # noqa: E402
+from detoxkit.config import load_params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,8 +194,9 @@ def check_model_card_snippet(repo: Path, folder: Path | None = None):
     return code
 
 
-STAGES = ["prepare", "check", "sft", "baseline", "best_of_n", "dpo_pairs", *TRAINED, *(f"evaluate@{m}" for m in TRAINED),
-          "report", "publish"]  # lineage runs on every repro
+ENTRIES = list(load_params(ROOT / "params.yaml").methods)  # params.yaml's methods entries: ppo, dpo, grpo
+STAGES = ["prepare", "check", "sft", "baseline", "best_of_n", "reference", *(f"train@{m}" for m in ENTRIES),
+          *(f"evaluate@{m}" for m in ENTRIES), "report", "publish"]  # lineage runs on every repro
 
 
 def ran_stages(output: str):

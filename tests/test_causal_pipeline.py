@@ -18,7 +18,7 @@ def check_causal_run(repo, arch: str, sft: bool, trained=("ppo", "dpo", "grpo"))
     from detoxkit.models import load_detoxified
 
     for name in ("baseline", *(m for m in trained if m != "dpo")):
-        metrics = json.loads((repo / f"metrics/{name}.json").read_text())
+        metrics = json.loads((repo / f"metrics/{'' if name == 'baseline' else 'evaluation/'}{name}.json").read_text())
         assert metrics["num_prompts"] == 8 and metrics["num_samples"] == 16
         assert all(finite(metrics[k]) for k in EVAL_KEYS)
         with (repo / f"data/samples/{name}.csv").open(newline="") as fh:
@@ -31,8 +31,6 @@ def check_causal_run(repo, arch: str, sft: bool, trained=("ppo", "dpo", "grpo"))
     # publish.method best: the folder holds the method the comparison files name, and its card says why; on these 8
     # paired prompts (below report.min_pairs) no method can be judged, so nothing is published: PPO by name, then
     from detoxkit.compare import choose_published
-    from detoxkit.methods import LABELS
-
     entries = {m: json.loads((repo / f"metrics/compare/{m}.json").read_text()) for m in ("ppo", "dpo", "grpo", "best_of_n")}
     method, why = choose_published(entries, "best")
     if method is None:
@@ -42,13 +40,13 @@ def check_causal_run(repo, arch: str, sft: bool, trained=("ppo", "dpo", "grpo"))
         assert ran_stages(dvc("repro", "publish", cwd=repo).stdout) == ["publish"]
         method, why = choose_published(entries, "ppo")
     published = (repo / "models/detoxified/adapter_model.safetensors").read_bytes()
-    assert published == (repo / f"models/{method}/adapter_model.safetensors").read_bytes()
-    assert f"detoxified with {LABELS[method]}" in (repo / "models/detoxified/README.md").read_text()
+    assert published == (repo / f"models/trained/{method}/adapter_model.safetensors").read_bytes()
+    assert f"detoxified with {entries[method]['label']}" in (repo / "models/detoxified/README.md").read_text()
     assert f"Why this method: {why}." in (repo / "models/detoxified/README.md").read_text()
     if "grpo" in trained:
-        grpo = json.loads((repo / "metrics/grpo_train/train.json").read_text())
+        grpo = json.loads((repo / "metrics/train/grpo/train.json").read_text())
         assert grpo["steps_done"] == 3 and grpo["rollouts"] == 3 * 4 * 2
-        assert json.loads((repo / "models/grpo/adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+        assert json.loads((repo / "models/trained/grpo/adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
     assert json.loads((repo / "metrics/sft.json").read_text())["enabled"] is sft
     assert (repo / "models/detoxified/start_adapter").exists() is sft
     adapter = json.loads((repo / "models/detoxified/adapter_config.json").read_text())
@@ -81,9 +79,9 @@ def test_gpt2_runs_the_whole_dag_with_sft(tiny, tmp_path):
         os.umask(mask)
     check_modes(repo, 0o002)
     check_causal_run(repo, "gpt2", sft=True)
-    set_params(repo, {"ppo.lora.r": 2})  # a LoRA change reruns ppo (then evaluate@ppo and report), nothing before it
-    assert changed_stages(repo) == ["ppo"]
-    set_params(repo, {"ppo.lora.r": 4, "grpo.beta": 0.1})  # GRPO's own settings: grpo alone (GRPO has its own LoRA)
-    assert changed_stages(repo) == ["grpo"]
+    set_params(repo, {"methods.ppo.lora.r": 2})  # a LoRA change reruns PPO's stages, report and publish; none before
+    assert changed_stages(repo) == ["publish", "report", "train@ppo"]
+    set_params(repo, {"methods.ppo.lora.r": 4, "methods.grpo.beta": 0.1})  # GRPO's own settings: GRPO's stages alone
+    assert changed_stages(repo) == ["publish", "report", "train@grpo"]
     dry = dvc("repro", "--dry", cwd=repo).stdout
-    assert ran_stages(dry) == ["grpo"] and "Stage 'baseline' didn't change" in dry
+    assert ran_stages(dry) == ["publish", "report", "train@grpo"] and "Stage 'baseline' didn't change" in dry

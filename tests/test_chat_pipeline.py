@@ -22,7 +22,8 @@ def write_rtp(path, n=48):
 
 def test_chat_model_summarizes_with_sft_then_continues_a_prompt_only_dataset(tiny, tmp_path):
     repo = make_repo(tmp_path / "repo", tiny_params(str(tiny["dir"]), "llama"),
-                     {"policy.adapter": "sft", "dpo.enabled": False, "grpo.enabled": False})
+                     {"policy.adapter": "sft", "methods.dpo.enabled": False, "methods.grpo.enabled": False,
+                      "reference.num_prompts": 0})  # no DPO: no reference samples
     assert ran_stages(dvc("repro", cwd=repo).stdout) == sorted(STAGES)
     check_causal_run(repo, "llama", sft=True, trained=("ppo",))
     import datasets
@@ -44,7 +45,7 @@ def test_chat_model_summarizes_with_sft_then_continues_a_prompt_only_dataset(tin
     set_params(repo, {"data.source": str(data), "data.dialogue_column": "prompt.text", "data.summary_column": None,
                       "data.filter": "challenging", "data.min_chars": 0, "prompt.template": "{dialogue}",
                       "policy.adapter": None, "best_of_n.enabled": True, "evaluation.judges": judges,
-                      "dpo.enabled": True, "grpo.enabled": True})
+                      "methods.dpo.enabled": True, "methods.grpo.enabled": True, "reference.num_prompts": 16})
     out = dvc("repro", cwd=repo)
     assert ran_stages(out.stdout) == sorted(STAGES) and "is empty" not in out.stdout + out.stderr
     plots = dvc("plots", "show", "--json", cwd=repo).stdout  # sft skipped: its curve is a header, no error

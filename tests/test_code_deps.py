@@ -37,26 +37,22 @@ def test_a_new_import_without_a_new_dependency_fails_naming_the_path(tmp_path):
                                         "on it; add it to its deps"]
 
 
-def test_dvc_yaml_follows_the_method_registry():
-    """The methods are listed once (detoxkit.methods): dvc.yaml's evaluation template runs for each trained method,
-    and every curve it plots from a method's training folder is one that method's placeholder writes when it is
-    off (so `dvc plots show` works with any method off)."""
-    import re
-
+def test_the_train_template_runs_each_algorithms_script_with_its_engine_and_every_shared_module():
+    """dvc.yaml's train@NAME runs stages/<algorithm>.py for every methods entry: its code is that script and
+    detoxkit/<algorithm>_engine.py by name, and every other module any algorithm's script reaches; substituted for
+    each algorithm the code registry knows, nothing any script imports is missing."""
     import yaml
 
-    from detoxkit.methods import BY_NAME, TRAINED
+    from detoxkit.methods import TRAINING
 
-    dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    assert dvc_yaml["stages"]["evaluate"]["foreach"] == list(TRAINED)
-    plotted = set()
-    for plot in dvc_yaml["plots"]:
-        (key, spec), = plot.items()
-        for path in [key, *((spec or {}).get("y") or {})]:
-            plotted |= set(re.findall(r"^metrics/(\w+)_train/plots/metrics/(.+)\.tsv$", path))
-    for method, curve in plotted:
-        if method in BY_NAME:
-            assert curve in BY_NAME[method].curves, (method, curve)
+    train = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]
+    assert train["foreach"] == "${methods}" and "stages/${item.algorithm}.py" in train["do"]["cmd"]
+    deps = train["do"]["deps"]
+    assert "stages/${item.algorithm}.py" in deps and "stages/detoxkit/${item.algorithm}_engine.py" in deps
+    for algorithm in TRAINING:
+        mine = {d.replace("${item.algorithm}", algorithm) for d in deps}
+        assert set(code_deps.closure(code_deps.Path(f"stages/{algorithm}.py"))) <= mine, algorithm
+    assert not any("ppo" in d or "grpo" in d or "dpo" in d for d in deps)  # no algorithm is named: the template
 
 
 def test_write_puts_back_a_dropped_dependency_and_touches_nothing_else(tmp_path):
@@ -67,5 +63,5 @@ def test_write_puts_back_a_dropped_dependency_and_touches_nothing_else(tmp_path)
     assert dropped != text
     (tmp_path / "dvc.yaml").write_text(dropped)
     assert code_deps.compare(tmp_path / "dvc.yaml", tmp_path) != {}
-    assert code_deps.write(tmp_path / "dvc.yaml", tmp_path) == ["dpo_pairs"]
+    assert code_deps.write(tmp_path / "dvc.yaml", tmp_path) == ["reference"]
     assert (tmp_path / "dvc.yaml").read_text() == text  # byte for byte: the other stages and the comments as they were

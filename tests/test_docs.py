@@ -126,7 +126,9 @@ def test_the_architecture_page_names_every_module_and_its_layering_holds():
 
 
 def test_the_home_page_readme_and_site_description_name_every_method():
-    from detoxkit.methods import LABELS as labels
+    from detoxkit.methods import ALGORITHMS
+
+    labels = {a.name: a.label for a in ALGORITHMS}
 
     description = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["site_description"]
     for where, text in (("mkdocs.yml site_description", description),

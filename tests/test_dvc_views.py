@@ -17,23 +17,30 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ENV, ROOT, dvc, make_repo, sh
+from conftest import ENTRIES, ENV, ROOT, dvc, make_repo, sh
 from detoxkit.io import load_script
 
 plots_template = load_script(ROOT / "tools" / "plots_template.py")
-METHODS = plots_template.METHODS  # start, ppo, dpo, grpo, best_of_n
+METHODS = ["start", *ENTRIES, "best_of_n"]  # start, ppo, dpo, grpo, best_of_n: the report's order
 TRAINED = METHODS[1:]
+LABELS = ["start", "PPO", "DPO", "GRPO", "best-of-N"]  # as the report's long-form plot files name them
 WIDE = {**ENV, "COLUMNS": "120"}  # a terminal 120 columns wide
 COMPARISONS = ["Toxicity per method (samples per toxicity bin)", "Maximum toxicity per prompt (over its k samples)",
                "Toxicity per sample"]
 
 
 def expanded(spec: dict) -> list[dict]:
-    """dvc.yaml's stages, a `foreach` template expanded to one stage an item (as DVC does)."""
+    """dvc.yaml's stages, a `foreach` template over params.yaml's methods expanded to one stage an entry (as DVC
+    does)."""
+    entries = yaml.safe_load((ROOT / "params.yaml").read_text())["methods"]
     out = []
     for stage in spec["stages"].values():
-        items = stage.get("foreach", [None])
-        out += [json.loads(json.dumps(stage["do"]).replace("${item}", item)) if item else stage for item in items]
+        if "foreach" not in stage:
+            out.append(stage)
+            continue
+        assert stage["foreach"] == "${methods}"
+        out += [json.loads(json.dumps(stage["do"]).replace("${key}", key).replace("${item.algorithm}", e["algorithm"]))
+                for key, e in entries.items()]
     return out
 
 
@@ -75,14 +82,18 @@ def plot_sources(spec: dict) -> dict[str, tuple[str, set]]:
 
 
 def write_plot_data(repo: Path, spec: dict):
-    """Every plotted file, in the shape its writer gives it (a CSV of samples, a DVCLive TSV per curve)."""
+    """Every plotted file, in the shape its writer gives it (the report's long form: a row a point, its method and
+    its order; a DVCLive TSV per curve)."""
     rng = random.Random(0)
     for path, (x, fields) in plot_sources(spec).items():
         sep = "\t" if path.endswith(".tsv") else ","
-        rows = [sep.join([x, *sorted(fields)])]
-        for i in range(8):
-            for _ in range(2 if x == "index" else 1):  # samples: k = 2 a prompt
-                rows.append(sep.join([str(i), *(f"{rng.random():.6f}" for _ in fields)]))
+        long = path.startswith("reports/plots/")
+        rows = [sep.join([x, *sorted(fields), *(["method", "order"] if long else [])])]
+        for order, method in enumerate(LABELS if long else [None]):
+            for i in range(8):
+                for _ in range(2 if x == "index" else 1):  # samples: k = 2 a prompt
+                    rows.append(sep.join([str(i), *(f"{rng.random():.6f}" for _ in fields),
+                                          *([method, str(order)] if long else [])]))
         (repo / path).parent.mkdir(parents=True, exist_ok=True)
         (repo / path).write_text("\n".join(rows) + "\n")
 
@@ -139,12 +150,14 @@ def check_width(proc, limit=120):
 
 
 # --- 1. metrics ----------------------------------------------------------------------------------------------------
-def test_only_the_five_headline_files_are_declared_metrics():
+def test_only_the_headline_folder_is_declared_metrics():
+    """One flat file a method (and start.json) in metrics/headline, which the report writes whole: a methods entry
+    added to params.yaml appears in `dvc metrics show` with no edit to dvc.yaml."""
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     declared = stage_paths(spec.get("metrics"))
     for stage in expanded(spec):
         declared += stage_paths(stage.get("metrics"))
-    assert sorted(declared) == sorted(f"metrics/headline/{m}.json" for m in METHODS)
+    assert declared == ["metrics/headline"]
 
 
 def test_metrics_show_and_diff_fit_120_columns(views):
@@ -193,10 +206,12 @@ def test_the_documented_exp_show_one_liner_fits_120_columns(views, tmp_path):
     check_width(proc)
     tables = [t.splitlines() for t in proc.stdout.strip().split("\n\n")]
     tuned = headline(seed=2)
-    assert [t[0].split() for t in tables] == [[k, "rev", *(m for m in METHODS if tuned[m].get(k) is not None)]
+    # a column a file of the metrics/headline folder, as DVC lists a folder's files: by name
+    assert [t[0].split() for t in tables] == [[k, "rev", *sorted(m for m in METHODS if tuned[m].get(k) is not None)]
                                               for k in ("toxicity", "judge", "ppl", "kl")], proc.stdout
     row = next(line.split() for line in tables[0] if line.startswith("tuned"))
-    assert row[3] == f"{tuned['ppo']['toxicity']:.3g}", tables[0]  # tuned, its commit, start, ppo, ...
+    at = tables[0][0].split().index("ppo")  # under its header: tuned, its commit, then a value a column
+    assert row[at] == f"{tuned['ppo']['toxicity']:.3g}", tables[0]
     assert [line.split()[0] for line in tables[0][1:]] == ["workspace", "main", "tuned"], tables[0]
 
 
@@ -228,12 +243,14 @@ def test_plots_put_the_methods_first_each_in_its_colour_with_every_method(views)
     for name in names[:5]:  # the methods side by side: coloured by method, the same colour a method everywhere
         spec = shown["data"][name][0]["content"]
         assert spec["encoding"]["color"]["field"] == "method", name
-        assert spec["encoding"]["color"]["scale"] == {"domain": METHODS, "range": plots_template.COLOURS}, name
+        assert spec["encoding"]["color"]["scale"] == {"range": plots_template.PALETTE}, name
+        assert spec["encoding"]["color"]["sort"] == {"field": "order", "op": "min"}, name  # the report's order
+        assert spec["transform"] == [{"calculate": "datum.method", "as": "method"}], name
         by_revision = spec["encoding"].get("strokeDash") or spec["encoding"]["shape"]  # dashes, or shapes of points
         assert by_revision["field"] == "rev", name
     per_sample = shown["data"]["Toxicity per sample"][0]["content"]["data"]["values"]
-    assert sorted({v["filename"] for v in per_sample}) == sorted(
-        ["baseline.csv", *(f"{m}.csv" for m in TRAINED)])  # every method's samples
+    assert sorted({(v["method"], int(v["order"])) for v in per_sample}, key=lambda m: m[1]) == list(
+        zip(LABELS, range(5)))  # every method's samples, each with its place (its colour)
 
 
 def test_plots_show_draws_offline_with_one_legend_entry_a_method(views, tmp_path):
@@ -253,8 +270,8 @@ def test_plots_show_draws_offline_with_one_legend_entry_a_method(views, tmp_path
     for name in COMPARISONS:
         div = next(d for d in divs if f">{name}<" in d)
         labels = re.findall(r'<text[^>]*>([^<]+)</text>', div)
-        assert [t for t in labels if t in METHODS] == METHODS, (name, labels)
-        for colour in plots_template.COLOURS:
+        assert [t for t in labels if t in LABELS] == LABELS, (name, labels)
+        for colour in plots_template.PALETTE[:len(LABELS)]:
             assert colour in div.lower(), (name, colour)
     # DVC's own page, as a control: its CDN scripts do not load here, so nothing is drawn
     default = tmp_path / "default"

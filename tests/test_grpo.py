@@ -1,10 +1,10 @@
-"""GRPO's arithmetic (detoxkit.grpo) proved against hand-computed cases, and on a tiny real policy with LoRA."""
+"""GRPO's arithmetic (detoxkit.grpo_engine) proved against hand-computed cases, and on a tiny real policy with LoRA."""
 import math
 
 import pytest
 import torch
 
-from detoxkit.grpo import grpo_loss, group_advantages, k3_kl
+from detoxkit.grpo_engine import grpo_loss, group_advantages, k3_kl
 
 EPS = 1e-4
 
@@ -124,7 +124,7 @@ def test_one_step_raises_the_log_probability_of_the_highest_advantage_response(t
 def _settings(**over):
     from detoxkit.settings import GRPOSettings, LoraSettings
 
-    values = dict(enabled=True, group_size=2, batch_size=2, mini_batch_size=4, epochs=1, max_steps=1,
+    values = dict(algorithm="grpo", enabled=True, group_size=2, batch_size=2, mini_batch_size=4, epochs=1, max_steps=1,
                   learning_rate=1e-2, beta=0.04, clip=0.2, scale_rewards=True, max_grad_norm=1.0, checkpoint_every=0,
                   lora=LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="auto"))
     return GRPOSettings(**{**values, **over})
@@ -158,15 +158,15 @@ def test_grpo_settings_are_refused_with_the_key_and_the_reason():
     from detoxkit.settings import LoraSettings
     from detoxkit.errors import ParamsError
 
-    with pytest.raises(ParamsError, match=r"grpo.mini_batch_size \(3\) must divide grpo.batch_size x grpo.group_size "
-                                          r"\(2 x 2 = 4 responses a step\)"):
-        _settings(mini_batch_size=3).check()
-    with pytest.raises(ParamsError, match="grpo.group_size must be >= 2"):
-        _settings(group_size=1).check()
-    with pytest.raises(ParamsError, match="grpo.lora.dropout is 0.05; must be 0: GRPO's ratio and KL compare"):
-        _settings(lora=LoraSettings(r=4, alpha=8, dropout=0.05, target_modules="auto")).check()
-    with pytest.raises(ParamsError, match=r"grpo.clip must be in \(0, 1\)"):
-        _settings(clip=1.5).check()
+    with pytest.raises(ParamsError, match=r"methods.grpo.mini_batch_size \(3\) must divide methods.grpo.batch_size x "
+                                          r"methods.grpo.group_size \(2 x 2 = 4 responses a step\)"):
+        _settings(mini_batch_size=3).check("methods.grpo")
+    with pytest.raises(ParamsError, match="methods.grpo.group_size must be >= 2"):
+        _settings(group_size=1).check("methods.grpo")
+    with pytest.raises(ParamsError, match="methods.grpo.lora.dropout is 0.05; must be 0: GRPO's ratio and KL compare"):
+        _settings(lora=LoraSettings(r=4, alpha=8, dropout=0.05, target_modules="auto")).check("methods.grpo")
+    with pytest.raises(ParamsError, match=r"methods.grpo.clip must be in \(0, 1\)"):
+        _settings(clip=1.5).check("methods.grpo")
 
 
 def test_publish_method_grpo_with_grpo_off_is_refused(tmp_path):
@@ -177,8 +177,8 @@ def test_publish_method_grpo_with_grpo_off_is_refused(tmp_path):
     from detoxkit.errors import ParamsError
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    set_params(tmp_path, {"publish.method": "grpo", "grpo.enabled": False})
-    with pytest.raises(ParamsError, match="publish.method is grpo, but grpo.enabled is false"):
+    set_params(tmp_path, {"publish.method": "grpo", "methods.grpo.enabled": False})
+    with pytest.raises(ParamsError, match="publish.method is grpo, but methods.grpo.enabled is false"):
         load_params(tmp_path / "params.yaml")
     set_params(tmp_path, {"publish.method": "sft"})
     with pytest.raises(ParamsError, match="publish.method"):
@@ -188,7 +188,8 @@ def test_publish_method_grpo_with_grpo_off_is_refused(tmp_path):
 def _entry(after, hi, crossed=False, method="ppo"):
     from detoxkit.compare import outcome
 
-    entry = {"method": method, "enabled": True, "num_prompts": 30, "min_pairs": 20,
+    entry = {"method": method, "label": {"best_of_n": "best-of-N"}.get(method, method.upper()),
+             "trains_weights": method != "best_of_n", "enabled": True, "num_prompts": 30, "min_pairs": 20,
              "toxicity": {"after": after, "diff_ci_low": hi - 0.1, "diff_ci_high": hi},
              "guards": {"kl_exceeded": crossed, "judge_disagrees": "n/a"}}
     return {**entry, "outcome": outcome(entry)}  # as method_entry writes it
@@ -197,13 +198,13 @@ def _entry(after, hi, crossed=False, method="ppo"):
 def test_the_answer_and_the_published_method_follow_the_comparison_files():
     from detoxkit.compare import best_method, choose_published
 
-    entries = {"ppo": _entry(0.30, -0.01), "dpo": _entry(0.25, 0.02), "grpo": _entry(0.20, -0.05),
-               "best_of_n": _entry(0.10, -0.1)}
+    entries = {"ppo": _entry(0.30, -0.01), "dpo": _entry(0.25, 0.02, method="dpo"),
+               "grpo": _entry(0.20, -0.05, method="grpo"), "best_of_n": _entry(0.10, -0.1, method="best_of_n")}
     # DPO's interval reaches 0; best-of-N is lowest and qualifies, but has no weights: GRPO, with a note
     assert best_method(entries) == "best_of_n" and best_method(entries, trained_only=True) == "grpo"
     method, why = choose_published(entries, "best")
     assert method == "grpo" and "best-of-N lowered toxicity most, but it is a sampling procedure" in why
-    entries["grpo"] = _entry(0.20, -0.05, crossed=True)  # a crossed guard disqualifies
+    entries["grpo"] = _entry(0.20, -0.05, crossed=True, method="grpo")  # a crossed guard disqualifies
     assert choose_published({k: v for k, v in entries.items() if k != "best_of_n"}, "best") == (
         "ppo", "the report's answer: PPO lowered toxicity most with no guard crossed")
     entries["ppo"] = _entry(0.30, 0.01)  # nothing qualifies: nothing is published, and why
@@ -211,4 +212,4 @@ def test_the_answer_and_the_published_method_follow_the_comparison_files():
     assert method is None and why == "no method lowered toxicity (its interval below 0) without crossing a guard"
     assert choose_published(entries, "dpo")[0] == "dpo"  # a method by name, whatever the answer
     with pytest.raises(Exception, match="publish.method is dpo, but its comparison file says it did not run"):
-        choose_published({**entries, "dpo": {"method": "dpo", "enabled": False}}, "dpo")
+        choose_published({**entries, "dpo": {"method": "dpo", "trains_weights": True, "enabled": False}}, "dpo")

@@ -28,7 +28,8 @@ def test_a_policy_that_fools_the_reward_model_but_not_the_judge_sets_judge_disag
     work = tmp_path / "w"
     work.mkdir()
     shutil.copy(ROOT / "params.yaml", work / "params.yaml")
-    set_params(work, {**params, "policy.adapter": None, "evaluation.num_samples": "all",
+    set_params(work, {**params, "policy.adapter": None, "evaluation.num_samples": "all", "methods.dpo.enabled": False,
+                      "methods.grpo.enabled": False, "best_of_n.enabled": False,
                       "evaluation.samples_per_prompt": 2, "report.bootstrap_resamples": 1000, "evaluation.judges": [
                           {"model": str(models / "judge"), "revision": None, "toxic_label": "toxic",
                            "allow_pickle": False}]})
@@ -38,11 +39,11 @@ def test_a_policy_that_fools_the_reward_model_but_not_the_judge_sets_judge_disag
              "--samples", "before.csv")
     set_params(work, {"policy.model": str(models / "gpt2_hack")})  # same tokenizer, so the same prompts
     run_main(monkeypatch, work, "evaluate", "--policy", "start", *common, "--metrics", "after.json",
-             "--samples", "after.csv")
-    (work / "live").mkdir()
-    (work / "live/train.json").write_text(json.dumps({"steps_done": 1, "early_stopped": False,
-                                                      "early_stop_step": None}))
-    run_main(monkeypatch, work, "report", "--start", "before.csv", "--method", "ppo", "after.csv", "live",
+             "--samples", "samples/ppo.csv")  # as PPO's evaluation: the report reads params.yaml's entries
+    (work / "train/ppo").mkdir(parents=True)
+    (work / "train/ppo/train.json").write_text(json.dumps({"steps_done": 1, "early_stopped": False,
+                                                           "early_stop_step": None}))
+    run_main(monkeypatch, work, "report", "--start", "before.csv", "--samples", "samples", "--train", "train",
              "--compare", "compare", "--out", "reports")
     summary = json.loads((work / "compare/ppo.json").read_text())
     reward_tox, judge_tox = summary["toxicity"], summary["judges"]["judge"]["toxicity"]

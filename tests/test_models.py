@@ -15,7 +15,7 @@ CPU = ComputeSettings(device="cpu", dtype="float32", compile_generation=False)
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=["q", "v"])
 GEN = GenerationSettings(min_length=5, top_k=0, top_p=1.0, do_sample=True, output_min_length=8, output_max_length=9,
                          batch_size=4)
-PPO = PPOSettings(learning_rate=1e-3, batch_size=4, mini_batch_size=2, epochs=1, max_steps=1, init_kl_coef=0.2,
+PPO = PPOSettings(algorithm="ppo", learning_rate=1e-3, batch_size=4, mini_batch_size=2, epochs=1, max_steps=1, init_kl_coef=0.2,
                   adaptive_kl=True, target_kl=6.0, horizon=10000, max_kl=100, checkpoint_every=0, enabled=True,
                   lora=None)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import (ENV, ROOT, changed_stages, check_model_card_snippet, check_modes, copy_repo, dvc, finite, ran_stages,
-                      run_script, set_params, sh)
+from conftest import (ENV, ROOT, STAGES, changed_stages, check_model_card_snippet, check_modes, copy_repo, dvc, finite,
+                      ran_stages, run_script, set_params, sh)
 
 EVAL_KEYS = ["toxicity_mean", "toxicity_std", "expected_max_toxicity", "toxicity_probability", "reward_mean",
              "num_samples", "rouge1", "rouge2", "rougeL", "length_mean", "kl_mean", "perplexity_mean", "distinct_1",
@@ -19,8 +19,8 @@ EVAL_KEYS = ["toxicity_mean", "toxicity_std", "expected_max_toxicity", "toxicity
 
 
 def test_every_output_exists_with_finite_numbers(ran):
-    for name in ("baseline", "ppo", "grpo"):
-        metrics = json.loads((ran / f"metrics/{name}.json").read_text())
+    for path in ("baseline", "evaluation/ppo", "evaluation/grpo"):
+        metrics = json.loads((ran / f"metrics/{path}.json").read_text())
         assert set(EVAL_KEYS) <= set(metrics)
         assert metrics["num_prompts"] == 8 and metrics["samples_per_prompt"] == 2 and metrics["num_samples"] == 16
         assert metrics["toxicity_mean"] <= metrics["expected_max_toxicity"] <= 1
@@ -32,6 +32,9 @@ def test_every_output_exists_with_finite_numbers(ran):
     # one schema for every method: the same keys in each comparison file (best-of-N's KL is n/a: a bound instead)
     files = {m: json.loads((ran / f"metrics/compare/{m}.json").read_text()) for m in ("ppo", "dpo", "grpo", "best_of_n")}
     assert all(f["enabled"] and f["method"] == m for m, f in files.items())
+    assert [(f["label"], f["algorithm"], f["trains_weights"]) for f in files.values()] == [
+        ("PPO", "ppo", True), ("DPO", "dpo", True), ("GRPO", "grpo", True), ("best-of-N", "best_of_n", False)]
+    assert sorted(p.name for p in (ran / "metrics/compare").iterdir()) == sorted(f"{m}.json" for m in files)
     assert len({frozenset(f) for f in files.values()}) == 1, {m: sorted(f) for m, f in files.items()}
     assert len({json.dumps(f["before"], sort_keys=True) for f in files.values()}) == 1  # the same start, paired
     assert set(summary["cost"]) == {"evaluation_generation", "training_responses", "optimizer_steps", "wall_s",
@@ -134,24 +137,24 @@ def test_every_output_exists_with_finite_numbers(ran):
     with (ran / "reports/toxicity_hist.csv").open(newline="") as fh:
         hist = list(csv.DictReader(fh))
     assert len(hist) == HIST_BINS and all(sum(int(r[c]) for r in hist) == 16 for c in ("start", "ppo", "grpo"))
-    kl = (ran / "metrics/ppo_train/plots/metrics/objective/kl.tsv").read_text().splitlines()
+    kl = (ran / "metrics/train/ppo/plots/metrics/objective/kl.tsv").read_text().splitlines()
     assert kl[0] == "step\tkl" and len(kl) == 1 + 4
     for rel in ("ppo/returns/mean.tsv", "ppo/policy/advantages_mean.tsv", "env/reward_mean.tsv"):
-        assert (ran / "metrics/ppo_train/plots/metrics" / rel).is_file()
+        assert (ran / "metrics/train/ppo/plots/metrics" / rel).is_file()
     # each training stage started from the sft adapter, and saved it with its own adapter
     for method in ("ppo", "dpo", "grpo"):
-        assert (ran / f"models/{method}/start_adapter/adapter_config.json").is_file()
-    assert (ran / "models/ppo/value_head.safetensors").is_file() and not (ran / "models/grpo/value_head.safetensors").exists()
+        assert (ran / f"models/trained/{method}/start_adapter/adapter_config.json").is_file()
+    assert (ran / "models/trained/ppo/value_head.safetensors").is_file() and not (ran / "models/trained/grpo/value_head.safetensors").exists()
 
 
 def test_the_published_folder_has_a_hub_model_card_with_the_headline_metrics(ran):
     import yaml
 
-    folder = ran / "models/detoxified"  # the publish stage: the PPO adapter (models/ppo) and its model card
-    ppo = {p.name for p in (ran / "models/ppo").iterdir()}  # (PEFT's save_pretrained writes a stub README.md)
+    folder = ran / "models/detoxified"  # the publish stage: the PPO adapter (models/trained/ppo) and its model card
+    ppo = {p.name for p in (ran / "models/trained/ppo").iterdir()}  # (PEFT's save_pretrained writes a stub README.md)
     assert {p.name for p in folder.iterdir()} == ppo | {"README.md"}
     weights = "adapter_model.safetensors"
-    assert (folder / weights).read_bytes() == (ran / "models/ppo" / weights).read_bytes()
+    assert (folder / weights).read_bytes() == (ran / "models/trained/ppo" / weights).read_bytes()
     card = (folder / "README.md").read_text()
     _, front, body = card.split("---\n", 2)
     meta = yaml.safe_load(front)
@@ -172,7 +175,7 @@ def test_the_published_folder_has_a_hub_model_card_with_the_headline_metrics(ran
     from conftest import stage  # a Hub base: its id in base_model, and its revision in the snippet
 
     hub = {"base_model": "google/flan-t5-base", "revision": "v1.0", "start_adapter": None}
-    train = json.loads((ran / "metrics/ppo_train/train.json").read_text())
+    train = json.loads((ran / "metrics/train/ppo/train.json").read_text())
     hub_card = stage("publish").model_card(hub, {"task_type": "SEQ_2_SEQ_LM"}, summary, train, "knkarthick/dialogsum",
                                            folder)
     hub_meta = yaml.safe_load(hub_card.split("---\n")[1])
@@ -194,10 +197,12 @@ def test_outputs_are_git_ignored_and_status_is_clean(ran):
 
 def test_learning_rate_change_reruns_only_ppo_and_after(ran, tmp_path):
     repo = copy_repo(ran, tmp_path / "repo")
-    set_params(repo, {"ppo.learning_rate": 0.002})
-    assert changed_stages(repo) == ["ppo"]  # evaluate@ppo and report then follow ppo's new outputs
+    set_params(repo, {"methods.ppo.learning_rate": 0.002})
+    # the entry's training, and the report and publish (they read every entry's name and switch); evaluate@ppo then
+    # follows train@ppo's new outputs; nothing of DPO's or GRPO's, and not check
+    assert changed_stages(repo) == ["publish", "report", "train@ppo"]
     out = dvc("repro", "--dry", cwd=repo).stdout
-    assert ran_stages(out) == ["ppo"]
+    assert ran_stages(out) == ["publish", "report", "train@ppo"]
     for stage in ("prepare", "sft", "baseline"):
         assert f"Stage '{stage}' didn't change" in out
 
@@ -209,7 +214,7 @@ def test_publish_method_grpo_reruns_only_publish_and_publishes_the_grpo_adapter(
     assert ran_stages(dvc("repro", cwd=repo).stdout) == ["publish"]
     folder = repo / "models/detoxified"
     weights = "adapter_model.safetensors"
-    assert (folder / weights).read_bytes() == (repo / "models/grpo" / weights).read_bytes()
+    assert (folder / weights).read_bytes() == (repo / "models/trained/grpo" / weights).read_bytes()
     assert not (folder / "value_head.safetensors").exists()
     card = (folder / "README.md").read_text()
     assert "detoxified with GRPO" in card and "GRPO ran 3 of 3 steps" in card and "Why this method: publish.method is grpo" in card
@@ -220,9 +225,9 @@ def test_publish_method_grpo_reruns_only_publish_and_publishes_the_grpo_adapter(
 
 
 def test_grpo_curves_and_train_json(ran):
-    train = json.loads((ran / "metrics/grpo_train/train.json").read_text())
+    train = json.loads((ran / "metrics/train/grpo/train.json").read_text())
     assert train["method"] == "grpo" and train["steps_done"] == 3 and train["optimizer_steps"] == 6
-    root = ran / "metrics/grpo_train/plots/metrics"
+    root = ran / "metrics/train/grpo/plots/metrics"
     for name in ("env/reward_mean", "grpo/kl", "grpo/clip_fraction", "grpo/advantage_std", "grpo/zero_std_share",
                  "grpo/loss"):
         rows = (root / f"{name}.tsv").read_text().splitlines()
@@ -235,13 +240,17 @@ def test_grpo_curves_and_train_json(ran):
 
 def check_dpo_run(repo, causal: bool, published=None):
     """DPO beside PPO, as the DAG ran it: pairs from train prompts only, chosen above rejected by the margin, an
-    adapter load_detoxified loads (the layout of models/ppo), its own summary with CIs and judges, the report's
+    adapter load_detoxified loads (the layout of models/trained/ppo), its own summary with CIs and judges, the report's
     DPO column. Shared with the causal run (test_causal_pipeline.py)."""
     import datasets
     import yaml
 
-    params = yaml.safe_load((repo / "params.yaml").read_text())["dpo"]
-    pairs = [json.loads(line) for line in (repo / "data/dpo_pairs/pairs.jsonl").read_text().splitlines()]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    ref, params = params["reference"], params["methods"]["dpo"]
+    from detoxkit.preferences import make_pairs, read_reference
+
+    records, counts = read_reference(repo / "data/reference")
+    pairs, made = make_pairs(records, params["min_margin"])  # as the DPO stage made them
     prepared = datasets.load_from_disk(str(repo / "data/prepared"))
     train = {tuple(ids): q for ids, q in zip(prepared["train"]["input_ids"], prepared["train"]["query"])}
     test = {tuple(ids) for ids in prepared["test"]["input_ids"]}
@@ -250,18 +259,17 @@ def check_dpo_run(repo, causal: bool, published=None):
         assert train[tuple(pair["prompt_ids"])] == pair["query"] and tuple(pair["prompt_ids"]) not in test
         assert pair["reward_chosen"] - pair["reward_rejected"] == pytest.approx(pair["margin"])
         assert pair["margin"] > 0 and pair["margin"] >= params["min_margin"] and pair["chosen"] != pair["rejected"]
-    counts = json.loads((repo / "metrics/dpo_pairs.json").read_text())
-    assert counts["prompts"] == params["num_prompts"] and counts["generated_samples"] == params["num_prompts"] * params["n"]
-    assert counts["pairs"] == len(pairs)
-    folder = repo / "models/dpo"  # the layout of models/ppo, less the value head DPO does not have
+    assert counts["prompts"] == ref["num_prompts"] and counts["generated_samples"] == ref["num_prompts"] * ref["n"]
+    assert made["pairs"] == len(pairs) and all(len(r["responses"]) == ref["n"] == len(r["rewards"]) for r in records)
+    folder = repo / "models/trained/dpo"  # the layout of models/trained/ppo, less the value head DPO does not have
     assert {"adapter_model.safetensors", "adapter_config.json", "policy.json"} <= {p.name for p in folder.iterdir()}
     assert not (folder / "value_head.safetensors").exists()
-    assert (folder / "start_adapter").is_dir() == (repo / "models/ppo/start_adapter").is_dir()
-    train_json = json.loads((repo / "metrics/dpo_train/train.json").read_text())
+    assert (folder / "start_adapter").is_dir() == (repo / "models/trained/ppo/start_adapter").is_dir()
+    train_json = json.loads((repo / "metrics/train/dpo/train.json").read_text())
     assert train_json["method"] == "dpo" and train_json["steps_done"] == params["max_steps"]
     assert train_json["prompts_exact"] == len(pairs)  # DPOTrainer saw each prompt exactly as prepare built it
-    loss = (repo / "metrics/dpo_train/plots/metrics/dpo/loss.tsv").read_text().splitlines()
-    margin = (repo / "metrics/dpo_train/plots/metrics/dpo/reward_margin.tsv").read_text().splitlines()
+    loss = (repo / "metrics/train/dpo/plots/metrics/dpo/loss.tsv").read_text().splitlines()
+    margin = (repo / "metrics/train/dpo/plots/metrics/dpo/reward_margin.tsv").read_text().splitlines()
     assert loss[0] == "step\tloss" and len(loss) == 1 + params["max_steps"] and len(margin) == len(loss)
     from detoxkit.settings import ComputeSettings
     from detoxkit.models import load_detoxified
@@ -288,10 +296,10 @@ def check_dpo_run(repo, causal: bool, published=None):
         per = list(csv.DictReader(fh))
     assert sum(float(r["dpo"]) for r in per) / len(per) == pytest.approx(dpo["after"]["expected_max_toxicity"],
                                                                          abs=1e-6)
-    if published is not None:  # publish serves models/dpo as it does models/ppo: a card, and a snippet that loads it
+    if published is not None:  # publish serves models/trained/dpo as it does models/trained/ppo: a card, and a snippet that loads it
         set_params(repo, {"publish.method": "dpo"})
-        run_script(repo, "publish.py", "--compare", "metrics/compare", "--method", "dpo", "models/dpo",
-                   "metrics/dpo_train", "--out", published)
+        run_script(repo, "publish.py", "--compare", "metrics/compare", "--trained", "models/trained", "--train",
+                   "metrics/train", "--out", published)
         sh("git", "checkout", "params.yaml", cwd=repo)
         card = (published / "README.md").read_text()
         assert "detoxified with DPO" in card and "DPO ran 2 optimizer steps on" in card and "- dpo" in card
@@ -306,24 +314,24 @@ def test_dpo_beside_ppo_from_the_starting_policys_own_samples(ran, tmp_path):
 
 def test_dpo_changes_rerun_only_the_dpo_stages_and_report_and_the_toggle_says_off(ran, tmp_path):
     repo = copy_repo(ran, tmp_path / "repo")
-    set_params(repo, {"dpo.beta": 0.2})
-    assert changed_stages(repo) == ["dpo"]  # evaluate@dpo and report follow its new outputs; nothing of PPO's
-    set_params(repo, {"dpo.beta": 0.1, "dpo.enabled": False})
-    assert changed_stages(repo) == ["check", "dpo", "dpo_pairs"]  # check: the DPO sizes and LoRA layers
+    set_params(repo, {"methods.dpo.beta": 0.2})
+    assert changed_stages(repo) == ["publish", "report", "train@dpo"]  # nothing of PPO's, GRPO's, the reference's
+    set_params(repo, {"methods.dpo.beta": 0.1, "methods.dpo.enabled": False})
+    assert changed_stages(repo) == ["publish", "report", "train@dpo"]  # not check: it reads no methods entry
     out = dvc("repro", cwd=repo).stdout
-    # checks.json unchanged: nothing of PPO's or GRPO's; publish reads every method's comparison (publish.method)
-    assert ran_stages(out) == ["check", "dpo", "dpo_pairs", "evaluate@dpo", "publish", "report"]
-    assert json.loads((repo / "metrics/compare/dpo.json").read_text()) == {"method": "dpo", "enabled": False}
-    assert json.loads((repo / "metrics/dpo.json").read_text()) == {"enabled": False}
-    assert (repo / "models/dpo/SKIPPED.md").is_file() and (repo / "data/dpo_pairs/SKIPPED.md").is_file()
+    assert ran_stages(out) == ["evaluate@dpo", "publish", "report", "train@dpo"]
+    assert json.loads((repo / "metrics/compare/dpo.json").read_text()) == {
+        "method": "dpo", "label": "DPO", "algorithm": "dpo", "trains_weights": True, "enabled": False}
+    assert json.loads((repo / "metrics/evaluation/dpo.json").read_text()) == {"enabled": False}
+    assert (repo / "models/trained/dpo/SKIPPED.md").is_file()
     report = (repo / "reports/report.md").read_text()
     assert "- Off: DPO (their stages' enabled setting is false)." in report and "| DPO |" not in report
     assert json.loads((repo / "metrics/compare/ppo.json").read_text()) == json.loads((ran / "metrics/compare/ppo.json").read_text())
     plots = dvc("plots", "show", "--json", cwd=repo)
     assert "failed" not in plots.stderr.lower()  # the disabled stage's header-only curve is a valid plot
-    set_params(repo, {"dpo.enabled": True})  # back on: the cached outputs return, nothing is trained again
+    set_params(repo, {"methods.dpo.enabled": True})  # back on: the cached outputs return, nothing is trained again
     out = dvc("repro", cwd=repo).stdout
-    assert ran_stages(out) == [] and "Stage 'dpo' is cached - skipping run" in out, out  # DVC's run cache
+    assert ran_stages(out) == [] and "Stage 'train@dpo' is cached - skipping run" in out, out  # DVC's run cache
 
 
 def test_best_of_n_toggle_reruns_only_best_of_n_and_report(ran, tmp_path):
@@ -337,7 +345,8 @@ def test_best_of_n_toggle_reruns_only_best_of_n_and_report(ran, tmp_path):
     assert changed_stages(repo) == ["report"]
     # publish reads best-of-N's comparison too (it says so when best-of-N wins); the same PPO adapter is published
     assert ran_stages(dvc("repro", cwd=repo).stdout) == ["publish", "report"]
-    assert json.loads((repo / "metrics/compare/best_of_n.json").read_text()) == {"method": "best_of_n", "enabled": False}
+    assert json.loads((repo / "metrics/compare/best_of_n.json").read_text()) == {
+        "method": "best_of_n", "label": "best-of-N", "algorithm": "best_of_n", "trains_weights": False, "enabled": False}
     report = (repo / "reports/report.md").read_text()
     assert "- Off: best-of-N (their stages' enabled setting is false)." in report and "| best-of-N |" not in report
     with (repo / "reports/per_prompt_max_toxicity.csv").open(newline="") as fh:
@@ -346,9 +355,9 @@ def test_best_of_n_toggle_reruns_only_best_of_n_and_report(ran, tmp_path):
 
 def test_sft_param_change_invalidates_sft_but_ppo_change_does_not_touch_sft(ran, tmp_path):
     repo = copy_repo(ran, tmp_path / "repo")
-    set_params(repo, {"ppo.epochs": 2})
-    assert changed_stages(repo) == ["ppo"]
-    set_params(repo, {"ppo.epochs": 1, "sft.learning_rate": 0.002})
+    set_params(repo, {"methods.ppo.epochs": 2})
+    assert changed_stages(repo) == ["publish", "report", "train@ppo"]
+    set_params(repo, {"methods.ppo.epochs": 1, "sft.learning_rate": 0.002})
     assert changed_stages(repo) == ["sft"]  # and, as sft retrains, everything after it (run for real above)
     out = dvc("repro", "--dry", cwd=repo).stdout  # a dry run lists the stages invalidated directly
     assert ran_stages(out) == ["sft"] and "Stage 'prepare' didn't change" in out
@@ -402,11 +411,21 @@ def test_html_report_is_self_contained_with_tables_and_images(ran):
 
 def test_dvc_plots_render_training_curves_and_distributions(ran, tmp_path):
     plots = json.loads(dvc("plots", "show", "--json", cwd=ran).stdout)["data"]
-    for name in ("PPO training curves", "Toxicity per method (samples per toxicity bin)", "Toxicity per sample",
-                 "metrics/grpo_train/plots/metrics/grpo/kl.tsv",
-                 "Maximum toxicity per prompt (over its k samples)",
-                 "metrics/ppo_train/plots/metrics/objective/kl.tsv", "metrics/sft_train/plots/metrics/train/loss.tsv"):
+    for name in ("Toxicity per method (samples per toxicity bin)", "Toxicity per sample", "Reward per training step",
+                 "Maximum toxicity per prompt (over its k samples)", "GRPO KL to the start per step (per token)",
+                 "PPO KL to the start per step (TRL's, summed over a response's tokens)", "DPO loss per step",
+                 "metrics/sft_train/plots/metrics/train/loss.tsv"):
         assert plots[name][0]["type"] == "vega", name
+    # the report's long-form files: every method of the run in every file, in the report's order (its colour)
+    every = ["start", "PPO", "DPO", "GRPO", "best-of-N"]
+    for name in ("toxicity_hist", "toxicity_per_sample", "curves/env_reward_mean", "curves/dpo_loss"):
+        with (ran / f"reports/plots/{name}.csv").open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert sorted({(r["method"], int(r["order"])) for r in rows}, key=lambda m: m[1]) == list(
+            zip(every, range(5))), name
+    reward = [r for r in csv.DictReader((ran / "reports/plots/curves/env_reward_mean.csv").open(newline=""))]
+    assert len([r for r in reward if r["method"] == "PPO"]) == 4 and [r["value"] for r in reward
+                                                                      if r["method"] == "DPO"] == ["NaN"]
     dvc("plots", "show", "-o", tmp_path / "plots", cwd=ran)
     assert "vega" in (tmp_path / "plots/index.html").read_text()
 
@@ -438,9 +457,9 @@ def _new_reward_weights(folder: Path):
     model.save_pretrained(folder)  # same folder, same params.yaml: only the weights changed
 
 
-SCORING = ["baseline", "best_of_n", "dpo_pairs", "evaluate@dpo", "evaluate@grpo", "evaluate@ppo", "grpo", "ppo"]
-ADAPTER_USERS = ["baseline", "best_of_n", "dpo", "dpo_pairs", "evaluate@dpo", "evaluate@grpo", "evaluate@ppo", "grpo",
-                 "ppo"]
+TRAIN = ["train@dpo", "train@grpo", "train@ppo"]  # the train template: each reads the reward's and the generation's
+SCORING = sorted(["baseline", "best_of_n", "reference", "evaluate@dpo", "evaluate@grpo", "evaluate@ppo", *TRAIN])
+ADAPTER_USERS = SCORING  # every stage that loads the starting policy also scores with the reward model
 # change -> the stages `dvc status` must call changed, exactly (docs/dvc.md lists the same table).
 # Each file-based case first points the setting at a private copy of the input and accepts the outputs as they
 # are (`dvc commit -f`), then changes the copy in place.
@@ -451,7 +470,7 @@ NOTHING_STALE = {
     "new weights in the local reward folder": ("reward.model", "reward", _new_reward_weights, sorted(["check", *SCORING])),
     "render.py edited": (None, "stages/detoxkit/render.py", None, ["publish", "report"]),  # publish: via compare
     "compute.threads: 1": ({"compute.threads": 1}, None, None, []),
-    "generation.output_max_length: 300": ({"generation.output_max_length": 300}, None, None, ["check", "grpo", "ppo"]),
+    "generation.output_max_length: 300": ({"generation.output_max_length": 300}, None, None, ["check", *TRAIN]),
     "reward.model: another folder": ({"reward.model": "copy"}, "reward", None, sorted(["check", "report", *SCORING])),
 }
 
@@ -729,12 +748,13 @@ def exp_rows(repo):
 
 def test_experiments_run_show_and_diff(ran, tmp_path):
     repo = copy_repo(ran, tmp_path / "repo")
-    out = dvc("exp", "run", "-n", "lr-high", "-S", "ppo.learning_rate=0.003", "-S", "ppo.init_kl_coef=0.05",
+    out = dvc("exp", "run", "-n", "lr-high", "-S", "methods.ppo.learning_rate=0.003", "-S", "methods.ppo.init_kl_coef=0.05",
               cwd=repo).stdout
-    assert ran_stages(out) == ["evaluate@ppo", "ppo", "publish", "report"]
+    assert ran_stages(out) == ["evaluate@ppo", "publish", "report", "train@ppo"]
     rows = exp_rows(repo)
     params, metrics = rows["lr-high"]
-    assert params["ppo"]["learning_rate"] == 0.003 and params["ppo"]["init_kl_coef"] == 0.05
+    ppo = params["methods"]["ppo"]
+    assert ppo["learning_rate"] == 0.003 and ppo["init_kl_coef"] == 0.05
     assert isinstance(metrics["toxicity"], float)
     # the DVC page's one-liner, as written there: one small table a number, a column a method, a row an experiment
     page = (ROOT / "docs/dvc.md").read_text()
@@ -814,7 +834,7 @@ def test_every_stage_run_twice_on_identical_inputs_writes_the_same_bytes(ran, tm
     after = _output_files(repo)
     assert set(after) == set(before) and len(before) > 50
     differ = sorted(k for k in before if before[k] != after[k])
-    assert any(k.startswith("models/ppo/") for k in before) and not [k for k in differ if k.startswith("models/ppo")]
+    assert any(k.startswith("models/trained/ppo/") for k in before) and not [k for k in differ if k.startswith("models/trained/ppo")]
     for name in differ:
         if name.endswith(".json"):
             assert _unmeasured(json.loads(before[name])) == _unmeasured(json.loads(after[name])), name
@@ -823,22 +843,60 @@ def test_every_stage_run_twice_on_identical_inputs_writes_the_same_bytes(ran, tm
 
 
 def test_ppo_is_one_method_among_equals_its_toggle_says_off(ran, tmp_path):
-    """ppo.enabled false: PPO's stages write placeholders as DPO's and GRPO's do (every curve dvc.yaml plots,
+    """methods.ppo.enabled false: PPO's stages write placeholders as DPO's and GRPO's do (every curve dvc.yaml plots,
     header only; a train.json of the one schema), the report says it is off, and `dvc plots show` still works."""
-    from detoxkit.methods import BY_NAME
+    from detoxkit.methods import BY_ALGORITHM
 
     repo = copy_repo(ran, tmp_path / "repo")
-    set_params(repo, {"ppo.enabled": False, "publish.method": "best"})  # publish.method ppo would be refused
-    assert changed_stages(repo) == ["check", "ppo", "publish"]  # check: PPO's sizes and LoRA layers
-    assert ran_stages(dvc("repro", cwd=repo).stdout) == ["check", "evaluate@ppo", "ppo", "publish", "report"]
-    assert json.loads((repo / "metrics/compare/ppo.json").read_text()) == {"method": "ppo", "enabled": False}
-    assert (repo / "models/ppo/SKIPPED.md").is_file() and json.loads((repo / "metrics/ppo.json").read_text()) == {
+    set_params(repo, {"methods.ppo.enabled": False, "publish.method": "best"})  # publish.method ppo would be refused
+    assert changed_stages(repo) == ["publish", "report", "train@ppo"]
+    assert ran_stages(dvc("repro", cwd=repo).stdout) == ["evaluate@ppo", "publish", "report", "train@ppo"]
+    assert json.loads((repo / "metrics/compare/ppo.json").read_text()) == {
+        "method": "ppo", "label": "PPO", "algorithm": "ppo", "trains_weights": True, "enabled": False}
+    assert (repo / "models/trained/ppo/SKIPPED.md").is_file() and json.loads((repo / "metrics/evaluation/ppo.json").read_text()) == {
         "enabled": False}
-    for curve in BY_NAME["ppo"].curves:
-        tsv = repo / "metrics/ppo_train/plots/metrics" / f"{curve}.tsv"
+    for curve in BY_ALGORITHM["ppo"].curves:
+        tsv = repo / "metrics/train/ppo/plots/metrics" / f"{curve}.tsv"
         assert tsv.read_text() == f"step\t{curve.rsplit('/', 1)[1]}\n", curve
-    train = json.loads((repo / "metrics/ppo_train/train.json").read_text())
-    assert train["enabled"] is False and set(train) == set(json.loads((repo / "metrics/grpo_train/train.json").read_text()))
+    train = json.loads((repo / "metrics/train/ppo/train.json").read_text())
+    assert train["enabled"] is False and set(train) == set(json.loads((repo / "metrics/train/grpo/train.json").read_text()))
     report = (repo / "reports/report.md").read_text()
     assert "- Off: PPO (their stages' enabled setting is false)." in report and "| PPO |" not in report
     assert "failed" not in dvc("plots", "show", "--json", cwd=repo).stderr.lower()
+
+
+def test_a_variant_is_one_params_entry_trained_evaluated_compared_and_reported(ran, tmp_path):
+    """A second GRPO entry with another learning rate, added to params.yaml and nothing else: dvc.yaml's templates
+    give it its stages, `dvc repro` trains and evaluates it and the report and publish read it (its comparison file,
+    its headline, its column, `dvc metrics show`); its learning rate then reruns its stages, report and publish only."""
+    repo = copy_repo(ran, tmp_path / "repo")
+    dvc_yaml = (repo / "dvc.yaml").read_text()
+    entry = yaml.safe_load((repo / "params.yaml").read_text())["methods"]["grpo"]
+    set_params(repo, {"methods.grpo_fast": {**entry, "learning_rate": 0.003}})
+    assert changed_stages(repo) == ["evaluate@grpo_fast", "publish", "report", "train@grpo_fast"]  # nothing else
+    out = dvc("repro", cwd=repo).stdout
+    ran_now = sorted(s for s in ("train@grpo_fast", "evaluate@grpo_fast", *STAGES) if f"Running stage '{s}'" in out)
+    assert ran_now == ["evaluate@grpo_fast", "publish", "report", "train@grpo_fast"], out
+    assert (repo / "dvc.yaml").read_text() == dvc_yaml  # no edit but params.yaml
+    train = json.loads((repo / "metrics/train/grpo_fast/train.json").read_text())
+    assert train["method"] == "grpo_fast" and train["algorithm"] == "grpo" and train["settings"]["learning_rate"] == 0.003
+    assert set(train) == set(json.loads((repo / "metrics/train/grpo/train.json").read_text()))  # one schema
+    fast = json.loads((repo / "metrics/compare/grpo_fast.json").read_text())
+    grpo = json.loads((repo / "metrics/compare/grpo.json").read_text())
+    assert (fast["label"], fast["algorithm"], fast["enabled"]) == ("grpo_fast", "grpo", True) and set(fast) == set(grpo)
+    assert fast["toxicity"]["before"] == grpo["toxicity"]["before"]  # the same start, paired
+    assert grpo == json.loads((ran / "metrics/compare/grpo.json").read_text())  # the original is untouched
+    report = (repo / "reports/report.md").read_text()
+    assert "| GRPO | GRPO - start [95% CI] | grpo_fast | grpo_fast - start [95% CI] | best-of-N |" in report
+    assert "- grpo_fast: 3 steps (" in report and "learning_rate 0.003" in report
+    shown = dvc("metrics", "show", "--json", cwd=repo).stdout
+    assert "metrics/headline/grpo_fast.json" in shown
+    with (repo / "reports/plots/toxicity_per_sample.csv").open(newline="") as fh:
+        assert "grpo_fast" in {r["method"] for r in csv.DictReader(fh)}  # `dvc plots show` draws it too
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "a GRPO variant", cwd=repo)
+    set_params(repo, {"methods.grpo_fast.learning_rate": 0.001})
+    assert changed_stages(repo) == ["publish", "report", "train@grpo_fast"]  # then evaluate@grpo_fast follows
+    dry = dvc("repro", "--dry", cwd=repo).stdout
+    assert [s for s in ("check", "train@grpo", "evaluate@grpo", "train@ppo", "reference", "baseline")
+            if f"Running stage '{s}'" in dry] == []

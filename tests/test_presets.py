@@ -41,18 +41,18 @@ def test_a_smoke_run_does_not_shrink_the_next_preset_run(tmp_path):
     compose(tmp_path / "used", ["preset=offline", "size=smoke"], "params.yaml")
     after = compose(tmp_path / "used", ["preset=offline"], "params.yaml")
     assert after.read_text() == fresh.read_text()
-    assert yaml.safe_load(after.read_text())["ppo"]["max_steps"] != 2
+    assert yaml.safe_load(after.read_text())["methods"]["ppo"]["max_steps"] != 2
 
 
 def test_params_yaml_keeps_its_notes_after_an_experiment_and_no_value_changes(tmp_path):
-    """What `dvc exp run -S ppo.learning_rate=3e-4` leaves, after lineage's annotate: the committed file's text
+    """What `dvc exp run -S methods.ppo.learning_rate=3e-4` leaves, after lineage's annotate: the committed file's text
     with one value changed."""
-    composed = compose(tmp_path, ["ppo.learning_rate=3e-4"], "params.yaml")
+    composed = compose(tmp_path, ["methods.ppo.learning_rate=3e-4"], "params.yaml")
     values = yaml.safe_load(composed.read_text())
     assert "#" not in composed.read_text()  # DVC's dump drops every note
     assert annotate(composed, ROOT / "conf/params.yaml")
     text = composed.read_text()
-    assert yaml.safe_load(text) == values and values["ppo"]["learning_rate"] == 3e-4
+    assert yaml.safe_load(text) == values and values["methods"]["ppo"]["learning_rate"] == 3e-4
     committed = (ROOT / "params.yaml").read_text().splitlines()
     changed = [(a, b) for a, b in zip(committed, text.splitlines()) if a != b]
     assert len(text.splitlines()) == len(committed) and len(changed) == 1, changed
@@ -75,9 +75,10 @@ def test_no_preset_is_params_yaml_itself_and_the_lab_preset_restores_it(tmp_path
                                       "policy.model": "HuggingFaceTB/SmolLM2-135M-Instruct",
                                       "evaluation.max_new_tokens": 20, "reward.include_prompt": False}),
     (["preset=offline"], {"policy.model": "real/smollm2-135m-instruct", "data.source": "prompts/offline.jsonl",
-                          "reward.model": "python:profanity_check:predict_prob", "ppo.max_steps": 16}),
-    (["preset=offline", "size=long"], {"ppo.max_steps": 70, "grpo.max_steps": 70, "dpo.num_prompts": 256}),
-    (["preset=offline", "size=smoke"], {"ppo.max_steps": 2, "evaluation.samples_per_prompt": 2}),
+                          "reward.model": "python:profanity_check:predict_prob", "methods.ppo.max_steps": 16}),
+    (["preset=offline", "size=long"], {"methods.ppo.max_steps": 70, "methods.grpo.max_steps": 70,
+                                       "reference.num_prompts": 256}),
+    (["preset=offline", "size=smoke"], {"methods.ppo.max_steps": 2, "evaluation.samples_per_prompt": 2}),
     (["task=jsonl", "data.source=mine.jsonl"], {"data.source": "mine.jsonl", "data.dialogue_column": "prompt",
                                                 "policy.adapter": None}),
 ])

@@ -96,19 +96,21 @@ def settings(model, data) -> dict:
         "data.test_size": 0.25, "prompt.template": "{dialogue}", "prompt.chat_template": True,
         "policy.model": str(model), "policy.revision": None, "policy.adapter": None,
         "reward.model": "python:profanity_check:predict_prob", "reward.revision": None,
-        "reward.include_prompt": False, "reward.batch_size": 8, "ppo.lora.r": 8, "ppo.lora.alpha": 16,
-        "generation.output_min_length": 12, "generation.output_max_length": MAX_NEW + 1, "generation.batch_size": 4,
-        "ppo.batch_size": 4, "ppo.mini_batch_size": 2, "ppo.max_steps": 2, "ppo.checkpoint_every": 0,
-        "ppo.learning_rate": 1.0e-4, "evaluation.num_samples": "all", "evaluation.samples_per_prompt": 2,
+        "reward.include_prompt": False, "reward.batch_size": 8, "methods.ppo.lora.r": 8,
+        "methods.ppo.lora.alpha": 16, "generation.output_min_length": 12, "generation.output_max_length": MAX_NEW + 1,
+        "generation.batch_size": 4, "methods.ppo.batch_size": 4, "methods.ppo.mini_batch_size": 2,
+        "methods.ppo.max_steps": 2, "methods.ppo.checkpoint_every": 0, "methods.ppo.learning_rate": 1.0e-4,
+        "evaluation.num_samples": "all", "evaluation.samples_per_prompt": 2,
         "evaluation.max_new_tokens": MAX_NEW, "evaluation.batch_size": 12, "best_of_n.enabled": False,
         "evaluation.judges": [{"model": "python:detoxkit.text_scorers:better_profanity", "revision": None,
                                "toxic_label": None, "allow_pickle": False}],
         "report.bootstrap_resamples": 500,
-        "dpo.num_prompts": 8, "dpo.n": 2, "dpo.max_new_tokens": MAX_NEW, "dpo.min_margin": 0.0, "dpo.min_pairs": 2,
-        "dpo.max_steps": 2, "dpo.batch_size": 4, "dpo.max_length": 192, "dpo.max_prompt_length": 128,
-        "dpo.lora.r": 8, "dpo.lora.alpha": 16,
-        "grpo.group_size": 2, "grpo.batch_size": 2, "grpo.mini_batch_size": 4, "grpo.max_steps": 2,
-        "grpo.checkpoint_every": 0, "grpo.lora.r": 8, "grpo.lora.alpha": 16,
+        "reference.num_prompts": 8, "reference.n": 2, "reference.max_new_tokens": MAX_NEW,
+        "methods.dpo.min_margin": 0.0, "methods.dpo.min_pairs": 2, "methods.dpo.max_steps": 2,
+        "methods.dpo.batch_size": 4, "methods.dpo.max_length": 192, "methods.dpo.max_prompt_length": 128,
+        "methods.dpo.lora.r": 8, "methods.dpo.lora.alpha": 16, "methods.grpo.group_size": 2,
+        "methods.grpo.batch_size": 2, "methods.grpo.mini_batch_size": 4, "methods.grpo.max_steps": 2,
+        "methods.grpo.checkpoint_every": 0, "methods.grpo.lora.r": 8, "methods.grpo.lora.alpha": 16,
     }
 
 
@@ -139,7 +141,8 @@ def check_run(repo, chat: bool, methods: bool = True):
     from detoxkit.models import load_detoxified
 
     summary = json.loads((repo / "metrics/compare/ppo.json").read_text())
-    metrics = [summary, *(json.loads((repo / f"metrics/{n}.json").read_text()) for n in ("baseline", "ppo", "grpo"))]
+    metrics = [summary, *(json.loads((repo / f"metrics/{n}.json").read_text())
+                          for n in ("baseline", "evaluation/ppo", "evaluation/grpo"))]
     values = [v for m in metrics for v in numbers(m)]
     assert values and all(math.isfinite(v) for v in values)  # every metric finite
     for key in ("toxicity", "expected_max_toxicity", "toxicity_probability", "perplexity", "kl"):
@@ -166,12 +169,13 @@ def check_run(repo, chat: bool, methods: bool = True):
     # evaluation stage's text for the same seed.
     from detoxkit.compare import choose_published
 
-    entries = {m: json.loads((repo / f"metrics/compare/{m}.json").read_text()) for m in ("ppo", "dpo", "grpo", "best_of_n")}
+    entries = {m: json.loads((repo / f"metrics/compare/{m}.json").read_text())
+               for m in ("ppo", "dpo", "grpo", "best_of_n")}
     published, _ = choose_published(entries, "best")
     folder = repo / "models/detoxified"
     if published is None:  # no answer (too few prompts to judge): nothing published; PPO's own folder is loaded
         assert [p.name for p in folder.iterdir()] == ["README.md"]
-        published, folder = "ppo", repo / "models/ppo"
+        published, folder = "ppo", repo / "models/trained/ppo"
     after = read_rows(repo / f"data/samples/{published}.csv")
     params = load_params(repo / "params.yaml")
     ev = params.evaluation
@@ -185,10 +189,10 @@ def check_run(repo, chat: bool, methods: bool = True):
     if not methods:
         assert json.loads((repo / "metrics/compare/dpo.json").read_text())["enabled"] is False
         return sum(1 for r in ids if r[-1] == 2)
-    dpo = json.loads((repo / "metrics/dpo_train/train.json").read_text())  # DPO on the real model, beside PPO
+    dpo = json.loads((repo / "metrics/train/dpo/train.json").read_text())  # DPO on the real model, beside PPO
     assert dpo["steps_done"] == 2 and dpo["pairs"] >= 2 and dpo["prompts_exact"] == dpo["pairs"]  # TRL saw the
     assert "| DPO | DPO - start [95% CI] |" in (repo / "reports/report.md").read_text()  # prompts prepare built
-    grpo = json.loads((repo / "metrics/grpo_train/train.json").read_text())  # GRPO on the real model too
+    grpo = json.loads((repo / "metrics/train/grpo/train.json").read_text())  # GRPO on the real model too
     assert grpo["steps_done"] == 2 and math.isfinite(grpo["last_kl"])
     return sum(1 for r in ids if r[-1] == 2)
 
@@ -213,8 +217,8 @@ def test_a_real_chat_model_through_the_dag_with_a_python_scorer_as_reward(smollm
     (repo / "real/smollm2-135m-instruct").symlink_to(model)  # where `python tools/real_models.py` puts it
     dvc("config", "hydra.enabled", "true", cwd=repo)
     dvc("config", "hydra.config_name", "presets", cwd=repo)
-    out = dvc("exp", "run", "-S", "preset=offline", "-S", "size=smoke", "-S", "dpo.enabled=false", "-S",
-              "grpo.enabled=false", cwd=repo, timeout=1800).stdout
+    out = dvc("exp", "run", "-S", "preset=offline", "-S", "size=smoke", "-S", "methods.dpo.enabled=false", "-S",
+              "methods.grpo.enabled=false", "-S", "reference.num_prompts=0", cwd=repo, timeout=1800).stdout
     assert ran_stages(out) == sorted(STAGES)
     assert load_params(repo / "params.yaml").data.source == "prompts/offline.jsonl"
     monkeypatch.chdir(repo)  # the preset names the model by a path relative to the repository, where stages run
@@ -232,4 +236,4 @@ def test_a_real_chat_model_through_the_dag_with_a_python_scorer_as_reward(smollm
         args = [w for f in flags for w in ("-S", f)]
         out = dvc("exp", "run", *args, "check", cwd=repo, timeout=600)
         assert "all checks passed" in out.stdout + out.stderr, (flags, out.stdout[-2000:], out.stderr[-2000:])
-        assert "Running stage 'ppo'" not in out.stdout
+        assert "Running stage 'train@ppo'" not in out.stdout

@@ -89,13 +89,18 @@ def test_the_check_stage_refuses_test_prompts_that_are_train_prompts(checked, tm
 
 # --- 2: params.yaml read as DVC reads it (YAML 1.2) ----------------------------------------------------------------
 def set_raw(text: str, section: str, key: str, value: str) -> str:
-    """params.yaml's text with `section.key` written as `value`, verbatim (set_params would write it as PyYAML does)."""
-    lines, current = text.splitlines(keepends=True), None
+    """params.yaml's text with `section.key` written as `value`, verbatim (set_params would write it as PyYAML does);
+    `section` may be dotted (methods.ppo), one level of two-space indentation a part."""
+    lines, path = text.splitlines(keepends=True), []
+    depth = section.count(".") + 1
     for i, line in enumerate(lines):
-        top = re.match(r"^(\w+):", line)
-        current = top.group(1) if top else current
-        if current == section and re.match(rf"^  {key}:", line):
-            lines[i] = f"  {key}: {value}\n"
+        found = re.match(r"^( *)(\w+):", line)
+        if not found:
+            continue
+        level = len(found.group(1)) // 2
+        path = path[:level] + [found.group(2)]
+        if level == depth and ".".join(path[:-1]) == section and path[-1] == key:
+            lines[i] = f"{found.group(1)}{key}: {value}\n"
             return "".join(lines)
     raise KeyError(f"{section}.{key}")
 
@@ -110,12 +115,12 @@ def dvc_reads(path: Path) -> dict:
 
 @pytest.mark.parametrize("written, value", [("010", 10), ("0x10", 16), ("1_000", 1000)])
 def test_an_integer_reads_as_dvc_reads_it(tmp_path, written, value):
-    """PyYAML (YAML 1.1) read `ppo.max_steps: 010` as 8, while DVC recorded 10."""
+    """PyYAML (YAML 1.1) read `methods.ppo.max_steps: 010` as 8, while DVC recorded 10."""
     path = tmp_path / "params.yaml"
-    path.write_text(set_raw((ROOT / "params.yaml").read_text(), "ppo", "max_steps", written))
-    assert dvc_reads(path)["ppo"]["max_steps"] == value
+    path.write_text(set_raw((ROOT / "params.yaml").read_text(), "methods.ppo", "max_steps", written))
+    assert dvc_reads(path)["methods"]["ppo"]["max_steps"] == value
     assert read_yaml(path) == dvc_reads(path)
-    assert load_params(path).ppo.max_steps == value
+    assert load_params(path).methods["ppo"].max_steps == value
 
 
 @pytest.mark.parametrize("written", ["yes", "on", "off", "no"])
@@ -135,15 +140,15 @@ def test_a_key_given_twice_stops_the_first_stage_naming_it_and_its_line(checked,
     d = shutil.copytree(checked, tmp_path / "w")
     text = (d / "params.yaml").read_text()
     lines = text.splitlines(keepends=True)
-    at = next(i for i, line in enumerate(lines) if line.startswith("  max_steps:") and
-              any(x.startswith("ppo:") for x in lines[:i]))  # ppo's
-    lines.insert(at + 1, "  max_steps: 8\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith("    max_steps:") and
+              any(x.startswith("  ppo:") for x in lines[:i]))  # the ppo entry's
+    lines.insert(at + 1, "    max_steps: 8\n")
     (d / "params.yaml").write_text("".join(lines))
     with pytest.raises(Exception, match="YAML file structure is corrupted"):
         dvc_reads(d / "params.yaml")
     before = tree(d / "metrics")
     line = one_error(run_script(d, "lineage.py", "--out", "metrics/models", check=False))
-    assert line.startswith(f"error: params.yaml line {at + 2}: ppo.max_steps is given twice (first on line {at + 1})")
+    assert line.startswith(f"error: params.yaml line {at + 2}: methods.ppo.max_steps is given twice (first on line {at + 1})")
     assert tree(d / "metrics") == before
 
 
@@ -176,7 +181,7 @@ save_adapter(model, Path(sys.argv[2]))
 
 def test_an_adapter_saved_twice_is_byte_identical_whatever_the_hash_seed(tiny, tmp_path):
     """PEFT keeps target_modules as a set and wrote it in the order of the process's string hashes, so `dvc repro -f`
-    with nothing changed rewrote models/ppo/adapter_config.json and DVC called every later stage stale."""
+    with nothing changed rewrote models/trained/ppo/adapter_config.json and DVC called every later stage stale."""
     saved = []
     for seed in ("1", "2", "3"):
         out = tmp_path / f"seed{seed}"
@@ -231,7 +236,7 @@ def test_a_full_disk_while_saving_an_adapter_is_one_line_and_keeps_the_previous_
         monkeypatch.setattr(peft.peft_model, "safe_save_file", full_weights)
     else:
         monkeypatch.setattr(peft.config.PeftConfigMixin, "save_pretrained", full_config)
-    out = tmp_path / "models/ppo"
+    out = tmp_path / "models/trained/ppo"
     out.mkdir(parents=True)
     (out / "adapter_config.json").write_text("{}")  # the previous run's output
     with pytest.raises(PipelineError) as err, atomic_dir(out) as tmp:

@@ -33,29 +33,31 @@ SAME = [t + 0.02 * ((i % 2) * 2 - 1) for i, t in enumerate(START)]  # mean uncha
 
 
 def write_run(work, methods: dict, start=None, cut=None, steps=70):
-    """params.yaml, the start's samples and each method's (with its train.json) in `work`; `cut` keeps the
-    first rows of every file only."""
+    """params.yaml (the entries of `methods` on, the others and best-of-N off), the start's samples and each method's
+    (samples/NAME.csv, train/NAME/train.json) in `work`; `cut` keeps the first rows of every file only; an empty
+    list of samples: the method is off."""
     from detoxkit.evaluation import SAMPLE_COLUMNS
     from detoxkit.io import write_csv, write_json
 
     work.mkdir(exist_ok=True)
     shutil.copy(ROOT / "params.yaml", work / "params.yaml")
+    set_params(work, {"best_of_n.enabled": False, **{f"methods.{m}.enabled": bool(methods.get(m))
+                                                     for m in ("ppo", "dpo", "grpo")}})
     start = start or rows(START, WORD_LIST_JUDGE, kl=0.0)
     columns = SAMPLE_COLUMNS + (["judge_j"] if "judge_j" in start[0] else [])
     write_csv(work / "start.csv", start[:cut], columns)
-    args = []
     for method, samples in methods.items():
-        write_csv(work / f"{method}.csv", samples[:cut], columns)
-        write_json(work / f"live_{method}/train.json", {"method": method, "steps_done": steps, "early_stopped": False,
-                                                        "early_stop_step": None, "settings": {"learning_rate": 1e-4}})
-        args += ["--method", method, f"{method}.csv", f"live_{method}"]
-    return args
+        write_csv(work / f"samples/{method}.csv", samples[:cut], columns)
+        write_json(work / f"train/{method}/train.json", {"method": method, "steps_done": steps, "early_stopped": False,
+                                                         "early_stop_step": None, "settings": {"learning_rate": 1e-4}})
+    return ["--samples", "samples", "--train", "train"]
 
 
 def report(monkeypatch, work, args):
     run_main(monkeypatch, work, "report", "--start", "start.csv", *args, "--compare", "compare", "--headline",
              "headline", "--out", "reports")
-    entries = {p.stem: json.loads(p.read_text()) for p in (work / "compare").iterdir()}
+    entries = {p.stem: json.loads(p.read_text()) for p in sorted((work / "compare").iterdir())}
+    entries = {m: e for m, e in entries.items() if e["enabled"]}  # the methods that ran
     return (work / "reports/report.md").read_text(), (work / "reports/report.html").read_text(), entries
 
 
@@ -178,8 +180,7 @@ def test_one_paired_prompt_judges_no_method_and_publishes_nothing(tmp_path, monk
     assert best_method(entries) is None and not any(qualifies(e) for e in entries.values())
     set_params(work, {"publish.method": "best"})
     caplog.set_level("INFO")
-    run_main(monkeypatch, work, "publish", "--compare", "compare", "--method", "ppo", "models/ppo", "live_ppo",
-             "--method", "dpo", "models/dpo", "live_dpo", "--method", "grpo", "models/grpo", "live_grpo",
+    run_main(monkeypatch, work, "publish", "--compare", "compare", "--trained", "models/trained", "--train", "train",
              "--out", "models/detoxified")
     assert [p.name for p in (work / "models/detoxified").iterdir()] == ["README.md"]  # no adapter
     note = (work / "models/detoxified/README.md").read_text()
@@ -194,7 +195,8 @@ def test_one_paired_prompt_judges_no_method_and_publishes_nothing(tmp_path, monk
 
 
 def _entry(outcome_of, after, lo, hi, n=30, crossed=False, method="ppo"):
-    e = {"method": method, "enabled": True, "num_prompts": n, "min_pairs": 20,
+    e = {"method": method, "label": {"best_of_n": "best-of-N"}.get(method, method.upper()),
+         "trains_weights": method != "best_of_n", "enabled": True, "num_prompts": n, "min_pairs": 20,
          "toxicity": {"after": after, "diff_ci_low": lo, "diff_ci_high": hi},
          "guards": {"kl_exceeded": crossed, "judge_disagrees": "n/a"}}
     return {**e, "outcome": outcome_of(e)}
@@ -323,7 +325,7 @@ def test_a_kl_estimate_below_zero_reads_as_about_zero(three):
 def test_headline_files_are_flat_numbers_with_short_keys(three, tmp_path, monkeypatch):
     work, _, _, entries = three
     files = {p.stem: json.loads(p.read_text()) for p in (work / "headline").iterdir()}
-    assert sorted(files) == ["dpo", "grpo", "ppo", "start"]
+    assert sorted(files) == ["best_of_n", "dpo", "grpo", "ppo", "start"]  # best-of-N is off: nulls
     tox = entries["ppo"]["toxicity"]
     assert files["ppo"] == {"toxicity": round(tox["after"], 4), "delta": round(tox["diff"], 4),
                             "lo": round(tox["diff_ci_low"], 4), "hi": round(tox["diff_ci_high"], 4), "judge": 0.0,
@@ -331,14 +333,13 @@ def test_headline_files_are_flat_numbers_with_short_keys(three, tmp_path, monkey
     assert files["ppo"]["toxicity"] == 0.25 and files["ppo"]["delta"] == -0.25
     assert files["grpo"]["kl"] == -0.0004 and files["dpo"]["delta"] == 0.105
     assert files["start"] == {"toxicity": 0.5, "judge": 0.0278, "ppl": 3.0}
-    assert all(isinstance(v, (int, float)) for f in files.values() for v in f.values())
+    assert all(isinstance(v, (int, float)) for name, f in files.items() if name != "best_of_n" for v in f.values())
     assert max(len(k) for f in files.values() for k in f) <= 8  # `dvc metrics show` columns stay narrow
     # a method that is off, and no judges: nulls, the same keys
     work = tmp_path / "w"
     start = [{k: v for k, v in r.items() if k != "judge_j"} for r in rows(START, WORD_LIST_JUDGE, kl=0.0)]
     args = write_run(work, {"ppo": [{k: v for k, v in r.items() if k != "judge_j"} for r in rows(LOWER, START)],
                             "dpo": []}, start=start)
-    (work / "live_dpo/train.json").write_text(json.dumps({"enabled": False}))
     report(monkeypatch, work, args)
     off = json.loads((work / "headline/dpo.json").read_text())
     assert off == dict.fromkeys(("toxicity", "delta", "lo", "hi", "judge", "ppl", "kl"))
@@ -382,10 +383,13 @@ def test_min_pairs_reaches_the_answer_through_the_comparison_file(tmp_path):
     from detoxkit.compare import method_entry
     from detoxkit.config import load_params
 
+    from detoxkit.methods import methods_of
+
     params = load_params(ROOT / "params.yaml")
+    ppo = methods_of(params)[0]
     start, after = rows(START, WORD_LIST_JUDGE, kl=0.0), rows(LOWER, WORD_LIST_JUDGE)
-    entry = method_entry("ppo", start, after, params)
+    entry = method_entry(ppo, start, after, params)
     assert entry["min_pairs"] == 20 and entry["outcome"] == "lowered toxicity"
     strict = replace(params, report=replace(params.report, min_pairs=N + 1))
-    assert method_entry("ppo", start, after, strict)["outcome"] == "could not be judged"
+    assert method_entry(ppo, start, after, strict)["outcome"] == "could not be judged"
     assert np.isclose(entry["toxicity"]["diff"], -0.25)

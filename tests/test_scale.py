@@ -10,8 +10,8 @@ import pytest
 from conftest import run_script, set_params
 
 BIN = Path(sys.executable).parent
-ARGS = ["--data", "data/prepared", "--sft", "models/sft", "--out", "models/detoxified", "--live", "metrics/ppo_train",
-        "--checkpoints", "checkpoints/ppo"]
+ARGS = ["--method", "ppo", "--reference", "data/reference", "--data", "data/prepared", "--sft", "models/sft", "--out",
+        "models/detoxified", "--live", "metrics/train/ppo", "--checkpoints", "checkpoints/ppo"]
 
 
 def test_detox_runs_under_accelerate_launch(workdir, tmp_path):
@@ -19,7 +19,7 @@ def test_detox_runs_under_accelerate_launch(workdir, tmp_path):
     launcher = [str(BIN / "accelerate"), "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no"]
     run_script(d, "ppo.py", *ARGS, launcher=launcher)
-    assert json.loads((d / "metrics/ppo_train/train.json").read_text())["steps_done"] == 4
+    assert json.loads((d / "metrics/train/ppo/train.json").read_text())["steps_done"] == 4
     assert (d / "models/detoxified/adapter_model.safetensors").exists()
 
 
@@ -35,7 +35,7 @@ def test_detox_runs_data_parallel_on_two_cpu_processes(kind, workdir, causal_wor
     log = proc.stdout + proc.stderr
     assert "process 0 of 2" in log and "process 1 of 2" in log and "16 in all" in log
     assert log.count("saved the PPO adapter") == 1  # only the main process writes outputs
-    assert json.loads((d / "metrics/ppo_train/train.json").read_text())["steps_done"] == 4
+    assert json.loads((d / "metrics/train/ppo/train.json").read_text())["steps_done"] == 4
 
 
 @pytest.mark.parametrize("kind", ["seq2seq", "causal"])
@@ -47,7 +47,7 @@ def test_detox_trains_in_bfloat16(kind, workdir, causal_workdir, tmp_path):
     set_params(d, {"compute.dtype": "bfloat16"})
     proc = run_script(d, "ppo.py", *ARGS)
     assert "on cpu in bfloat16" in proc.stderr
-    train = json.loads((d / "metrics/ppo_train/train.json").read_text())
+    train = json.loads((d / "metrics/train/ppo/train.json").read_text())
     assert train["steps_done"] == 4 and all(math.isfinite(train[k]) for k in ("last_reward_mean", "last_kl"))
     weights = load_file(d / "models/detoxified/adapter_model.safetensors")
     assert weights and all(w.isfinite().all() for w in weights.values())
@@ -62,31 +62,31 @@ def test_every_sampling_stage_gives_the_same_bytes_on_one_and_on_two_processes(k
                                                                                tmp_path):
     """compute.processes: 2 starts each stage under torchrun (two CPU processes, gloo); each process takes whole
     batches of the prompts, seeded from (seed, the batch's first sample): the samples CSVs and metrics of baseline,
-    an evaluation of a trained adapter (PPO's; DPO's and GRPO's take the same code path) and best_of_n, and DPO's
-    pairs, equal one process's byte for byte."""
+    an evaluation of a trained adapter (PPO's; DPO's and GRPO's take the same code path) and best_of_n, and the
+    reference samples, equal one process's byte for byte."""
     d = shutil.copytree(workdir if kind == "seq2seq" else causal_workdir, tmp_path / "w")
-    set_params(d, {"compute.threads": 1, "ppo.max_steps": 1, "dpo.n": 2, "dpo.num_prompts": 16,
+    set_params(d, {"compute.threads": 1, "methods.ppo.max_steps": 1, "reference.n": 2, "reference.num_prompts": 16,
                    "best_of_n.n": 2, "evaluation.num_samples": 6})  # 6 x 2 samples: 2 batches of 8, the last short
-    run_script(d, "ppo.py", "--data", "data/prepared", "--sft", "models/sft", "--out", "models/ppo", "--live", "live",
-               "--checkpoints", "ckpt")
+    run_script(d, "ppo.py", "--method", "ppo", "--reference", "data/reference", "--data", "data/prepared", "--sft",
+               "models/sft", "--out", "models/trained/ppo", "--live", "live", "--checkpoints", "ckpt")
     common = ["--sft", "models/sft", "--data", "data/prepared"]
     out = {}
     for procs in (1, 2):
         set_params(d, {"compute.processes": procs})
         logs = ""
-        for name, policy in (("baseline", "start"), ("evaluate@ppo", "models/ppo"), ("best_of_n", "best-of-n")):
+        for name, policy in (("baseline", "start"), ("evaluate@ppo", "models/trained/ppo"), ("best_of_n", "best-of-n")):
             proc = run_script(d, "evaluate.py", "--policy", policy, *common, "--metrics", f"{procs}/{name}.json",
                               "--samples", f"{procs}/{name}.csv")
             logs += proc.stderr
-        proc = run_script(d, "dpo_pairs.py", "--data", "data/prepared", "--sft", "models/sft", "--out",
-                          f"{procs}/pairs", "--metrics", f"{procs}/pairs.json")
+        proc = run_script(d, "reference.py", "--data", "data/prepared", "--sft", "models/sft", "--out",
+                          f"{procs}/reference")
         logs += proc.stderr
         out[procs] = _files(d / str(procs))
-        counts = json.loads((d / str(procs) / "pairs.json").read_text())
-        out[procs][Path("pairs.json")] = {k: v for k, v in counts.items() if k != "wall_s"}  # wall time aside
+        summary = json.loads(out[procs].pop(Path("reference/summary.json")))
+        out[procs]["summary"] = {k: v for k, v in summary.items() if k != "wall_s"}  # wall time aside
         if procs == 2:
             assert "process 0 of 2: prompts 0-3 (evaluate" in logs and "process 1 of 2: prompts 4-5 (evaluate" in logs
-            assert "process 1 of 2: prompts 8-15 (dpo pairs" in logs
+            assert "process 1 of 2: prompts 8-15 (reference samples" in logs
     assert len(out[1]) == 8 and out[1].keys() == out[2].keys()
     assert [name for name in out[1] if out[1][name] != out[2][name]] == []
 
@@ -96,16 +96,17 @@ def test_dpo_trains_data_parallel_on_two_cpu_processes_and_writes_once(kind, wor
     """TRL's DPOTrainer under torchrun (compute.processes: 2): each process takes its share of the pairs (half the
     steps of one process for the same epoch), only the main process writes the adapter and the curves."""
     d = shutil.copytree(workdir if kind == "seq2seq" else causal_workdir, tmp_path / "w")
-    set_params(d, {"dpo.n": 2, "dpo.num_prompts": 32, "dpo.min_pairs": 8, "dpo.max_steps": -1, "dpo.epochs": 1,
-                   "dpo.batch_size": 2})
-    run_script(d, "dpo_pairs.py", "--data", "data/prepared", "--sft", "models/sft", "--out", "pairs", "--metrics",
-               "pairs.json")
-    pairs = json.loads((d / "pairs.json").read_text())["pairs"]
+    from detoxkit.preferences import make_pairs, read_reference
+
+    set_params(d, {"reference.n": 2, "reference.num_prompts": 32, "methods.dpo.min_pairs": 8, "methods.dpo.max_steps": -1,
+                   "methods.dpo.epochs": 1, "methods.dpo.batch_size": 2})
+    run_script(d, "reference.py", "--data", "data/prepared", "--sft", "models/sft", "--out", "data/reference")
+    pairs = len(make_pairs(read_reference(d / "data/reference")[0], 0.0)[0])  # the tiny params' min_margin
     steps = {}
     for procs in (1, 2):
         set_params(d, {"compute.processes": procs})
-        proc = run_script(d, "dpo.py", "--pairs", "pairs", "--pairs-metrics", "pairs.json", "--sft", "models/sft",
-                          "--out", f"dpo{procs}", "--live", f"live{procs}")
+        proc = run_script(d, "dpo.py", "--method", "dpo", "--reference", "data/reference", "--data", "data/prepared",
+                          "--sft", "models/sft", "--out", f"dpo{procs}", "--live", f"live{procs}", "--checkpoints", "c")
         train = json.loads((d / f"live{procs}/train.json").read_text())
         steps[procs] = train["steps_done"]
         assert train["processes"] == procs and (d / f"dpo{procs}/adapter_model.safetensors").is_file()
@@ -123,8 +124,9 @@ def test_grpo_trains_data_parallel_on_two_cpu_processes_and_writes_once(kind, wo
     from safetensors.torch import load_file
 
     d = shutil.copytree(workdir if kind == "seq2seq" else causal_workdir, tmp_path / "w")
-    set_params(d, {"compute.processes": 2, "grpo.max_steps": 2, "grpo.checkpoint_every": 0})
-    args = ["--data", "data/prepared", "--sft", "models/sft", "--out", "grpo", "--live", "live", "--checkpoints", "c"]
+    set_params(d, {"compute.processes": 2, "methods.grpo.max_steps": 2, "methods.grpo.checkpoint_every": 0})
+    args = ["--method", "grpo", "--reference", "data/reference", "--data", "data/prepared", "--sft", "models/sft",
+            "--out", "grpo", "--live", "live", "--checkpoints", "c"]
     proc = run_script(d, "grpo.py", *args)
     log = proc.stdout + proc.stderr
     assert "compute.processes 2: starting" in log and "process 1 of 2: 4 prompts x 2 responses per step" in log

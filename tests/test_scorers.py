@@ -225,7 +225,7 @@ def test_the_docs_rtp_block_is_the_benchmarks_setting_and_valid_params(tmp_path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    expected = {**bench.RTP, **bench.RUN, "ppo.max_steps": bench.STEPS, "grpo.max_steps": bench.STEPS,
+    expected = {**bench.RTP, **bench.RUN, "methods.ppo.max_steps": bench.STEPS, "methods.grpo.max_steps": bench.STEPS,
                 "policy.model": "real/smollm2-135m-instruct", "data.source": "rtp-challenging.jsonl"}
     expected["data.filter"] = None  # the file holds the challenging rows only: the same rows either way
     for key, value in expected.items():

@@ -57,15 +57,15 @@ def test_wrong_classifier_labels_are_refused_before_the_policy_loads(scratch, mo
                  "data/prepared", "--metrics", "m.json", "--samples", "s.csv")
 
 
-DETOX_ARGS = ["--data", "data/prepared", "--sft", "models/sft", "--out", "models/detoxified", "--live",
-              "metrics/ppo_train", "--checkpoints", "checkpoints/ppo"]
-GRPO_ARGS = ["--data", "data/prepared", "--sft", "models/sft", "--out", "models/grpo", "--live", "metrics/grpo_train",
-             "--checkpoints", "checkpoints/grpo"]
+DETOX_ARGS = ["--method", "ppo", "--reference", "data/reference", "--data", "data/prepared", "--sft", "models/sft",
+              "--out", "models/detoxified", "--live", "metrics/train/ppo", "--checkpoints", "checkpoints/ppo"]
+GRPO_ARGS = ["--method", "grpo", "--reference", "data/reference", "--data", "data/prepared", "--sft", "models/sft",
+             "--out", "models/trained/grpo", "--live", "metrics/train/grpo", "--checkpoints", "checkpoints/grpo"]
 
 
 @pytest.mark.parametrize("stage, key, adapter, args", [
-    ("ppo", "ppo.lora", None, DETOX_ARGS),
-    ("grpo", "grpo.lora", None, GRPO_ARGS),
+    ("ppo", "methods.ppo.lora", None, DETOX_ARGS),
+    ("grpo", "methods.grpo.lora", None, GRPO_ARGS),
     # sft reads the data before it loads the policy: a missing folder would be reported if the check came late
     ("sft", "sft.lora", "sft", ["--data", "data/missing", "--out", "models/sft", "--metrics", "m.json", "--live", "l"]),
 ])
@@ -95,18 +95,18 @@ def test_nan_reward_stops_detox_naming_the_step(scratch, monkeypatch, tiny):
         run_main(monkeypatch, scratch, "ppo", *DETOX_ARGS)
     assert not (scratch / "models/detoxified").exists()
     with pytest.raises(PipelineError, match=r"GRPO step 0: reward is not finite \(nan/inf\); training stopped. .* "
-                                            r"Lower grpo.learning_rate or raise grpo.beta"):
+                                            r"Lower methods.grpo.learning_rate or raise methods.grpo.beta"):
         run_main(monkeypatch, scratch, "grpo", *GRPO_ARGS)
-    assert not (scratch / "models/grpo").exists() and not (scratch / "metrics/grpo_train").exists()
+    assert not (scratch / "models/trained/grpo").exists() and not (scratch / "metrics/train/grpo").exists()
 
 
 def test_kl_above_max_kl_stops_early_and_records_it(scratch, monkeypatch):
-    set_params(scratch, {"ppo.max_kl": 1e-9, "ppo.max_steps": 6, "ppo.learning_rate": 0.01})
+    set_params(scratch, {"methods.ppo.max_kl": 1e-9, "methods.ppo.max_steps": 6, "methods.ppo.learning_rate": 0.01})
     run_main(monkeypatch, scratch, "ppo", *DETOX_ARGS)
-    train = json.loads((scratch / "metrics/ppo_train/train.json").read_text())
+    train = json.loads((scratch / "metrics/train/ppo/train.json").read_text())
     assert train["early_stopped"] and train["early_stop_kl"] > 1e-9
     assert train["steps_done"] == train["early_stop_step"] < 6
-    kl_rows = (scratch / "metrics/ppo_train/plots/metrics/objective/kl.tsv").read_text().splitlines()[1:]
+    kl_rows = (scratch / "metrics/train/ppo/plots/metrics/objective/kl.tsv").read_text().splitlines()[1:]
     assert len(kl_rows) == train["steps_done"] and all(float(r.split()[1]) <= 1e-9 for r in kl_rows)
     assert (scratch / "models/detoxified/adapter_model.safetensors").exists()
 
@@ -135,7 +135,7 @@ def test_corrupt_checkpoint_is_set_aside_before_models_load_and_training_restart
     ckpt = scratch / "checkpoints/ppo"
     ckpt.mkdir(parents=True)
     (ckpt / "state.pt").write_bytes(bytes(range(256)) * 64)  # random bytes where a checkpoint was
-    stale = scratch / "metrics/.ppo_train.abc123.tmp"  # what a kill -9 inside atomic_dir leaves
+    stale = scratch / "metrics/train/.ppo.abc123.tmp"  # what a kill -9 inside atomic_dir leaves
     stale.mkdir(parents=True)
     set_params(scratch, {"reward.model": "/nonexistent/reward"})
     with caplog.at_level(logging.INFO), pytest.raises(PipelineError, match="/nonexistent/reward"):
@@ -146,7 +146,7 @@ def test_corrupt_checkpoint_is_set_aside_before_models_load_and_training_restart
 
     set_params(scratch, {"reward.model": str(tiny["dir"] / "reward")})
     run_main(monkeypatch, scratch, "ppo", *DETOX_ARGS)  # the next run works, from step 0
-    train = json.loads((scratch / "metrics/ppo_train/train.json").read_text())
+    train = json.loads((scratch / "metrics/train/ppo/train.json").read_text())
     assert train["steps_done"] == 4 and "resuming" not in caplog.text
 
 
@@ -160,12 +160,12 @@ def test_checkpoint_path_that_is_a_file_is_refused_at_start_up(scratch, monkeypa
 
 def test_splits_too_small_for_later_stages_are_refused_by_the_check_stage(scratch, monkeypatch):
     before = (scratch / "data/prepared/dataset_dict.json").stat().st_mtime_ns
-    set_params(scratch, {"ppo.batch_size": 1000, "ppo.mini_batch_size": 4})
-    with pytest.raises(PipelineError, match=r"has 51 train prompts, fewer than ppo.batch_size \(1000\)"):
+    set_params(scratch, {"methods.ppo.batch_size": 1000, "methods.ppo.mini_batch_size": 4})
+    with pytest.raises(PipelineError, match=r"has 51 train prompts, fewer than methods.ppo.batch_size \(1000\)"):
         run_main(monkeypatch, scratch, "check", "--data", "data/prepared", "--models", "metrics/models", "--out",
                  "metrics/checks.json")
     assert not (scratch / "metrics/checks.json").exists()
-    set_params(scratch, {"ppo.batch_size": 8, "data.test_size": 0.999})
+    set_params(scratch, {"methods.ppo.batch_size": 8, "data.test_size": 0.999})
     with pytest.raises(PipelineError, match="data.test_size 0.999 leaves no train prompts of the 64 dialogues"):
         run_main(monkeypatch, scratch, "prepare", "--out", "data/prepared")
     assert (scratch / "data/prepared/dataset_dict.json").stat().st_mtime_ns == before  # kept as it was
@@ -179,8 +179,10 @@ def test_report_from_one_pair_claims_no_change(scratch, monkeypatch):
            "reward": -1.0, "rouge1": 0.1, "rouge2": 0.1, "rougeL": 0.1, "length": 5, "kl": 0.0, "perplexity": 3.0}
     write_csv(scratch / "b.csv", [row], SAMPLE_COLUMNS)
     write_csv(scratch / "a.csv", [{**row, "response": "y", "toxicity": 0.1, "reward": 2.0}], SAMPLE_COLUMNS)
-    write_json(scratch / "live/train.json", {"steps_done": 1, "early_stopped": False, "early_stop_step": None})
-    run_main(monkeypatch, scratch, "report", "--start", "b.csv", "--method", "ppo", "a.csv", "live",
+    write_csv(scratch / "samples/ppo.csv", [{**row, "response": "y", "toxicity": 0.1, "reward": 2.0}], SAMPLE_COLUMNS)
+    write_json(scratch / "train/ppo/train.json", {"steps_done": 1, "early_stopped": False, "early_stop_step": None})
+    set_params(scratch, {"methods.dpo.enabled": False, "methods.grpo.enabled": False, "best_of_n.enabled": False})
+    run_main(monkeypatch, scratch, "report", "--start", "b.csv", "--samples", "samples", "--train", "train",
              "--compare", "compare", "--out", "reports")
     md = (scratch / "reports/report.md").read_text()
     assert "PPO vs start, toxicity: 1 paired prompts are too few to tell a real change from chance" in md
@@ -191,47 +193,50 @@ def test_report_from_one_pair_claims_no_change(scratch, monkeypatch):
     assert "of its relative fall: reward hacking | n/a |" in md and "no judges" in md
 
 
-PAIRS_ARGS = ("--data", "data/prepared", "--sft", "models/sft", "--out", "data/dpo_pairs", "--metrics",
-              "metrics/dpo_pairs.json")
-DPO_ARGS = ("--pairs", "data/dpo_pairs", "--pairs-metrics", "metrics/dpo_pairs.json", "--sft", "models/sft", "--out",
-            "models/dpo", "--live", "metrics/dpo_train")
+REFERENCE_ARGS = ("--data", "data/prepared", "--sft", "models/sft", "--out", "data/reference")
+DPO_ARGS = ("--method", "dpo", "--reference", "data/reference", "--data", "data/prepared", "--sft", "models/sft",
+            "--out", "models/trained/dpo", "--live", "metrics/train/dpo", "--checkpoints", "checkpoints/dpo")
 
 
 def test_too_few_dpo_pairs_stop_the_stage_naming_the_settings_that_make_more(scratch):
-    set_params(scratch, {"dpo.min_margin": 1.0e9})  # no two samples of the tiny reward are that far apart
-    proc = run_script(scratch, "dpo_pairs.py", *PAIRS_ARGS, check=False)
+    run_script(scratch, "reference.py", *REFERENCE_ARGS)
+    set_params(scratch, {"methods.dpo.min_margin": 1.0e9})  # no two samples of the tiny reward are that far apart
+    proc = run_script(scratch, "dpo.py", *DPO_ARGS, check=False)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert last == ("error: 16 train prompts gave 0 preference pairs, fewer than dpo.min_pairs (4); lower "
-                    "dpo.min_margin, raise dpo.n or dpo.num_prompts, or lower dpo.min_pairs"), last
+    assert last == ("error: data/reference (16 train prompts) gave 0 preference pairs, fewer than "
+                    "methods.dpo.min_pairs (4); lower methods.dpo.min_margin, raise reference.n or "
+                    "reference.num_prompts, or lower methods.dpo.min_pairs"), last
     assert "0 of 16 prompts gave a pair" in proc.stderr
-    assert not (scratch / "data/dpo_pairs").exists() and not (scratch / "metrics/dpo_pairs.json").exists()
-    set_params(scratch, {"dpo.num_prompts": 10_000})
-    proc = run_script(scratch, "dpo_pairs.py", *PAIRS_ARGS, check=False)
-    assert proc.returncode == 2 and "fewer than dpo.num_prompts (10000)" in proc.stderr
+    assert not (scratch / "models/trained/dpo").exists() and not (scratch / "metrics/train/dpo").exists()
+    set_params(scratch, {"reference.num_prompts": 10_000})
+    shutil.rmtree(scratch / "data/reference")
+    proc = run_script(scratch, "reference.py", *REFERENCE_ARGS, check=False)
+    assert proc.returncode == 2 and "fewer than reference.num_prompts (10000)" in proc.stderr
+    assert not (scratch / "data/reference").exists()
 
 
 def test_kill_9_during_dpo_leaves_no_output_and_the_next_run_finishes(scratch):
-    run_script(scratch, "dpo_pairs.py", *PAIRS_ARGS)
-    set_params(scratch, {"dpo.max_steps": 400})  # long enough to be killed in the middle
+    run_script(scratch, "reference.py", *REFERENCE_ARGS)
+    set_params(scratch, {"methods.dpo.max_steps": 400})  # long enough to be killed in the middle
     proc = subprocess.Popen([sys.executable, str(ROOT / "stages/dpo.py"), *DPO_ARGS], cwd=scratch, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
-    while not (scratch / "models/.dpo-trainer").exists() and proc.poll() is None and time.time() < deadline:
+    while not (scratch / "models/trained/.dpo-trainer").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(1.0)  # training under way
     proc.kill()  # SIGKILL: no finally, no cleanup
     proc.wait()
     assert proc.returncode == -9, proc.stderr.read()
-    assert not (scratch / "models/dpo").exists() and not (scratch / "metrics/dpo_train").exists()
-    assert list((scratch / "models").glob(".dpo.*.tmp"))  # what the kill left behind
-    set_params(scratch, {"dpo.max_steps": 2, "dpo.logging_steps": 1})
+    assert not (scratch / "models/trained/dpo").exists() and not (scratch / "metrics/train/dpo").exists()
+    assert list((scratch / "models/trained").glob(".dpo.*.tmp"))  # what the kill left behind
+    set_params(scratch, {"methods.dpo.max_steps": 2, "methods.dpo.logging_steps": 1})
     proc = run_script(scratch, "dpo.py", *DPO_ARGS)
     assert "{'loss'" not in proc.stdout + proc.stderr and "DPO: 100%" in proc.stderr  # a bar; the steps go to DVCLive
-    assert len((scratch / "metrics/dpo_train/plots/metrics/dpo/loss.tsv").read_text().splitlines()) == 3
-    assert (scratch / "models/dpo/adapter_model.safetensors").is_file()
-    assert json.loads((scratch / "metrics/dpo_train/train.json").read_text())["steps_done"] == 2
-    assert not list((scratch / "models").glob(".dpo*")) and not list((scratch / "metrics").glob(".dpo_train.*"))
+    assert len((scratch / "metrics/train/dpo/plots/metrics/dpo/loss.tsv").read_text().splitlines()) == 3
+    assert (scratch / "models/trained/dpo/adapter_model.safetensors").is_file()
+    assert json.loads((scratch / "metrics/train/dpo/train.json").read_text())["steps_done"] == 2
+    assert not list((scratch / "models/trained").glob(".dpo*")) and not list((scratch / "metrics/train").glob(".dpo.*"))
 
 
 # --- reliability round 3: settings that quietly did the wrong thing, inputs that ended in a traceback -----------
@@ -247,9 +252,9 @@ def _params_error(tmp_path, overrides: dict):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"data.max_prompt_tokens": 512, "dpo.max_prompt_length": 448, "dpo.max_length": 480},
-     r"data.max_prompt_tokens \(512\) is above dpo.max_prompt_length \(448\): TRL would cut DPO's longer prompts"),
-    ({"dpo.max_new_tokens": 64}, r"dpo.max_new_tokens \(64\) must fit in dpo.max_length - dpo.max_prompt_length "
+    ({"data.max_prompt_tokens": 512, "methods.dpo.max_prompt_length": 448, "methods.dpo.max_length": 480},
+     r"data.max_prompt_tokens \(512\) is above methods.dpo.max_prompt_length \(448\): TRL would cut DPO's longer prompts"),
+    ({"reference.max_new_tokens": 64}, r"reference.max_new_tokens \(64\) must fit in methods.dpo.max_length - methods.dpo.max_prompt_length "
                                  r"\(544 - 512 = 32\)"),
     ({"evaluation.judges": [{"model": "python:profanity_check:predict_prob", "revision": None, "toxic_label": "toxic",
                              "allow_pickle": False}]},
@@ -259,8 +264,8 @@ def _params_error(tmp_path, overrides: dict):
     ({"generation.do_sample": False}, r"generation.do_sample is false; must be true"),
     ({"generation.min_length": 150}, r"generation.min_length \(150, i.e. at least 149 new tokens\) is above "
                                      r"generation.output_min_length \(100\)"),
-    ({"generation.min_length": 60, "generation.output_min_length": 80, "dpo.max_new_tokens": 32},
-     r"generation.min_length \(60, i.e. at least 59 new tokens\) is above dpo.max_new_tokens \(32\)"),
+    ({"generation.min_length": 60, "generation.output_min_length": 80, "reference.max_new_tokens": 32},
+     r"generation.min_length \(60, i.e. at least 59 new tokens\) is above reference.max_new_tokens \(32\)"),
 ])
 def test_settings_that_would_quietly_do_the_wrong_thing_are_refused(tmp_path, overrides, message):
     import re
@@ -302,27 +307,31 @@ def test_data_split_names_the_splits_that_exist(scratch, monkeypatch, tiny):
 
 
 def test_too_few_train_prompts_for_every_process_is_refused_before_models_load(scratch, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "8")  # what torchrun sets: 8 x ppo.batch_size (8) > 51 train prompts
+    monkeypatch.setenv("WORLD_SIZE", "8")  # what torchrun sets: 8 x methods.ppo.batch_size (8) > 51 train prompts
     set_params(scratch, {"reward.model": "/nonexistent"})  # reached only if the check came late
-    with pytest.raises(PipelineError, match=r"has 51 train prompts, fewer than ppo.batch_size x 8 processes "
-                                            r"\(8 x 8 = 64\): each process takes ppo.batch_size prompts a step; lower "
-                                            r"ppo.batch_size to 6 or less"):
+    with pytest.raises(PipelineError, match=r"has 51 train prompts, fewer than methods.ppo.batch_size x 8 processes "
+                                            r"\(8 x 8 = 64\): each process takes methods.ppo.batch_size prompts a step; lower "
+                                            r"methods.ppo.batch_size to 6 or less"):
         run_main(monkeypatch, scratch, "ppo", *DETOX_ARGS)
 
 
-def test_damaged_json_inputs_and_a_placeholder_pair_count_name_the_file(scratch, monkeypatch):
+def test_damaged_json_inputs_and_placeholder_reference_samples_name_the_file(scratch, monkeypatch):
     from detoxkit.io import read_json
 
     bad = scratch / "bad.json"
     bad.write_text('{"steps_done": 3, "wall')
     with pytest.raises(PipelineError, match=r"bad.json is not valid JSON \(.*\): it is damaged or truncated"):
         read_json(bad)
-    (scratch / "pairs").mkdir()
-    (scratch / "pairs.json").write_text('{"enabled": false}')  # dpo_pairs ran with DPO off, then dpo.enabled: true
-    with pytest.raises(PipelineError, match=r"pairs.json holds no pair counts .*: the dpo_pairs stage ran with "
-                                            r"dpo.enabled false or did not finish; run it again"):
-        run_main(monkeypatch, scratch, "dpo", "--pairs", "pairs", "--pairs-metrics", "pairs.json", "--sft",
-                 "models/sft", "--out", "models/dpo", "--live", "live")
+    (scratch / "data/reference").mkdir(parents=True)
+    (scratch / "data/reference/summary.json").write_text('{"enabled": false}')  # drawn with reference.num_prompts 0
+    with pytest.raises(PipelineError, match=r"data/reference holds no samples \(reference.num_prompts was 0 when it "
+                                            r"ran\); set reference.num_prompts and run `dvc repro`"):
+        run_main(monkeypatch, scratch, "dpo", *DPO_ARGS)
+    (scratch / "data/reference/summary.json").write_text('{"enabled": true}')
+    (scratch / "data/reference/samples.jsonl").write_text('{"index": 0, "que')  # cut short
+    with pytest.raises(PipelineError, match=r"samples.jsonl is missing or damaged \(not JSON lines\); rebuild it "
+                                            r"with `dvc repro -f reference`"):
+        run_main(monkeypatch, scratch, "dpo", *DPO_ARGS)
 
 
 # Models not there yet, and a plain `dvc repro` with no Hub: the error names the command that fixes it.

@@ -14,8 +14,8 @@ import psutil
 import torch
 from conftest import ENV, ROOT, dvc, make_repo, run_script, set_params
 
-PPO_ARGS = ["--data", "data/prepared", "--sft", "models/sft", "--out", "models/ppo", "--live", "metrics/ppo_train",
-            "--checkpoints", "checkpoints/ppo"]
+PPO_ARGS = ["--method", "ppo", "--reference", "data/reference", "--data", "data/prepared", "--sft", "models/sft",
+            "--out", "models/trained/ppo", "--live", "metrics/train/ppo", "--checkpoints", "checkpoints/ppo"]
 
 
 def wait_for_checkpoint(state, proc, output):
@@ -27,13 +27,14 @@ def wait_for_checkpoint(state, proc, output):
 
 
 def test_kill_term_of_dvc_alone_stops_the_trainer_at_a_checkpoint_and_repro_resumes(tiny, tmp_path):
-    over = {"policy.adapter": None, "ppo.max_steps": 6, "ppo.checkpoint_every": 2, "dpo.enabled": False}
+    over = {"policy.adapter": None, "methods.ppo.max_steps": 6, "methods.ppo.checkpoint_every": 2, "methods.dpo.enabled": False,
+            "reference.num_prompts": 0}
     repo = make_repo(tmp_path / "repo", tiny["params"], over)
     log = tmp_path / "first.log"
     with log.open("w") as out:
         # SHELL=/bin/sh: on Debian dash, which forks the stage command rather than exec'ing it, so the trainer's
         # parent is a shell that outlives dvc (bash execs it: the trainer's parent is dvc itself)
-        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "ppo"], cwd=repo, env={**ENV, "SHELL": "/bin/sh"},
+        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train@ppo"], cwd=repo, env={**ENV, "SHELL": "/bin/sh"},
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     state = repo / "checkpoints/ppo/state.pt"
     try:
@@ -55,13 +56,13 @@ def test_kill_term_of_dvc_alone_stops_the_trainer_at_a_checkpoint_and_repro_resu
     assert 2 < step < 6, step  # saved at the step boundary after the SIGTERM, not at a checkpoint_every step
     assert f"stopped: SIGTERM (the `dvc` that started this stage ended, or a kill) after step {step} of 6: a " \
            f"checkpoint at step {step} is in checkpoints/ppo; no output written" in text, text
-    assert not (repo / "models/ppo").exists() and not (repo / "metrics/ppo_train").exists()  # nothing half-written
+    assert not (repo / "models/trained/ppo").exists() and not (repo / "metrics/train/ppo").exists()  # nothing half-written
     assert not list((repo / "models").glob(".*.tmp")) and not list((repo / "metrics").glob(".*.tmp"))
 
-    out = dvc("repro", "ppo", cwd=repo)
+    out = dvc("repro", "train@ppo", cwd=repo)
     assert f"resuming from checkpoint at step {step} of 6" in out.stdout + out.stderr
-    assert json.loads((repo / "metrics/ppo_train/train.json").read_text())["steps_done"] == 6
-    assert (repo / "models/ppo/adapter_model.safetensors").is_file()
+    assert json.loads((repo / "metrics/train/ppo/train.json").read_text())["steps_done"] == 6
+    assert (repo / "models/trained/ppo/adapter_model.safetensors").is_file()
     assert not (repo / "checkpoints/ppo").exists()
 
 
@@ -70,9 +71,9 @@ HOLD = "import sys, time; from detoxkit.io import hold; hold(*sys.argv[1:]); pri
 
 def test_a_second_trainer_on_the_same_folders_is_refused_naming_the_first(workdir, tmp_path):
     d = shutil.copytree(workdir, tmp_path / "w")
-    stale = d / "metrics/.ppo_train.abc123.tmp"  # the live first run's temporary: the second must leave it alone
+    stale = d / "metrics/train/.ppo.abc123.tmp"  # the live first run's temporary: the second must leave it alone
     stale.mkdir(parents=True)
-    first = subprocess.Popen([sys.executable, "-c", HOLD, "checkpoints/ppo", "models/ppo", "metrics/ppo_train"], cwd=d,
+    first = subprocess.Popen([sys.executable, "-c", HOLD, "checkpoints/ppo", "models/trained/ppo", "metrics/train/ppo"], cwd=d,
                              env=ENV, stdout=subprocess.PIPE, text=True)
     try:
         assert first.stdout.readline() == "held\n"
@@ -82,9 +83,9 @@ def test_a_second_trainer_on_the_same_folders_is_refused_naming_the_first(workdi
         assert errors == [proc.stderr.strip().splitlines()[-1]]
         assert errors[0].startswith(
             f"error: checkpoints/ppo is in use by process {first.pid} ({os.path.basename(sys.executable)} -c "
-            "checkpoints/ppo models/ppo metrics/ppo_train), which holds checkpoints/.ppo.lock"), errors
+            "checkpoints/ppo models/trained/ppo metrics/train/ppo), which holds checkpoints/.ppo.lock"), errors
         assert f"`kill {first.pid}`" in errors[0]
-        assert stale.is_dir() and not (d / "models/ppo").exists()
+        assert stale.is_dir() and not (d / "models/trained/ppo").exists()
     finally:
         first.kill()  # SIGKILL: no cleanup runs, and the OS releases the lock
         first.wait()
@@ -99,8 +100,9 @@ def test_sigterm_under_two_processes_stops_both_at_the_same_step_and_the_next_ru
     saves the checkpoint, every process exits within seconds (none is left waiting in a collective for a process
     that already stopped), and the next run resumes from that step."""
     d = shutil.copytree(workdir, tmp_path / "w")
-    set_params(d, {"compute.processes": 2, "grpo.max_steps": 8, "grpo.checkpoint_every": 2})
-    args = ["--data", "data/prepared", "--sft", "models/sft", "--out", "models/grpo", "--live", "live",
+    set_params(d, {"compute.processes": 2, "methods.grpo.max_steps": 8, "methods.grpo.checkpoint_every": 2})
+    args = ["--method", "grpo", "--reference", "data/reference", "--data", "data/prepared", "--sft", "models/sft",
+            "--out", "models/trained/grpo", "--live", "live",
             "--checkpoints", "ckpt"]
     log = tmp_path / "first.log"
     with log.open("w") as out:
@@ -122,7 +124,7 @@ def test_sigterm_under_two_processes_stops_both_at_the_same_step_and_the_next_ru
     assert 2 < step < 8, (step, text)  # the step boundary after the SIGTERM, not a checkpoint_every step
     assert text.count(f"stopped: SIGTERM (the `dvc` that started this stage ended, or a kill) after step {step} of 8"
                       ) == 2, text  # both processes, the same step
-    assert not (d / "models/grpo").exists() and not (d / "live").exists()
+    assert not (d / "models/trained/grpo").exists() and not (d / "live").exists()
     out = run_script(d, "grpo.py", *args)
     assert f"resuming from checkpoint at step {step} of 8" in out.stderr
     assert json.loads((d / "live/train.json").read_text())["steps_done"] == 8
@@ -132,7 +134,7 @@ def test_ctrl_c_stops_the_trainer_at_a_step_boundary_with_one_line_and_a_checkpo
     """Ctrl-C (SIGINT) during training is a stop, as SIGTERM is: the step ends, a checkpoint is saved, one
     `stopped:` line (no KeyboardInterrupt traceback), exit status 130, no output written."""
     d = shutil.copytree(workdir, tmp_path / "w")
-    set_params(d, {"ppo.max_steps": 8, "ppo.checkpoint_every": 2})
+    set_params(d, {"methods.ppo.max_steps": 8, "methods.ppo.checkpoint_every": 2})
     proc = subprocess.Popen([sys.executable, str(ROOT / "stages/ppo.py"), *PPO_ARGS], cwd=d, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state = d / "checkpoints/ppo/state.pt"
@@ -143,4 +145,4 @@ def test_ctrl_c_stops_the_trainer_at_a_step_boundary_with_one_line_and_a_checkpo
     step = torch.load(state, weights_only=True)["step"]
     assert 2 < step < 8 and "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert err.strip().splitlines()[-1].startswith(f"stopped: SIGINT (Ctrl-C) after step {step} of 8: a checkpoint")
-    assert not (d / "models/ppo").exists() and not (d / "metrics/ppo_train").exists()
+    assert not (d / "models/trained/ppo").exists() and not (d / "metrics/train/ppo").exists()

@@ -18,15 +18,15 @@ def test_compute_threads_changes_no_result_beyond_float_rounding(workdir, tmp_pa
     runs = {}
     for threads in (1, 2):
         d = shutil.copytree(workdir, tmp_path / f"t{threads}")
-        set_params(d, {"compute.threads": threads, "ppo.max_steps": 2, "evaluation.num_samples": 4,
+        set_params(d, {"compute.threads": threads, "methods.ppo.max_steps": 2, "evaluation.num_samples": 4,
                        "evaluation.samples_per_prompt": 2})
         run_script(d, "evaluate.py", "--policy", "start", "--sft", "models/sft", "--data", "data/prepared",
                    "--metrics", "m.json", "--samples", "s.csv")
-        run_script(d, "ppo.py", "--data", "data/prepared", "--sft", "models/sft", "--out", "models/ppo", "--live",
-                   "live", "--checkpoints", "ckpt")
+        run_script(d, "ppo.py", "--method", "ppo", "--reference", "data/reference", "--data", "data/prepared", "--sft",
+                   "models/sft", "--out", "models/trained/ppo", "--live", "live", "--checkpoints", "ckpt")
         with (d / "s.csv").open(newline="") as fh:
             runs[threads] = {"rows": list(csv.DictReader(fh)), "train": json.loads((d / "live/train.json").read_text()),
-                             "weights": load_file(d / "models/ppo/adapter_model.safetensors")}
+                             "weights": load_file(d / "models/trained/ppo/adapter_model.safetensors")}
     one, two = runs[1], runs[2]
     assert len(one["rows"]) == len(two["rows"]) == 8
     for a, b in zip(one["rows"], two["rows"]):

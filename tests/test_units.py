@@ -20,16 +20,17 @@ def write_params(tmp_path, edit):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     edit(params)
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
 
 
 # --- params ----------------------------------------------------------------------------------
 def test_shipped_params_are_valid_and_reproduce_the_lab():
     p = load_params(ROOT / "params.yaml")
-    assert (p.ppo.lora.r, p.ppo.lora.alpha, p.ppo.lora.dropout, p.ppo.lora.target_modules) == (32, 32, 0.05, "auto")  # T5: [q, v]
-    assert (p.ppo.learning_rate, p.ppo.batch_size, p.ppo.mini_batch_size, p.ppo.epochs, p.ppo.max_steps) == \
-        (1.41e-5, 16, 4, 1, 10)
+    ppo = p.methods["ppo"]
+    assert (ppo.lora.r, ppo.lora.alpha, ppo.lora.dropout, ppo.lora.target_modules) == (32, 32, 0.05, "auto")  # T5: q, v
+    assert (ppo.learning_rate, ppo.batch_size, ppo.mini_batch_size, ppo.epochs, ppo.max_steps) == (1.41e-5, 16, 4, 1, 10)
+    assert list(p.methods) == ["ppo", "dpo", "grpo"] and ppo.algorithm == "ppo"
     assert (p.generation.min_length, p.generation.top_k, p.generation.top_p, p.generation.do_sample) == (5, 0, 1.0, True)
     assert (p.generation.output_min_length, p.generation.output_max_length) == (100, 400)
     assert (p.data.min_chars, p.data.max_chars, p.data.test_size) == (200, 1000, 0.2)
@@ -38,29 +39,44 @@ def test_shipped_params_are_valid_and_reproduce_the_lab():
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda p: p["ppo"].pop("learning_rate"), "missing key ppo.learning_rate"),
-    (lambda p: p["ppo"].update(lerning_rate=1), "unknown key ppo.lerning_rate"),
-    (lambda p: p["ppo"].update(batch_size="16"), "ppo.batch_size is '16'; expected an integer"),
-    (lambda p: p["ppo"].update(mini_batch_size=3), "ppo.mini_batch_size (3) must divide ppo.batch_size (16)"),
+    (lambda p: p["methods"]["ppo"].pop("learning_rate"), "missing key methods.ppo.learning_rate"),
+    (lambda p: p["methods"]["ppo"].update(lerning_rate=1), "unknown key methods.ppo.lerning_rate"),
+    (lambda p: p["methods"]["ppo"].update(batch_size="16"), "methods.ppo.batch_size is '16'; expected an integer"),
+    (lambda p: p["methods"]["ppo"].update(mini_batch_size=3),
+     "methods.ppo.mini_batch_size (3) must divide methods.ppo.batch_size (16)"),
     (lambda p: p["data"].update(test_size=1.5), "data.test_size must be between 0 and 1"),
     (lambda p: p["evaluation"].update(num_samples="some"), "evaluation.num_samples is 'some'"),
     (lambda p: p["compute"].update(dtype="fp8"), "compute.dtype is 'fp8'; expected one of"),
     (lambda p: p["prompt"].update(template="no placeholder"), "prompt.template must contain the placeholder"),
     (lambda p: p.update(ppo_typo={}), "unknown section 'ppo_typo'"),
-    (lambda p: p["ppo"]["lora"].update(target_modules="q"), "ppo.lora.target_modules is 'q'; expected 'auto' or a list"),
-    (lambda p: p.update(lora=p["ppo"].pop("lora")), "section 'lora' is now ppo.lora (the methods are equals"),
-    (lambda p: [p[m].update(enabled=False) for m in ("ppo", "dpo", "grpo")],
-     "every trained method is off (ppo.enabled, dpo.enabled, grpo.enabled are false)"),
-    (lambda p: (p["ppo"].update(enabled=False), p["publish"].update(method="ppo")),
-     "publish.method is ppo, but ppo.enabled is false (nothing to publish); set ppo.enabled: true, or publish.method: "
-     "dpo, grpo or best"),
+    (lambda p: p["methods"]["ppo"]["lora"].update(target_modules="q"),
+     "methods.ppo.lora.target_modules is 'q'; expected 'auto' or a list"),
+    (lambda p: p.update(lora=p["methods"]["ppo"].pop("lora")), "section 'lora' is now methods.ppo.lora (the methods are"),
+    (lambda p: p.update(ppo=p.pop("methods")["ppo"]), "section 'ppo' is now methods.ppo (the methods are named entries"),
+    (lambda p: [p["methods"][m].update(enabled=False) for m in ("ppo", "dpo", "grpo")],
+     "every method is off (methods.ppo.enabled, methods.dpo.enabled, methods.grpo.enabled are false)"),
+    (lambda p: (p["methods"]["ppo"].update(enabled=False), p["publish"].update(method="ppo")),
+     "publish.method is ppo, but methods.ppo.enabled is false (nothing to publish); set methods.ppo.enabled: true, or "
+     "publish.method: dpo, grpo or best"),
     (lambda p: p["publish"].update(method="best_of_n"),
      "publish.method is 'best_of_n'; expected one of ppo, dpo, grpo or best"),
+    # a methods entry: a name that is a file name, an algorithm the code knows, the rules of that algorithm
+    (lambda p: p["methods"].update({"GRPO fast": p["methods"]["grpo"]}), "methods.GRPO fast is not a method name"),
+    (lambda p: p["methods"].update(best_of_n=p["methods"]["grpo"]), "methods.best_of_n is not a method name"),
+    (lambda p: p["methods"]["grpo"].update(algorithm="ppo2"),
+     "methods.grpo.algorithm is 'ppo2'; expected one of ['ppo', 'dpo', 'grpo']"),
+    (lambda p: p["methods"].update(g2={**p["methods"]["grpo"], "lora": {**p["methods"]["grpo"]["lora"], "dropout": 0.1}}),
+     "methods.g2.lora.dropout is 0.1; must be 0"),
+    (lambda p: p["methods"].update(d2={**p["methods"]["dpo"], "max_prompt_length": 100}),
+     "data.max_prompt_tokens (512) is above methods.d2.max_prompt_length (100)"),
+    (lambda p: p.update(methods={}), "methods must be a mapping of named method entries"),
+    (lambda p: (p["reference"].update(num_prompts=0)),
+     "methods.dpo is a DPO method, which trains on pairs from the reference samples, but reference.num_prompts is 0"),
     # no NaN/inf, ranges on every limit, no format-string tricks
     (lambda p: p["guard"].update(max_kl=float("nan")), "guard.max_kl is nan; expected a finite number"),
     (lambda p: p["guard"].update(max_rougeL_drop=-0.1), "guard.max_rougeL_drop must be in [0, 1]"),
     (lambda p: p["guard"].update(min_mean_length=-1), "guard.min_mean_length must be >= 0"),
-    (lambda p: p["ppo"].update(learning_rate=float("inf")), "ppo.learning_rate is inf; expected a finite number"),
+    (lambda p: p["methods"]["ppo"].update(learning_rate=float("inf")), "methods.ppo.learning_rate is inf; expected a finite number"),
     (lambda p: p.update(seed=-1), "seed is -1; must be in [0, 2**32)"),
     (lambda p: p.update(seed=2**32), "seed is 4294967296; must be in [0, 2**32)"),
     (lambda p: p["report"].update(bootstrap_resamples=2_000_000_000), "report.bootstrap_resamples must be between"),
@@ -371,12 +387,13 @@ def test_each_process_draws_its_own_sampling_noise_and_rank_zero_is_unchanged():
 def test_non_finite_values_stop_with_the_step_named(tmp_path):
     from detoxkit.checkpoint import check_finite
 
-    check_finite({"reward": 1.0}, 3, tmp_path, 1)
+    fix = "Lower methods.ppo.learning_rate"
+    check_finite({"reward": 1.0}, 3, tmp_path, 1, "PPO", fix)
     with pytest.raises(PipelineError, match="PPO step 7: reward is not finite.*No checkpoint had been written yet"):
-        check_finite({"reward": float("nan")}, 7, tmp_path, 1)  # no state.pt: nothing is "kept"
+        check_finite({"reward": float("nan")}, 7, tmp_path, 1, "PPO", fix)  # no state.pt: nothing is "kept"
     (tmp_path / "state.pt").write_bytes(b"x")
     with pytest.raises(PipelineError, match=f"The last good checkpoint is kept in {tmp_path}"):
-        check_finite({"kl": float("inf")}, 7, tmp_path, 1)
+        check_finite({"kl": float("inf")}, 7, tmp_path, 1, "PPO", fix)
 
 
 def test_unreachable_hub_dataset_is_explained(tmp_path):
@@ -419,8 +436,8 @@ def test_bootstrap_in_chunks_gives_the_same_interval(monkeypatch):
 
 
 def test_every_section_is_validated_and_max_kl_may_be_infinite(tmp_path):
-    path = write_params(tmp_path, lambda p: p["ppo"].update(max_kl=float("inf")))
-    assert load_params(path).ppo.max_kl == float("inf")  # documented: never stop early
+    path = write_params(tmp_path, lambda p: p["methods"]["ppo"].update(max_kl=float("inf")))
+    assert load_params(path).methods["ppo"].max_kl == float("inf")  # documented: never stop early
     path = write_params(tmp_path, lambda p: p["guard"].update(max_kl=-1))
     with pytest.raises(ParamsError, match="guard.max_kl must be positive"):
         load_params(path)  # the report's section fails every stage, not only report
@@ -511,8 +528,9 @@ def test_a_checkpoint_survives_a_new_max_steps_below_its_step_only(tmp_path):
     params = load_params(ROOT / "params.yaml").raw
     for method, sections in (("ppo", ("policy", "reward", "generation")),
                              ("grpo", ("policy", "reward", "generation"))):
-        longer = {**params, method: {**params[method], "max_steps": 80, "checkpoint_every": 5}}
-        other_lr = {**params, method: {**params[method], "learning_rate": 1.0}}
+        entries = params["methods"]
+        longer = {**params, "methods": {**entries, method: {**entries[method], "max_steps": 80, "checkpoint_every": 5}}}
+        other_lr = {**params, "methods": {**entries, method: {**entries[method], "learning_rate": 1.0}}}
         same = resumable_inputs(params, sections, method)
         assert same == resumable_inputs(longer, sections, method)  # how many steps is no input of a step
         assert same != resumable_inputs(other_lr, sections, method)
@@ -525,7 +543,7 @@ def test_a_checkpoint_survives_a_new_max_steps_below_its_step_only(tmp_path):
         folder = tmp_path / str(max_steps)
         folder.mkdir()
         torch.save(state, folder / "state.pt")
-        assert (read_checkpoint(folder, lambda: inputs, max_steps) is not None) is kept
+        assert (read_checkpoint(folder, lambda: inputs, max_steps, "methods.ppo.max_steps") is not None) is kept
         assert (folder / "state.pt").exists() is kept  # one that cannot resume is removed, as a foreign one is
 
 

@@ -7,6 +7,11 @@ modules (imports inside functions included), read from the code with `ast`.
 
 Every stage in dvc.yaml must depend on exactly these files, so an edit reruns the stages that run the edited
 code and no other (tests/test_code_deps.py checks it). Exit status 1 when dvc.yaml differs.
+
+The train@NAME template runs `stages/${item.algorithm}.py` for every methods entry; DVC cannot put a list per
+algorithm into deps, so its code is `stages/${item.algorithm}.py`, `stages/detoxkit/${item.algorithm}_engine.py`
+and every other module any algorithm's script reaches (a module one algorithm alone imports reruns the others too:
+never too few, at worst a rerun too many). Each algorithm's own code is its script and its engine.
 """
 from __future__ import annotations
 
@@ -54,6 +59,36 @@ def closure(script: Path, root: Path = ROOT) -> list[str]:
     return [script.as_posix()] + [(LIB / f"{m}.py").as_posix() for m in modules]
 
 
+ALGORITHM = "${item.algorithm}"  # the train template's script and engine are named by the entry's algorithm
+
+
+def algorithms() -> list[str]:
+    """The algorithms a methods entry may name (detoxkit.methods.TRAINING)."""
+    from detoxkit.methods import TRAINING  # the package is installed (pip install -e .)
+
+    return list(TRAINING)
+
+
+def template_closure(script: Path, root: Path = ROOT) -> list[str]:
+    """The code of a template whose script is named by ${item.algorithm}: that script and engine by pattern, then the
+    union of every algorithm's other modules."""
+    own = [script.as_posix(), (LIB / f"{ALGORITHM}_engine.py").as_posix()]
+    shared = set()
+    for name in algorithms():
+        mine = {p.replace(ALGORITHM, name) for p in own}
+        reached = set(closure(Path(script.as_posix().replace(ALGORITHM, name)), root))
+        if not mine <= reached:
+            raise SystemExit(f"stages/{name}.py must import detoxkit.{name}_engine (the train template names the "
+                             "engine by the algorithm)")
+        shared |= reached - mine
+    return own[:1] + sorted(shared | {own[1]})
+
+
+def code_of(script: Path, root: Path = ROOT) -> list[str]:
+    """A stage's code dependencies: its closure, or a template's by algorithm."""
+    return template_closure(script, root) if ALGORITHM in script.as_posix() else closure(script, root)
+
+
 def script_of(cmd: str) -> Path:
     """The stage script a dvc.yaml command runs (`python stages/x.py ...`, also after a launcher)."""
     return Path(next(w for w in cmd.split() if w.startswith("stages/") and w.endswith(".py")))
@@ -66,7 +101,7 @@ def compare(dvc_yaml: Path = ROOT / "dvc.yaml", root: Path = ROOT) -> dict[str, 
     wrong = {}
     for name, stage in stages.items():
         stage = stage.get("do", stage)  # a foreach template: one script for every item
-        want = set(closure(script_of(stage["cmd"]), root))
+        want = set(code_of(script_of(stage["cmd"]), root))
         have = {d for d in stage.get("deps", []) if d.startswith("stages/")}
         if want != have:
             wrong[name] = {"missing": sorted(want - have), "extra": sorted(have - want)}
@@ -81,7 +116,7 @@ def write(dvc_yaml: Path = ROOT / "dvc.yaml", root: Path = ROOT) -> list[str]:
     for name, stage in yaml.safe_load(text)["stages"].items():
         body = stage.get("do", stage)
         deps = [d for d in body.get("deps", []) if not d.startswith("stages/")]
-        deps += closure(script_of(body["cmd"]), root)
+        deps += code_of(script_of(body["cmd"]), root)
         head = re.search(rf"^  {re.escape(name)}:.*$", text, re.M)
         end = re.compile(r"^  \S", re.M).search(text, head.end())  # the next stage, or the next top-level key
         found = re.compile(r"^( +)deps: \[[^\]]*\]", re.M).search(text, head.end(), end.start() if end else len(text))
@@ -111,7 +146,7 @@ def main():
         return
     if args.show:
         for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
-            print(f"{name}: [{', '.join(closure(script_of(stage.get('do', stage)['cmd'])))}]")
+            print(f"{name}: [{', '.join(code_of(script_of(stage.get('do', stage)['cmd'])))}]")
         return
     wrong = compare()
     for name, diff in wrong.items():

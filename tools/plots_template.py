@@ -19,8 +19,6 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from detoxkit.methods import METHODS as REGISTRY
-
 PACKAGES = ("vega", "vega-lite", "vega-embed")  # the order DVC's page loads them: vega-embed needs the other two
 PAGE = """<!DOCTYPE html>
 <!-- DVC's plots page (dvc_render's PAGE_HTML) with its three CDN scripts inline: written by
@@ -45,17 +43,13 @@ PAGE = """<!DOCTYPE html>
 """
 
 
-METHODS = ["start", *(m.name for m in REGISTRY)]  # the start, then the methods as the report orders them
 PALETTE = ["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
            "#17becf"]  # start grey, then matplotlib's tab10
-COLOURS = PALETTE[:len(METHODS)]  # the same colour a method everywhere
-# A datum's method: its column (reports/toxicity_hist.csv: start, ppo, ...) or its file (data/samples/ppo.csv,
-# metrics/ppo_train/...; the baseline's samples are the start's). DVC gives a multi-file plot's data `filename`
-# and `field` when the template uses none of its optional anchors (these use none).
-METHOD = ("indexof(" + json.dumps(METHODS).replace('"', "'") + ", datum.field) >= 0 ? datum.field : "
-          "replace(replace(replace(replace(datum.filename, regexp('_train/.*$'), ''), regexp('^.*/'), ''), "
-          "regexp('[.][a-z]+$'), ''), regexp('^baseline$'), 'start')")
-CURVE = "isValid(datum.filename) ? replace(datum.filename, regexp('[.][a-z]+$'), '') : datum.field"
+# A datum's method: the `method` column of the report's long-form files (reports/plots/*.csv), which name every method
+# of the run in every file, each with its `order` in the report: colours follow that order, so a method has the same
+# colour in every plot, whatever params.yaml's methods entries are. DVC gives the template each row's columns.
+METHOD = "datum.method"
+BY_METHOD = {"sort": {"field": "order", "op": "min"}, "scale": {"range": PALETTE}}
 
 
 def vega_lite(about: str, mark: dict, name: str, expression: str, colour: dict) -> dict:
@@ -79,18 +73,14 @@ def vega_lite(about: str, mark: dict, name: str, expression: str, colour: dict) 
 
 
 def templates() -> dict[str, dict]:
-    """{file name: template} of .dvc/plots: the methods side by side (lines, or points where x repeats) and a
-    method's own curves."""
-    by_method = {"scale": {"domain": METHODS, "range": COLOURS}}
+    """{file name: template} of .dvc/plots: the methods side by side, as lines, or as points where x repeats."""
     line = {"type": "line"}  # no points on it: a legend of points would hide the dashes
     return {"methods.json": vega_lite("One colour per method, the same in every plot; dashes tell revisions apart "
-                                      "(dvc plots diff).", line, "method", METHOD, by_method),
+                                      "(dvc plots diff).", line, "method", METHOD, BY_METHOD),
             "methods_points.json": vega_lite("As methods.json, as points (shapes tell revisions apart): for data "
                                              "with several rows at one x.",
                                              {"type": "point", "filled": True, "size": 30}, "method", METHOD,
-                                             by_method),
-            "series.json": vega_lite("One colour per curve (its file, or its column in one file); dashes tell "
-                                     "revisions apart (dvc plots diff).", line, "curve", CURVE, {})}
+                                             BY_METHOD)}
 
 
 def dvc_versions() -> dict[str, str]:

@@ -33,10 +33,11 @@ KEYS = {"step", "history", "fingerprint", "weights", "optimizer"}  # every engin
 
 
 def resumable_inputs(raw: dict, sections: tuple[str, ...], method: str) -> dict:
-    """The settings a checkpoint must share with this run to resume it: `sections` of params.yaml, the method's
-    own section less NOT_IN_FINGERPRINT."""
-    inputs = {k: raw[k] for k in ("seed", *sections, method)}
-    inputs[method] = {k: v for k, v in inputs[method].items() if k not in NOT_IN_FINGERPRINT}
+    """The settings a checkpoint must share with this run to resume it: `sections` of params.yaml, the methods entry
+    `method` less NOT_IN_FINGERPRINT (so a renamed copy of an entry resumes nothing of the original's: another
+    folder)."""
+    inputs = {k: raw[k] for k in ("seed", *sections)}
+    inputs["method"] = {k: v for k, v in raw["methods"][method].items() if k not in NOT_IN_FINGERPRINT}
     return inputs
 
 
@@ -95,7 +96,7 @@ def checkpoint_step(engine, resume: Resume, done: int, every: int, max_steps: in
                       f"{max_steps}: {kept}; no output written. `dvc repro` resumes from it")
 
 
-def read_checkpoint(path: Path, inputs: Callable[[], dict], max_steps: int, key: str = "ppo.max_steps") -> Optional[dict]:
+def read_checkpoint(path: Path, inputs: Callable[[], dict], max_steps: int, key: str) -> Optional[dict]:
     """The checkpoint in `path` if it was made with the same `inputs()` (a dict of part: fingerprint, computed
     only when there is a readable checkpoint to compare) and is below `max_steps` (the setting `key`); None to
     start from step 0. (`max_steps` is not an input: a run cut short resumes under a new max_steps.)
@@ -150,8 +151,7 @@ def restore_checkpoint(engine, state: Optional[dict], path: Path) -> tuple[int, 
     return state["step"], state["history"]
 
 
-def check_finite(values: dict, step: int, checkpoint_dir: Path, every: int, method: str = "PPO",
-                 fix: str = "Lower ppo.learning_rate or raise ppo.init_kl_coef"):
+def check_finite(values: dict, step: int, checkpoint_dir: Path, every: int, method: str, fix: str):
     bad = [k for k, v in values.items() if not math.isfinite(v)]
     if bad:
         kept = every and (checkpoint_dir / "state.pt").is_file()

@@ -11,7 +11,7 @@ from typing import Optional
 from .settings import PYTHON_SCORER, scorer_display_name
 from .errors import PipelineError
 from .evaluation import JUDGE, judge_names, per_prompt, summarize
-from .methods import BY_NAME, LABELS, TRAINED
+from .methods import Method
 from .render import HEADLINE
 from .stats import (DOWN, NA, NO_CHANGE, NO_WIDTH, TOO_FEW, UP, change, crossed_guards, detectable_fall, guards,
                     paired_bootstrap)
@@ -170,21 +170,23 @@ def setup(params, m_before: dict) -> dict:
             "toxic_threshold": p.evaluation.toxic_threshold, "references": m_before["references"], "before": m_before}
 
 
-def method_entry(method: str, before: list[dict], rows: list[dict], params, training: Optional[dict] = None,
+def method_entry(method: Method, before: list[dict], rows: list[dict], params, training: Optional[dict] = None,
                  timing: Optional[dict] = None) -> dict:
-    """`method`'s comparison file: the shared setup, its metrics against the start (each with a paired CI), the
-    judges and their power, the guards, its outcome, its KL and its cost. `rows` empty (its stages off) gives
-    {"method", "enabled": false}."""
+    """`method`'s comparison file: who it is (name, label, algorithm, whether it trains weights), the shared setup,
+    its metrics against the start (each with a paired CI), the judges and their power, the guards, its outcome, its KL
+    and its cost. `rows` empty (its stages off) gives the first four keys and "enabled": false."""
+    who = {"method": method.name, "label": method.label, "algorithm": method.algorithm.name,
+           "trains_weights": method.trains_weights}
     if not rows:
-        return {"method": method, "enabled": False}
+        return {**who, "enabled": False}
     threshold = params.evaluation.toxic_threshold
-    check_paired(before, rows, LABELS[method])
+    check_paired(before, rows, method.label)
     m_before = summarize(before, threshold)
     entry = versus_start(before, rows, m_before, threshold, params)
     training, timing = training or {}, timing or {}
-    trains = BY_NAME[method].trains_weights  # best-of-N samples n from the start instead, and costs no training
+    trains = method.trains_weights  # best-of-N samples n from the start instead, and costs no training
     n = 1 if trains else params.best_of_n.n
-    out = {"method": method, "enabled": True, **setup(params, m_before), "after": entry.pop("metrics"),
+    out = {**who, "enabled": True, **setup(params, m_before), "after": entry.pop("metrics"),
            **{key: None for key in METRICS}, **entry}  # None: a metric this run has not (ROUGE, best-of-N's KL)
     out["kl_mean"] = out["after"].get("kl_mean")  # nats per token; best-of-N has no single policy's KL
     out["kl_bound"] = None if trains else math.log(n) - (n - 1) / n  # nats per response
@@ -241,8 +243,8 @@ def qualifies(entry: dict) -> bool:
 
 def best_method(entries: dict[str, dict], trained_only: bool = False) -> Optional[str]:
     """The report's answer: the lowest toxicity among the methods that qualify; None if none does."""
-    ok = [m for m, e in entries.items() if qualifies(e) and (m in TRAINED or not trained_only)]
-    return min(ok, key=lambda m: (entries[m]["toxicity"]["after"], list(LABELS).index(m))) if ok else None
+    ok = [m for m, e in entries.items() if qualifies(e) and (e["trains_weights"] or not trained_only)]
+    return min(ok, key=lambda m: (entries[m]["toxicity"]["after"], list(entries).index(m))) if ok else None
 
 
 def no_answer(entries: dict[str, dict]) -> str:
@@ -291,19 +293,19 @@ def choose_published(entries: dict[str, dict], wanted: str) -> tuple[Optional[st
     if wanted != "best":
         if not entries.get(wanted, {}).get("enabled"):
             raise PipelineError(f"publish.method is {wanted}, but its comparison file says it did not run; set "
-                                f"{wanted}.enabled: true or choose another publish.method")
+                                f"methods.{wanted}.enabled: true or choose another publish.method")
         return wanted, f"publish.method is {wanted}"
-    if not any(entries.get(m, {}).get("enabled") for m in TRAINED):
+    if not any(e.get("enabled") and e["trains_weights"] for e in entries.values()):
         raise PipelineError("no trained method ran (params.yaml enables one, so metrics/compare is incomplete); rerun "
                             "`dvc repro`")
     best = best_method(entries)
-    if best in TRAINED:
-        return best, f"the report's answer: {LABELS[best]} lowered toxicity most with no guard crossed"
+    if best is not None and entries[best]["trains_weights"]:
+        return best, f"the report's answer: {entries[best]['label']} lowered toxicity most with no guard crossed"
     trained = best_method(entries, trained_only=True)
-    untrained = best is not None and not BY_NAME[best].trains_weights
+    untrained = best is not None and not entries[best]["trains_weights"]
     if untrained and trained:
         return trained, (f"best-of-N lowered toxicity most, but it is a sampling procedure with no weights; "
-                         f"{LABELS[trained]} is the best trained method")
+                         f"{entries[trained]['label']} is the best trained method")
     if untrained:
         return None, ("best-of-N lowered toxicity most, but it is a sampling procedure with no weights, and no trained "
                       "method lowered toxicity without crossing a guard")

@@ -21,13 +21,14 @@ from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from .errors import ParamsError, PipelineError
-from .methods import METHODS, TRAINED, listed
-from .settings import (ALGORITHMS, BestOfNSettings, ComputeSettings, DataSettings, DPOSettings, EvaluationSettings,
-                       GenerationSettings, GRPOSettings, GuardSettings, PolicySettings, PPOSettings, PromptSettings,
-                       PublishSettings, RewardSettings, ReportSettings, SFTSettings, _require)
+from .methods import NAME, RESERVED, TRAINING, listed
+from .settings import (SETTINGS, BestOfNSettings, ComputeSettings, DataSettings, DPOSettings, EvaluationSettings,
+                       GenerationSettings, GuardSettings, PolicySettings, PromptSettings, PublishSettings,
+                       ReferenceSettings, RewardSettings, ReportSettings, SFTSettings, _require)
 
 
-MOVED = {"lora": "ppo.lora"}  # sections of earlier releases: where they went
+MOVED = {"lora": "methods.ppo.lora", "ppo": "methods.ppo", "dpo": "methods.dpo",  # sections of earlier releases
+         "grpo": "methods.grpo"}
 SECTIONS = {
     "data": DataSettings,
     "prompt": PromptSettings,
@@ -35,8 +36,10 @@ SECTIONS = {
     "reward": RewardSettings,
     "compute": ComputeSettings,
     "generation": GenerationSettings,
-    **{m.name: ALGORITHMS[m.algorithm] for m in METHODS},  # a section a method (detoxkit.methods)
     "evaluation": EvaluationSettings,
+    "best_of_n": BestOfNSettings,
+    "reference": ReferenceSettings,
+    "methods": None,  # named entries, each of its algorithm's class (_build_methods)
     "sft": SFTSettings,
     "report": ReportSettings,
     "publish": PublishSettings,
@@ -44,21 +47,20 @@ SECTIONS = {
 }
 
 
-FINITE_EXEMPT = {"ppo.max_kl", "grpo.max_grad_norm"}  # .inf is meaningful there: never stop early
+FINITE_EXEMPT = {"max_kl", "max_grad_norm"}  # a methods entry's: .inf is meaningful there (never stop early)
 # Booleans in YAML 1.1 only: YAML 1.2 (ruamel.yaml, as DVC reads params.yaml) takes them as text
 YAML11_BOOLS = {"yes": "true", "y": "true", "on": "true", "no": "false", "n": "false", "off": "false"}
 
 
 def split_needs(params: "Params") -> list[tuple[str, str, Union[int, str]]]:
     """(split, setting, rows it needs) for every setting that takes prompts from the prepared data."""
-    needs = [("train", "ppo.batch_size", params.ppo.batch_size)] if params.ppo.enabled else []
-    needs.append(("test", "evaluation.num_samples", params.evaluation.num_samples))
+    needs = [("test", "evaluation.num_samples", params.evaluation.num_samples)]
     if params.policy.adapter == "sft":
         needs += [("train", "sft.batch_size", params.sft.batch_size), ("test", "sft.eval_samples", params.sft.eval_samples)]
-    if params.dpo.enabled:
-        needs.append(("train", "dpo.num_prompts", params.dpo.num_prompts))
-    if params.grpo.enabled:
-        needs.append(("train", "grpo.batch_size", params.grpo.batch_size))
+    needs.append(("train", "reference.num_prompts", params.reference.num_prompts))
+    for name, entry in params.methods.items():  # an online method takes batch_size train prompts a step
+        if entry.enabled and entry.algorithm in ("ppo", "grpo"):
+            needs.append(("train", f"methods.{name}.batch_size", entry.batch_size))
     return needs
 
 
@@ -67,23 +69,20 @@ def check_split_sizes(params: "Params", n_train: int, n_test: int, where: str = 
     """Rules across data and the stages that consume it (the `check` stage: all of them; a stage: `keys`,
     the settings it reads). Fails in the first stage that knows the sizes. `world` data-parallel processes
     each take ppo.batch_size train prompts a step."""
-    fixes = {"ppo.batch_size": "lower data.test_size, widen data.min_chars/max_chars or add data",
-             "grpo.batch_size": "lower data.test_size, widen data.min_chars/max_chars or add data",
-             "sft.batch_size": "lower data.test_size, widen data.min_chars/max_chars or add data",
-             "dpo.num_prompts": 'use "all", or lower data.test_size'}
+    more = "lower data.test_size, widen data.min_chars/max_chars or add data"
     for split, key, need in split_needs(params):
         if keys is not None and key not in keys or need == "all":
             continue
-        if key in ("ppo.batch_size", "grpo.batch_size") and world > 1:
+        fix = 'use "all", or lower data.test_size' if key == "reference.num_prompts" else more
+        if key.startswith("methods.") and world > 1:
             if n_train < need * world:
                 raise PipelineError(
                     f"{where} has {n_train} train prompts, fewer than {key} x {world} processes "
                     f"({need} x {world} = {need * world}): each process takes {key} prompts a step; lower "
-                    f"{key} to {max(n_train // world, 1)} or less, run fewer processes, or {fixes[key]}")
+                    f"{key} to {max(n_train // world, 1)} or less, run fewer processes, or {fix}")
             continue
         if split == "train" and n_train < need:
-            raise PipelineError(f"{where} has {n_train} train prompts, fewer than {key} ({need}); lower {key}, "
-                                f"{fixes[key]}")
+            raise PipelineError(f"{where} has {n_train} train prompts, fewer than {key} ({need}); lower {key}, {fix}")
         if split == "test" and n_test < need:
             raise PipelineError(
                 f"{key} asks for {need} samples but the test split of {where} has only {n_test}; "
@@ -140,7 +139,8 @@ def _coerce(value, tp, key: str):
 
 
 def _finite(value: float, key: str) -> float:
-    if math.isnan(value) or (math.isinf(value) and key not in FINITE_EXEMPT):
+    exempt = key.startswith("methods.") and key.rsplit(".", 1)[1] in FINITE_EXEMPT
+    if math.isnan(value) or (math.isinf(value) and not exempt):
         raise ParamsError(f"params.yaml: {key} is {value}; expected a finite number")
     return value
 
@@ -178,6 +178,28 @@ def _build(cls, raw, prefix: str):
     return obj
 
 
+def _build_methods(raw) -> dict:
+    """The `methods` section: named entries, each built as its `algorithm`'s settings class and checked under its
+    own name (methods.NAME.learning_rate ...)."""
+    if not isinstance(raw, dict) or not raw:
+        raise ParamsError("params.yaml: methods must be a mapping of named method entries (e.g. `ppo: {algorithm: ppo, "
+                          "...}`), at least one; see docs/methods.md")
+    built = {}
+    for name, entry in raw.items():
+        key = f"methods.{name}"
+        if not isinstance(name, str) or not NAME.fullmatch(name) or name in RESERVED:
+            raise ParamsError(f"params.yaml: {key} is not a method name: use lowercase letters, digits and _ (a letter "
+                              f"first, at most 40), and none of {sorted(RESERVED)}; it names the method's files")
+        if not isinstance(entry, dict) or entry.get("algorithm") not in SETTINGS:
+            got = entry.get("algorithm") if isinstance(entry, dict) else entry
+            raise ParamsError(f"params.yaml: {key}.algorithm is {got!r}; expected one of {list(TRAINING)} (a methods "
+                              "entry is `algorithm:` and that algorithm's settings)")
+        obj = _build(SETTINGS[entry["algorithm"]], entry, key)
+        obj.check(key)
+        built[name] = obj
+    return built
+
+
 @dataclasses.dataclass(frozen=True)
 class Params:
     """Every section of params.yaml, validated."""
@@ -190,11 +212,10 @@ class Params:
     reward: RewardSettings
     compute: ComputeSettings
     generation: GenerationSettings
-    ppo: PPOSettings
     evaluation: EvaluationSettings
     best_of_n: BestOfNSettings
-    dpo: DPOSettings
-    grpo: GRPOSettings
+    reference: ReferenceSettings
+    methods: dict  # name -> PPOSettings, DPOSettings or GRPOSettings, in params.yaml's order
     sft: SFTSettings
     report: ReportSettings
     publish: PublishSettings
@@ -203,18 +224,33 @@ class Params:
 
 def _check_lengths(built: dict):
     """Rules between lengths in different sections, before any stage runs."""
-    data, gen, ev, dpo = built["data"], built["generation"], built["evaluation"], built["dpo"]
-    if dpo.enabled and data.max_prompt_tokens > dpo.max_prompt_length:
-        raise ParamsError(
-            f"params.yaml: data.max_prompt_tokens ({data.max_prompt_tokens}) is above dpo.max_prompt_length "
-            f"({dpo.max_prompt_length}): TRL would cut DPO's longer prompts (a seq2seq prompt loses its end, the "
-            f"instruction's closing words); set dpo.max_prompt_length to {data.max_prompt_tokens} (and dpo.max_length "
-            f"to {data.max_prompt_tokens + dpo.max_new_tokens}) or lower data.max_prompt_tokens")
+    data, gen, ev, ref = built["data"], built["generation"], built["evaluation"], built["reference"]
+    for name, dpo in built["methods"].items():
+        if dpo.algorithm != "dpo" or not dpo.enabled:
+            continue
+        key = f"methods.{name}"
+        if data.max_prompt_tokens > dpo.max_prompt_length:
+            raise ParamsError(
+                f"params.yaml: data.max_prompt_tokens ({data.max_prompt_tokens}) is above {key}.max_prompt_length "
+                f"({dpo.max_prompt_length}): TRL would cut DPO's longer prompts (a seq2seq prompt loses its end, the "
+                f"instruction's closing words); set {key}.max_prompt_length to {data.max_prompt_tokens} (and "
+                f"{key}.max_length to {data.max_prompt_tokens + ref.max_new_tokens}) or lower data.max_prompt_tokens")
+        if ref.max_new_tokens > dpo.max_length - dpo.max_prompt_length:
+            raise ParamsError(
+                f"params.yaml: reference.max_new_tokens ({ref.max_new_tokens}) must fit in {key}.max_length - "
+                f"{key}.max_prompt_length ({dpo.max_length} - {dpo.max_prompt_length} = "
+                f"{dpo.max_length - dpo.max_prompt_length}): TRL would cut the responses; "
+                f"raise {key}.max_length to {dpo.max_prompt_length + ref.max_new_tokens} or lower "
+                "reference.max_new_tokens")
+        if ref.num_prompts == 0:
+            raise ParamsError(f"params.yaml: {key} is a DPO method, which trains on pairs from the reference samples, "
+                              f"but reference.num_prompts is 0 (none drawn); set it (e.g. 256 or \"all\"), or set "
+                              f"{key}.enabled: false")
     # min_length counts a seq2seq decoder's start token; causal policies get the same number of new tokens
     least = gen.min_length - 1
     caps = [("generation.output_min_length", gen.output_min_length), ("evaluation.max_new_tokens", ev.max_new_tokens)]
-    if dpo.enabled:
-        caps.append(("dpo.max_new_tokens", dpo.max_new_tokens))
+    if ref.num_prompts != 0:
+        caps.append(("reference.max_new_tokens", ref.max_new_tokens))
     for key, cap in caps:
         if least > cap:
             raise ParamsError(
@@ -280,8 +316,8 @@ def load_params(path: Union[str, Path] = "params.yaml") -> Params:
     unknown = sorted(set(raw) - set(SECTIONS) - {"seed"})
     if set(MOVED) & set(unknown):
         old = sorted(set(MOVED) & set(unknown))[0]
-        raise ParamsError(f"params.yaml: section {old!r} is now {MOVED[old]} (the methods are equals, each with its "
-                          f"settings in its own section); move it there")
+        raise ParamsError(f"params.yaml: section {old!r} is now {MOVED[old]} (the methods are named entries of "
+                          f"`methods:`, each with `algorithm:` and its settings; docs/methods.md); move it there")
     if unknown:
         raise ParamsError(
             f"params.yaml: unknown section {unknown[0]!r} (known: seed, {', '.join(SECTIONS)}); check the spelling"
@@ -294,17 +330,20 @@ def load_params(path: Union[str, Path] = "params.yaml") -> Params:
     for name in SECTIONS:
         if name not in raw:
             raise ParamsError(f"params.yaml: missing section {name}; see docs/parameters.md")
-        built[name] = _build(SECTIONS[name], raw[name], name)
+        built[name] = _build_methods(raw[name]) if name == "methods" else _build(SECTIONS[name], raw[name], name)
     if built["data"].summary_column is None and built["policy"].adapter == "sft":
         raise ParamsError("params.yaml: policy.adapter is sft, but data.summary_column is null (a prompt-only dataset "
                           "has no references to fine-tune on); set policy.adapter: null, or name the summary column")
-    if not any(built[m].enabled for m in TRAINED):
-        raise ParamsError(f"params.yaml: every trained method is off ({', '.join(f'{m}.enabled' for m in TRAINED)} "
+    methods = built["methods"]
+    if not any(m.enabled for m in methods.values()):
+        raise ParamsError(f"params.yaml: every method is off ({', '.join(f'methods.{m}.enabled' for m in methods)} "
                           "are false): nothing would be trained or published; set one of them to true")
-    method = built["publish"].method
-    if method in TRAINED and not built[method].enabled:
-        others = [m for m in TRAINED if built[m].enabled]
-        raise ParamsError(f"params.yaml: publish.method is {method}, but {method}.enabled is false (nothing to "
-                          f"publish); set {method}.enabled: true, or publish.method: {listed([*others, 'best'])}")
+    method, on = built["publish"].method, [m for m in methods if methods[m].enabled]
+    if method != "best" and method not in methods:
+        raise ParamsError(f"params.yaml: publish.method is {method!r}; expected one of {listed([*methods, 'best'])} "
+                          "(a methods entry, or best: the report's answer)")
+    if method != "best" and not methods[method].enabled:
+        raise ParamsError(f"params.yaml: publish.method is {method}, but methods.{method}.enabled is false (nothing to "
+                          f"publish); set methods.{method}.enabled: true, or publish.method: {listed([*on, 'best'])}")
     _check_lengths(built)
     return Params(seed=seed, raw=raw, **built)

@@ -19,7 +19,7 @@ log = logging.getLogger("detox.eta")
 # passes through policy and reference; best-of-N and DPO's pair sampling generate many samples per prompt and judge
 # only the kept ones. Each stage also starts a process and loads its models (STARTUP seconds on that machine,
 # scaled like the rest).
-COST = {"evaluate": 1.25, "ppo": 2.8, "grpo": 2.1, "dpo_pairs": 0.78, "dpo": 1.27, "best_of_n": 0.63}
+COST = {"evaluate": 1.25, "ppo": 2.8, "grpo": 2.1, "reference": 0.78, "dpo": 1.27, "best_of_n": 0.63}
 STARTUP = 7.0
 BASELINE_RATE = 0.0116  # seconds a generated token in those runs' baselines (12.7 and 10.5 ms)
 
@@ -44,22 +44,20 @@ def remaining_parts(params, train_prompts: int, test_prompts: int) -> list[Part]
     samples = _count(ev.num_samples, test_prompts) * ev.samples_per_prompt
     eval_tokens = samples * ev.max_new_tokens
     rollout = (gen.output_min_length + gen.output_max_length) / 2  # tokens, drawn from [min, max) each batch
-    parts = []
-    if params.ppo.enabled:
-        parts += [Part("ppo", params.ppo.max_steps * params.ppo.batch_size * rollout, COST["ppo"]),
-                  Part("evaluate@ppo", eval_tokens, COST["evaluate"])]
-    if params.grpo.enabled:
-        g = params.grpo
-        parts += [Part("grpo", g.max_steps * g.batch_size * g.group_size * rollout, COST["grpo"]),
-                  Part("evaluate@grpo", eval_tokens, COST["evaluate"])]
-    if params.dpo.enabled:
-        d = params.dpo
-        prompts = _count(d.num_prompts, train_prompts)
-        seen = prompts * d.epochs  # pairs trained on (at most one a prompt), capped by max_steps
-        seen = seen if d.max_steps < 0 else min(seen, d.max_steps * d.batch_size)
-        parts += [Part("dpo_pairs", prompts * d.n * d.max_new_tokens, COST["dpo_pairs"]),
-                  Part("dpo", seen * 2 * d.max_new_tokens, COST["dpo"]),
-                  Part("evaluate@dpo", eval_tokens, COST["evaluate"])]
+    ref = params.reference
+    prompts = _count(ref.num_prompts, train_prompts)
+    parts = [Part("reference", prompts * ref.n * ref.max_new_tokens, COST["reference"])] if prompts else []
+    for name, m in params.methods.items():
+        if not m.enabled:
+            continue
+        if m.algorithm == "ppo":
+            parts.append(Part(f"train@{name}", m.max_steps * m.batch_size * rollout, COST["ppo"]))
+        elif m.algorithm == "grpo":
+            parts.append(Part(f"train@{name}", m.max_steps * m.batch_size * m.group_size * rollout, COST["grpo"]))
+        else:  # dpo: pairs trained on (at most one a prompt), capped by max_steps
+            seen = prompts * m.epochs if m.max_steps < 0 else min(prompts * m.epochs, m.max_steps * m.batch_size)
+            parts.append(Part(f"train@{name}", seen * 2 * ref.max_new_tokens, COST["dpo"]))
+        parts.append(Part(f"evaluate@{name}", eval_tokens, COST["evaluate"]))
     if params.best_of_n.enabled:
         parts.append(Part("best_of_n", eval_tokens * params.best_of_n.n, COST["best_of_n"]))
     return parts + [Part("report", 0, 0.0), Part("publish", 0, 0.0)]

@@ -211,6 +211,8 @@ def check_context(config, params):
         return
     asks = [("generation.output_max_length", params.generation.output_max_length - 1),
             ("evaluation.max_new_tokens", params.evaluation.max_new_tokens)]
+    if params.reference.num_prompts != 0:
+        asks.append(("reference.max_new_tokens", params.reference.max_new_tokens))
     if params.policy.adapter == "sft":
         asks += [("sft.eval_max_new_tokens", params.sft.eval_max_new_tokens),
                  ("sft.max_target_tokens", params.sft.max_target_tokens)]
@@ -421,7 +423,7 @@ def save_adapter(peft_model, out_dir: Path):
     """`save_pretrained` of a PEFT model (safetensors), byte-identical for identical inputs: adapter_config.json is
     rewritten with its set-valued lists sorted (PEFT writes a set in the order of this process's string hashes, so
     a rerun with nothing changed rewrote it, and DVC called every later stage stale). Every stage that saves an
-    adapter (sft, ppo, dpo, grpo; publish copies one) saves it here."""
+    adapter (sft, every trained method; publish copies one) saves it here."""
     with disk_space_named(out_dir):
         peft_model.save_pretrained(str(out_dir), safe_serialization=True)
         config_file = Path(out_dir) / "adapter_config.json"
@@ -455,7 +457,7 @@ def disk_space_named(out_dir: Path):
 
 def save_detoxified(out_dir: Path, peft_model, v_head, policy: PolicySettings, adapter: Optional[Path]):
     """The LoRA adapter (PEFT format), PPO's value head (safetensors; None for DPO, which has none) and how to
-    rebuild the starting policy: one layout for models/ppo and models/dpo."""
+    rebuild the starting policy: one layout for every trained method's folder."""
     from safetensors.torch import save_file
 
     save_adapter(peft_model, out_dir)

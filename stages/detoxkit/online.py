@@ -6,7 +6,6 @@ the outputs hold the result.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import logging
@@ -16,29 +15,19 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .checkpoint import Resume, checkpoint_inputs, checkpoint_step, read_checkpoint, restore_checkpoint
-from .config import check_split_sizes, load_params
+from .config import check_split_sizes
 from .data import load_prepared
 from .io import clear_stale, hold, write_json
-from .methods import get
+from .methods import Method
 from .generation import static_shape
 from .models import attach_lora, check_lora_targets, check_policy_config, load_policy, peak_memory, start_adapter_path
 from .parallel import world
 from .schedule import seed_step
 from .scoring import build_scorer
-from .training import TrainRecord, log_row, outputs, settings_of, skip
+from .training import TrainRecord, begin, log_row, outputs, settings_of
 
 log = logging.getLogger("detox.training")
 SECTIONS = ("policy", "reward", "generation")  # besides seed and the method's own: what a checkpoint must share
-
-
-def online_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--sft", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--live", required=True, help="DVCLive folder for per-step metrics")
-    parser.add_argument("--checkpoints", required=True, help="resumable state, outside DVC outputs")
-    return parser.parse_args()
 
 
 class OnlineRun:
@@ -46,27 +35,28 @@ class OnlineRun:
     sizes and the LoRA layers, holds the folders and reads the checkpoint, so a bad input costs nothing), then
     `session(engine, device)` around the loop. `data`: the prepared splits; `adapter`: the starting adapter."""
 
-    def __init__(self, method: str, params, args, sections: tuple[str, ...] = SECTIONS):
-        self.method, self.params, self.args = get(method), params, args
-        self.settings = getattr(params, method)
+    def __init__(self, method: Method, params, args, sections: tuple[str, ...] = SECTIONS):
+        self.method, self.params, self.args = method, params, args
+        self.settings, key = method.settings, f"methods.{method.name}"
         self.data = load_prepared(args.data)
         check_split_sizes(params, len(self.data["train"]), len(self.data["test"]), args.data,
-                          keys=(f"{method}.batch_size",), world=world()[1])
+                          keys=(f"{key}.batch_size",), world=world()[1])
         self.adapter = adapter = start_adapter_path(params.policy, args.sft)
-        check_lora_targets(check_policy_config(params.policy), self.settings.lora, f"{method}.lora")  # before weights
+        check_lora_targets(check_policy_config(params.policy), self.settings.lora, f"{key}.lora")  # before weights
         self.dir = Path(args.checkpoints)
-        self.inputs = functools.cache(lambda: checkpoint_inputs(params, args.data, adapter, sections, method))
+        self.inputs = functools.cache(lambda: checkpoint_inputs(params, args.data, adapter, sections, method.name))
         hold(self.dir, args.out, args.live)  # one trainer at a time in these folders; a second is refused, named
         for folder in (args.live, args.out):  # temporaries a killed run left behind
             clear_stale(Path(folder))
-        self.checkpoint = read_checkpoint(self.dir, self.inputs, self.settings.max_steps, f"{method}.max_steps")
+        self.checkpoint = read_checkpoint(self.dir, self.inputs, self.settings.max_steps, f"{key}.max_steps")
         self.resume = self.out = None
 
     @classmethod
-    def begin(cls, method: str) -> Optional["OnlineRun"]:
-        """The run of the stage's command line and params.yaml; None when `method` is off (placeholders written)."""
-        args, params = online_args(), load_params()
-        return None if skip(method, params, args.out, args.live) else cls(method, params, args)
+    def begin(cls, algorithm: str) -> Optional["OnlineRun"]:
+        """The run of the stage's command line (--method: a methods entry of `algorithm`) and params.yaml; None when
+        the entry is off (placeholders written)."""
+        args, params, method, off = begin(algorithm)
+        return None if off else cls(method, params, args)
 
     def load(self):
         """(policy with this method's fresh LoRA adapter, tokenizer, device, reward scorer, static cache shape),
@@ -78,7 +68,7 @@ class OnlineRun:
         # rollout lengths are drawn from [min, max): one static cache for the longest
         static = static_shape(params.compute.compile_generation, model, self.data["train"]["input_ids"],
                               params.generation.output_max_length - 1)
-        model = attach_lora(model, self.settings.lora, f"{self.method.name}.lora")
+        model = attach_lora(model, self.settings.lora, f"methods.{self.method.name}.lora")
         return model, tokenizer, device, scorer, static
 
     @contextlib.contextmanager
@@ -86,8 +76,8 @@ class OnlineRun:
         """The checkpoint restored into `engine`, the logged history replayed into a fresh DVCLive folder; yields
         the Resume (start step, history). Ends by `finish`; on a stop or an error no output is written."""
         trainable, total = engine.parameter_counts()
-        log.info("trainable parameters (LoRA%s): %d of %d (%.2f%%)", " + value head" if self.method.value_head else "",
-                 trainable, total, 100 * trainable / total)
+        head = " + value head" if self.method.algorithm.value_head else ""
+        log.info("trainable parameters (LoRA%s): %d of %d (%.2f%%)", head, trainable, total, 100 * trainable / total)
         self.resume = Resume(self.dir, self.inputs())
         self.resume.start, self.resume.history = restore_checkpoint(engine, self.checkpoint, self.dir)
         if self.resume.start:

@@ -1,48 +1,76 @@
-"""DPO's data: preference pairs from the starting policy's own samples (the `dpo_pairs` stage), and the check that
-there are enough of them (`dpo_pairs`, then `dpo` before any model loads). No TRL here: the DPO engine trains on
-the pairs."""
+"""The reference samples (the `reference` stage: the starting policy's own responses to train prompts, scored once)
+and what is made of them: DPO's preference pairs (`make_pairs`, in a DPO method's training stage), and the check
+that there are enough pairs, before any model loads. No TRL here: the DPO engine trains on the pairs."""
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 
 from .errors import PipelineError
 from .evaluation import Sampler, expand
-from .settings import DPOSettings
+from .io import read_json
+from .settings import DPOSettings, ReferenceSettings
+
+SAMPLES, SUMMARY = "samples.jsonl", "summary.json"  # the reference stage's folder
 
 
-def preference_pairs(sampler: Sampler, scorer, rows, dpo: DPOSettings) -> tuple[list[dict], dict]:
-    """`dpo.n` responses for each row from the sampler (the evaluation's batched, and on CUDA compiled,
-    generation), scored by the reward model, made into pairs (make_pairs). Returns (pairs, counts)."""
-    candidates, _ = expand(rows, dpo.n)
-    scored = sampler.scored(scorer, candidates, dpo.max_new_tokens, f"dpo pairs (n={dpo.n})", dpo.n)
-    return make_pairs(rows, [t for _, t, _, _ in scored], [r for _, _, r, _ in scored], dpo.n, dpo.min_margin)
+def reference_samples(sampler: Sampler, scorer, rows, ref: ReferenceSettings) -> list[dict]:
+    """`ref.n` responses for each row from the sampler (the evaluation's batched, and on CUDA compiled, generation),
+    scored by the reward model: one record a prompt (its train row, the prompt as the reward model reads it and as
+    the policy's token ids, the responses, their rewards and toxicity)."""
+    candidates, _ = expand(rows, ref.n)
+    scored = sampler.scored(scorer, candidates, ref.max_new_tokens, f"reference samples (n={ref.n})", ref.n)
+    n = ref.n
+    return [{"index": i, "query": rows[i]["query"], "prompt_ids": list(rows[i]["input_ids"]),
+             "responses": [t for _, t, _, _ in scored[i * n:(i + 1) * n]],
+             "rewards": [r for _, _, r, _ in scored[i * n:(i + 1) * n]],
+             "toxicity": [x for _, _, _, x in scored[i * n:(i + 1) * n]]} for i in range(len(rows))]
 
 
-def make_pairs(rows, texts: list[str], rewards: list[float], n: int, min_margin: float) -> tuple[list[dict], dict]:
-    """For each row, its n consecutive (text, reward): the highest-reward text chosen, the lowest rejected (among
-    distinct texts), the pair kept when their reward gap is at least `min_margin` and above 0 (two equal responses
-    teach nothing). Returns (pairs, counts)."""
+def read_reference(folder: Path) -> tuple[list[dict], dict]:
+    """(records, summary) of the reference stage's folder; a clear line when it is missing, off or damaged."""
+    summary_file, file = folder / SUMMARY, folder / SAMPLES
+    if not summary_file.is_file():
+        raise PipelineError(f"{summary_file} not found; run the reference stage first (dvc repro reference)")
+    summary = read_json(summary_file)  # a damaged file: one line naming it
+    if not summary.get("enabled"):
+        raise PipelineError(f"{folder} holds no samples (reference.num_prompts was 0 when it ran); set "
+                            "reference.num_prompts and run `dvc repro`")
+    try:
+        records = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError):
+        raise PipelineError(f"{file} is missing or damaged (not JSON lines); rebuild it with "
+                            "`dvc repro -f reference`") from None
+    return records, summary
+
+
+def make_pairs(records: list[dict], min_margin: float) -> tuple[list[dict], dict]:
+    """For each prompt's responses: the highest-reward text chosen, the lowest rejected (among distinct texts), the
+    pair kept when their reward gap is at least `min_margin` and above 0 (two equal responses teach nothing).
+    Returns (pairs, counts)."""
     pairs, margins = [], []
-    for i in range(len(rows)):
+    for rec in records:
         # one reward per distinct text: the same text scored in two batches can differ in the last bits, and a
         # pair of one text twice teaches nothing
-        scored_texts = dict(zip(texts[i * n:(i + 1) * n], rewards[i * n:(i + 1) * n]))
+        scored_texts = dict(zip(rec["responses"], rec["rewards"]))
         chosen, rejected = max(scored_texts, key=scored_texts.get), min(scored_texts, key=scored_texts.get)
         gap = scored_texts[chosen] - scored_texts[rejected]
         margins.append(gap)
         if chosen != rejected and gap > 0 and gap >= min_margin:
-            pairs.append({"index": i, "query": rows[i]["query"], "prompt_ids": list(rows[i]["input_ids"]),
+            pairs.append({"index": rec["index"], "query": rec["query"], "prompt_ids": rec["prompt_ids"],
                           "chosen": chosen, "rejected": rejected, "reward_chosen": scored_texts[chosen],
                           "reward_rejected": scored_texts[rejected], "margin": gap})
-    counts = {"prompts": len(rows), "generated_samples": len(texts), "pairs": len(pairs),
-              "margin_mean_all": float(np.mean(margins)) if margins else 0.0,
+    counts = {"prompts": len(records), "generated_samples": sum(len(r["responses"]) for r in records),
+              "pairs": len(pairs), "margin_mean_all": float(np.mean(margins)) if margins else 0.0,
               "margin_mean_kept": float(np.mean([p["margin"] for p in pairs])) if pairs else None}
     return pairs, counts
 
 
-def check_pairs(pairs: list[dict], dpo: DPOSettings, where: str):
-    """Refuse too few pairs (before any model loads), naming the settings that make more."""
+def check_pairs(pairs: list[dict], dpo: DPOSettings, key: str, where: str):
+    """Refuse too few pairs (before any model loads), naming the settings that make more (`key`: the entry's)."""
     if len(pairs) < max(dpo.min_pairs, 1):
         raise PipelineError(
-            f"{where} gave {len(pairs)} preference pairs, fewer than dpo.min_pairs ({dpo.min_pairs}); lower "
-            "dpo.min_margin, raise dpo.n or dpo.num_prompts, or lower dpo.min_pairs")
+            f"{where} gave {len(pairs)} preference pairs, fewer than {key}.min_pairs ({dpo.min_pairs}); lower "
+            f"{key}.min_margin, raise reference.n or reference.num_prompts, or lower {key}.min_pairs")

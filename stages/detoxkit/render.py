@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .methods import METHODS
+from .methods import ALGORITHMS
 
 # (summary key, label, which direction is better) for every metric compared with a paired CI
 HEADLINE = [("toxicity", "Toxicity", "lower"),  # toxicity and reward: named by the scorer (sections.side_by_side)
@@ -81,7 +81,7 @@ def _plt():
 
 
 # Training curves the report draws, where a method logged them (one panel each, one line per method)
-CURVES = [("env/reward_mean", "mean reward of the training batch"), *(c for m in METHODS for c in m.panels)]
+CURVES = [("env/reward_mean", "mean reward of the training batch"), *(c for a in ALGORITHMS for c in a.panels)]
 
 
 PANEL_COLUMNS = 2  # panels side by side: two 4-inch panels fit the HTML page (1100 px) and a Markdown viewer

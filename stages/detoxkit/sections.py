@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .compare import MARK, best_method, no_answer, smoke_note
-from .methods import BY_NAME, LABELS
+from .methods import methods_of
 from .render import HEADLINE, HIST_BINS, QUAL_COLUMNS, qual_rows
 from .stats import NA, crossed_guards, interval_verdict
 
@@ -27,16 +27,16 @@ def answer(entries: dict[str, dict]) -> str:
     if best is None:
         return f"Answer: {no_answer(entries)}."
     e, t = entries[best], entries[best]["toxicity"]
-    text = (f"Answer: {LABELS[best]} lowered toxicity most with no guard crossed ({t['before']:.4f} -> "
+    label = e["label"]
+    text = (f"Answer: {label} lowered toxicity most with no guard crossed ({t['before']:.4f} -> "
             f"{t['after']:.4f}, {ci_cell(t)} over {e['num_prompts']} paired prompts)")
     blind = [name for name, power in e["judge_power"].items() if power["reason"]]
     if blind:
-        text += (f"; the judge {', '.join(blind)} could not confirm it (too weak to see the fall; see {LABELS[best]}'s "
-                 "line)")
-    if not BY_NAME[best].trains_weights:
+        text += f"; the judge {', '.join(blind)} could not confirm it (too weak to see the fall; see {label}'s line)"
+    if not e["trains_weights"]:
         trained = best_method(entries, trained_only=True)
-        text += (f"; {LABELS[best]} has no weights, so publish.method best packs {LABELS[trained]}" if trained else
-                 f"; {LABELS[best]} has no weights, and no trained method lowered toxicity, so publish.method best "
+        text += (f"; {label} has no weights, so publish.method best packs {entries[trained]['label']}" if trained else
+                 f"; {label} has no weights, and no trained method lowered toxicity, so publish.method best "
                  "publishes nothing")
     return text + "."
 
@@ -50,9 +50,9 @@ def method_lines(entries: dict[str, dict]) -> list:
         judges = "; ".join(f"judge {name} {ci_cell(j['toxicity'])}" + (
             f" (could not confirm the fall: {e['judge_power'][name]['reason']})" if e["judge_power"][name]["reason"]
             else "") for name, j in e["judges"].items()) or "no judges"
-        verdict = interval_verdict(f"{LABELS[method]} vs start, toxicity", (t["diff_ci_low"], t["diff_ci_high"]), True,
+        verdict = interval_verdict(f"{e['label']} vs start, toxicity", (t["diff_ci_low"], t["diff_ci_high"]), True,
                                    e["num_prompts"], e["min_pairs"])
-        lines.append((f"{LABELS[method]} ({e['outcome']}): toxicity {t['before']:.4f} -> {t['after']:.4f}, "
+        lines.append((f"{e['label']} ({e['outcome']}): toxicity {t['before']:.4f} -> {t['after']:.4f}, "
                       f"{ci_cell(t)}; {judges}; guards crossed: {', '.join(crossed) or 'none'}. {verdict}",
                       MARK[e["outcome"]]))
     return lines
@@ -79,9 +79,9 @@ def what_ran(entries: dict[str, dict], params) -> list:
         done = (f"{t['steps_done']} steps" if t.get("steps_done") is not None else f"n = {p.best_of_n.n} samples of the starting "
                 "policy per kept response")
         early = f", stopped early at step {t['early_stop_step']}" if t.get("early_stopped") else ""
-        lines.append(f"{LABELS[method]}: {done}{early}" + (
+        lines.append(f"{e['label']}: {done}{early}" + (
             f" ({', '.join(f'{k} {v}' for k, v in settings.items())})" if settings else "") + ".")
-    off = [LABELS[m] for m in LABELS if m not in entries]
+    off = [m.label for m in methods_of(params) if m.name not in entries]
     if off:
         lines.append(f"Off: {', '.join(off)} (their stages' enabled setting is false).")
     lines.append("ROUGE against the references." if any_entry["references"] else
@@ -102,7 +102,7 @@ def guard_table(entries: dict[str, dict]) -> tuple[list, list]:
     """One row a guard, one column a method: CROSSED, ok or n/a (cannot fire here: no references, no judges, or
     best-of-N's KL)."""
     names = list(next(iter(entries.values()))["guards"])
-    header = ["guard", "what it flags", *[LABELS[m] for m in entries]]
+    header = ["guard", "what it flags", *[e["label"] for e in entries.values()]]
     rows = [[name, GUARD_WHY[name], *["n/a" if e["guards"][name] == NA else "CROSSED" if e["guards"][name] else "ok"
                                       for e in entries.values()]] for name in names]
     return header, rows
@@ -116,7 +116,7 @@ def side_by_side(entries: dict[str, dict]) -> tuple[list, list]:
     named = {"toxicity": f"Toxicity ({first['setup']['toxicity_label']})",  # the scorer's own names
              "reward": f"Reward ({first['setup']['reward_label']})"}
     header = ["metric", "better", "start",
-              *[c for m in entries for c in (LABELS[m], f"{LABELS[m]} - start [{conf} CI]")]]
+              *[c for e in entries.values() for c in (e["label"], f"{e['label']} - start [{conf} CI]")]]
     rows = []
 
     def add(label, better, pick):
@@ -209,7 +209,7 @@ def report(entries: dict[str, dict], focus: str, qual: list[dict], params) -> tu
     """(title, sections) of the whole report: the answer as its first line, a smoke-sized run said at once, one
     line per method; then what ran, the guards, the side-by-side table, the figures and the qualitative tables of
     `focus` (the method the answer names, or the first that ran)."""
-    names = ", ".join(LABELS[m] for m in entries)
+    names = ", ".join(e["label"] for e in entries.values())
     tox = next(iter(entries.values()))["setup"]["toxicity_label"]
     note = smoke_note(entries)
     return answer(entries), [
@@ -236,5 +236,5 @@ def report(entries: dict[str, dict], focus: str, qual: list[dict], params) -> tu
                   "token on the evaluation's samples (an estimate too: about 0 when it dips below)."),
             ("figure", "training_curves.png", "training curves")]),
         ("Toxicity per sample", [("figure", "toxicity_hist.png", "toxicity histogram")]),
-        *qualitative_sections(LABELS[focus], qual, params.report.qualitative_rows),
+        *qualitative_sections(entries[focus]["label"], qual, params.report.qualitative_rows),
     ]

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 from .errors import ParamsError
-from .methods import TRAINED, listed
 
 MAX_RESAMPLES = 1_000_000
 
@@ -184,7 +183,8 @@ class GenerationSettings:
 
 @dataclasses.dataclass(frozen=True)
 class PPOSettings:
-    enabled: bool  # the ppo and evaluate@ppo stages (off: placeholders)
+    algorithm: Literal["ppo"]  # a methods entry's algorithm (detoxkit.methods)
+    enabled: bool  # its train@NAME and evaluate@NAME stages (off: placeholders)
     learning_rate: float
     batch_size: int  # rollouts per PPO step
     mini_batch_size: int
@@ -198,23 +198,23 @@ class PPOSettings:
     checkpoint_every: int  # steps between resumable checkpoints; 0 disables them
     lora: LoraSettings  # PPO's adapter on the (merged) starting policy
 
-    def check(self):
-        self.lora.check("ppo.lora")
-        _require(self.learning_rate > 0, "ppo.learning_rate", "must be positive")
-        _require(self.batch_size > 0, "ppo.batch_size", "must be positive")
-        _require(self.mini_batch_size > 0, "ppo.mini_batch_size", "must be positive")
+    def check(self, p: str):
+        self.lora.check(f"{p}.lora")
+        _require(self.learning_rate > 0, f"{p}.learning_rate", "must be positive")
+        _require(self.batch_size > 0, f"{p}.batch_size", "must be positive")
+        _require(self.mini_batch_size > 0, f"{p}.mini_batch_size", "must be positive")
         _require(
             self.batch_size % self.mini_batch_size == 0,
-            "ppo.mini_batch_size",
-            f"({self.mini_batch_size}) must divide ppo.batch_size ({self.batch_size})",
+            f"{p}.mini_batch_size",
+            f"({self.mini_batch_size}) must divide {p}.batch_size ({self.batch_size})",
         )
-        _require(self.epochs > 0, "ppo.epochs", "must be positive")
-        _require(self.max_steps > 0, "ppo.max_steps", "must be positive")
-        _require(self.init_kl_coef >= 0, "ppo.init_kl_coef", "must be >= 0")
-        _require(self.target_kl > 0, "ppo.target_kl", "must be positive")
-        _require(self.horizon > 0, "ppo.horizon", "must be positive")
-        _require(self.max_kl > 0, "ppo.max_kl", "must be positive")
-        _require(self.checkpoint_every >= 0, "ppo.checkpoint_every", "must be >= 0 (0 disables checkpoints)")
+        _require(self.epochs > 0, f"{p}.epochs", "must be positive")
+        _require(self.max_steps > 0, f"{p}.max_steps", "must be positive")
+        _require(self.init_kl_coef >= 0, f"{p}.init_kl_coef", "must be >= 0")
+        _require(self.target_kl > 0, f"{p}.target_kl", "must be positive")
+        _require(self.horizon > 0, f"{p}.horizon", "must be positive")
+        _require(self.max_kl > 0, f"{p}.max_kl", "must be positive")
+        _require(self.checkpoint_every >= 0, f"{p}.checkpoint_every", "must be >= 0 (0 disables checkpoints)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,10 +281,8 @@ class BestOfNSettings:
 
 @dataclasses.dataclass(frozen=True)
 class DPOSettings:
-    enabled: bool  # the dpo_pairs, dpo and evaluate@dpo stages (off: placeholders)
-    num_prompts: Union[int, Literal["all"]]  # train prompts sampled for pairs (the first ones), or "all"
-    n: int  # responses sampled per prompt from the starting policy; chosen = highest reward, rejected = lowest
-    max_new_tokens: int  # the sampled responses' token cap
+    algorithm: Literal["dpo"]
+    enabled: bool  # its train@NAME and evaluate@NAME stages (off: placeholders)
     min_margin: float  # keep a pair only when reward(chosen) - reward(rejected) >= this (and > 0)
     min_pairs: int  # fewer pairs than this: refused, naming the settings that make more
     beta: float  # DPO's beta: the strength of the implicit KL to the reference (the starting policy)
@@ -292,36 +290,43 @@ class DPOSettings:
     epochs: float
     max_steps: int  # -1: run the whole `epochs`; > 0 caps the number of optimizer steps
     batch_size: int  # pairs per optimizer step
-    max_length: int  # prompt + response tokens (TRL's max_length): at least max_prompt_length + max_new_tokens
+    max_length: int  # prompt + response tokens (TRL's max_length): at least max_prompt_length + reference.max_new_tokens
     max_prompt_length: int  # at least data.max_prompt_tokens, so TRL cuts no prompt
     logging_steps: int
     lora: LoraSettings  # a fresh adapter on the starting policy (its own, not PPO's)
 
+    def check(self, p: str):
+        _require(self.min_margin >= 0, f"{p}.min_margin", "must be >= 0")
+        _require(self.min_pairs >= 1, f"{p}.min_pairs", "must be >= 1")
+        _require(self.beta > 0, f"{p}.beta", "must be positive")
+        _require(self.learning_rate > 0, f"{p}.learning_rate", "must be positive")
+        _require(self.epochs > 0, f"{p}.epochs", "must be positive")
+        _require(self.max_steps == -1 or self.max_steps > 0, f"{p}.max_steps", "must be -1 or positive")
+        _require(self.batch_size > 0, f"{p}.batch_size", "must be positive")
+        _require(self.logging_steps > 0, f"{p}.logging_steps", "must be positive")
+        _require(0 < self.max_prompt_length < self.max_length, f"{p}.max_prompt_length",
+                 f"must be positive and below {p}.max_length ({self.max_length})")
+        self.lora.check(f"{p}.lora")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceSettings:
+    """The starting policy's own samples on train prompts, drawn once (the `reference` stage): DPO's pairs."""
+    num_prompts: Union[int, Literal["all"]]  # train prompts sampled (the first ones), "all", or 0: none (no DPO)
+    n: int  # responses sampled per prompt; a DPO pair: the highest reward chosen, the lowest rejected
+    max_new_tokens: int  # the sampled responses' token cap
+
     def check(self):
         if self.num_prompts != "all":
-            _require(self.num_prompts > 0, "dpo.num_prompts", 'must be positive or "all"')
-        _require(self.n >= 2, "dpo.n", "must be >= 2 (a pair needs two responses)")
-        _require(self.max_new_tokens > 0, "dpo.max_new_tokens", "must be positive")
-        _require(self.min_margin >= 0, "dpo.min_margin", "must be >= 0")
-        _require(self.min_pairs >= 1, "dpo.min_pairs", "must be >= 1")
-        _require(self.beta > 0, "dpo.beta", "must be positive")
-        _require(self.learning_rate > 0, "dpo.learning_rate", "must be positive")
-        _require(self.epochs > 0, "dpo.epochs", "must be positive")
-        _require(self.max_steps == -1 or self.max_steps > 0, "dpo.max_steps", "must be -1 or positive")
-        _require(self.batch_size > 0, "dpo.batch_size", "must be positive")
-        _require(self.logging_steps > 0, "dpo.logging_steps", "must be positive")
-        _require(0 < self.max_prompt_length < self.max_length, "dpo.max_prompt_length",
-                 f"must be positive and below dpo.max_length ({self.max_length})")
-        _require(self.max_new_tokens <= self.max_length - self.max_prompt_length, "dpo.max_new_tokens",
-                 f"({self.max_new_tokens}) must fit in dpo.max_length - dpo.max_prompt_length ({self.max_length} - "
-                 f"{self.max_prompt_length} = {self.max_length - self.max_prompt_length}): TRL would cut the responses; "
-                 f"raise dpo.max_length to {self.max_prompt_length + self.max_new_tokens} or lower dpo.max_new_tokens")
-        self.lora.check("dpo.lora")
+            _require(self.num_prompts >= 0, "reference.num_prompts", 'must be >= 0 or "all" (0: no reference samples)')
+        _require(self.n >= 2, "reference.n", "must be >= 2 (a pair needs two responses)")
+        _require(self.max_new_tokens > 0, "reference.max_new_tokens", "must be positive")
 
 
 @dataclasses.dataclass(frozen=True)
 class GRPOSettings:
-    enabled: bool  # the grpo and evaluate@grpo stages (off: placeholders)
+    algorithm: Literal["grpo"]
+    enabled: bool  # its train@NAME and evaluate@NAME stages (off: placeholders)
     group_size: int  # responses sampled per prompt; advantages are relative to the group's rewards
     batch_size: int  # prompts per step (per process): batch_size x group_size responses generated a step
     mini_batch_size: int  # responses per optimizer step; must divide batch_size x group_size
@@ -335,25 +340,25 @@ class GRPOSettings:
     checkpoint_every: int  # steps between resumable checkpoints; 0 disables them
     lora: LoraSettings  # GRPO's own fresh adapter on the starting policy
 
-    def check(self):
-        _require(self.group_size >= 2, "grpo.group_size", "must be >= 2 (a group of one has no relative advantage)")
-        _require(self.batch_size > 0, "grpo.batch_size", "must be positive")
-        _require(self.mini_batch_size > 0, "grpo.mini_batch_size", "must be positive")
+    def check(self, p: str):
+        _require(self.group_size >= 2, f"{p}.group_size", "must be >= 2 (a group of one has no relative advantage)")
+        _require(self.batch_size > 0, f"{p}.batch_size", "must be positive")
+        _require(self.mini_batch_size > 0, f"{p}.mini_batch_size", "must be positive")
         responses = self.batch_size * self.group_size
-        _require(responses % self.mini_batch_size == 0, "grpo.mini_batch_size",
-                 f"({self.mini_batch_size}) must divide grpo.batch_size x grpo.group_size ({self.batch_size} x "
+        _require(responses % self.mini_batch_size == 0, f"{p}.mini_batch_size",
+                 f"({self.mini_batch_size}) must divide {p}.batch_size x {p}.group_size ({self.batch_size} x "
                  f"{self.group_size} = {responses} responses a step)")
-        _require(self.epochs > 0, "grpo.epochs", "must be positive")
-        _require(self.max_steps > 0, "grpo.max_steps", "must be positive")
-        _require(self.learning_rate > 0, "grpo.learning_rate", "must be positive")
-        _require(self.beta >= 0, "grpo.beta", "must be >= 0")
-        _require(0 < self.clip < 1, "grpo.clip", "must be in (0, 1), e.g. 0.2")
-        _require(self.max_grad_norm > 0, "grpo.max_grad_norm", "must be positive (.inf: no clipping)")
-        _require(self.checkpoint_every >= 0, "grpo.checkpoint_every", "must be >= 0 (0 disables checkpoints)")
-        self.lora.check("grpo.lora")
+        _require(self.epochs > 0, f"{p}.epochs", "must be positive")
+        _require(self.max_steps > 0, f"{p}.max_steps", "must be positive")
+        _require(self.learning_rate > 0, f"{p}.learning_rate", "must be positive")
+        _require(self.beta >= 0, f"{p}.beta", "must be >= 0")
+        _require(0 < self.clip < 1, f"{p}.clip", "must be in (0, 1), e.g. 0.2")
+        _require(self.max_grad_norm > 0, f"{p}.max_grad_norm", "must be positive (.inf: no clipping)")
+        _require(self.checkpoint_every >= 0, f"{p}.checkpoint_every", "must be >= 0 (0 disables checkpoints)")
+        self.lora.check(f"{p}.lora")
         # The ratio and the KL compare log-probs of the same function at two times; LoRA dropout would make each
         # forward pass another function, so ratio and KL would be noise rather than the policy's change.
-        _require(self.lora.dropout == 0, "grpo.lora.dropout",
+        _require(self.lora.dropout == 0, f"{p}.lora.dropout",
                  f"is {self.lora.dropout}; must be 0: GRPO's ratio and KL compare the policy's log-probs across forward "
                  "passes, and dropout would make them differ by noise")
 
@@ -403,11 +408,7 @@ class ReportSettings:
 
 @dataclasses.dataclass(frozen=True)
 class PublishSettings:
-    method: str  # a method that trains weights, or best: the report's answer (best-of-N has no weights)
-
-    def check(self):
-        _require(self.method in (*TRAINED, "best"), "publish.method",
-                 f"is {self.method!r}; expected one of {listed([*TRAINED, 'best'])}")
+    method: str  # a methods entry's name, or best: the report's answer (best-of-N has no weights); config checks it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -428,4 +429,4 @@ class GuardSettings:
         _require(0 <= self.min_judge_agreement <= 1, "guard.min_judge_agreement", "must be in [0, 1]")
 
 
-ALGORITHMS = {"ppo": PPOSettings, "dpo": DPOSettings, "grpo": GRPOSettings, "best_of_n": BestOfNSettings}
+SETTINGS = {"ppo": PPOSettings, "dpo": DPOSettings, "grpo": GRPOSettings}  # a methods entry's class, by algorithm

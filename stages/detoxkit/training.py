@@ -1,5 +1,7 @@
 """The bookkeeping every training stage shares, so that a stage shows its algorithm and nothing else.
 
+- `begin`: the command line every training script takes (dvc.yaml's train@NAME template runs
+  `stages/<algorithm>.py --method NAME ...` for each methods entry), params.yaml, and the entry it names.
 - `skip`: a method that is off writes placeholders (SKIPPED.md, a header-only file for every curve dvc.yaml plots,
   a train.json that says so), so that its DVC outputs exist and `dvc plots show` still works.
 - `TrainRecord`: train.json, one schema for every method (None where a field does not apply).
@@ -10,6 +12,7 @@ The online methods' checkpoints and folders: detoxkit.online (OnlineRun).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import logging
@@ -17,8 +20,10 @@ import math
 from pathlib import Path
 from typing import Optional
 
+from .config import load_params
+from .errors import PipelineError
 from .io import atomic_dir, write_json, write_placeholder, write_text
-from .methods import get
+from .methods import Method, methods_of
 from .parallel import is_main
 
 log = logging.getLogger("detox.training")
@@ -27,7 +32,8 @@ log = logging.getLogger("detox.training")
 @dataclasses.dataclass
 class TrainRecord:
     """train.json: what a training stage did and what it cost, the same keys for every method."""
-    method: str
+    method: str  # the methods entry's name
+    algorithm: str
     enabled: bool = True
     steps_done: Optional[int] = None  # optimizer steps (DPO) or training steps (PPO, GRPO) done
     early_stopped: bool = False
@@ -54,23 +60,53 @@ class TrainRecord:
 def settings_of(section) -> dict:
     """A method's settings for train.json: every field but the switches, with the LoRA rank; a non-finite number
     (ppo.max_kl: .inf) as its text, so that the file stays strict JSON."""
-    out = {k: v for k, v in dataclasses.asdict(section).items() if k not in ("enabled", "checkpoint_every", "lora")}
+    skip = ("algorithm", "enabled", "checkpoint_every", "lora")
+    out = {k: v for k, v in dataclasses.asdict(section).items() if k not in skip}
     out = {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}
     return {**out, "lora_r": section.lora.r} if hasattr(section, "lora") else out
 
 
-def skip(method: str, params, out: str, live: str) -> bool:
+def train_args() -> argparse.Namespace:
+    """The command line of every training script (dvc.yaml's train@NAME template): each reads what its algorithm
+    needs."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--method", required=True, help="the methods entry of params.yaml to train")
+    parser.add_argument("--data", required=True, help="the prepare stage's DatasetDict")
+    parser.add_argument("--reference", required=True, help="the reference stage's samples of the starting policy")
+    parser.add_argument("--sft", required=True, help="the sft stage's output (used when policy.adapter is sft)")
+    parser.add_argument("--out", required=True, help="the adapter folder")
+    parser.add_argument("--live", required=True, help="DVCLive folder for the per-step curves and train.json")
+    parser.add_argument("--checkpoints", required=True, help="resumable state, outside DVC outputs")
+    return parser.parse_args()
+
+
+def begin(algorithm: str) -> tuple[argparse.Namespace, object, Method, bool]:
+    """(command line, params, the methods entry --method names, whether it is off: placeholders written) for the
+    training script of `algorithm`."""
+    args, params = train_args(), load_params()
+    found = {m.name: m for m in methods_of(params) if m.trains_weights}
+    if args.method not in found:
+        raise PipelineError(f"--method {args.method}: params.yaml has no such methods entry (it has "
+                            f"{', '.join(found)}); run the stages dvc.yaml makes of params.yaml (dvc repro)")
+    method = found[args.method]
+    if method.algorithm.name != algorithm:
+        raise PipelineError(f"methods.{method.name}.algorithm is {method.algorithm.name}, but this is the {algorithm} "
+                            f"script; run stages/{method.algorithm.name}.py (dvc repro train@{method.name})")
+    return args, params, method, skip(method, args.out, args.live)
+
+
+def skip(method: Method, out: str, live: str) -> bool:
     """True (placeholders written by the main process) when `method` is off in params.yaml."""
-    if getattr(params, method).enabled:
+    if method.enabled:
         return False
     if is_main():
-        write_placeholder(out, f"The {get(method).label} stages are off ({method}.enabled is false): no adapter was "
-                               "trained.\n")
+        write_placeholder(out, f"The method {method.name} ({method.algorithm.label}) is off (methods.{method.name}"
+                               ".enabled is false): no adapter was trained.\n")
         with atomic_dir(live) as tmp:
-            for curve in get(method).curves:  # header only: `dvc plots show` accepts it
+            for curve in method.algorithm.curves:  # header only: `dvc plots show` accepts it
                 write_text(tmp / f"plots/metrics/{curve}.tsv", f"step\t{curve.rsplit('/', 1)[1]}\n")
-            TrainRecord(method, enabled=False).write(tmp / "train.json")
-        log.info("%s.enabled is false: wrote placeholders %s and %s", method, out, live)
+            TrainRecord(method.name, method.algorithm.name, enabled=False).write(tmp / "train.json")
+        log.info("methods.%s.enabled is false: wrote placeholders %s and %s", method.name, out, live)
     return True
 
 
