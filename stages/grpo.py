@@ -18,7 +18,6 @@ import logging
 from detoxkit.io import run_stage
 from detoxkit.parallel import setup
 from detoxkit.online import OnlineRun
-from detoxkit.training import TrainRecord
 
 log = logging.getLogger("detox.grpo")
 
@@ -29,21 +28,18 @@ def main():
         return
     from detoxkit.grpo_engine import GRPOEngine
 
-    params, grpo = run.params, run.settings
-    setup()  # under torchrun: join the process group
-    model, tokenizer, device, scorer, static = run.load()
-    engine = GRPOEngine(model, tokenizer, grpo, params.generation, device, static)
-    with run.session(engine, device):
-        history = train(engine, scorer, run.data["train"], params, run)
+    grpo = run.settings
+    setup()  # under torchrun: join the process group (the engine all-reduces the gradients itself)
+    with run.session(lambda model, tokenizer, device, static: GRPOEngine(
+            model, tokenizer, grpo, run.params.generation, device, static)) as engine:
+        history = train(engine, run)
         engine.check_in_sync()
         responses = grpo.batch_size * grpo.group_size
-        run.finish(TrainRecord(run.method.name, "grpo", steps_done=len(history),
-                               rollouts=len(history) * responses * engine.world,  # responses generated to train
-                               optimizer_steps=len(history) * grpo.epochs * (responses // grpo.mini_batch_size)),
-                   lambda folder: engine.save(folder, params.policy, run.adapter), kl_key="grpo/kl")
+        run.finish("grpo/kl", steps_done=len(history), rollouts=len(history) * responses * engine.world,
+                   optimizer_steps=len(history) * grpo.epochs * (responses // grpo.mini_batch_size))
 
 
-def train(engine, scorer, train_split, params, run: OnlineRun) -> list[dict]:
+def train(engine, run: OnlineRun) -> list[dict]:
     """The GRPO loop: sample a group per prompt, score, step, log, checkpoint. Returns the history."""
     import numpy as np
     from tqdm.auto import tqdm
@@ -51,7 +47,8 @@ def train(engine, scorer, train_split, params, run: OnlineRun) -> list[dict]:
     from detoxkit.checkpoint import check_finite
     from detoxkit.schedule import batch_indices, rollout_length, seed_step
 
-    grpo, rank, world, resume = run.settings, engine.rank, engine.world, run.resume
+    grpo, params, train_split = run.settings, run.params, run.data["train"]
+    rank, world, resume = engine.rank, engine.world, run.resume
     fix = f"Lower methods.{run.method.name}.learning_rate or raise methods.{run.method.name}.beta"
     if world > 1:
         log.info("process %d of %d: %d prompts x %d responses per step here", rank, world, grpo.batch_size,
@@ -63,7 +60,7 @@ def train(engine, scorer, train_split, params, run: OnlineRun) -> list[dict]:
         queries = [list(ids) for ids in batch["input_ids"] for _ in range(grpo.group_size)]  # a group per prompt
         prompts = [q for q in batch["query"] for _ in range(grpo.group_size)]
         responses = engine.generate(queries, rollout_length(params.generation, params.seed, step))
-        rewards, toxicity = scorer.score(prompts, engine.decode(responses))
+        rewards, toxicity = run.scorer.score(prompts, engine.decode(responses))
         check_finite({"reward": float(np.sum(rewards))}, step, resume.dir, grpo.checkpoint_every, "GRPO", fix)
         stats = engine.step(queries, responses, rewards)
         row = {"step": step, "env/reward_mean": float(np.mean(rewards)), "env/toxicity_mean": float(np.mean(toxicity)),

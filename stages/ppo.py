@@ -18,10 +18,8 @@ from tqdm.auto import tqdm
 
 from detoxkit.checkpoint import check_finite
 from detoxkit.io import run_stage
-from detoxkit.ppo_engine import LOGGED, PPOEngine
-from detoxkit.schedule import batch_indices, rollout_length, seed_step
 from detoxkit.online import OnlineRun
-from detoxkit.training import TrainRecord
+from detoxkit.schedule import batch_indices, rollout_length, seed_step
 
 log = logging.getLogger("detox.ppo")
 
@@ -30,22 +28,26 @@ def main():
     run = OnlineRun.begin("ppo")  # the --method entry; data, checks, folders, checkpoint: before any model loads
     if run is None:  # the entry is off: placeholders written
         return
-    params, ppo = run.params, run.settings
-    model, tokenizer, device, scorer, static = run.load()
-    engine = PPOEngine(model, tokenizer, ppo, params.generation, params.seed, cpu=device.type == "cpu", static=static)
-    with run.session(engine, device):
-        history, early_stop = train(engine, scorer, run.data["train"], params, run)
-        run.finish(TrainRecord(run.method.name, "ppo", steps_done=len(history), early_stopped=early_stop is not None,
-                               early_stop_step=early_stop and early_stop["step"],
-                               early_stop_kl=early_stop and early_stop["kl"],
-                               rollouts=len(history) * ppo.batch_size * engine.world,  # responses generated to train
-                               optimizer_steps=len(history) * ppo.epochs * (ppo.batch_size // ppo.mini_batch_size)),
-                   lambda folder: engine.save(folder, params.policy, run.adapter), kl_key="objective/kl")
+    from detoxkit.ppo_engine import PPOEngine
+
+    ppo, params = run.settings, run.params
+
+    def engine(model, tokenizer, device, static):  # a value head on the LoRA policy; TRL's PPOTrainer
+        return PPOEngine(model, tokenizer, ppo, params.generation, params.seed, cpu=device.type == "cpu", static=static)
+
+    with run.session(engine) as ppo_engine:
+        history, early_stop = train(ppo_engine, run)
+        run.finish("objective/kl", steps_done=len(history), early_stopped=early_stop is not None,
+                   early_stop_step=early_stop and early_stop["step"], early_stop_kl=early_stop and early_stop["kl"],
+                   rollouts=len(history) * ppo.batch_size * ppo_engine.world,  # responses generated to train
+                   optimizer_steps=len(history) * ppo.epochs * (ppo.batch_size // ppo.mini_batch_size))
 
 
-def train(engine, scorer, train_split, params, run: OnlineRun):
+def train(engine, run: OnlineRun):
     """The PPO loop: generate, score, step, log, checkpoint. Returns (history, early stop or None)."""
-    ppo, gen = run.settings, params.generation
+    from detoxkit.ppo_engine import LOGGED
+
+    ppo, params, train_split = run.settings, run.params, run.data["train"]
     rank, world, resume = engine.rank, engine.world, run.resume
     fix = f"Lower methods.{run.method.name}.learning_rate or raise methods.{run.method.name}.init_kl_coef"
     if world > 1:
@@ -57,8 +59,8 @@ def train(engine, scorer, train_split, params, run: OnlineRun):
         seed_step(params.seed, step, rank)
         batch = train_split.select(batch_indices(len(train_split), ppo.batch_size, step, params.seed, rank, world))
         queries = [torch.tensor(ids) for ids in batch["input_ids"]]
-        responses = engine.generate(queries, rollout_length(gen, params.seed, step))
-        rewards, toxicity = scorer.score(list(batch["query"]), engine.decode(responses))
+        responses = engine.generate(queries, rollout_length(params.generation, params.seed, step))
+        rewards, toxicity = run.scorer.score(list(batch["query"]), engine.decode(responses))
         check_finite({"reward": float(np.sum(rewards))}, step, resume.dir, ppo.checkpoint_every, "PPO", fix)
 
         before_update = engine.trainable_state()

@@ -50,7 +50,7 @@ def test_no_prompt_token_reaches_the_response_the_score_or_the_ppo_tensors(tiny,
     assert len(ids[0]) != len(ids[1])  # the shorter prompt is left-padded in the batch
     gen = GenerationSettings(min_length=3, top_k=0, top_p=1.0, do_sample=False, output_min_length=6,
                              output_max_length=7, batch_size=2)
-    ppo = PPOSettings(learning_rate=1e-3, batch_size=2, mini_batch_size=1, epochs=1, max_steps=1, init_kl_coef=0.2,
+    ppo = PPOSettings(algorithm="ppo", learning_rate=1e-3, batch_size=2, mini_batch_size=1, epochs=1, max_steps=1, init_kl_coef=0.2,
                       adaptive_kl=True, target_kl=6.0, horizon=10000, max_kl=100, checkpoint_every=0, enabled=True,
                       lora=None)
     engine = PPOEngine(attach_lora(model, LoraSettings(r=2, alpha=4, dropout=0.0, target_modules="auto")), tok, ppo,

@@ -33,7 +33,8 @@ SECTIONS = ("policy", "reward", "generation")  # besides seed and the method's o
 class OnlineRun:
     """An online method's run (PPO, GRPO): made before any model loads (it reads the prepared data, checks the split
     sizes and the LoRA layers, holds the folders and reads the checkpoint, so a bad input costs nothing), then
-    `session(engine, device)` around the loop. `data`: the prepared splits; `adapter`: the starting adapter."""
+    `session(make_engine)` around the loop (it loads the policy and makes the engine). `data`: the prepared splits;
+    `adapter`: the starting adapter; `scorer`: the reward model, once loaded."""
 
     def __init__(self, method: Method, params, args, sections: tuple[str, ...] = SECTIONS):
         self.method, self.params, self.args = method, params, args
@@ -59,22 +60,27 @@ class OnlineRun:
         return None if off else cls(method, params, args)
 
     def load(self):
-        """(policy with this method's fresh LoRA adapter, tokenizer, device, reward scorer, static cache shape),
-        seeded from (seed, 0) first, so every process makes the same adapter (and PPO's value head, created next)."""
+        """(policy with this method's fresh LoRA adapter, tokenizer, device, static cache shape), seeded from (seed, 0)
+        first, so every process makes the same adapter (and PPO's value head, created next); the reward scorer is
+        `self.scorer`."""
         params = self.params
         seed_step(params.seed, 0)
-        scorer = build_scorer(params.reward, params.compute)
+        self.scorer = build_scorer(params.reward, params.compute)
         model, tokenizer, device = load_policy(params.policy, params.compute, self.adapter)
         # rollout lengths are drawn from [min, max): one static cache for the longest
         static = static_shape(params.compute.compile_generation, model, self.data["train"]["input_ids"],
                               params.generation.output_max_length - 1)
         model = attach_lora(model, self.settings.lora, f"methods.{self.method.name}.lora")
-        return model, tokenizer, device, scorer, static
+        return model, tokenizer, device, static
 
     @contextlib.contextmanager
-    def session(self, engine, device):
-        """The checkpoint restored into `engine`, the logged history replayed into a fresh DVCLive folder; yields
-        the Resume (start step, history). Ends by `finish`; on a stop or an error no output is written."""
+    def session(self, make_engine: Callable):
+        """The policy loaded (load) and its engine made by `make_engine(model, tokenizer, device, static)`, the
+        checkpoint restored into it, the logged history replayed into a fresh DVCLive folder; yields the engine (the
+        loop reads `self.resume`: start step, history). Ends by `finish`; on a stop or an error no output is
+        written."""
+        model, tokenizer, self.device, static = self.load()
+        self.engine = engine = make_engine(model, tokenizer, self.device, static)
         trainable, total = engine.parameter_counts()
         head = " + value head" if self.method.algorithm.value_head else ""
         log.info("trainable parameters (LoRA%s): %d of %d (%.2f%%)", head, trainable, total, 100 * trainable / total)
@@ -82,12 +88,11 @@ class OnlineRun:
         self.resume.start, self.resume.history = restore_checkpoint(engine, self.checkpoint, self.dir)
         if self.resume.start:
             log.info("resuming from checkpoint at step %d of %d", self.resume.start, self.settings.max_steps)
-        self.engine, self.device = engine, device
         with outputs(self.args.out, self.args.live) as self.out:
             for row in self.resume.history:
                 self.out and log_row(self.out.live, row)
             self.started = time.perf_counter()  # this run's wall time; a resumed run's earlier steps are not counted
-            yield self.resume
+            yield engine
         if engine.is_main:
             shutil.rmtree(self.dir, ignore_errors=True)  # finished: the outputs now hold the result
 
@@ -102,12 +107,14 @@ class OnlineRun:
         stops (detoxkit.checkpoint)."""
         checkpoint_step(engine, self.resume, done, self.settings.checkpoint_every, self.settings.max_steps)
 
-    def finish(self, record: TrainRecord, save: Callable[[Path], None], kl_key: str):
-        """The main process writes train.json (parameter counts and the last step's means filled in), timing.json and
-        the adapter (`save(folder)`); both folders replace --live and --out as the session ends."""
+    def finish(self, kl_key: str, **fields):
+        """The main process writes train.json (a TrainRecord of `fields`, with the entry, the parameter counts and the
+        last step's means and `kl_key` filled in), timing.json and the adapter (the engine's save); both folders replace
+        --live and --out as the session ends."""
         wall = time.perf_counter() - self.started
         if not self.out:
             return
+        record = TrainRecord(self.method.name, self.method.algorithm.name, **fields)
         record.trainable_parameters, record.total_parameters = self.engine.parameter_counts()
         last = self.resume.history[-1] if self.resume.history else {}
         record.last_reward_mean, record.last_toxicity_mean = last.get("env/reward_mean"), last.get("env/toxicity_mean")
@@ -117,5 +124,5 @@ class OnlineRun:
         write_json(self.out.live_dir / "timing.json", {"wall_s": wall, "resumed_at_step": self.resume.start,
                                                        **peak_memory(self.device)})
         self.out.live.end()
-        save(self.out.out_dir)
+        self.engine.save(self.out.out_dir, self.params.policy, self.adapter)
         log.info("saved the %s adapter to %s after %d steps", self.method.label, self.args.out, record.steps_done)
