@@ -97,14 +97,16 @@ def write_reports(out: Path, entries: dict, before: list[dict], samples: dict, h
            for i in range(len(worst_start))]
     write_csv(out / "per_prompt_max_toxicity.csv", per, ["prompt", *columns])
     series = {"start": before, **{labels[m]: rows for m, rows in samples.items()}}
-    plot_files(out / "plots", series, {"start": worst_start, **worst}, histories, threshold)
+    every = ["start", *(m.label for m in methods_of(params))]  # a method that is off keeps its place (its colour)
+    plot_files(out / "plots", every, series, {"start": worst_start, **worst}, histories)
 
 
-def plot_files(out: Path, series: dict[str, list[dict]], worst: dict, histories: dict, threshold: float):
-    """dvc.yaml's plots, long form: one row a point, its `method` (label) and `order` (its place in the report), so
-    that any methods entry appears with no edit to dvc.yaml and keeps its colour in every plot (every file names
-    every method; one with no point here gets a row of NaN, which vega draws nowhere)."""
-    order = {name: i for i, name in enumerate(series)}
+def plot_files(out: Path, every: list[str], series: dict[str, list[dict]], worst: dict, histories: dict):
+    """dvc.yaml's plots, long form: one row a point, its `method` (label) and `order` (its place in params.yaml, after
+    the start), so that any methods entry appears with no edit to dvc.yaml and keeps its colour in every plot, whichever
+    methods are on (every file names every method; one with no point here, or off, gets a row of NaN, which vega
+    draws nowhere)."""
+    order = {name: i for i, name in enumerate(every)}
 
     def rows(points: dict[str, list[dict]]) -> list[dict]:
         empty = {k: "NaN" for k in next((p[0] for p in points.values() if p), {})}
