@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from detoxkit import render, sections
-from detoxkit.compare import best_method, headline, headline_start, method_entry, read_method
+from detoxkit.compare import answer_method, best_method, headline, headline_start, method_entry, read_method
 from detoxkit.config import load_params
 from detoxkit.errors import PipelineError
 from detoxkit.evaluation import per_prompt
@@ -43,11 +43,14 @@ def main():
     params = load_params()
     before = read_csv(args.start)
     entries, samples, histories, files = {}, {}, {}, {}
-    for method in methods_of(params):
+    every = methods_of(params)
+    bon = every[-1]  # best-of-N: each trained method is compared with it too, on the same samples
+    bon_rows = read_method(bon.name, Path(args.samples) / f"{bon.name}.csv", None)[0] if bon.enabled else None
+    for method in every:
         live = Path(args.train) / method.name if method.trains_weights else None
         rows, train, timing = (read_method(method.name, Path(args.samples) / f"{method.name}.csv", live)
                                if method.enabled else ([], {}, {}))  # off: its files are placeholders, unread
-        entry = method_entry(method, before, rows, params, train, timing)
+        entry = method_entry(method, before, rows, params, train, timing, bon_rows or None)
         files[method.name] = entry
         if entry["enabled"]:
             entries[method.name], samples[method.name] = entry, rows
@@ -72,7 +75,9 @@ def write_reports(out: Path, entries: dict, before: list[dict], samples: dict, h
     """report.md (+ its PNG figures), report.html, qualitative.csv, toxicity_hist.csv and
     per_prompt_max_toxicity.csv, from one list of sections."""
     threshold = params.evaluation.toxic_threshold
-    focus = best_method(entries, trained_only=True) or next(iter(samples))  # the qualitative tables' method
+    answer = answer_method(entries)  # the qualitative tables' method: the answer if it has weights, else the best
+    focus = answer if answer and entries[answer]["trains_weights"] else best_method(entries, trained_only=True)
+    focus = focus or next(iter(samples))
     qual = sections.qualitative(before, samples[focus])
     worst_start = per_prompt(before, threshold)["max_toxicity"]
     labels = {m: e["label"] for m, e in entries.items()}

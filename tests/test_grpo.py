@@ -125,7 +125,8 @@ def _settings(**over):
     from detoxkit.settings import GRPOSettings, LoraSettings
 
     values = dict(algorithm="grpo", enabled=True, group_size=2, batch_size=2, mini_batch_size=4, epochs=1, max_steps=1,
-                  learning_rate=1e-2, beta=0.04, clip=0.2, scale_rewards=True, max_grad_norm=1.0, checkpoint_every=0,
+                  learning_rate=1e-2, beta=0.04, clip=0.2, scale_rewards=True, reward_transform="none", max_grad_norm=1.0,
+                  checkpoint_every=0,
                   lora=LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="auto"))
     return GRPOSettings(**{**values, **over})
 
@@ -213,3 +214,59 @@ def test_the_answer_and_the_published_method_follow_the_comparison_files():
     assert choose_published(entries, "dpo")[0] == "dpo"  # a method by name, whatever the answer
     with pytest.raises(Exception, match="publish.method is dpo, but its comparison file says it did not run"):
         choose_published({**entries, "dpo": {"method": "dpo", "trains_weights": True, "enabled": False}}, "dpo")
+
+
+# --- variational best-of-N: the reward log F(r), F the smoothed CDF of the prompt's reference rewards -------------
+def test_vbon_reward_is_the_log_of_the_smoothed_cdf_computed_by_hand():
+    from detoxkit.preferences import vbon_reward
+
+    refs = [0.1, 0.5, 0.5, 0.9]  # M = 4: F(r) = (#below + #equal / 2 + 1/2) / 5
+    got = vbon_reward([0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 2.0], refs)
+    want = [0.5 / 5, 1.0 / 5, 1.5 / 5, 2.5 / 5, 3.5 / 5, 4.0 / 5, 4.5 / 5]  # below all; a tie counts half; above all
+    assert got == pytest.approx([math.log(w) for w in want])
+    assert all(math.isfinite(v) for v in got) and max(got) < 0  # never log 0, never log 1
+
+
+def test_vbon_reward_is_monotone_and_a_flat_reference_gives_no_signal():
+    import numpy as np
+
+    from detoxkit.preferences import vbon_reward
+
+    rng = np.random.default_rng(0)
+    refs, r = rng.normal(size=16), np.sort(rng.normal(size=200) * 2)
+    assert np.all(np.diff(vbon_reward(r, refs)) >= 0)  # a higher reward never ranks lower
+    flat = vbon_reward([-3.0, 0.2, 0.2, 5.0], [0.2] * 4)  # every reference the same: nothing to rank against
+    assert flat.tolist() == [math.log(0.5)] * 4  # one value: the group's advantage is 0, no NaN
+    from detoxkit.grpo_engine import group_advantages
+
+    assert torch.equal(group_advantages(torch.tensor(flat), 4), torch.zeros(4))
+    with pytest.raises(Exception, match="reference rewards must be finite"):
+        vbon_reward([0.0], [float("nan"), 1.0])
+
+
+def test_a_vbon_grpo_entry_trains_on_the_reference_prompts_and_logs_both_rewards(workdir, tmp_path):
+    """methods.grpo.reward_transform vbon: GRPO's step reward is the transform of the score against the reference
+    samples of the same prompt; train.json and the curves keep the raw score, and vbon/reward_mean is a log CDF."""
+    import json
+    import shutil
+
+    from conftest import run_script, set_params
+
+    d = shutil.copytree(workdir, tmp_path / "w")
+    set_params(d, {"methods.grpo.reward_transform": "vbon", "methods.grpo.scale_rewards": False,
+                   "methods.grpo.beta": 1 / 3, "methods.grpo.max_steps": 2, "methods.grpo.checkpoint_every": 0,
+                   "reference.num_prompts": 8, "reference.n": 4})
+    run_script(d, "reference.py", "--data", "data/prepared", "--sft", "models/sft", "--out", "data/reference")
+    proc = run_script(d, "grpo.py", "--method", "grpo", "--reference", "data/reference", "--data", "data/prepared",
+                      "--sft", "models/sft", "--out", "out", "--live", "live", "--checkpoints", "c")
+    assert "vbon reward: log CDF among the reference rewards of 8 train prompts" in proc.stderr
+    rows = (d / "live/plots/metrics/vbon/reward_mean.tsv").read_text().splitlines()
+    values = [float(r.split()[1]) for r in rows[1:]]
+    assert len(values) == 2 and all(math.log(0.5 / 5) <= v <= math.log(4.5 / 5) for v in values)
+    train = json.loads((d / "live/train.json").read_text())
+    assert train["settings"]["reward_transform"] == "vbon" and math.isfinite(train["last_reward_mean"])
+    set_params(d, {"reference.num_prompts": 0})  # no samples drawn: refused before anything runs
+    proc = run_script(d, "grpo.py", "--method", "grpo", "--reference", "data/reference", "--data", "data/prepared",
+                      "--sft", "models/sft", "--out", "out2", "--live", "live2", "--checkpoints", "c", check=False)
+    assert proc.returncode == 2 and "methods.grpo.reward_transform is vbon, which reads each prompt's reference" in \
+        proc.stderr

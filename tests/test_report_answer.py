@@ -41,7 +41,7 @@ def write_run(work, methods: dict, start=None, cut=None, steps=70):
 
     work.mkdir(exist_ok=True)
     shutil.copy(ROOT / "params.yaml", work / "params.yaml")
-    set_params(work, {"best_of_n.enabled": False, **{f"methods.{m}.enabled": bool(methods.get(m))
+    set_params(work, {"best_of_n.enabled": bool(methods.get("best_of_n")), **{f"methods.{m}.enabled": bool(methods.get(m))
                                                      for m in ("ppo", "dpo", "grpo")}})
     start = start or rows(START, WORD_LIST_JUDGE, kl=0.0)
     columns = SAMPLE_COLUMNS + (["judge_j"] if "judge_j" in start[0] else [])
@@ -393,3 +393,31 @@ def test_min_pairs_reaches_the_answer_through_the_comparison_file(tmp_path):
     strict = replace(params, report=replace(params.report, min_pairs=N + 1))
     assert method_entry(ppo, start, after, strict)["outcome"] == "could not be judged"
     assert np.isclose(entry["toxicity"]["diff"], -0.25)
+
+
+def test_a_trained_method_that_matches_best_of_n_is_the_answer_at_one_samples_cost(tmp_path, monkeypatch, caplog):
+    """Issue 39: best-of-N is the least toxic, but PPO cannot be told from it on these prompts (their paired interval
+    contains 0) while costing one sample a request: PPO is the answer and publish.method best packs it; GRPO, which
+    best-of-N beats, is not. Each trained method's file holds its difference to best-of-N."""
+    bon = [t / 2 - 0.002 + 0.03 * ((i % 2) * 2 - 1) for i, t in enumerate(START)]  # lowest, but close to LOWER
+    work = tmp_path / "w"
+    args = write_run(work, {"ppo": rows(LOWER, WORD_LIST_JUDGE), "grpo": rows([t * 0.6 for t in START], WORD_LIST_JUDGE),
+                            "best_of_n": rows(bon, WORD_LIST_JUDGE, kl="")})
+    md, page, entries = report(monkeypatch, work, args)
+    from detoxkit.compare import answer_method, best_method, choose_published
+
+    assert best_method(entries) == "best_of_n" and answer_method(entries) == "ppo"
+    ppo, grpo = entries["ppo"]["vs_best_of_n"], entries["grpo"]["vs_best_of_n"]
+    assert ppo["change"] == "no change" and ppo["toxicity"]["diff_ci_low"] <= 0 <= ppo["toxicity"]["diff_ci_high"]
+    assert ppo["toxicity"]["diff"] == pytest.approx(0.002) and set(ppo["judges"]) == {"j"}
+    assert grpo["change"] == "up" and grpo["toxicity"]["diff_ci_low"] > 0  # best-of-N is less toxic than GRPO
+    assert entries["best_of_n"]["vs_best_of_n"] is None and set(entries["ppo"]) == set(entries["best_of_n"])
+    assert md.splitlines()[0].startswith("# Answer: PPO lowered toxicity with no guard crossed and cannot be told "
+                                         "from best-of-N (toxicity +0.0020 [")
+    assert "at one sample a request instead of 4" in md.splitlines()[0]
+    assert "against best-of-N +0.0020 [" in method_line(md, "PPO") and "(no change)" in method_line(md, "PPO")
+    method, why = choose_published(entries, "best")
+    assert method == "ppo" and "cannot be told from best-of-N" in why
+    # a trained method that best-of-N beats is not the answer: best-of-N is, and publish packs the best trained one
+    worse = {**entries, "ppo": {**entries["ppo"], "vs_best_of_n": {**ppo, "change": "up"}}}
+    assert answer_method(worse) == "best_of_n" and choose_published(worse, "best")[0] == "ppo"

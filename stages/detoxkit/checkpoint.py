@@ -41,11 +41,13 @@ def resumable_inputs(raw: dict, sections: tuple[str, ...], method: str) -> dict:
     return inputs
 
 
-def checkpoint_inputs(params, data: str, adapter, sections: tuple[str, ...], method: str) -> dict:
+def checkpoint_inputs(params, data: str, adapter, sections: tuple[str, ...], method: str,
+                      reference: Optional[str] = None) -> dict:
     """What a checkpoint must share with this run to resume it, part by part, so that a mismatch is named:
     the settings, the prepared data, the starting adapter, the policy's and the reward model's content (new
     weights in the same folder count: the lineage manifests, hashes cached by size and mtime) and the
-    arithmetic (device and dtype as resolved here, compiled generation; compute.threads changes no number)."""
+    arithmetic (device and dtype as resolved here, compiled generation; compute.threads changes no number); the
+    reference samples too, for a method whose reward reads them (`reference`)."""
     cache = read_cache()
     device = resolve_device(params.compute)
     compute = {"device": device.type, "dtype": str(resolve_dtype(params.compute, device)),
@@ -57,7 +59,8 @@ def checkpoint_inputs(params, data: str, adapter, sections: tuple[str, ...], met
                                                     cache)),
             "reward model": identity(model_manifest("reward.model", params.reward.model, params.reward.revision,
                                                     cache)),
-            "compute": fingerprint(compute, [])}
+            "compute": fingerprint(compute, []),
+            **({"reference samples": fingerprint({}, [reference])} if reference else {})}
 
 
 @dataclasses.dataclass

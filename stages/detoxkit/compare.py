@@ -171,10 +171,11 @@ def setup(params, m_before: dict) -> dict:
 
 
 def method_entry(method: Method, before: list[dict], rows: list[dict], params, training: Optional[dict] = None,
-                 timing: Optional[dict] = None) -> dict:
+                 timing: Optional[dict] = None, best_of_n: Optional[list[dict]] = None) -> dict:
     """`method`'s comparison file: who it is (name, label, algorithm, whether it trains weights), the shared setup,
     its metrics against the start (each with a paired CI), the judges and their power, the guards, its outcome, its KL
-    and its cost. `rows` empty (its stages off) gives the first four keys and "enabled": false."""
+    and its cost, and (a trained method, with best-of-N's samples `best_of_n`) its paired difference to best-of-N.
+    `rows` empty (its stages off) gives the first four keys and "enabled": false."""
     who = {"method": method.name, "label": method.label, "algorithm": method.algorithm.name,
            "trains_weights": method.trains_weights}
     if not rows:
@@ -197,7 +198,50 @@ def method_entry(method: Method, before: list[dict], rows: list[dict], params, t
                    "peak_memory_mb": timing.get("peak_memory_mb")}
     out["training"] = {k: training.get(k) for k in TRAINING}  # None: not this method's (best-of-N trains nothing)
     out["outcome"] = outcome(out)
+    out["vs_best_of_n"] = versus_best_of_n(best_of_n, rows, params) if trains and best_of_n else None
     return out
+
+
+def versus_best_of_n(bon: list[dict], rows: list[dict], params) -> dict:
+    """A trained method against best-of-N on the same prompts and samples: the paired difference (method - best-of-N)
+    of toxicity and of each judge's toxicity, with its CI, and `change` (stats.change: no change means the two cannot
+    be told apart on these prompts; down: the method is less toxic; up: best-of-N is)."""
+    check_paired(bon, rows, "best-of-N")
+    threshold, rp = params.evaluation.toxic_threshold, params.report
+    b, a = per_prompt(bon, threshold), per_prompt(rows, threshold)
+    tox = paired_entry("toxicity", b["toxicity"], a["toxicity"], rp)
+    return {"toxicity": tox, "judges": {name: paired_entry("toxicity", b[f"{JUDGE}{name}"], a[f"{JUDGE}{name}"], rp)
+                                         for name in judge_names(bon)},
+            "change": change((tox["diff_ci_low"], tox["diff_ci_high"]), len(b["toxicity"]), rp.min_pairs)}
+
+
+def matches_best_of_n(entry: dict) -> bool:
+    """A trained method that lowered toxicity (qualifies) and that best-of-N does not beat on these prompts: the
+    paired interval of their toxicity difference contains 0 (or lies below it)."""
+    vs = entry.get("vs_best_of_n")
+    return qualifies(entry) and entry["trains_weights"] and vs is not None and vs["change"] in (NO_CHANGE, DOWN)
+
+
+def why_answer(entries: dict[str, dict], answer: str) -> str:
+    """Why `answer` (answer_method) is the answer, in one clause."""
+    e, lowest = entries[answer], best_method(entries)
+    if lowest == answer:
+        return f"{e['label']} lowered toxicity most with no guard crossed"
+    vs, n = e["vs_best_of_n"]["toxicity"], entries[lowest]["cost"]["evaluation_generation"]
+    return (f"{e['label']} lowered toxicity with no guard crossed and cannot be told from {entries[lowest]['label']} "
+            f"(toxicity {vs['diff']:+.4f} [{vs['diff_ci_low']:+.4f}, {vs['diff_ci_high']:+.4f}] against it), at one "
+            f"sample a request instead of {n}")
+
+
+def answer_method(entries: dict[str, dict]) -> Optional[str]:
+    """The report's answer, inference cost weighed: the lowest toxicity that qualifies (best_method); but when that is
+    best-of-N (N samples a request) and a trained method matches it (matches_best_of_n: one sample a request), the
+    trained method, the least toxic of those that match."""
+    best = best_method(entries)
+    if best is None or entries[best]["trains_weights"]:
+        return best
+    close = [m for m, e in entries.items() if matches_best_of_n(e)]
+    return min(close, key=lambda m: (entries[m]["toxicity"]["after"], list(entries).index(m))) if close else best
 
 
 def read_method(name: str, samples: str, live: Optional[str]) -> tuple[list[dict], dict, dict]:
@@ -298,9 +342,9 @@ def choose_published(entries: dict[str, dict], wanted: str) -> tuple[Optional[st
     if not any(e.get("enabled") and e["trains_weights"] for e in entries.values()):
         raise PipelineError("no trained method ran (params.yaml enables one, so metrics/compare is incomplete); rerun "
                             "`dvc repro`")
-    best = best_method(entries)
+    best = answer_method(entries)
     if best is not None and entries[best]["trains_weights"]:
-        return best, f"the report's answer: {entries[best]['label']} lowered toxicity most with no guard crossed"
+        return best, f"the report's answer: {why_answer(entries, best)}"
     trained = best_method(entries, trained_only=True)
     untrained = best is not None and not entries[best]["trains_weights"]
     if untrained and trained:

@@ -225,6 +225,11 @@ class Params:
 def _check_lengths(built: dict):
     """Rules between lengths in different sections, before any stage runs."""
     data, gen, ev, ref = built["data"], built["generation"], built["evaluation"], built["reference"]
+    for name, m in built["methods"].items():
+        if m.enabled and m.algorithm == "grpo" and m.reward_transform == "vbon" and ref.num_prompts == 0:
+            raise ParamsError(f"params.yaml: methods.{name}.reward_transform is vbon, which reads each prompt's reference "
+                              "samples, but reference.num_prompts is 0 (none drawn); set it (e.g. 256 or \"all\"), or "
+                              f"methods.{name}.reward_transform: none")
     for name, dpo in built["methods"].items():
         if dpo.algorithm != "dpo" or not dpo.enabled:
             continue

@@ -45,7 +45,9 @@ class OnlineRun:
         self.adapter = adapter = start_adapter_path(params.policy, args.sft)
         check_lora_targets(check_policy_config(params.policy), self.settings.lora, f"{key}.lora")  # before weights
         self.dir = Path(args.checkpoints)
-        self.inputs = functools.cache(lambda: checkpoint_inputs(params, args.data, adapter, sections, method.name))
+        reference = args.reference if getattr(self.settings, "reads_reference", False) else None
+        self.inputs = functools.cache(lambda: checkpoint_inputs(params, args.data, adapter, sections, method.name,
+                                                                reference))
         hold(self.dir, args.out, args.live)  # one trainer at a time in these folders; a second is refused, named
         for folder in (args.live, args.out):  # temporaries a killed run left behind
             clear_stale(Path(folder))

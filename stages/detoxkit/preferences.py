@@ -1,10 +1,13 @@
 """The reference samples (the `reference` stage: the starting policy's own responses to train prompts, scored once)
-and what is made of them: DPO's preference pairs (`make_pairs`, in a DPO method's training stage), and the check
-that there are enough pairs, before any model loads. No TRL here: the DPO engine trains on the pairs."""
+and what is made of them: DPO's preference pairs (`make_pairs`, in a DPO method's training stage) with the check
+that there are enough, before any model loads; and the variational best-of-N reward (`vbon_reward`, for GRPO).
+No TRL here: the DPO engine trains on the pairs."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import math
 
 import numpy as np
 
@@ -74,3 +77,34 @@ def check_pairs(pairs: list[dict], dpo: DPOSettings, key: str, where: str):
         raise PipelineError(
             f"{where} gave {len(pairs)} preference pairs, fewer than {key}.min_pairs ({dpo.min_pairs}); lower "
             f"{key}.min_margin, raise reference.n or reference.num_prompts, or lower {key}.min_pairs")
+
+
+NO_SPREAD = 1e-9  # reference rewards closer than this (relative to their size) are all one value
+
+
+def vbon_reward(rewards, references) -> np.ndarray:
+    """log F(r) for each reward r of one prompt's responses, F the smoothed empirical CDF of that prompt's reference
+    rewards (the starting policy's own samples): F(r) = (#{ref < r} + #{ref = r} / 2 + 1/2) / (M + 1), in
+    [1 / (2 (M + 1)), 1 - 1 / (2 (M + 1))], so the log is finite below and above every reference, and ties count half.
+    It is the reward whose KL-regularised optimum with beta = 1 / (N - 1) is the best-of-N distribution (variational
+    best-of-N, Amini et al. 2024). References with no spread rank nothing: every response gets log(1/2), the same value,
+    so the prompt's group has no advantage (no signal, no NaN)."""
+    refs = np.asarray(references, dtype=np.float64)
+    r = np.asarray(rewards, dtype=np.float64)
+    if refs.size == 0 or not np.all(np.isfinite(refs)):
+        raise PipelineError(f"vbon_reward: the reference rewards must be finite and at least one (got {refs.tolist()})")
+    if refs.max() - refs.min() <= NO_SPREAD * max(1.0, float(np.abs(refs).max())):
+        return np.full(r.shape, math.log(0.5))
+    below = (refs[None, :] < r[:, None]).sum(axis=1)
+    equal = (refs[None, :] == r[:, None]).sum(axis=1)
+    return np.log((below + 0.5 * equal + 0.5) / (refs.size + 1))
+
+
+def reference_rewards(folder: Path, train_split) -> tuple[object, list[list[float]]]:
+    """(the train prompts that have reference samples, their reference rewards in the same order): the reference
+    stage sampled the first reference.num_prompts train prompts, each checked to be the prompt it was drawn for."""
+    records, _ = read_reference(folder)
+    if len(records) > len(train_split) or any(r["query"] != train_split[r["index"]]["query"] for r in records):
+        raise PipelineError(f"{folder} holds samples of other prompts than this train split (the data changed since it "
+                            "was drawn); rebuild it with `dvc repro reference`")
+    return train_split.select([r["index"] for r in records]), [r["rewards"] for r in records]

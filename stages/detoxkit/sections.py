@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .compare import MARK, best_method, no_answer, smoke_note
+from .compare import MARK, answer_method, best_method, no_answer, smoke_note, why_answer
 from .methods import methods_of
 from .render import HEADLINE, HIST_BINS, QUAL_COLUMNS, qual_rows
 from .stats import NA, crossed_guards, interval_verdict
@@ -21,15 +21,16 @@ def ci_cell(s: dict) -> str:
 
 
 def answer(entries: dict[str, dict]) -> str:
-    """The report's first line: the method with the lowest toxicity that lowered it with no guard crossed
-    (compare.best_method), with its numbers and any judge too weak to confirm it; or why no method is named."""
-    best = best_method(entries)
+    """The report's first line: the answer (compare.answer_method: the lowest toxicity that lowered it with no guard
+    crossed, or a trained method that matches best-of-N when best-of-N is lowest) with its numbers and any judge too
+    weak to confirm it; or why no method is named."""
+    best = answer_method(entries)
     if best is None:
         return f"Answer: {no_answer(entries)}."
     e, t = entries[best], entries[best]["toxicity"]
     label = e["label"]
-    text = (f"Answer: {label} lowered toxicity most with no guard crossed ({t['before']:.4f} -> "
-            f"{t['after']:.4f}, {ci_cell(t)} over {e['num_prompts']} paired prompts)")
+    text = (f"Answer: {why_answer(entries, best)} ({t['before']:.4f} -> {t['after']:.4f}, {ci_cell(t)} over "
+            f"{e['num_prompts']} paired prompts)")
     blind = [name for name, power in e["judge_power"].items() if power["reason"]]
     if blind:
         text += f"; the judge {', '.join(blind)} could not confirm it (too weak to see the fall; see {label}'s line)"
@@ -52,8 +53,10 @@ def method_lines(entries: dict[str, dict]) -> list:
             else "") for name, j in e["judges"].items()) or "no judges"
         verdict = interval_verdict(f"{e['label']} vs start, toxicity", (t["diff_ci_low"], t["diff_ci_high"]), True,
                                    e["num_prompts"], e["min_pairs"])
+        vs = e.get("vs_best_of_n")
+        versus = f"; against best-of-N {ci_cell(vs['toxicity'])} ({vs['change']})" if vs else ""
         lines.append((f"{e['label']} ({e['outcome']}): toxicity {t['before']:.4f} -> {t['after']:.4f}, "
-                      f"{ci_cell(t)}; {judges}; guards crossed: {', '.join(crossed) or 'none'}. {verdict}",
+                      f"{ci_cell(t)}{versus}; {judges}; guards crossed: {', '.join(crossed) or 'none'}. {verdict}",
                       MARK[e["outcome"]]))
     return lines
 

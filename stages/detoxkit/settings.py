@@ -336,9 +336,15 @@ class GRPOSettings:
     beta: float  # weight of the per-token k3 KL to the starting policy (0: no KL term)
     clip: float  # the ratio is clipped to [1 - clip, 1 + clip]
     scale_rewards: bool  # divide by the group's std (GRPO); false: Dr. GRPO's unscaled advantages
+    reward_transform: Literal["none", "vbon"]  # vbon: log of the reward's CDF among the prompt's reference samples
     max_grad_norm: float  # gradients clipped to this norm (.inf: never)
     checkpoint_every: int  # steps between resumable checkpoints; 0 disables them
     lora: LoraSettings  # GRPO's own fresh adapter on the starting policy
+
+    @property
+    def reads_reference(self) -> bool:
+        """Its reward reads the reference samples (vbon), so they are one of its inputs."""
+        return self.reward_transform == "vbon"
 
     def check(self, p: str):
         _require(self.group_size >= 2, f"{p}.group_size", "must be >= 2 (a group of one has no relative advantage)")
