@@ -62,7 +62,7 @@ def main():
                 log_row(out.live, {"step": step, **curves})
 
         start = time.perf_counter()
-        result = DPOEngine(model, tokenizer, dpo, params.seed, device, scratch).train(pairs, on_log)
+        result = DPOEngine(model, tokenizer, dpo, params.seed, device, scratch, n=summary["n"]).train(pairs, on_log)
         wall = time.perf_counter() - start
         if not out:
             return

@@ -11,11 +11,21 @@ and `log(logs, start_time)`, which 0.11.4's DPOTrainer does not accept, and has 
 own that TRL's (for generating during evaluation) shadows. `_DPOTrainer` takes and drops the new arguments
 (the DPO loss is a mean over pairs, so the item count changes nothing) and sends Trainer's calls to
 Trainer's method; nothing else differs.
+
+BoNBoN (`loss: bonbon`; Gui, Gârbacea and Veitch 2024, arXiv 2406.00832) trains on pairs of the best and the worst
+of n samples of the starting policy with an IPO-style squared loss whose target is what best-of-n itself gives:
+under the best-of-n distribution, log π_bon(y)/π_0(y) = log n + (n − 1) log F(r(y)), so the log-ratio gap between
+the best and the worst of n samples is (n − 1)(log F(r_best) − log F(r_worst)), whose expectation, F(r) being
+uniform under π_0, is (n − 1)(E[log U_max] − E[log U_min]) = (n − 1)(−1/n + H_n) = (n − 1) H_{n−1} (H_k the
+harmonic number): `bonbon_target(n)`. The loss is (gap − target)² on whole responses' log-probs (TRL's own IPO
+averages them per token, which would change the target), plus TRL's likelihood term on the chosen response
+(`rpo_alpha`, the entry's `sft_weight`).
 """
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -48,11 +58,33 @@ def trainer_tokenizer(tokenizer, input_ids: list[list[int]], causal: bool):
     return plain
 
 
-def _trainer_class():
+def bonbon_target(n: int) -> float:
+    """BoNBoN's target for the log-ratio gap between the best and the worst of n: (n - 1) H_{n-1} (module doc)."""
+    if n < 2:
+        raise ValueError(f"best-of-n needs n >= 2, got {n}")
+    return (n - 1) * math.fsum(1 / k for k in range(1, n))
+
+
+def bonbon_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, target: float):
+    """(gap - target)^2 per pair, the gap the difference of the two responses' whole-sequence log-ratios."""
+    gap = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
+    return (gap - target) ** 2
+
+
+def _trainer_class(target=None):
     from transformers import Trainer
     from trl import DPOTrainer
 
     class _DPOTrainer(DPOTrainer):
+        def dpo_loss(self, policy_chosen, policy_rejected, reference_chosen, reference_rejected):
+            if target is None:  # DPO's own (loss_type sigmoid)
+                return super().dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
+            losses = bonbon_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, target)
+            dev = self.accelerator.device  # the implicit rewards TRL logs, at beta = 1 / (2 target)
+            chosen = self.beta * (policy_chosen.to(dev) - reference_chosen.to(dev)).detach()
+            rejected = self.beta * (policy_rejected.to(dev) - reference_rejected.to(dev)).detach()
+            return losses, chosen, rejected
+
         def get_batch_samples(self, *args, **kwargs):  # one name, two methods: Trainer's (epoch_iterator,
             if len(args) == 3 or "num_batches" in kwargs:  # num_batches, device) and TRL's (model, batch)
                 return Trainer.get_batch_samples(self, *args, **kwargs)
@@ -70,15 +102,19 @@ def _trainer_class():
 class DPOEngine:
     """DPO on a PEFT policy: `train(pairs)` runs TRL's DPOTrainer and reports each logged step."""
 
-    def __init__(self, peft_model, tokenizer, dpo: DPOSettings, seed: int, device, scratch: Path):
+    def __init__(self, peft_model, tokenizer, dpo: DPOSettings, seed: int, device, scratch: Path, n: int = 2):
+        """`n`: how many reference samples each pair is the best and the worst of (BoNBoN's target)."""
         import torch
         from trl import DPOConfig
 
         self.model, self.dpo, self.scratch = peft_model, dpo, Path(scratch)
         self.causal = not peft_model.config.is_encoder_decoder
         self.tokenizer = tokenizer
+        self.target = bonbon_target(n) if dpo.loss == "bonbon" else None
+        beta = dpo.beta if self.target is None else 1 / (2 * self.target)  # IPO's tau: target = 1 / (2 beta)
         self.config = DPOConfig(
-            output_dir=str(self.scratch), beta=dpo.beta, learning_rate=dpo.learning_rate,
+            output_dir=str(self.scratch), beta=beta, learning_rate=dpo.learning_rate,
+            rpo_alpha=dpo.sft_weight or None,  # the likelihood term on the chosen response (TRL's RPO)
             num_train_epochs=dpo.epochs, max_steps=dpo.max_steps, per_device_train_batch_size=dpo.batch_size,
             max_length=dpo.max_length, max_prompt_length=dpo.max_prompt_length,
             max_completion_length=dpo.max_length - dpo.max_prompt_length, logging_steps=dpo.logging_steps,
@@ -124,7 +160,7 @@ class DPOEngine:
 
         warnings.filterwarnings("ignore", message=".*`tokenizer` is deprecated", category=FutureWarning)  # TRL's
         try:
-            trainer = _trainer_class()(model=self.model, ref_model=None, args=self.config, train_dataset=rows,
+            trainer = _trainer_class(self.target)(model=self.model, ref_model=None, args=self.config, train_dataset=rows,
                                        tokenizer=tokenizer, callbacks=[Curves()])
         except ValueError as err:
             raise PipelineError(f"DPOTrainer refused the pairs: {str(err).splitlines()[0][:300]}") from None

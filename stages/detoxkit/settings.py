@@ -285,7 +285,9 @@ class DPOSettings:
     enabled: bool  # its train@NAME and evaluate@NAME stages (off: placeholders)
     min_margin: float  # keep a pair only when reward(chosen) - reward(rejected) >= this (and > 0)
     min_pairs: int  # fewer pairs than this: refused, naming the settings that make more
-    beta: float  # DPO's beta: the strength of the implicit KL to the reference (the starting policy)
+    loss: Literal["sigmoid", "bonbon"]  # DPO's; bonbon: IPO-style with best-of-n's own target (detoxkit.dpo_engine)
+    sft_weight: float  # weight of the likelihood term on the chosen response (TRL's rpo_alpha); 0: none
+    beta: float  # DPO's beta: the strength of the implicit KL to the reference (bonbon derives its own from n)
     learning_rate: float
     epochs: float
     max_steps: int  # -1: run the whole `epochs`; > 0 caps the number of optimizer steps
@@ -299,6 +301,7 @@ class DPOSettings:
         _require(self.min_margin >= 0, f"{p}.min_margin", "must be >= 0")
         _require(self.min_pairs >= 1, f"{p}.min_pairs", "must be >= 1")
         _require(self.beta > 0, f"{p}.beta", "must be positive")
+        _require(self.sft_weight >= 0, f"{p}.sft_weight", "must be >= 0 (0: no likelihood term)")
         _require(self.learning_rate > 0, f"{p}.learning_rate", "must be positive")
         _require(self.epochs > 0, f"{p}.epochs", "must be positive")
         _require(self.max_steps == -1 or self.max_steps > 0, f"{p}.max_steps", "must be -1 or positive")

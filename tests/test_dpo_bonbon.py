@@ -1,0 +1,45 @@
+"""BoNBoN (best-of-n distillation) as a DPO entry's loss: the target best-of-n gives, checked by hand, the loss on
+given log-probs, and a DPO entry with loss bonbon trained on the reference stage's best and worst of n."""
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from conftest import run_script, set_params
+
+from detoxkit.dpo_engine import bonbon_loss, bonbon_target
+
+
+def test_the_target_is_n_minus_1_times_the_harmonic_number_of_n_minus_1():
+    assert bonbon_target(2) == 1.0  # (2 - 1) x 1
+    assert bonbon_target(4) == pytest.approx(3 * (1 + 1 / 2 + 1 / 3)) == pytest.approx(5.5)
+    assert bonbon_target(8) == pytest.approx(7 * (1 + 1 / 2 + 1 / 3 + 1 / 4 + 1 / 5 + 1 / 6 + 1 / 7))
+    assert 1 / (2 * bonbon_target(8)) == pytest.approx(0.0275482094, abs=1e-9)  # the authors' beta for n = 8
+    # the target is the expected log-ratio gap of best-of-n: (n - 1)(E[log U_max] - E[log U_min]), by Monte Carlo
+    u = torch.rand(200_000, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    gap = 3 * (u.max(1).values.log() - u.min(1).values.log()).mean().item()
+    assert gap == pytest.approx(bonbon_target(4), rel=0.01)
+    with pytest.raises(ValueError):
+        bonbon_target(1)
+
+
+def test_the_loss_is_the_squared_distance_of_the_log_ratio_gap_from_the_target():
+    pc, pr = torch.tensor([-10.0, -4.0]), torch.tensor([-12.0, -3.0])
+    rc, rr = torch.tensor([-11.0, -5.0]), torch.tensor([-11.0, -5.0])
+    # gaps: (-10 + 11) - (-12 + 11) = 2; (-4 + 5) - (-3 + 5) = -1; target 5.5
+    assert bonbon_loss(pc, pr, rc, rr, 5.5).tolist() == pytest.approx([(2 - 5.5) ** 2, (-1 - 5.5) ** 2])
+
+
+def test_a_bonbon_entry_trains_on_the_reference_pairs(workdir, tmp_path):
+    d = shutil.copytree(workdir, tmp_path / "w")
+    set_params(d, {"methods.dpo.loss": "bonbon", "methods.dpo.sft_weight": 0.05, "reference.n": 4,
+                   "reference.num_prompts": 16})
+    run_script(d, "reference.py", "--data", "data/prepared", "--sft", "models/sft", "--out", "data/reference")
+    run_script(d, "dpo.py", "--method", "dpo", "--reference", "data/reference", "--data", "data/prepared", "--sft",
+               "models/sft", "--out", "out", "--live", "live", "--checkpoints", "c")
+    train = json.loads((d / "live/train.json").read_text())
+    assert train["settings"]["loss"] == "bonbon" and train["steps_done"] == 2 and math.isfinite(train["train_loss"])
+    loss = [float(r.split()[1]) for r in (d / "live/plots/metrics/dpo/loss.tsv").read_text().splitlines()[1:]]
+    # at step 1 the adapter is fresh: the policy is the reference, every gap 0, so the loss is target^2 (+ the NLL)
+    assert loss[0] >= bonbon_target(4) ** 2 * 0.9
