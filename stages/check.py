@@ -23,13 +23,14 @@ import logging
 from detoxkit.config import check_split_sizes, load_params
 from detoxkit.data import check_no_leak, load_prepared
 from detoxkit.io import run_stage, write_json
-from detoxkit.models import check_lora_targets, check_policy, check_start_adapter, resolve_device
+from detoxkit.models import check_lora_targets, check_policy, check_start_adapter, check_weights, resolve_device
 from detoxkit.scoring import check_scorers
 
 log = logging.getLogger("detox.check")
 CHECKED = ["policy: a language model; prompt + new tokens fit its window; LoRA targets exist",
            "starting adapter: a PEFT folder whose weights load without running code",
            "reward and judges: configs, labels by name, probes; no judge is the reward",
+           "local model folders: their safetensors weights are whole",
            "split sizes: every batch and sample count fits the prepared data",
            "splits: no test prompt is also a train prompt"]
 
@@ -50,6 +51,9 @@ def main():
         check_lora_targets(config, lora, key)
     check_start_adapter(params.policy)
     check_scorers(params.reward, params.evaluation.judges, args.models)
+    for key, model in (("policy.model", params.policy.model), ("reward.model", params.reward.model),
+                       *((f"evaluation.judges[{i}].model", j.model) for i, j in enumerate(params.evaluation.judges))):
+        check_weights(key, model)  # a local folder's weights cut short: named now, not at the first load
     data = load_prepared(args.data)
     n_train, n_test = len(data["train"]), len(data["test"])
     check_split_sizes(params, n_train, n_test, args.data)

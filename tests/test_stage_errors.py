@@ -466,3 +466,20 @@ def test_compute_device_cuda_with_no_gpu_stops_the_check_stage(scratch):
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
         "error: compute.device is cuda but no CUDA GPU is visible; use auto or cpu"), proc.stderr
     assert not (scratch / "c.json").exists()
+
+
+def test_reward_weights_cut_short_stop_the_check_stage_naming_the_file(scratch, tiny):
+    """A local reward folder whose model.safetensors was copied only in part: `check` names the file, before the
+    baseline (the first stage that loads the weights) would fail on it (issue 37)."""
+    reward = shutil.copytree(tiny["dir"] / "reward", scratch / "reward-copy")
+    weights = reward / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4096])
+    set_params(scratch, {"reward.model": str(reward)})
+    run_script(scratch, "lineage.py", "--out", "metrics/models")
+    proc = run_script(scratch, "check.py", "--data", "data/prepared", "--models", "metrics/models", "--out", "c.json",
+                      check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: reward.model {reward}: model.safetensors is damaged (its safetensors header does not cover the file: "
+        "cut short or overwritten); copy or save the model there again"), proc.stderr
+    assert not (scratch / "c.json").exists()

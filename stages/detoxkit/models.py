@@ -478,6 +478,19 @@ def damaged_output(file: Path) -> str:
             f"`dvc checkout {folder}` or rebuild it with `dvc repro`")
 
 
+def check_weights(key: str, ref: str):
+    """A local model folder's safetensors weights open (their header covers the whole file): a copy cut short or
+    overwritten is named here, in the `check` stage, rather than when a later stage loads it. A Hub id is not looked
+    at (its files are the Hub's, checked by hash when downloaded)."""
+    folder = Path(ref).expanduser()
+    if not folder.is_dir():
+        return
+    for file in sorted(folder.glob("*.safetensors")):
+        if _damaged(file):
+            raise PipelineError(f"{key} {ref}: {file.name} is damaged (its safetensors header does not cover the file: "
+                                "cut short or overwritten); copy or save the model there again")
+
+
 def _damaged(file: Path) -> bool:
     """True when a safetensors file exists but cannot be opened (truncated, overwritten)."""
     if not file.is_file():
