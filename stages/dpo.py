@@ -36,7 +36,8 @@ def main():
     import torch
 
     from detoxkit.dpo_engine import DPOEngine
-    from detoxkit.preferences import check_pairs, make_pairs, read_reference
+    from detoxkit.preferences import check_pairs, make_pairs, policy_samples, read_reference
+    from detoxkit.scoring import build_scorer
     from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy, peak_memory,
                                  save_detoxified, start_adapter_path, trainable_parameters)
 
@@ -57,27 +58,55 @@ def main():
     if is_main():  # under torchrun each process trains on its share of the pairs; one writes
         shutil.rmtree(scratch, ignore_errors=True)  # a killed run's
     with outputs(args.out, args.live) as out:
+        before = {"steps": 0}  # steps of the rounds before this one: the curves' step goes on across rounds
+
         def on_log(step: int, curves: dict):
             if out:
-                log_row(out.live, {"step": step, **curves})
+                log_row(out.live, {"step": before["steps"] + step, **curves})
 
         start = time.perf_counter()
-        result = DPOEngine(model, tokenizer, dpo, params.seed, device, scratch, n=summary["n"]).train(pairs, on_log)
+        engine = DPOEngine(model, tokenizer, dpo, params.seed, device, scratch, n=summary["n"])
+        rollouts, trained, exact, rounds, reward = summary["generated_samples"], 0, 0, 0, None
+        for round_ in range(1, dpo.rounds + 1):
+            if round_ > 1:  # on-policy DPO: new pairs from the policy trained so far, on the same prompts
+                reward = reward or build_scorer(params.reward, params.compute)
+                records = policy_samples(sampler(model, tokenizer, device, params, round_), reward, records,
+                                         params.reference, round_)
+                rollouts += sum(len(r["responses"]) for r in records)
+                pairs, counts = make_pairs(records, dpo.min_margin)
+                if len(pairs) < dpo.min_pairs:
+                    log.warning("round %d: %d pairs (fewer than %s.min_pairs %d): the policy's samples barely differ "
+                                "in reward; stopping after round %d", round_, len(pairs), key, dpo.min_pairs, rounds)
+                    break
+                log.info("round %d of %d: %d pairs from the policy trained so far", round_, dpo.rounds, len(pairs))
+            result = engine.train(pairs, on_log)
+            before["steps"] += result["steps_done"]
+            trained, exact, rounds = trained + len(pairs), exact + result["prompts_exact"], round_
         wall = time.perf_counter() - start
         if not out:
             return
         out.live.end()
         shutil.rmtree(scratch, ignore_errors=True)
         save_detoxified(out.out_dir, model, None, params.policy, adapter)
-        TrainRecord(method.name, "dpo", steps_done=result["steps_done"], train_loss=result["train_loss"],
-                    prompts_exact=result["prompts_exact"], pairs=len(pairs), prompts=counts["prompts"],
+        TrainRecord(method.name, "dpo", steps_done=before["steps"], train_loss=result["train_loss"],
+                    prompts_exact=exact, pairs=trained, prompts=counts["prompts"], rounds_done=rounds,
                     trainable_parameters=trainable, total_parameters=total, processes=world()[1],
-                    rollouts=summary["generated_samples"],  # the reference samples: DPO's training responses
-                    optimizer_steps=result["steps_done"], settings=settings_of(dpo)).write(out.live_dir / "train.json")
+                    rollouts=rollouts,  # the reference samples, and each further round's: DPO's training responses
+                    optimizer_steps=before["steps"], settings=settings_of(dpo)).write(out.live_dir / "train.json")
         # the reference sampling counts as DPO's training cost: it is DPO's rollouts
         write_json(out.live_dir / "timing.json", {"wall_s": wall + summary["wall_s"], "train_wall_s": wall,
                                                   "reference_wall_s": summary["wall_s"], **peak_memory(device)})
-    log.info("saved the %s adapter to %s after %d steps (%.1f s)", method.label, args.out, result["steps_done"], wall)
+    log.info("saved the %s adapter to %s after %d steps (%.1f s)", method.label, args.out, before["steps"], wall)
+
+
+def sampler(model, tokenizer, device, params, round_: int):
+    """The policy trained so far, sampling as the reference stage does (seeded anew each round)."""
+    from detoxkit.evaluation import Sampler
+    from detoxkit.generation import sampling_kwargs
+
+    return Sampler(model, tokenizer, device, params.seed + round_, params.generation.batch_size,
+                   params.compute.compile_generation, sampling_kwargs(params.generation))
+
 
 
 if __name__ == "__main__":

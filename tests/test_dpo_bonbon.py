@@ -43,3 +43,18 @@ def test_a_bonbon_entry_trains_on_the_reference_pairs(workdir, tmp_path):
     loss = [float(r.split()[1]) for r in (d / "live/plots/metrics/dpo/loss.tsv").read_text().splitlines()[1:]]
     # at step 1 the adapter is fresh: the policy is the reference, every gap 0, so the loss is target^2 (+ the NLL)
     assert loss[0] >= bonbon_target(4) ** 2 * 0.9
+
+
+def test_on_policy_dpo_rounds_sample_new_pairs_from_the_trained_policy(workdir, tmp_path):
+    """rounds 2: a second round of pairs sampled from the policy after round 1, trained on; the curves go on across
+    rounds and the second round's samples count in the cost."""
+    d = shutil.copytree(workdir, tmp_path / "w")
+    set_params(d, {"methods.dpo.rounds": 2, "reference.n": 2, "reference.num_prompts": 16})
+    run_script(d, "reference.py", "--data", "data/prepared", "--sft", "models/sft", "--out", "data/reference")
+    proc = run_script(d, "dpo.py", "--method", "dpo", "--reference", "data/reference", "--data", "data/prepared",
+                      "--sft", "models/sft", "--out", "out", "--live", "live", "--checkpoints", "c")
+    train = json.loads((d / "live/train.json").read_text())
+    assert "round 2 of 2:" in proc.stderr and train["rounds_done"] == 2
+    assert train["steps_done"] == 4 and train["rollouts"] == 16 * 2 * 2  # two rounds of 2 max_steps; 16 x n, twice
+    steps = [int(r.split()[0]) for r in (d / "live/plots/metrics/dpo/loss.tsv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3, 4]

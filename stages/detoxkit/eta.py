@@ -54,9 +54,12 @@ def remaining_parts(params, train_prompts: int, test_prompts: int) -> list[Part]
             parts.append(Part(f"train@{name}", m.max_steps * m.batch_size * rollout, COST["ppo"]))
         elif m.algorithm == "grpo":
             parts.append(Part(f"train@{name}", m.max_steps * m.batch_size * m.group_size * rollout, COST["grpo"]))
-        else:  # dpo: pairs trained on (at most one a prompt), capped by max_steps
+        else:  # dpo: pairs trained on (at most one a prompt), capped by max_steps; each further round samples anew
             seen = prompts * m.epochs if m.max_steps < 0 else min(prompts * m.epochs, m.max_steps * m.batch_size)
-            parts.append(Part(f"train@{name}", seen * 2 * ref.max_new_tokens, COST["dpo"]))
+            parts.append(Part(f"train@{name}", m.rounds * seen * 2 * ref.max_new_tokens, COST["dpo"]))
+            if m.rounds > 1:
+                parts.append(Part(f"train@{name} sampling", (m.rounds - 1) * prompts * ref.n * ref.max_new_tokens,
+                                  COST["reference"]))
         parts.append(Part(f"evaluate@{name}", eval_tokens, COST["evaluate"]))
     if params.best_of_n.enabled:
         parts.append(Part("best_of_n", eval_tokens * params.best_of_n.n, COST["best_of_n"]))

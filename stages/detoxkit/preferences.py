@@ -19,12 +19,12 @@ from .settings import DPOSettings, ReferenceSettings
 SAMPLES, SUMMARY = "samples.jsonl", "summary.json"  # the reference stage's folder
 
 
-def reference_samples(sampler: Sampler, scorer, rows, ref: ReferenceSettings) -> list[dict]:
+def reference_samples(sampler: Sampler, scorer, rows, ref: ReferenceSettings, desc: str = "") -> list[dict]:
     """`ref.n` responses for each row from the sampler (the evaluation's batched, and on CUDA compiled, generation),
     scored by the reward model: one record a prompt (its train row, the prompt as the reward model reads it and as
     the policy's token ids, the responses, their rewards and toxicity)."""
     candidates, _ = expand(rows, ref.n)
-    scored = sampler.scored(scorer, candidates, ref.max_new_tokens, f"reference samples (n={ref.n})", ref.n)
+    scored = sampler.scored(scorer, candidates, ref.max_new_tokens, desc or f"reference samples (n={ref.n})", ref.n)
     n = ref.n
     return [{"index": i, "query": rows[i]["query"], "prompt_ids": list(rows[i]["input_ids"]),
              "responses": [t for _, t, _, _ in scored[i * n:(i + 1) * n]],
@@ -108,3 +108,14 @@ def reference_rewards(folder: Path, train_split) -> tuple[object, list[list[floa
         raise PipelineError(f"{folder} holds samples of other prompts than this train split (the data changed since it "
                             "was drawn); rebuild it with `dvc repro reference`")
     return train_split.select([r["index"] for r in records]), [r["rewards"] for r in records]
+
+
+def policy_samples(sampler: Sampler, scorer, records: list[dict], ref: ReferenceSettings, round_: int) -> list[dict]:
+    """On-policy DPO: `ref.n` new responses for each of the reference samples' prompts from the policy `sampler`
+    holds (trained so far), scored; records of the reference stage's shape, for make_pairs."""
+    import datasets
+
+    rows = datasets.Dataset.from_dict({"query": [r["query"] for r in records],
+                                       "input_ids": [r["prompt_ids"] for r in records]})
+    drawn = reference_samples(sampler, scorer, rows, ref, desc=f"DPO round {round_} samples (n={ref.n})")
+    return [{**d, "index": r["index"]} for d, r in zip(drawn, records)]

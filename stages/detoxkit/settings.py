@@ -287,6 +287,7 @@ class DPOSettings:
     min_pairs: int  # fewer pairs than this: refused, naming the settings that make more
     loss: Literal["sigmoid", "bonbon"]  # DPO's; bonbon: IPO-style with best-of-n's own target (detoxkit.dpo_engine)
     sft_weight: float  # weight of the likelihood term on the chosen response (TRL's rpo_alpha); 0: none
+    rounds: int  # 1: pairs from the reference samples; each further round samples pairs from the policy trained so far
     beta: float  # DPO's beta: the strength of the implicit KL to the reference (bonbon derives its own from n)
     learning_rate: float
     epochs: float
@@ -302,6 +303,7 @@ class DPOSettings:
         _require(self.min_pairs >= 1, f"{p}.min_pairs", "must be >= 1")
         _require(self.beta > 0, f"{p}.beta", "must be positive")
         _require(self.sft_weight >= 0, f"{p}.sft_weight", "must be >= 0 (0: no likelihood term)")
+        _require(self.rounds >= 1, f"{p}.rounds", "must be >= 1 (1: one round on the reference samples)")
         _require(self.learning_rate > 0, f"{p}.learning_rate", "must be positive")
         _require(self.epochs > 0, f"{p}.epochs", "must be positive")
         _require(self.max_steps == -1 or self.max_steps > 0, f"{p}.max_steps", "must be -1 or positive")

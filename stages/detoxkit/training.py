@@ -47,7 +47,8 @@ class TrainRecord:
     pairs: Optional[int] = None  # DPO: preference pairs trained on
     prompts: Optional[int] = None  # DPO: train prompts sampled for pairs
     prompts_exact: Optional[int] = None  # DPO: prompts TRL tokenized exactly as prepare built them
-    train_loss: Optional[float] = None  # DPO: the trainer's mean loss
+    train_loss: Optional[float] = None  # DPO: the trainer's mean loss (of its last round)
+    rounds_done: Optional[int] = None  # DPO: rounds trained (each after the first on pairs from the policy itself)
     last_reward_mean: Optional[float] = None  # online methods: the last step's batch means
     last_toxicity_mean: Optional[float] = None
     last_kl: Optional[float] = None  # the method's own KL curve (PPO: per response; GRPO: per token)
