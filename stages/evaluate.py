@@ -6,14 +6,17 @@
         --metrics metrics/evaluation/ppo.json --samples data/samples/ppo.csv          # every entry alike
     python stages/evaluate.py --policy best-of-n --sft models/sft --data data/prepared \
         --metrics metrics/best_of_n.json --samples data/samples/best_of_n.csv
+    python stages/evaluate.py --policy best-of-n --trained models/trained/ppo ... \
+        --metrics metrics/evaluation/ppo+bon.json --samples data/samples/ppo+bon.csv     # best_of_n.on_trained
 
 `start` is the starting policy (the base model plus its starting adapter); a folder is a trained method's policy
-(a methods entry's: one layout for every algorithm); `best-of-n` keeps the highest-reward of best_of_n.n samples of the starting
-policy (with best_of_n.enabled false it writes an empty samples file and loads nothing; a placeholder folder, a
-method whose stages are off, does the same). Same test prompts, same seed, same sampling settings for all, so the
-report can pair them. With compute.processes > 1 (or under torchrun) each process takes whole batches of the
-samples; the results are the same as one process's. The baseline, the first stage that generates, also prints the
-estimated time of the stages after it (detoxkit.eta), from its own measured rate.
+(a methods entry's: one layout for every algorithm); `best-of-n` keeps the highest-reward of best_of_n.n samples of
+the starting policy, or with --trained of a trained method's policy (best_of_n.on_trained). With best_of_n.enabled
+or on_trained false it writes an empty samples file and loads nothing; a placeholder folder, a method whose stages
+are off, does the same. Same test prompts, same seed, same sampling settings for all, so the report can pair them.
+With compute.processes > 1 (or under torchrun) each process takes whole batches of the samples; the results are the
+same as one process's. The baseline, the first stage that generates, also prints the estimated time of the stages
+after it (detoxkit.eta), from its own measured rate.
 """
 import argparse
 import logging
@@ -40,13 +43,17 @@ def main():
     parser.add_argument("--metrics", required=True)
     parser.add_argument("--samples", required=True)
     parser.add_argument("--models", help="the lineage stage's manifests (a judge that is the reward is refused)")
+    parser.add_argument("--trained", help="with --policy best-of-n: best-of-n on this trained policy, not the start")
     args = parser.parse_args()
 
     params = load_params()
     setup()  # under torchrun: join the process group (each process takes whole batches of the prompts)
     ev = params.evaluation
-    off = ("best_of_n.enabled is false" if args.policy == "best-of-n" and not params.best_of_n.enabled else
-           f"{args.policy} is a placeholder (its stage is off)" if is_placeholder(args.policy)
+    bon, trained = params.best_of_n, args.trained
+    off = ("best_of_n.enabled is false" if args.policy == "best-of-n" and not bon.enabled else
+           "best_of_n.on_trained is false" if trained and not bon.on_trained else
+           f"{args.policy} is a placeholder (its stage is off)" if is_placeholder(args.policy) else
+           f"{trained} is a placeholder (its stage is off)" if trained and is_placeholder(trained)
            else None)
     if off:  # the stage stays in the DAG, cheap and empty (best-of-N off; an entry off: its folder is a placeholder)
         if not is_main():
@@ -62,10 +69,10 @@ def main():
     check_scorers(params.reward, ev.judges, args.models)  # every scorer is checked before any weights load
     scorer = build_scorer(params.reward, params.compute)
     check_policy_config(params.policy)  # before the policy's weights load
-    if args.policy in ("start", "best-of-n"):
+    if args.policy in ("start", "best-of-n") and not trained:
         model, tokenizer, device = load_policy(params.policy, params.compute, adapter)
-    else:
-        model, tokenizer, device = load_detoxified(args.policy, params.compute, params.policy.allow_pickle)
+    else:  # a trained method's policy (best-of-n on it with --trained)
+        model, tokenizer, device = load_detoxified(trained or args.policy, params.compute, params.policy.allow_pickle)
     judges = build_judges(ev.judges, params.compute, params.reward.batch_size)
     log.info("evaluating %s on %d test prompts, %d samples each; judges: %s", args.policy, len(rows),
              ev.samples_per_prompt, [j.name for j in judges] or "none")

@@ -25,7 +25,7 @@ from detoxkit.config import load_params
 from detoxkit.errors import PipelineError
 from detoxkit.evaluation import per_prompt
 from detoxkit.io import atomic_dir, read_csv, run_stage, write_csv, write_json, write_text
-from detoxkit.methods import ALGORITHMS, methods_of
+from detoxkit.methods import ALGORITHMS, BEST_OF_N, methods_of
 
 log = logging.getLogger("detox.report")
 
@@ -44,10 +44,11 @@ def main():
     before = read_csv(args.start)
     entries, samples, histories, files = {}, {}, {}, {}
     every = methods_of(params)
-    bon = every[-1]  # best-of-N: each trained method is compared with it too, on the same samples
+    bon = next(m for m in every if m.name == BEST_OF_N)  # each trained method is compared with it too
     bon_rows = read_method(bon.name, Path(args.samples) / f"{bon.name}.csv", None)[0] if bon.enabled else None
     for method in every:
-        live = Path(args.train) / method.name if method.trains_weights else None
+        trained = method if method.trains_weights else method.on  # best-of-N on a policy: that policy's training
+        live = Path(args.train) / trained.name if trained else None
         rows, train, timing = (read_method(method.name, Path(args.samples) / f"{method.name}.csv", live)
                                if method.enabled else ([], {}, {}))  # off: its files are placeholders, unread
         entry = method_entry(method, before, rows, params, train, timing, bon_rows or None)

@@ -196,7 +196,8 @@ def check_model_card_snippet(repo: Path, folder: Path | None = None):
 
 ENTRIES = list(load_params(ROOT / "params.yaml").methods)  # params.yaml's methods entries: ppo, dpo, grpo
 STAGES = ["prepare", "check", "sft", "baseline", "best_of_n", "reference", *(f"train@{m}" for m in ENTRIES),
-          *(f"evaluate@{m}" for m in ENTRIES), "report", "publish"]  # lineage runs on every repro
+          *(f"evaluate@{m}" for m in ENTRIES), *(f"bon@{m}" for m in ENTRIES), "report",
+          "publish"]  # lineage runs on every repro
 
 
 def ran_stages(output: str):

@@ -337,14 +337,15 @@ def test_dpo_changes_rerun_only_the_dpo_stages_and_report_and_the_toggle_says_of
 def test_best_of_n_toggle_reruns_only_best_of_n_and_report(ran, tmp_path):
     repo = copy_repo(ran, tmp_path / "repo")
     set_params(repo, {"best_of_n.enabled": False})
-    assert changed_stages(repo) == ["best_of_n", "report"]  # report: it reads best_of_n.enabled (its methods)
+    # report reads best_of_n.enabled (its methods); bon@NAME (best-of-N on a trained policy, off) reads the section
+    assert changed_stages(repo) == ["best_of_n", "bon@dpo", "bon@grpo", "bon@ppo", "report"]
     dvc("repro", "best_of_n", cwd=repo)  # disabled: an empty samples file, nothing loaded
     assert json.loads((repo / "metrics/best_of_n.json").read_text()) == {"enabled": False}
     assert (repo / "data/samples/best_of_n.csv").read_text().startswith('"index","sample"')
     assert len((repo / "data/samples/best_of_n.csv").read_text().splitlines()) == 1
-    assert changed_stages(repo) == ["report"]
+    assert changed_stages(repo) == ["bon@dpo", "bon@grpo", "bon@ppo", "report"]
     # publish reads best-of-N's comparison too (it says so when best-of-N wins); the same PPO adapter is published
-    assert ran_stages(dvc("repro", cwd=repo).stdout) == ["publish", "report"]
+    assert ran_stages(dvc("repro", cwd=repo).stdout) == ["bon@dpo", "bon@grpo", "bon@ppo", "publish", "report"]
     assert json.loads((repo / "metrics/compare/best_of_n.json").read_text()) == {
         "method": "best_of_n", "label": "best-of-N", "algorithm": "best_of_n", "trains_weights": False, "enabled": False}
     report = (repo / "reports/report.md").read_text()
@@ -458,7 +459,8 @@ def _new_reward_weights(folder: Path):
 
 
 TRAIN = ["train@dpo", "train@grpo", "train@ppo"]  # the train template: each reads the reward's and the generation's
-SCORING = sorted(["baseline", "best_of_n", "reference", "evaluate@dpo", "evaluate@grpo", "evaluate@ppo", *TRAIN])
+SCORING = sorted(["baseline", "best_of_n", "reference", "evaluate@dpo", "evaluate@grpo", "evaluate@ppo", *TRAIN,
+                  "bon@dpo", "bon@grpo", "bon@ppo"])
 ADAPTER_USERS = SCORING  # every stage that loads the starting policy also scores with the reward model
 # change -> the stages `dvc status` must call changed, exactly (docs/dvc.md lists the same table).
 # Each file-based case first points the setting at a private copy of the input and accepts the outputs as they
@@ -902,3 +904,26 @@ def test_a_variant_is_one_params_entry_trained_evaluated_compared_and_reported(r
     dry = dvc("repro", "--dry", cwd=repo).stdout
     assert [s for s in ("check", "train@grpo", "evaluate@grpo", "train@ppo", "reference", "baseline")
             if f"Running stage '{s}'" in dry] == []
+
+
+
+def test_best_of_n_on_each_trained_policy_is_a_method_of_its_own(ran, tmp_path):
+    """best_of_n.on_trained: bon@NAME samples best-of-n from each trained policy, and the report compares NAME+bon
+    like any method: a sampling procedure (no weights of its own, n samples a request) whose training cost is the
+    policy's."""
+    repo = copy_repo(ran, tmp_path / "repo")
+    set_params(repo, {"best_of_n.on_trained": True})
+    assert changed_stages(repo) == ["bon@dpo", "bon@grpo", "bon@ppo", "report"]  # not best-of-N on the start
+    out = dvc("repro", cwd=repo).stdout
+    assert ran_stages(out) == ["bon@dpo", "bon@grpo", "bon@ppo", "publish", "report"], out  # publish: new files
+    combo = json.loads((repo / "metrics/compare/ppo+bon.json").read_text())
+    ppo = json.loads((repo / "metrics/compare/ppo.json").read_text())
+    assert (combo["label"], combo["trains_weights"], combo["enabled"]) == ("PPO + best-of-N", False, True)
+    assert set(combo) == set(ppo) and combo["toxicity"]["before"] == ppo["toxicity"]["before"]  # one schema, paired
+    assert combo["cost"]["evaluation_generation"] == 2 and combo["cost"]["training_responses"] == \
+        ppo["cost"]["training_responses"]  # n samples a request, on top of PPO's training
+    with (repo / "data/samples/ppo+bon.csv").open(newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 16
+    report = (repo / "reports/report.md").read_text()
+    assert "| PPO + best-of-N | PPO + best-of-N - start [95% CI] |" in report
+    assert json.loads((repo / "metrics/compare/best_of_n.json").read_text())["enabled"]

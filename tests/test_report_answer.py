@@ -220,8 +220,8 @@ def test_one_rule_decides_that_a_method_lowered_toxicity():
     low = {"ppo": _entry(outcome, 0.3, 0.01, 0.1), "grpo": _entry(outcome, 0.2, -0.1, 0.1, method="grpo"),
            "best_of_n": _entry(outcome, 0.1, -0.3, -0.2, method="best_of_n")}
     assert choose_published(low, "best") == (None, (
-        "best-of-N lowered toxicity most, but it is a sampling procedure with no weights, and no trained method "
-        "lowered toxicity without crossing a guard"))
+        "best-of-N lowered toxicity most, but it is a sampling procedure with no weights of its own, and no trained "
+        "method lowered toxicity without crossing a guard"))
     del low["best_of_n"]
     assert choose_published(low, "best") == (
         None, "no method lowered toxicity (its interval below 0) without crossing a guard")

@@ -348,11 +348,11 @@ def choose_published(entries: dict[str, dict], wanted: str) -> tuple[Optional[st
     trained = best_method(entries, trained_only=True)
     untrained = best is not None and not entries[best]["trains_weights"]
     if untrained and trained:
-        return trained, (f"best-of-N lowered toxicity most, but it is a sampling procedure with no weights; "
-                         f"{entries[trained]['label']} is the best trained method")
+        return trained, (f"{entries[best]['label']} lowered toxicity most, but it is a sampling procedure with no "
+                         f"weights of its own; {entries[trained]['label']} is the best trained method")
     if untrained:
-        return None, ("best-of-N lowered toxicity most, but it is a sampling procedure with no weights, and no trained "
-                      "method lowered toxicity without crossing a guard")
+        return None, (f"{entries[best]['label']} lowered toxicity most, but it is a sampling procedure with no weights "
+                      "of its own, and no trained method lowered toxicity without crossing a guard")
     return None, no_answer(entries)
 
 

@@ -61,6 +61,8 @@ def remaining_parts(params, train_prompts: int, test_prompts: int) -> list[Part]
                 parts.append(Part(f"train@{name} sampling", (m.rounds - 1) * prompts * ref.n * ref.max_new_tokens,
                                   COST["reference"]))
         parts.append(Part(f"evaluate@{name}", eval_tokens, COST["evaluate"]))
+        if params.best_of_n.enabled and params.best_of_n.on_trained:
+            parts.append(Part(f"bon@{name}", eval_tokens * params.best_of_n.n, COST["best_of_n"]))
     if params.best_of_n.enabled:
         parts.append(Part("best_of_n", eval_tokens * params.best_of_n.n, COST["best_of_n"]))
     return parts + [Part("report", 0, 0.0), Part("publish", 0, 0.0)]

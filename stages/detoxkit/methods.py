@@ -64,10 +64,14 @@ class Method:
     algorithm: Algorithm
     enabled: bool
     settings: object  # the entry's settings (detoxkit.settings), or best_of_n's section
+    on: Optional["Method"] = None  # best-of-N on this trained method's policy (NAME+bon), not on the start
 
     @property
     def label(self) -> str:
-        """The algorithm's label for the entry named after it (ppo: PPO); a variant is called by its own name."""
+        """The algorithm's label for the entry named after it (ppo: PPO); a variant is called by its own name;
+        best-of-N on a trained policy, `PPO + best-of-N`."""
+        if self.on is not None:
+            return f"{self.on.label} + {self.algorithm.label}"
         return self.algorithm.label if self.name == self.algorithm.name else self.name
 
     @property
@@ -75,10 +79,17 @@ class Method:
         return self.algorithm.trains_weights
 
 
+ON_TRAINED = "+bon"  # best-of-N on a trained method's policy: NAME+bon (a methods entry's name has no +)
+
+
 def methods_of(params) -> list[Method]:
-    """Every method of the run: the methods entries in params.yaml's order, then best-of-N."""
-    return [*(Method(name, BY_ALGORITHM[s.algorithm], s.enabled, s) for name, s in params.methods.items()),
-            Method(BEST_OF_N, BY_ALGORITHM[BEST_OF_N], params.best_of_n.enabled, params.best_of_n)]
+    """Every method of the run: the methods entries in params.yaml's order, then best-of-N, then (best_of_n.on_trained)
+    best-of-N on each entry's policy."""
+    entries = [Method(name, BY_ALGORITHM[s.algorithm], s.enabled, s) for name, s in params.methods.items()]
+    bon, algorithm = params.best_of_n, BY_ALGORITHM[BEST_OF_N]
+    return [*entries, Method(BEST_OF_N, algorithm, bon.enabled, bon),
+            *(Method(m.name + ON_TRAINED, algorithm, bon.enabled and bon.on_trained and m.enabled, bon, on=m)
+              for m in entries if bon.on_trained)]
 
 
 def trained_of(params) -> list[Method]:

@@ -274,6 +274,7 @@ class EvaluationSettings:
 class BestOfNSettings:
     enabled: bool  # the best_of_n stage: rejection sampling from the starting policy
     n: int  # candidates sampled per kept response (n-fold generation cost)
+    on_trained: bool  # also best-of-n on each trained method's policy (stages bon@NAME: method NAME+bon)
 
     def check(self):
         _require(self.n >= 2, "best_of_n.n", "must be >= 2 (best of 1 is the starting policy itself)")
