@@ -81,7 +81,8 @@ def main():
                              sampling_kwargs(params.generation)), {}
     if args.policy == "best-of-n":
         n = params.best_of_n.n
-        log.info("best-of-%d: %d candidates from the starting policy", n, len(rows) * ev.samples_per_prompt * n)
+        log.info("best-of-%d: %d candidates from %s", n, len(rows) * ev.samples_per_prompt * n,
+                 trained or "the starting policy")
         records = best_of_n(sampler, scorer, rows, ev, n, judges)
         extra = {"enabled": True, "n": n, "generated_samples": len(records) * n}
     else:

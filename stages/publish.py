@@ -4,11 +4,11 @@
         --out models/detoxified
 
 publish.method names a methods entry (its adapter TRAINED/NAME, its train.json TRAIN/NAME), or `best`: the report's
-answer, the lowest toxicity whose interval is below 0 with no guard crossed (detoxkit.compare.choose_published).
-Best-of-N has no weights: when it wins, the best trained method that qualifies is published and the card says why;
-when no trained method qualifies
-(none lowered toxicity, or none could be judged), nothing is published: the folder holds only a README.md that says
-why, and the log says so in one line. Otherwise copies that method's adapter folder and adds README.md in the Hub's
+answer (detoxkit.compare.answer_method: the lowest toxicity whose interval is below 0 with no guard crossed, or a
+trained method that cannot be told from best-of-N when best-of-N is lowest; choose_published). Best-of-N has no
+weights: when it is the answer, the best trained method that qualifies is published and the card says why; when no
+trained method qualifies (none lowered toxicity, or none could be judged), nothing is published: the folder holds
+only a README.md that says why, and the log says so in one line. Otherwise copies that method's adapter folder and adds README.md in the Hub's
 model-card layout: YAML metadata (base_model, library_name: peft, tags), then what was trained, on what, with which
 settings, and the headline metrics with their confidence intervals from the report stage. The folder can be pushed
 as it is (`huggingface-cli upload <user>/<name> models/detoxified`). Everything comes from the artifacts the card

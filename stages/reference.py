@@ -6,6 +6,7 @@ For `reference.num_prompts` train prompts (never the test prompts that baseline 
 responses each from the starting policy (the evaluation's batched generation, compiled on CUDA), scored by the
 reward model. `samples.jsonl` holds one prompt a line: its train row, the prompt (as the reward model reads it, and
 as the policy's token ids), the responses, their rewards and toxicity; `summary.json` the counts and the wall time.
+The training stages depend on `samples.jsonl` alone, so a rerun that draws the same samples reruns none of them.
 Every DPO methods entry makes its pairs from them (detoxkit.preferences.make_pairs, with its own min_margin), and
 counts them in its training cost. With `reference.num_prompts: 0` it writes a placeholder in well under a second.
 """
@@ -36,6 +37,7 @@ def main():
         if is_main():
             with atomic_dir(args.out) as tmp:
                 write_json(tmp / SUMMARY, {"enabled": False})
+                write_text(tmp / SAMPLES, "")  # the file every train@NAME depends on
             log.info("reference.num_prompts is 0: no reference samples (a placeholder %s)", args.out)
         return
 

@@ -51,11 +51,12 @@ def main():
         live = Path(args.train) / trained.name if trained else None
         rows, train, timing = (read_method(method.name, Path(args.samples) / f"{method.name}.csv", live)
                                if method.enabled else ([], {}, {}))  # off: its files are placeholders, unread
-        entry = method_entry(method, before, rows, params, train, timing, bon_rows or None)
+        entry = method_entry(method, before, rows, params, train, timing, bon_rows or None,
+                             files.get(method.on.name) if method.on else None)
         files[method.name] = entry
         if entry["enabled"]:
             entries[method.name], samples[method.name] = entry, rows
-            if live:
+            if method.trains_weights:  # (best-of-N on a trained policy: that policy's curves are its own)
                 histories[method.label] = render.read_live_history(live)
     if not entries:
         raise PipelineError("no method ran (every method's samples are empty); enable one and rerun `dvc repro`")

@@ -54,7 +54,8 @@ def test_chat_model_summarizes_with_sft_then_continues_a_prompt_only_dataset(tin
     words.write_text(words.read_text() + "# stricter soon\n")
     dvc("repro", "lineage", cwd=repo)
     # every stage it judges, and the check stage, which probes it
-    assert changed_stages(repo) == ["baseline", "best_of_n", "check", "evaluate@dpo", "evaluate@grpo", "evaluate@ppo"]
+    assert changed_stages(repo) == ["baseline", "best_of_n", "bon@dpo", "bon@grpo", "bon@ppo", "check", "evaluate@dpo",
+                                    "evaluate@grpo", "evaluate@ppo"]
     assert json.loads((repo / "metrics/sft.json").read_text())["enabled"] is False
     summary = json.loads((repo / "metrics/compare/ppo.json").read_text())
     bon = json.loads((repo / "metrics/compare/best_of_n.json").read_text())

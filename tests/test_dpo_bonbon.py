@@ -31,15 +31,31 @@ def test_the_loss_is_the_squared_distance_of_the_log_ratio_gap_from_the_target()
     assert bonbon_loss(pc, pr, rc, rr, 5.5).tolist() == pytest.approx([(2 - 5.5) ** 2, (-1 - 5.5) ** 2])
 
 
+def test_the_trainer_computes_bonbon_on_the_summed_log_probs_it_is_given():
+    """The engine's DPOTrainer: loss_type stays sigmoid, so TRL hands dpo_loss whole-sequence (summed) log-probs (its
+    own ipo would average them per token); dpo_loss then returns (gap - target)^2 and TRL's reward at beta =
+    1 / (2 target)."""
+    from types import SimpleNamespace
+
+    from detoxkit.dpo_engine import _trainer_class
+
+    fake = SimpleNamespace(beta=1 / (2 * 5.5), accelerator=SimpleNamespace(device="cpu"))
+    pc, pr, rc, rr = torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]), torch.tensor([-11.0])
+    losses, chosen, rejected = _trainer_class(5.5).dpo_loss(fake, pc, pr, rc, rr)
+    assert losses.tolist() == pytest.approx([(2 - 5.5) ** 2])
+    assert chosen.tolist() == pytest.approx([1 / 11]) and rejected.tolist() == pytest.approx([-1 / 11])
+
+
 def test_a_bonbon_entry_trains_on_the_reference_pairs(workdir, tmp_path):
     d = shutil.copytree(workdir, tmp_path / "w")
     set_params(d, {"methods.dpo.loss": "bonbon", "methods.dpo.sft_weight": 0.05, "reference.n": 4,
                    "reference.num_prompts": 16})
     run_script(d, "reference.py", "--data", "data/prepared", "--sft", "models/sft", "--out", "data/reference")
-    run_script(d, "dpo.py", "--method", "dpo", "--reference", "data/reference", "--data", "data/prepared", "--sft",
-               "models/sft", "--out", "out", "--live", "live", "--checkpoints", "c")
+    proc = run_script(d, "dpo.py", "--method", "dpo", "--reference", "data/reference", "--data", "data/prepared",
+                      "--sft", "models/sft", "--out", "out", "--live", "live", "--checkpoints", "c")
     train = json.loads((d / "live/train.json").read_text())
     assert train["settings"]["loss"] == "bonbon" and train["steps_done"] == 2 and math.isfinite(train["train_loss"])
+    assert "loss bonbon: target 5.5 (n = 4)" in proc.stderr
     loss = [float(r.split()[1]) for r in (d / "live/plots/metrics/dpo/loss.tsv").read_text().splitlines()[1:]]
     # at step 1 the adapter is fresh: the policy is the reference, every gap 0, so the loss is target^2 (+ the NLL)
     assert loss[0] >= bonbon_target(4) ** 2 * 0.9

@@ -319,7 +319,7 @@ def test_dpo_changes_rerun_only_the_dpo_stages_and_report_and_the_toggle_says_of
     set_params(repo, {"methods.dpo.beta": 0.1, "methods.dpo.enabled": False})
     assert changed_stages(repo) == ["publish", "report", "train@dpo"]  # not check: it reads no methods entry
     out = dvc("repro", cwd=repo).stdout
-    assert ran_stages(out) == ["evaluate@dpo", "publish", "report", "train@dpo"]
+    assert ran_stages(out) == ["bon@dpo", "evaluate@dpo", "publish", "report", "train@dpo"]
     assert json.loads((repo / "metrics/compare/dpo.json").read_text()) == {
         "method": "dpo", "label": "DPO", "algorithm": "dpo", "trains_weights": True, "enabled": False}
     assert json.loads((repo / "metrics/evaluation/dpo.json").read_text()) == {"enabled": False}
@@ -752,7 +752,7 @@ def test_experiments_run_show_and_diff(ran, tmp_path):
     repo = copy_repo(ran, tmp_path / "repo")
     out = dvc("exp", "run", "-n", "lr-high", "-S", "methods.ppo.learning_rate=0.003", "-S", "methods.ppo.init_kl_coef=0.05",
               cwd=repo).stdout
-    assert ran_stages(out) == ["evaluate@ppo", "publish", "report", "train@ppo"]
+    assert ran_stages(out) == ["bon@ppo", "evaluate@ppo", "publish", "report", "train@ppo"]
     rows = exp_rows(repo)
     params, metrics = rows["lr-high"]
     ppo = params["methods"]["ppo"]
@@ -854,7 +854,7 @@ def test_ppo_is_one_method_among_equals_its_toggle_says_off(ran, tmp_path):
     repo = copy_repo(ran, tmp_path / "repo")
     set_params(repo, {"methods.ppo.enabled": False, "publish.method": "best"})  # publish.method ppo would be refused
     assert changed_stages(repo) == ["publish", "report", "train@ppo"]
-    assert ran_stages(dvc("repro", cwd=repo).stdout) == ["evaluate@ppo", "publish", "report", "train@ppo"]
+    assert ran_stages(dvc("repro", cwd=repo).stdout) == ["bon@ppo", "evaluate@ppo", "publish", "report", "train@ppo"]
     assert json.loads((repo / "metrics/compare/ppo.json").read_text()) == {
         "method": "ppo", "label": "PPO", "algorithm": "ppo", "trains_weights": True, "enabled": False}
     assert (repo / "models/trained/ppo/SKIPPED.md").is_file() and json.loads((repo / "metrics/evaluation/ppo.json").read_text()) == {
@@ -877,10 +877,10 @@ def test_a_variant_is_one_params_entry_trained_evaluated_compared_and_reported(r
     dvc_yaml = (repo / "dvc.yaml").read_text()
     entry = yaml.safe_load((repo / "params.yaml").read_text())["methods"]["grpo"]
     set_params(repo, {"methods.grpo_fast": {**entry, "learning_rate": 0.003}})
-    assert changed_stages(repo) == ["evaluate@grpo_fast", "publish", "report", "train@grpo_fast"]  # nothing else
+    new = ["bon@grpo_fast", "evaluate@grpo_fast", "publish", "report", "train@grpo_fast"]  # and nothing else
+    assert changed_stages(repo) == new
     out = dvc("repro", cwd=repo).stdout
-    ran_now = sorted(s for s in ("train@grpo_fast", "evaluate@grpo_fast", *STAGES) if f"Running stage '{s}'" in out)
-    assert ran_now == ["evaluate@grpo_fast", "publish", "report", "train@grpo_fast"], out
+    assert sorted(s for s in (*new, *STAGES) if f"Running stage '{s}'" in out) == new, out
     assert (repo / "dvc.yaml").read_text() == dvc_yaml  # no edit but params.yaml
     train = json.loads((repo / "metrics/train/grpo_fast/train.json").read_text())
     assert train["method"] == "grpo_fast" and train["algorithm"] == "grpo" and train["settings"]["learning_rate"] == 0.003

@@ -421,3 +421,25 @@ def test_a_trained_method_that_matches_best_of_n_is_the_answer_at_one_samples_co
     # a trained method that best-of-N beats is not the answer: best-of-N is, and publish packs the best trained one
     worse = {**entries, "ppo": {**entries["ppo"], "vs_best_of_n": {**ppo, "change": "up"}}}
     assert answer_method(worse) == "best_of_n" and choose_published(worse, "best")[0] == "ppo"
+
+
+def test_best_of_n_on_a_trained_policy_keeps_the_answer_and_its_policys_kl_guard():
+    """NAME+bon lowest: vs_best_of_n measures against best-of-N on the start, not it, so no trained method replaces it
+    (publish then packs the best trained method); and it carries its policy's KL guard (a policy that crossed it
+    cannot make NAME+bon the answer)."""
+    from detoxkit.compare import answer_method, choose_published, outcome
+
+    def entry(method, after, lo, hi, trains=True, kl=False, vs=None):
+        e = {"method": method, "label": method, "trains_weights": trains, "enabled": True, "num_prompts": 30,
+             "min_pairs": 20, "toxicity": {"after": after, "diff_ci_low": lo, "diff_ci_high": hi},
+             "guards": {"kl_exceeded": kl, "judge_disagrees": "n/a"}, "vs_best_of_n": vs}
+        return {**e, "outcome": outcome(e)}
+
+    matches = {"change": "no change", "toxicity": {"diff": 0.0, "diff_ci_low": -0.1, "diff_ci_high": 0.1}}
+    entries = {"ppo": entry("ppo", 0.3, -0.3, -0.1, vs=matches),
+               "best_of_n": entry("best_of_n", 0.25, -0.3, -0.2, trains=False),
+               "ppo+bon": entry("ppo+bon", 0.1, -0.5, -0.3, trains=False)}
+    assert answer_method(entries) == "ppo+bon"  # not swapped for PPO, which only matches best-of-N on the start
+    assert choose_published(entries, "best")[0] == "ppo"  # the best trained method, as for best-of-N
+    crossed = {**entries, "ppo+bon": entry("ppo+bon", 0.1, -0.5, -0.3, trains=False, kl=True)}
+    assert crossed["ppo+bon"]["outcome"] == "crossed a guard" and answer_method(crossed) == "ppo"

@@ -70,6 +70,10 @@ def test_shipped_params_are_valid_and_reproduce_the_lab():
     (lambda p: p["methods"].update(d2={**p["methods"]["dpo"], "max_prompt_length": 100}),
      "data.max_prompt_tokens (512) is above methods.d2.max_prompt_length (100)"),
     (lambda p: p.update(methods={}), "methods must be a mapping of named method entries"),
+    (lambda p: p["methods"]["dpo"].update(loss="bonbon", rounds=2), "methods.dpo.loss is bonbon with rounds 2"),
+    (lambda p: p["methods"]["grpo"].update(reward_transform="vbon"),  # the lab's rollouts: 100 to 400 tokens
+     "reference.max_new_tokens (32) is outside the rollouts' lengths [generation.output_min_length, "
+     "output_max_length) = [100, 400)"),
     (lambda p: (p["reference"].update(num_prompts=0)),
      "methods.dpo is a DPO method, which trains on pairs from the reference samples, but reference.num_prompts is 0"),
     # no NaN/inf, ranges on every limit, no format-string tricks

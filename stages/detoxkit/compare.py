@@ -11,7 +11,7 @@ from typing import Optional
 from .settings import PYTHON_SCORER, scorer_display_name
 from .errors import PipelineError
 from .evaluation import JUDGE, judge_names, per_prompt, summarize
-from .methods import Method
+from .methods import BEST_OF_N, Method
 from .render import HEADLINE
 from .stats import (DOWN, NA, NO_CHANGE, NO_WIDTH, TOO_FEW, UP, change, crossed_guards, detectable_fall, guards,
                     paired_bootstrap)
@@ -171,10 +171,13 @@ def setup(params, m_before: dict) -> dict:
 
 
 def method_entry(method: Method, before: list[dict], rows: list[dict], params, training: Optional[dict] = None,
-                 timing: Optional[dict] = None, best_of_n: Optional[list[dict]] = None) -> dict:
+                 timing: Optional[dict] = None, best_of_n: Optional[list[dict]] = None,
+                 base: Optional[dict] = None) -> dict:
     """`method`'s comparison file: who it is (name, label, algorithm, whether it trains weights), the shared setup,
     its metrics against the start (each with a paired CI), the judges and their power, the guards, its outcome, its KL
     and its cost, and (a trained method, with best-of-N's samples `best_of_n`) its paired difference to best-of-N.
+    Best-of-N on a trained policy (NAME+bon) takes that policy's comparison file `base`: its KL to the start (and the
+    KL guard) is the trained policy's, plus best-of-N's bound.
     `rows` empty (its stages off) gives the first four keys and "enabled": false."""
     who = {"method": method.name, "label": method.label, "algorithm": method.algorithm.name,
            "trains_weights": method.trains_weights}
@@ -190,7 +193,9 @@ def method_entry(method: Method, before: list[dict], rows: list[dict], params, t
     out = {**who, "enabled": True, **setup(params, m_before), "after": entry.pop("metrics"),
            **{key: None for key in METRICS}, **entry}  # None: a metric this run has not (ROUGE, best-of-N's KL)
     out["kl_mean"] = out["after"].get("kl_mean")  # nats per token; best-of-N has no single policy's KL
-    out["kl_bound"] = None if trains else math.log(n) - (n - 1) / n  # nats per response
+    out["kl_bound"] = None if trains else math.log(n) - (n - 1) / n  # nats per response, beyond its policy's
+    if base is not None and base.get("enabled"):  # best-of-N on a trained policy: that policy's KL to the start too
+        out["kl_mean"], out["guards"]["kl_exceeded"] = base["kl_mean"], base["guards"]["kl_exceeded"]
     out["cost"] = {"evaluation_generation": n,  # x one sample a response (best-of-N samples n)
                    "training_responses": training.get("rollouts", None if trains else 0),
                    "optimizer_steps": training.get("optimizer_steps", None if trains else 0),
@@ -216,8 +221,8 @@ def versus_best_of_n(bon: list[dict], rows: list[dict], params) -> dict:
 
 
 def matches_best_of_n(entry: dict) -> bool:
-    """A trained method that lowered toxicity (qualifies) and that best-of-N does not beat on these prompts: the
-    paired interval of their toxicity difference contains 0 (or lies below it)."""
+    """A trained method that lowered toxicity (qualifies) and that best-of-N (on the start) does not beat on these
+    prompts: the paired interval of their toxicity difference contains 0 (or lies below it)."""
     vs = entry.get("vs_best_of_n")
     return qualifies(entry) and entry["trains_weights"] and vs is not None and vs["change"] in (NO_CHANGE, DOWN)
 
@@ -236,9 +241,10 @@ def why_answer(entries: dict[str, dict], answer: str) -> str:
 def answer_method(entries: dict[str, dict]) -> Optional[str]:
     """The report's answer, inference cost weighed: the lowest toxicity that qualifies (best_method); but when that is
     best-of-N (N samples a request) and a trained method matches it (matches_best_of_n: one sample a request), the
-    trained method, the least toxic of those that match."""
+    trained method, the least toxic of those that match. (Best-of-N on a trained policy, NAME+bon, is not what
+    vs_best_of_n measures: when it is the lowest, it stays the answer.)"""
     best = best_method(entries)
-    if best is None or entries[best]["trains_weights"]:
+    if best != BEST_OF_N:  # a trained method, none, or best-of-N on a trained policy (not what vs_best_of_n measures)
         return best
     close = [m for m, e in entries.items() if matches_best_of_n(e)]
     return min(close, key=lambda m: (entries[m]["toxicity"]["after"], list(entries).index(m))) if close else best

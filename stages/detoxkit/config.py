@@ -68,7 +68,7 @@ def check_split_sizes(params: "Params", n_train: int, n_test: int, where: str = 
                       keys: Optional[tuple[str, ...]] = None, world: int = 1):
     """Rules across data and the stages that consume it (the `check` stage: all of them; a stage: `keys`,
     the settings it reads). Fails in the first stage that knows the sizes. `world` data-parallel processes
-    each take ppo.batch_size train prompts a step."""
+    each take an online method's batch_size train prompts a step."""
     more = "lower data.test_size, widen data.min_chars/max_chars or add data"
     for split, key, need in split_needs(params):
         if keys is not None and key not in keys or need == "all":
@@ -226,10 +226,22 @@ def _check_lengths(built: dict):
     """Rules between lengths in different sections, before any stage runs."""
     data, gen, ev, ref = built["data"], built["generation"], built["evaluation"], built["reference"]
     for name, m in built["methods"].items():
-        if m.enabled and m.algorithm == "grpo" and m.reward_transform == "vbon" and ref.num_prompts == 0:
-            raise ParamsError(f"params.yaml: methods.{name}.reward_transform is vbon, which reads each prompt's reference "
-                              "samples, but reference.num_prompts is 0 (none drawn); set it (e.g. 256 or \"all\"), or "
-                              f"methods.{name}.reward_transform: none")
+        vbon = m.enabled and m.algorithm == "grpo" and m.reward_transform == "vbon"
+        if vbon and ref.num_prompts == 0:
+            raise ParamsError(f"params.yaml: methods.{name}.reward_transform is vbon, which reads each prompt's "
+                              "reference samples, but reference.num_prompts is 0 (none drawn); set it (e.g. 256 or "
+                              f"\"all\"), or methods.{name}.reward_transform: none")
+        if vbon and not gen.output_min_length <= ref.max_new_tokens < gen.output_max_length:
+            raise ParamsError(
+                f"params.yaml: methods.{name}.reward_transform is vbon, which ranks each rollout's reward among the "
+                f"reference samples' rewards, but reference.max_new_tokens ({ref.max_new_tokens}) is outside the "
+                f"rollouts' lengths [generation.output_min_length, output_max_length) = [{gen.output_min_length}, "
+                f"{gen.output_max_length}): responses of other lengths are not the same distribution; set "
+                "reference.max_new_tokens within it")
+        if m.enabled and m.algorithm == "dpo" and m.loss == "bonbon" and m.rounds > 1:
+            raise ParamsError(f"params.yaml: methods.{name}.loss is bonbon with rounds {m.rounds}: BoNBoN's target is "
+                              "the gap between the best and the worst of n samples of the starting policy, which later "
+                              f"rounds' samples are not; set methods.{name}.rounds: 1 or loss: sigmoid")
     for name, dpo in built["methods"].items():
         if dpo.algorithm != "dpo" or not dpo.enabled:
             continue

@@ -35,7 +35,7 @@ from .errors import PipelineError
 
 log = logging.getLogger("detox.dpo")
 
-# What TRL logs per step, under the names our curves use (metrics/dpo_train/plots/metrics/dpo/...).
+# What TRL logs per step, under the names our curves use (metrics/train/NAME/plots/metrics/dpo/...).
 CURVES = {"loss": "dpo/loss", "rewards/margins": "dpo/reward_margin", "rewards/accuracies": "dpo/reward_accuracy",
           "rewards/chosen": "dpo/reward_chosen", "rewards/rejected": "dpo/reward_rejected"}
 
@@ -112,6 +112,9 @@ class DPOEngine:
         self.tokenizer = tokenizer
         self.target = bonbon_target(n) if dpo.loss == "bonbon" else None
         beta = dpo.beta if self.target is None else 1 / (2 * self.target)  # IPO's tau: target = 1 / (2 beta)
+        if self.target is not None:
+            log.info("loss bonbon: target %.4g (n = %d), the log-ratio gap of best-of-n's best and worst samples",
+                     self.target, n)
         self.config = DPOConfig(
             output_dir=str(self.scratch), beta=beta, learning_rate=dpo.learning_rate,
             rpo_alpha=dpo.sft_weight or None,  # the likelihood term on the chosen response (TRL's RPO)

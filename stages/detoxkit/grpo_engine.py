@@ -191,5 +191,5 @@ class GRPOEngine:
                 own[name].copy_(value)
 
     def save(self, out_dir: Path, policy: PolicySettings, adapter: Optional[Path]):
-        """The adapter and how to rebuild the starting policy, in models/ppo's layout (no value head)."""
+        """The adapter and how to rebuild the starting policy, in the layout every trained method shares (no value head)."""
         save_detoxified(out_dir, self.model, None, policy, adapter)

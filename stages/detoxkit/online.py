@@ -45,7 +45,8 @@ class OnlineRun:
         self.adapter = adapter = start_adapter_path(params.policy, args.sft)
         check_lora_targets(check_policy_config(params.policy), self.settings.lora, f"{key}.lora")  # before weights
         self.dir = Path(args.checkpoints)
-        reference = args.reference if getattr(self.settings, "reads_reference", False) else None
+        reads = getattr(self.settings, "reads_reference", False)  # the samples, not summary.json's wall time
+        reference = str(Path(args.reference) / "samples.jsonl") if reads else None
         self.inputs = functools.cache(lambda: checkpoint_inputs(params, args.data, adapter, sections, method.name,
                                                                 reference))
         hold(self.dir, args.out, args.live)  # one trainer at a time in these folders; a second is refused, named

@@ -60,7 +60,7 @@ class TrainRecord:
 
 def settings_of(section) -> dict:
     """A method's settings for train.json: every field but the switches, with the LoRA rank; a non-finite number
-    (ppo.max_kl: .inf) as its text, so that the file stays strict JSON."""
+    (a PPO entry's max_kl: .inf) as its text, so that the file stays strict JSON."""
     skip = ("algorithm", "enabled", "checkpoint_every", "lora")
     out = {k: v for k, v in dataclasses.asdict(section).items() if k not in skip}
     out = {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}
