@@ -90,7 +90,8 @@ def main():
                   "evaluation.max_new_tokens": 16} if args.hackable else {}  # room for ", bless them."
         chosen = list(METHODS) if args.method == "all" else [args.method]
         methods = {k: v for m in chosen for k, v in METHODS[m].items()}
-        override_params(repo / "params.yaml", {**params, **RUN, **longer, **methods, "methods.ppo.max_steps": args.steps,
+        override_params(repo / "params.yaml", {**params, **RUN, **longer, **methods,
+                                               "methods.ppo.max_steps": args.steps,
                                                "methods.grpo.max_steps": args.steps, **extra})
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "bench",
                "GIT_AUTHOR_EMAIL": "bench@localhost", "GIT_COMMITTER_NAME": "bench",

@@ -8,8 +8,8 @@ answer (detoxkit.compare.answer_method: the lowest toxicity whose interval is be
 trained method that cannot be told from best-of-N when best-of-N is lowest; choose_published). Best-of-N has no
 weights: when it is the answer, the best trained method that qualifies is published and the card says why; when no
 trained method qualifies (none lowered toxicity, or none could be judged), nothing is published: the folder holds
-only a README.md that says why, and the log says so in one line. Otherwise copies that method's adapter folder and adds README.md in the Hub's
-model-card layout: YAML metadata (base_model, library_name: peft, tags), then what was trained, on what, with which
+only a README.md that says why, and the log says so in one line. Otherwise copies that method's adapter folder and
+adds README.md in the Hub's model-card layout: YAML metadata (base_model, library_name: peft, tags), then what was trained, on what, with which
 settings, and the headline metrics with their confidence intervals from the report stage. The folder can be pushed
 as it is (`huggingface-cli upload <user>/<name> models/detoxified`). Everything comes from the artifacts the card
 describes (the adapter's own files, its training stage's train.json, metrics/compare/<method>.json), so
@@ -113,8 +113,8 @@ def model_card(meta: dict, adapter: dict, summary: dict, train: dict, data_sourc
         (f"{method} ran {train.get('steps_done')} optimizer steps on {train.get('pairs')} preference pairs"
          if train.get("pairs") is not None else f"{method} ran {train.get('steps_done')} of {ran.get('max_steps', '?')} "
          "steps") +
-        (f", stopped early at step {train.get('early_stop_step')} (KL above methods.{key}.max_kl)" if train.get("early_stopped")
-         else "") + ".", "",
+        (f", stopped early at step {train.get('early_stop_step')} (KL above methods.{key}.max_kl)"
+         if train.get("early_stopped") else "") + ".", "",
         "| setting | value |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in ran.items()], "",
         "## Evaluation", "",

@@ -163,7 +163,8 @@ class DPOEngine:
 
         warnings.filterwarnings("ignore", message=".*`tokenizer` is deprecated", category=FutureWarning)  # TRL's
         try:
-            trainer = _trainer_class(self.target)(model=self.model, ref_model=None, args=self.config, train_dataset=rows,
+            trainer = _trainer_class(self.target)(model=self.model, ref_model=None, args=self.config,
+                                                  train_dataset=rows,
                                        tokenizer=tokenizer, callbacks=[Curves()])
         except ValueError as err:
             raise PipelineError(f"DPOTrainer refused the pairs: {str(err).splitlines()[0][:300]}") from None

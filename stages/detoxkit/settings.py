@@ -294,7 +294,7 @@ class DPOSettings:
     epochs: float
     max_steps: int  # -1: run the whole `epochs`; > 0 caps the number of optimizer steps
     batch_size: int  # pairs per optimizer step
-    max_length: int  # prompt + response tokens (TRL's max_length): at least max_prompt_length + reference.max_new_tokens
+    max_length: int  # prompt + response tokens (TRL's): at least max_prompt_length + reference.max_new_tokens
     max_prompt_length: int  # at least data.max_prompt_tokens, so TRL cuts no prompt
     logging_steps: int
     lora: LoraSettings  # a fresh adapter on the starting policy (its own, not PPO's)
