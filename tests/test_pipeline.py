@@ -880,7 +880,7 @@ def test_a_variant_is_one_params_entry_trained_evaluated_compared_and_reported(r
     new = ["bon@grpo_fast", "evaluate@grpo_fast", "publish", "report", "train@grpo_fast"]  # and nothing else
     assert changed_stages(repo) == new
     out = dvc("repro", cwd=repo).stdout
-    assert sorted(s for s in (*new, *STAGES) if f"Running stage '{s}'" in out) == new, out
+    assert sorted({s for s in (*new, *STAGES) if f"Running stage '{s}'" in out}) == new, out
     assert (repo / "dvc.yaml").read_text() == dvc_yaml  # no edit but params.yaml
     train = json.loads((repo / "metrics/train/grpo_fast/train.json").read_text())
     assert train["method"] == "grpo_fast" and train["algorithm"] == "grpo" and train["settings"]["learning_rate"] == 0.003
