@@ -9,11 +9,11 @@ trained method that cannot be told from best-of-N when best-of-N is lowest; choo
 weights: when it is the answer, the best trained method that qualifies is published and the card says why; when no
 trained method qualifies (none lowered toxicity, or none could be judged), nothing is published: the folder holds
 only a README.md that says why, and the log says so in one line. Otherwise copies that method's adapter folder and
-adds README.md in the Hub's model-card layout: YAML metadata (base_model, library_name: peft, tags), then what was trained, on what, with which
-settings, and the headline metrics with their confidence intervals from the report stage. The folder can be pushed
-as it is (`huggingface-cli upload <user>/<name> models/detoxified`). Everything comes from the artifacts the card
-describes (the adapter's own files, its training stage's train.json, metrics/compare/<method>.json), so
-the card cannot disagree with them.
+adds README.md in the Hub's model-card layout: YAML metadata (base_model, library_name: peft, tags), then what was
+trained, on what, with which settings, and the headline metrics with their confidence intervals from the report
+stage. The folder can be pushed as it is (`huggingface-cli upload <user>/<name> models/detoxified`). Everything comes
+from the artifacts the card describes (the adapter's own files, its training stage's train.json,
+metrics/compare/<method>.json), so the card cannot disagree with them.
 """
 import argparse
 import logging
