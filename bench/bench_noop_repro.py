@@ -25,7 +25,7 @@ from pathlib import Path
 from detoxkit.io import load_script, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = ["stages", "tools", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "requirements.txt"]
+PROJECT = ["stages", "tools", "dvc.yaml", "plots", "params.yaml", ".gitignore", ".dvcignore", "requirements.txt"]
 
 
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # stages' `python`

@@ -83,7 +83,7 @@ def main():
                                   hackable=args.hackable)
         repo = tmp / "repo"
         repo.mkdir()
-        for name in ("stages", "tools", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
+        for name in ("stages", "tools", "dvc.yaml", "plots", "params.yaml", ".gitignore", ".dvcignore"):
             (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, repo / name)
         extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
         longer = {"generation.output_min_length": 12, "generation.output_max_length": 16,

@@ -107,7 +107,7 @@ def main():
 
         if fresh:
             repo.mkdir(parents=True, exist_ok=True)
-            for name in ("stages", "tools", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
+            for name in ("stages", "tools", "dvc.yaml", "plots", "params.yaml", ".gitignore", ".dvcignore"):
                 (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, repo / name)
             for cache in repo.rglob("__pycache__"):
                 shutil.rmtree(cache)

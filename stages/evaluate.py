@@ -25,7 +25,8 @@ import time
 from detoxkit.config import check_split_sizes, load_params
 from detoxkit.data import load_prepared, take
 from detoxkit.eta import log_estimate
-from detoxkit.evaluation import Sampler, best_of_n, evaluate_policy, sample_columns, summarize
+from detoxkit.evaluation import Sampler, best_of_n, evaluate_policy, sample_columns
+from detoxkit.summary import summarize
 from detoxkit.generation import sampling_kwargs
 from detoxkit.io import is_placeholder, run_stage, write_csv, write_json
 from detoxkit.parallel import is_main, setup

@@ -12,7 +12,7 @@ is re-seeded from (seed, step, rank) every step, so a resumed run draws what an 
 Its adapter folder has PPO's layout (no value head), so evaluate, load_detoxified and publish serve it. An entry
 that is off writes placeholders. Under torchrun (compute.processes) each process takes its own
 prompts and the gradients are averaged. With reward_transform vbon the step's reward is log F(score), F the
-smoothed CDF of the prompt's reference rewards (detoxkit.preferences.vbon_reward), on the train prompts the
+smoothed CDF of the prompt's reference rewards (detoxkit.stats.vbon_reward), on the train prompts the
 reference stage sampled; the curves keep the raw score (env/reward_mean) beside it (vbon/reward_mean).
 """
 import logging
@@ -61,7 +61,7 @@ def train(engine, run: OnlineRun, train_split, references=None) -> list[dict]:
     from detoxkit.checkpoint import check_finite
     from detoxkit.schedule import batch_indices, rollout_length, seed_step
 
-    from detoxkit.preferences import vbon_reward
+    from detoxkit.stats import vbon_reward
 
     grpo, params, g = run.settings, run.params, run.settings.group_size
     rank, world, resume = engine.rank, engine.world, run.resume

@@ -23,9 +23,9 @@ from detoxkit import render, sections
 from detoxkit.compare import answer_method, best_method, headline, headline_start, method_entry, read_method
 from detoxkit.config import load_params
 from detoxkit.errors import PipelineError
-from detoxkit.evaluation import per_prompt
+from detoxkit.summary import per_prompt
 from detoxkit.io import atomic_dir, read_csv, run_stage, write_csv, write_json, write_text
-from detoxkit.methods import ALGORITHMS, BEST_OF_N, methods_of
+from detoxkit.methods import BEST_OF_N, methods_of
 
 log = logging.getLogger("detox.report")
 
@@ -52,7 +52,7 @@ def main():
         rows, train, timing = (read_method(method.name, Path(args.samples) / f"{method.name}.csv", live)
                                if method.enabled else ([], {}, {}))  # off: its files are placeholders, unread
         entry = method_entry(method, before, rows, params, train, timing, bon_rows or None,
-                             files.get(method.on.name) if method.on else None)
+                             *((files.get(method.on.name), samples.get(method.on.name)) if method.on else ()))
         files[method.name] = entry
         if entry["enabled"]:
             entries[method.name], samples[method.name] = entry, rows
@@ -87,7 +87,9 @@ def write_reports(out: Path, entries: dict, before: list[dict], samples: dict, h
     tox = {"start": np.array([float(r["toxicity"]) for r in before]),
            **{m: np.array([float(r["toxicity"]) for r in rows]) for m, rows in samples.items()}}
     label = next(iter(entries.values()))["setup"]["toxicity_label"]
+    frontier = render.frontier_points(entries)
     images = {"max_toxicity_per_prompt.png": render.max_toxicity_figure(worst_start, worst),
+              "frontier.png": render.frontier_figure(frontier, label),
               "training_curves.png": render.training_figure(histories),
               "toxicity_hist.png": render.histogram_figure({k if k == "start" else labels[k]: v
                                                             for k, v in tox.items()}, label)}
@@ -105,38 +107,7 @@ def write_reports(out: Path, entries: dict, before: list[dict], samples: dict, h
     write_csv(out / "per_prompt_max_toxicity.csv", per, ["prompt", *columns])
     series = {"start": before, **{labels[m]: rows for m, rows in samples.items()}}
     every = ["start", *(m.label for m in methods_of(params))]  # a method that is off keeps its place (its colour)
-    plot_files(out / "plots", every, series, {"start": worst_start, **worst}, histories)
-
-
-def plot_files(out: Path, every: list[str], series: dict[str, list[dict]], worst: dict, histories: dict):
-    """dvc.yaml's plots, long form: one row a point, its `method` (label) and `order` (its place in params.yaml, after
-    the start), so that any methods entry appears with no edit to dvc.yaml and keeps its colour in every plot, whichever
-    methods are on (every file names every method; one with no point here, or off, gets a row of NaN, which vega
-    draws nowhere)."""
-    order = {name: i for i, name in enumerate(every)}
-
-    def rows(points: dict[str, list[dict]]) -> list[dict]:
-        empty = {k: "NaN" for k in next((p[0] for p in points.values() if p), {})}
-        return [{**row, "method": name, "order": order[name]} for name in order
-                for row in (points.get(name) or [empty])]
-
-    edges = np.linspace(0, 1, render.HIST_BINS + 1)
-    write_csv(out / "toxicity_hist.csv", rows({name: [
-        {"toxicity": round(float(edges[i] + edges[i + 1]) / 2, 3), "samples": int(c)}
-        for i, c in enumerate(np.histogram([float(r["toxicity"]) for r in recs], edges)[0])]
-        for name, recs in series.items()}), ["toxicity", "samples", "method", "order"])
-    write_csv(out / "max_toxicity_per_prompt.csv", rows({name: [
-        {"prompt": i, "max_toxicity": float(v)} for i, v in enumerate(worst[name])] for name in series}),
-        ["prompt", "max_toxicity", "method", "order"])
-    write_csv(out / "toxicity_per_sample.csv", rows({name: [
-        {"index": int(r["index"]), "toxicity": float(r["toxicity"])} for r in recs] for name, recs in series.items()}),
-        ["index", "toxicity", "method", "order"])
-    for curve in sorted({c for a in ALGORITHMS for c in a.curves}):
-        points = {name: [{"step": s, "value": v} for s, v in zip(*h[curve])]
-                  for name, h in histories.items() if curve in h}
-        if not any(points.values()):
-            points = {next(iter(order)): [{"step": "NaN", "value": "NaN"}]}
-        write_csv(out / "curves" / f"{curve.replace('/', '_')}.csv", rows(points), ["step", "value", "method", "order"])
+    render.plot_files(out / "plots", every, series, {"start": worst_start, **worst}, histories, frontier)
 
 
 if __name__ == "__main__":

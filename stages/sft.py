@@ -19,25 +19,6 @@ log = logging.getLogger("detox.sft")
 SKIPPED_NOTE = "The sft stage was skipped: policy.adapter is not `sft`, so no adapter was trained.\n"
 
 
-def tokenize_for_sft(split, tokenizer, max_target_tokens: int, causal: bool):
-    """Training rows: the reference summary (truncated) is the target, the prompt its context.
-
-    seq2seq: prompt ids as encoder input, summary ids as labels. causal: prompt + summary + EOS as one
-    sequence, labels -100 over the prompt, so the loss covers the summary and EOS only (the collator
-    pads labels with -100 too).
-    """
-    def encode(batch):
-        if not causal:
-            labels = tokenizer(text_target=batch["summary"], truncation=True, max_length=max_target_tokens)
-            return {"labels": labels["input_ids"]}
-        targets = tokenizer(batch["summary"], add_special_tokens=False, truncation=True,
-                            max_length=max_target_tokens - 1)["input_ids"]
-        targets = [t + [tokenizer.eos_token_id] for t in targets]
-        return {"input_ids": [p + t for p, t in zip(batch["input_ids"], targets)],
-                "labels": [[-100] * len(p) + t for p, t in zip(batch["input_ids"], targets)]}
-    return split.map(encode, batched=True, remove_columns=[c for c in split.column_names if c != "input_ids"])
-
-
 def rouge_of(model, tokenizer, rows, device, sft, seed):
     from detoxkit.evaluation import Sampler, rouge
 
@@ -46,17 +27,23 @@ def rouge_of(model, tokenizer, rows, device, sft, seed):
     return {k: float(v.mean()) for k, v in rouge(texts, list(rows["summary"])).items()}
 
 
+def log_row(live, step: int, row: dict):
+    live.step = step
+    for name, value in row.items():
+        live.log_metric(name, value)
+
+
 def train(params, data_dir, out_dir, live_dir):
     import torch
     from dvclive import Live
-    from tqdm.auto import tqdm
-    from transformers import DataCollatorForSeq2Seq, PrinterCallback, ProgressCallback, Trainer, TrainingArguments
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from detoxkit.config import check_split_sizes
-    from detoxkit.data import load_prepared, take
+    from detoxkit.data import load_prepared, take, tokenize_for_sft
     from detoxkit.generation import is_causal
     from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy, save_adapter,
                                  trainable_parameters)
+    from detoxkit.trainer_log import attach_progress
 
     sft = params.sft
     check_lora_targets(check_policy_config(params.policy), sft.lora, "sft.lora")  # before any weights load
@@ -84,27 +71,12 @@ def train(params, data_dir, out_dir, live_dir):
     with atomic_dir(live_dir) as live_tmp, atomic_dir(out_dir) as out_tmp:
         live = Live(str(live_tmp), dvcyaml=False, save_dvc_exp=False)
 
-        class LossToLive(ProgressCallback):  # the progress bar (time left; stderr), the loss to DVCLive, no dicts
-            def on_train_begin(self, args, state, control, **kwargs):  # ProgressCallback's, named
-                self.current_step = 0
-                if state.is_world_process_zero:
-                    self.training_bar = tqdm(total=state.max_steps, desc="SFT", dynamic_ncols=True)
-
-            def on_step_end(self, args, state, control, **kwargs):
-                super().on_step_end(args, state, control, **kwargs)
-                if state.global_step >= state.max_steps:  # always log the last step's loss, whatever
-                    control.should_log = True             # logging_steps is (a short run has no other)
-
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                if logs and "loss" in logs:
-                    live.step = state.global_step
-                    live.log_metric("train/loss", logs["loss"])
-
         train_rows = tokenize_for_sft(data["train"], tokenizer, sft.max_target_tokens, is_causal(model))
         # transformers' seq2seq collator pads inputs (on the tokenizer's side: right) and labels (with -100)
         trainer = Trainer(model=model, args=args, train_dataset=train_rows,
-                          data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), callbacks=[LossToLive()])
-        trainer.remove_callback(PrinterCallback)  # disable_tqdm's print(logs) of every logged step
+                          data_collator=DataCollatorForSeq2Seq(tokenizer, model=model))
+        attach_progress(trainer, "SFT", {"loss": "train/loss"}, lambda step, row: log_row(live, step, row),
+                        needs="loss")  # the loss curve to DVCLive, a bar with the time left, no printed dicts
         result = trainer.train()
         live.end()
         shutil.rmtree(work, ignore_errors=True)

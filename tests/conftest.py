@@ -34,7 +34,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest-xdist: share the cores
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-PROJECT_FILES = ["stages", "tools", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "requirements.txt"]
+PROJECT_FILES = ["stages", "tools", "dvc.yaml", "plots", "params.yaml", ".gitignore", ".dvcignore", "requirements.txt"]
 
 
 # The order pytest-xdist hands files to workers (--dist loadfile --no-loadscope-reorder): the four longest

@@ -78,8 +78,8 @@ def test_no_prompt_token_reaches_the_response_the_score_or_the_ppo_tensors(tiny,
 
     # a fresh adapter is the identity: KL 0 against the adapter-disabled reference
     resp = [r.tolist() for r in responses]
-    kl, _ = reference_stats(engine.policy, tok, list(ids), resp, 2, "cpu")
-    assert kl == pytest.approx([0, 0], abs=1e-6)
+    kl, _, summed = reference_stats(engine.policy, tok, list(ids), resp, 2, "cpu")
+    assert kl == pytest.approx([0, 0], abs=1e-6) and summed == pytest.approx([0, 0], abs=1e-5)
     stats = engine.step(queries, responses, scorer.score(list(texts), decoded)[0])
     assert stats["tokens/responses_len_mean"] == pytest.approx(sum(map(len, responses)) / 2)  # TRL's own count
 
@@ -92,7 +92,7 @@ def test_no_prompt_token_reaches_the_response_the_score_or_the_ppo_tensors(tiny,
         want = torch.log_softmax(logits[len(q) - 1:-1], -1).gather(-1, torch.tensor(r)[:, None]).squeeze(-1)
         assert lp.shape == (len(r),) and torch.allclose(lp, want, atol=1e-4)
     # perplexity under the starting policy (the adapter off), from the same log-probs
-    _, perplexity = reference_stats(engine.policy, tok, list(ids), resp, 2, "cpu")
+    _, perplexity, _ = reference_stats(engine.policy, tok, list(ids), resp, 2, "cpu")
     with engine.policy.disable_adapter():
         ref = response_logprobs(engine.policy, tok, list(ids), resp, 2, "cpu")
     assert perplexity == pytest.approx([float(torch.exp(-r.mean())) for r in ref], rel=1e-5)

@@ -74,3 +74,27 @@ def test_on_policy_dpo_rounds_sample_new_pairs_from_the_trained_policy(workdir, 
     assert train["steps_done"] == 4 and train["rollouts"] == 16 * 2 * 2  # two rounds of 2 max_steps; 16 x n, twice
     steps = [int(r.split()[0]) for r in (d / "live/plots/metrics/dpo/loss.tsv").read_text().splitlines()[1:]]
     assert steps == [1, 2, 3, 4]
+
+
+def test_dpo_rounds_stop_early_when_the_policy_gives_too_few_pairs(workdir, tmp_path):
+    """A round whose samples barely differ in reward gives fewer than min_pairs pairs: training stops after the round
+    before, says so in one line, and records the rounds it did (its samples still count in the cost). The reward here
+    is a Python scorer that ranks the reference samples by length and, once `flat` exists, gives every text the same
+    score (as a policy whose samples all score alike would)."""
+    d = shutil.copytree(workdir, tmp_path / "w")
+    (d / "scorer.py").write_text(
+        "from pathlib import Path\n\n\ndef score(texts):\n"
+        "    if Path('flat').exists():\n        return [0.5] * len(texts)\n"
+        "    return [0.05 + 0.9 * (len(t) % 7) / 6 for t in texts]\n")
+    set_params(d, {"methods.dpo.rounds": 3, "methods.dpo.min_pairs": 4, "reference.n": 2,
+                   "reference.num_prompts": 16, "reward.model": "python:scorer.py:score"})
+    run_script(d, "reference.py", "--data", "data/prepared", "--sft", "models/sft", "--out", "data/reference")
+    (d / "flat").write_text("")
+    proc = run_script(d, "dpo.py", "--method", "dpo", "--reference", "data/reference", "--data", "data/prepared",
+                      "--sft", "models/sft", "--out", "out", "--live", "live", "--checkpoints", "c")
+    train = json.loads((d / "live/train.json").read_text())
+    assert "round 2: 0 pairs (fewer than methods.dpo.min_pairs 4)" in proc.stderr
+    assert "stopping after round 1" in proc.stderr
+    assert train["rounds_done"] == 1 and train["steps_done"] == 2
+    assert train["rollouts"] == 16 * 2 * 2  # the reference samples and the second round's, which gave no pair
+    assert (d / "out/adapter_model.safetensors").is_file()  # round 1's adapter, saved

@@ -8,6 +8,7 @@ pipeline run; a tiny run's plots are checked in tests/test_pipeline.py). The dra
 without it)."""
 import hashlib
 import json
+import os
 import random
 import re
 import shutil
@@ -71,12 +72,13 @@ def write_headline(repo: Path, seed: int):
 
 
 def plot_sources(spec: dict) -> dict[str, tuple[str, set]]:
-    """{file: (x, its y columns)} of dvc.yaml's top-level plots."""
+    """{file (from the repository's root): (x, its y columns)} of plots/dvc.yaml's plots (paths from plots/)."""
     files: dict[str, tuple[str, set]] = {}
     for entry in spec["plots"]:
         (plot_id, props), = entry.items()
         ys = props.get("y") or {plot_id: Path(plot_id).stem}  # a file's own plot: its value column
         for path, fields in ys.items():
+            path = os.path.normpath(Path("plots") / path)
             files.setdefault(path, (props["x"], set()))[1].update([fields] if isinstance(fields, str) else fields)
     return files
 
@@ -122,7 +124,7 @@ def views(tmp_path_factory):
     repo = make_repo(tmp_path_factory.mktemp("views") / "repo", {})  # with .dvc/plots and its config, as here
     assert dvc("config", "plots.html_template", cwd=repo).stdout == dvc("config", "plots.html_template", cwd=ROOT).stdout
     spec = yaml.safe_load((repo / "dvc.yaml").read_text())
-    write_plot_data(repo, spec)
+    write_plot_data(repo, yaml.safe_load((repo / "plots/dvc.yaml").read_text()))
     write_headline(repo, seed=1)
     record_run(repo, spec)
     sh("git", "add", "-A", cwd=repo)

@@ -218,7 +218,7 @@ def test_the_answer_and_the_published_method_follow_the_comparison_files():
 
 # --- variational best-of-N: the reward log F(r), F the smoothed CDF of the prompt's reference rewards -------------
 def test_vbon_reward_is_the_log_of_the_smoothed_cdf_computed_by_hand():
-    from detoxkit.preferences import vbon_reward
+    from detoxkit.stats import vbon_reward
 
     refs = [0.1, 0.5, 0.5, 0.9]  # M = 4: F(r) = (#below + #equal / 2 + 1/2) / 5
     got = vbon_reward([0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 2.0], refs)
@@ -230,7 +230,7 @@ def test_vbon_reward_is_the_log_of_the_smoothed_cdf_computed_by_hand():
 def test_vbon_reward_is_monotone_and_a_flat_reference_gives_no_signal():
     import numpy as np
 
-    from detoxkit.preferences import vbon_reward
+    from detoxkit.stats import vbon_reward
 
     rng = np.random.default_rng(0)
     refs, r = rng.normal(size=16), np.sort(rng.normal(size=200) * 2)

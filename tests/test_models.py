@@ -258,7 +258,8 @@ def test_k_samples_per_prompt_and_k_1_draws_what_one_pass_does(tiny):
     import datasets
 
     from detoxkit.settings import EvaluationSettings
-    from detoxkit.evaluation import Sampler, evaluate_policy, summarize
+    from detoxkit.evaluation import Sampler, evaluate_policy
+    from detoxkit.summary import summarize
     from detoxkit.scoring import build_scorer
 
     model, tok, _ = load_policy(policy(tiny["dir"] / "policy"), CPU, None)

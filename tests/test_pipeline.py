@@ -64,6 +64,20 @@ def test_every_output_exists_with_finite_numbers(ran):
     with (ran / "data/samples/best_of_n.csv").open(newline="") as fh:
         kept = list(csv.DictReader(fh))
     assert len(kept) == 16 and all(r["kl"] == "" and finite(float(r["judge_judge"])) for r in kept)
+    # the reward-KL frontier: KL to the start in nats per response, alike for every method (best-of-N over the start:
+    # its kept responses' log-ratio is 0, its estimate within the analytic bound), a point each in the report's figure
+    assert all(float(r["kl_response"]) == 0.0 for r in kept)
+    kl = {m: f["kl_to_start"] for m, f in files.items()}
+    assert kl["best_of_n"]["bound"] == pytest.approx(bon["kl_bound"])
+    assert 0 <= kl["best_of_n"]["nats"] <= bon["kl_bound"]
+    assert all(kl[m]["bound"] is None and finite(kl[m]["nats"]) for m in ("ppo", "dpo", "grpo"))
+    with (ran / "reports/plots/frontier.csv").open(newline="") as fh:
+        points = {r["method"]: (float(r["kl"]), float(r["toxicity"])) for r in csv.DictReader(fh)}
+    assert points["start"] == (0.0, pytest.approx(summary["toxicity"]["before"]))
+    assert points["GRPO"] == (pytest.approx(max(kl["grpo"]["nats"], 0.0)),
+                              pytest.approx(files["grpo"]["toxicity"]["after"]))
+    assert (ran / "reports/frontier.png").stat().st_size > 1000
+    assert "## Toxicity against KL to the start" in (ran / "reports/report.md").read_text()
     for n in (1, 2, 3):  # diversity among each prompt's k samples, with a paired CI (and over all responses, without)
         s = summary[f"distinct_{n}_per_prompt"]
         assert s["better"] == "higher" and s["diff_ci_low"] <= s["diff"] + 1e-9 <= s["diff_ci_high"] + 2e-9

@@ -5,6 +5,7 @@ table of +0.000 rows, a KL estimate below 0 shown as about 0, a model-card snipp
 the flat headline files. The report and publish stages run here on samples files the tests write by hand."""
 import base64
 import json
+import math
 import shutil
 import struct
 import subprocess
@@ -24,7 +25,8 @@ def rows(toxicity, judge, kl=0.01, reward=None):
     """One sample per prompt, as the evaluation writes them (no references: ROUGE n/a)."""
     return [{"index": i, "sample": 0, "prompt": f"prompt {i}", "reference": "", "response": f"answer number {i} here",
              "toxicity": t, "reward": -t if reward is None else reward[i], "rouge1": "", "rouge2": "", "rougeL": "",
-             "length": 6, "kl": kl, "perplexity": 3.0, "judge_j": judge[i]} for i, t in enumerate(toxicity)]
+             "length": 6, "kl": kl, "kl_response": 6 * kl, "perplexity": 3.0, "judge_j": judge[i]}
+            for i, t in enumerate(toxicity)]
 
 
 LOWER = [t / 2 for t in START]  # a 50% fall
@@ -322,6 +324,33 @@ def test_a_kl_estimate_below_zero_reads_as_about_zero(three):
     assert "| ≈0 (estimate -0.0004; sampled estimates can dip below 0) |" in kl_row and "| -0.0004 |" not in kl_row
 
 
+def test_kl_to_start_is_one_measure_for_every_method_best_of_n_by_hand():
+    """Nats per response, every method alike: a trained policy's mean log-ratio; best-of-4 over the start, log 4 +
+    3 E[log F(r)] with F the smoothed CDF among the start's own samples at the prompt, within the analytic bound;
+    best-of-4 over a trained policy adds the kept responses' log-ratio to the start."""
+    from detoxkit.compare import kl_to_start
+
+    def sample(index, reward, kl=0.0):
+        return {"index": index, "reward": reward, "kl_response": kl}
+
+    trained = [sample(0, 1.0, 0.1), sample(0, 2.0, 0.3), sample(1, 0.0, 0.2), sample(1, 1.0, 0.4)]
+    assert kl_to_start(trained, trained, None) == {"nats": pytest.approx(0.25), "bound": None,
+                                                   "how": "mean log-ratio to the start of the policy's own samples"}
+    start = [sample(0, r) for r in (0.0, 1.0, 2.0, 3.0)] + [sample(1, 5.0)] * 4  # prompt 1: no spread
+    kept = [sample(0, 2.5), sample(0, 10.0), sample(1, 7.0)]  # F = 3.5/5, 4.5/5; no spread: 1/2
+    by_hand = math.log(4) + 3 * (math.log(0.7) + math.log(0.9) + math.log(0.5)) / 3  # 0.2311
+    bound = math.log(4) - 3 / 4
+    got = kl_to_start(kept, start, 4)
+    assert got["nats"] == pytest.approx(by_hand) and got["bound"] == pytest.approx(bound) and by_hand < bound
+    over_trained = kl_to_start([{**r, "kl_response": 0.2} for r in kept], start, 4)
+    assert over_trained["nats"] == pytest.approx(by_hand + 0.2) and over_trained["bound"] == pytest.approx(bound + 0.2)
+    on_top = kl_to_start([sample(0, 9.0), sample(0, 8.0)], start, 4)  # log 4 + 3 log 0.9 = 1.07: above the bound
+    assert on_top["nats"] == pytest.approx(bound)
+    below = kl_to_start([sample(0, -1.0)], start, 4)  # log 4 + 3 log 0.1 < 0: a KL is never below 0
+    assert below["nats"] == 0.0
+    assert kl_to_start([{**kept[0], "kl_response": ""}], start, 4) is None  # samples of an older run: no log-ratios
+
+
 def test_headline_files_are_flat_numbers_with_short_keys(three, tmp_path, monkeypatch):
     work, _, _, entries = three
     files = {p.stem: json.loads(p.read_text()) for p in (work / "headline").iterdir()}
@@ -329,9 +358,9 @@ def test_headline_files_are_flat_numbers_with_short_keys(three, tmp_path, monkey
     tox = entries["ppo"]["toxicity"]
     assert files["ppo"] == {"toxicity": round(tox["after"], 4), "delta": round(tox["diff"], 4),
                             "lo": round(tox["diff_ci_low"], 4), "hi": round(tox["diff_ci_high"], 4), "judge": 0.0,
-                            "ppl": 3.0, "kl": 0.01}
+                            "ppl": 3.0, "kl": 0.06}  # KL to the start per response (6 tokens of 0.01)
     assert files["ppo"]["toxicity"] == 0.25 and files["ppo"]["delta"] == -0.25
-    assert files["grpo"]["kl"] == -0.0004 and files["dpo"]["delta"] == 0.105
+    assert files["grpo"]["kl"] == -0.0024 and files["dpo"]["delta"] == 0.105
     assert files["start"] == {"toxicity": 0.5, "judge": 0.0278, "ppl": 3.0}
     assert all(isinstance(v, (int, float)) for name, f in files.items() if name != "best_of_n" for v in f.values())
     assert max(len(k) for f in files.values() for k in f) <= 8  # `dvc metrics show` columns stay narrow

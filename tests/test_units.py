@@ -322,7 +322,7 @@ def test_guards_flag_exactly_the_crossed_limits():
 
 
 def test_distinct_n_counts_unique_word_ngrams_over_all_responses():
-    from detoxkit.evaluation import distinct_n, summarize
+    from detoxkit.summary import distinct_n, summarize
 
     texts = ["they are kind", "they are kind", "they are nice people"]
     assert distinct_n(texts, 1) == 5 / 10  # they, are, kind, nice, people of 10 words

@@ -109,8 +109,10 @@ def compare(dvc_yaml: Path = ROOT / "dvc.yaml", root: Path = ROOT) -> dict[str, 
 
 
 def write(dvc_yaml: Path = ROOT / "dvc.yaml", root: Path = ROOT) -> list[str]:
-    """Rewrite every stage's `deps: [...]` in dvc.yaml (a flow list, as this repository writes them): the deps that
-    are not code, in their order, then the script and its import closure. Returns the stages rewritten."""
+    """Rewrite every stage's `deps: [...]` in dvc.yaml (a flow list, as this repository writes them, with its YAML
+    anchor if it has one): the deps that are not code, in their order, then the script and its import closure. A
+    stage whose deps are an alias of another's (`deps: *name`, the same script on the same inputs) is left as it is.
+    Returns the stages rewritten."""
     text = dvc_yaml.read_text(encoding="utf-8")
     changed = []
     for name, stage in yaml.safe_load(text)["stages"].items():
@@ -119,12 +121,15 @@ def write(dvc_yaml: Path = ROOT / "dvc.yaml", root: Path = ROOT) -> list[str]:
         deps += code_of(script_of(body["cmd"]), root)
         head = re.search(rf"^  {re.escape(name)}:.*$", text, re.M)
         end = re.compile(r"^  \S", re.M).search(text, head.end())  # the next stage, or the next top-level key
-        found = re.compile(r"^( +)deps: \[[^\]]*\]", re.M).search(text, head.end(), end.start() if end else len(text))
+        stop = end.start() if end else len(text)
+        if re.compile(r"^ +deps: \*\S+", re.M).search(text, head.end(), stop):
+            continue  # an alias of another stage's list (`deps: *name`): written there; compare() checks it here too
+        found = re.compile(r"^( +)deps: (&\S+ )?\[[^\]]*\]", re.M).search(text, head.end(), stop)
         if found is None:
             raise SystemExit(f"dvc.yaml: stage {name} has no `deps: [...]` flow list to rewrite; write one by hand")
-        indent = found.group(1)
+        indent, anchor = found.group(1), found.group(2) or ""
         quoted = [f'"{d}"' if "$" in d else d for d in deps]  # ${item} in a flow list: quoted
-        lines = textwrap.wrap(", ".join(quoted), 118, initial_indent=f"{indent}deps: [",
+        lines = textwrap.wrap(", ".join(quoted), 118, initial_indent=f"{indent}deps: {anchor}[",
                               subsequent_indent=" " * (len(indent) + 7), break_on_hyphens=False)
         new = "\n".join(lines) + "]"
         if found.group(0) != new:

@@ -1,6 +1,6 @@
 """Write .dvc/plots/: index.html, DVC's plots page with vega, vega-lite and vega-embed inline, so `dvc plots show`
 works offline (DVC's own page loads them from a CDN; .dvc/config names ours: plots.html_template), and the vega-lite
-templates dvc.yaml's plots name (`template: methods`): one colour per method in every plot.
+templates plots/dvc.yaml's plots name (`template: methods`): one colour per method in every plot.
 
     python tools/plots_template.py            # npm pack the versions DVC's page loads, write the page and templates
     python tools/plots_template.py --templates-only    # the templates alone (no npm)

@@ -8,15 +8,17 @@ import math
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from .settings import PYTHON_SCORER, scorer_display_name
 from .errors import PipelineError
-from .evaluation import JUDGE, judge_names, per_prompt, summarize
+from .summary import JUDGE, judge_names, per_prompt, present, summarize
 from .methods import BEST_OF_N, Method
 from .render import HEADLINE
 from .stats import (DOWN, NA, NO_CHANGE, NO_WIDTH, TOO_FEW, UP, change, crossed_guards, detectable_fall, guards,
-                    paired_bootstrap)
+                    paired_bootstrap, vbon_reward)
 
-# summary key -> per-prompt series (evaluation.per_prompt): each compared with the start with a paired CI
+# summary key -> per-prompt series (summary.per_prompt): each compared with the start with a paired CI
 METRICS = {"toxicity": "toxicity", "expected_max_toxicity": "max_toxicity", "toxicity_probability": "toxic_any",
            "reward": "reward", "rouge1": "rouge1", "rouge2": "rouge2", "rougeL": "rougeL", "length": "length",
            "perplexity": "perplexity", "kl": "kl", **{f"distinct_{n}_per_prompt": f"distinct_{n}_per_prompt"
@@ -53,7 +55,7 @@ def paired_entry(key: str, before, after, rp) -> dict:
 
 
 def compare(b: dict, a: dict, judges: list[str], rp) -> tuple[dict, dict]:
-    """Every metric both sides have (evaluation.per_prompt series), as a paired_entry; and {judge: {metric:
+    """Every metric both sides have (summary.per_prompt series), as a paired_entry; and {judge: {metric:
     paired_entry}}."""
     metrics = {key: paired_entry(key, b[col], a[col], rp) for key, col in METRICS.items() if col in b and col in a}
     return metrics, {name: {key: paired_entry(key, b[f"{JUDGE}{name}{suffix}"], a[f"{JUDGE}{name}{suffix}"], rp)
@@ -172,12 +174,12 @@ def setup(params, m_before: dict) -> dict:
 
 def method_entry(method: Method, before: list[dict], rows: list[dict], params, training: Optional[dict] = None,
                  timing: Optional[dict] = None, best_of_n: Optional[list[dict]] = None,
-                 base: Optional[dict] = None) -> dict:
+                 base: Optional[dict] = None, base_rows: Optional[list[dict]] = None) -> dict:
     """`method`'s comparison file: who it is (name, label, algorithm, whether it trains weights), the shared setup,
     its metrics against the start (each with a paired CI), the judges and their power, the guards, its outcome, its KL
     and its cost, and (a trained method, with best-of-N's samples `best_of_n`) its paired difference to best-of-N.
-    Best-of-N on a trained policy (NAME+bon) takes that policy's comparison file `base`: its KL to the start (and the
-    KL guard) is the trained policy's, plus best-of-N's bound.
+    Best-of-N on a trained policy (NAME+bon) takes that policy's comparison file `base` and samples `base_rows`: its KL
+    guard is the trained policy's, and its KL to the start (kl_to_start) adds best-of-N's over that policy.
     `rows` empty (its stages off) gives the first four keys and "enabled": false."""
     who = {"method": method.name, "label": method.label, "algorithm": method.algorithm.name,
            "trains_weights": method.trains_weights}
@@ -202,9 +204,36 @@ def method_entry(method: Method, before: list[dict], rows: list[dict], params, t
                    "wall_s": timing.get("wall_s", None if trains else 0.0),
                    "peak_memory_mb": timing.get("peak_memory_mb")}
     out["training"] = {k: training.get(k) for k in TRAINING}  # None: not this method's (best-of-N trains nothing)
+    out["kl_to_start"] = kl_to_start(rows, before if base_rows is None else base_rows, None if trains else n)
     out["outcome"] = outcome(out)
     out["vs_best_of_n"] = versus_best_of_n(best_of_n, rows, params) if trains and best_of_n else None
     return out
+
+
+def kl_to_start(rows: list[dict], policy_rows: list[dict], n: Optional[int]) -> Optional[dict]:
+    """KL from the starting policy, in nats per response, measured the same way for every method (the reward-KL
+    frontier's x axis). A trained policy (`n` None): the mean over its evaluated samples of log p(y) / p_start(y)
+    summed over the response's tokens (their `kl_response`). Best-of-n over a policy P (the start, or a trained
+    one), whose samples are `policy_rows`: KL(bon || start) = KL(bon || P) + E_bon[log P / p_start]. The second part
+    is the mean `kl_response` of the kept responses (0 for the start); the first is estimated with the variational
+    best-of-N identity KL(bon || P) = log n + (n - 1) E_bon[log F(r)], F the CDF of P's reward at the prompt,
+    estimated from P's own samples there (stats.vbon_reward's smoothed CDF), held within [0, log n - (n - 1) / n]:
+    the analytic bound (Beirami et al. 2024; equal for continuous rewards), reported as `bound` with the same second
+    part added. None when the samples carry no log-ratios (an older run)."""
+    if not rows or not present(rows, "kl_response"):
+        return None
+    own = float(np.mean([float(r["kl_response"]) for r in rows]))
+    if n is None:
+        return {"nats": own, "bound": None, "how": "mean log-ratio to the start of the policy's own samples"}
+    peers: dict[int, list[float]] = {}
+    for r in policy_rows:
+        peers.setdefault(int(r["index"]), []).append(float(r["reward"]))
+    log_f = [float(vbon_reward([float(r["reward"])], peers[int(r["index"])])[0]) for r in rows]
+    bound = math.log(n) - (n - 1) / n
+    over = min(max(math.log(n) + (n - 1) * float(np.mean(log_f)), 0.0), bound)
+    return {"nats": over + own, "bound": bound + own,
+            "how": f"best-of-{n}: log n + (n-1) E[log F(r)] over its policy's own samples, plus the kept responses' "
+                   "log-ratio to the start"}
 
 
 def versus_best_of_n(bon: list[dict], rows: list[dict], params) -> dict:
@@ -371,14 +400,15 @@ def _r4(v):
 
 def headline(entry: dict) -> dict:
     """metrics/headline/<method>.json: flat, numeric, short keys, so `dvc metrics show` fits a terminal. toxicity
-    after, its difference to the start with the CI, the first judge's difference, perplexity and KL after; every
-    value null for a method that is off."""
+    after, its difference to the start with the CI, the first judge's difference, perplexity and KL to the start (nats
+    per response: kl_to_start); every value null for a method that is off."""
     if not entry.get("enabled"):
         return dict.fromkeys(HEADLINE_KEYS)
     t, judge = entry["toxicity"], next(iter(entry["judges"].values()), None)
     return {"toxicity": _r4(t["after"]), "delta": _r4(t["diff"]), "lo": _r4(t["diff_ci_low"]),
             "hi": _r4(t["diff_ci_high"]), "judge": _r4(judge["toxicity"]["diff"]) if judge else None,
-            "ppl": _r4(entry["after"]["perplexity_mean"]), "kl": _r4(entry["kl_mean"])}
+            "ppl": _r4(entry["after"]["perplexity_mean"]),
+            "kl": _r4((entry.get("kl_to_start") or {}).get("nats"))}  # per response, every method alike
 
 
 def headline_start(entry: dict) -> dict:

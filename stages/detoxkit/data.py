@@ -349,3 +349,22 @@ def take(split, num_samples, what: str):
             f'lower it, use "all", or raise data.test_size'
         )
     return split.select(range(num_samples))
+
+
+def tokenize_for_sft(split, tokenizer, max_target_tokens: int, causal: bool):
+    """Training rows: the reference summary (truncated) is the target, the prompt its context.
+
+    seq2seq: prompt ids as encoder input, summary ids as labels. causal: prompt + summary + EOS as one
+    sequence, labels -100 over the prompt, so the loss covers the summary and EOS only (the collator
+    pads labels with -100 too).
+    """
+    def encode(batch):
+        if not causal:
+            labels = tokenizer(text_target=batch["summary"], truncation=True, max_length=max_target_tokens)
+            return {"labels": labels["input_ids"]}
+        targets = tokenizer(batch["summary"], add_special_tokens=False, truncation=True,
+                            max_length=max_target_tokens - 1)["input_ids"]
+        targets = [t + [tokenizer.eos_token_id] for t in targets]
+        return {"input_ids": [p + t for p, t in zip(batch["input_ids"], targets)],
+                "labels": [[-100] * len(p) + t for p, t in zip(batch["input_ids"], targets)]}
+    return split.map(encode, batched=True, remove_columns=[c for c in split.column_names if c != "input_ids"])

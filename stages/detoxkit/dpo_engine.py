@@ -32,6 +32,7 @@ from typing import Callable
 
 from .settings import DPOSettings
 from .errors import PipelineError
+from .trainer_log import attach_progress
 
 log = logging.getLogger("detox.dpo")
 
@@ -123,7 +124,7 @@ class DPOEngine:
             max_completion_length=dpo.max_length - dpo.max_prompt_length, logging_steps=dpo.logging_steps,
             save_strategy="no", report_to="none", seed=seed, bf16=peft_model.dtype == torch.bfloat16,
             use_cpu=device.type == "cpu", remove_unused_columns=False,
-            disable_tqdm=True,  # Trainer's bar would print every logged step's dict; Curves shows a bar instead
+            disable_tqdm=True,  # Trainer's bar would print every logged step's dict; attach_progress's bar
             gradient_accumulation_steps=1,
             # data-parallel (torchrun): the reference pass (adapter disabled) and the policy pass both go through
             # DDP's forward; broadcasting the (constant) buffers in the second would modify, in place, a tensor
@@ -134,8 +135,6 @@ class DPOEngine:
         """Train on `pairs` (prompt_ids, chosen, rejected); `on_log(step, {curve: value})` per logged step.
         Returns the steps done, the final loss and how many prompts TRL tokenized exactly as prepare did."""
         import datasets
-        from tqdm.auto import tqdm
-        from transformers import PrinterCallback, ProgressCallback
 
         ids = [p["prompt_ids"] for p in pairs]
         tokenizer = trainer_tokenizer(self.tokenizer, ids, self.causal)
@@ -143,32 +142,14 @@ class DPOEngine:
                                            "chosen": [p["chosen"] for p in pairs],
                                            "rejected": [p["rejected"] for p in pairs]})
 
-        class Curves(ProgressCallback):
-            """Trainer's progress bar (steps, rate, time left; stderr), named, with each logged step's values
-            sent to on_log (DVCLive) instead of printed as a dict under the bar."""
-            def on_train_begin(self, args, state, control, **kwargs):  # ProgressCallback's, named
-                self.current_step = 0
-                if state.is_world_process_zero:
-                    self.training_bar = tqdm(total=state.max_steps, desc="DPO", dynamic_ncols=True)
-
-            def on_step_end(self, args, state, control, **kwargs):
-                super().on_step_end(args, state, control, **kwargs)
-                if state.global_step >= state.max_steps:  # the last step is always logged
-                    control.should_log = True
-
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                curves = {name: float(logs[key]) for key, name in CURVES.items() if key in (logs or {})}
-                if "dpo/loss" in curves:
-                    on_log(state.global_step, curves)
-
         warnings.filterwarnings("ignore", message=".*`tokenizer` is deprecated", category=FutureWarning)  # TRL's
         try:
             trainer = _trainer_class(self.target)(model=self.model, ref_model=None, args=self.config,
                                                   train_dataset=rows,
-                                       tokenizer=tokenizer, callbacks=[Curves()])
+                                                  tokenizer=tokenizer)
         except ValueError as err:
             raise PipelineError(f"DPOTrainer refused the pairs: {str(err).splitlines()[0][:300]}") from None
-        trainer.remove_callback(PrinterCallback)  # disable_tqdm's print(logs) of every logged step
+        attach_progress(trainer, "DPO", CURVES, on_log, needs="loss")  # DVCLive rows, not printed dicts
         exact = self._same_prompts(trainer.train_dataset, ids)
         result = trainer.train()
         self.model.eval()

@@ -12,11 +12,12 @@ import torch
 
 from .generation import decode, generate, response_length, response_logprobs, static_shape, stop_ids
 from .parallel import map_batches
+from .summary import JUDGE
 
 log = logging.getLogger("detox.eval")
 
 SAMPLE_COLUMNS = ["index", "sample", "prompt", "reference", "response", "toxicity", "reward",
-                  "rouge1", "rouge2", "rougeL", "length", "kl", "perplexity"]
+                  "rouge1", "rouge2", "rougeL", "length", "kl", "kl_response", "perplexity"]
 
 
 def rouge(predictions: list[str], references: list[str]) -> dict[str, np.ndarray]:
@@ -72,8 +73,10 @@ class Sampler:
         return self.map(rows, max_new_tokens, desc, each, per_prompt)
 
 
-def reference_stats(model, tokenizer, queries, responses, batch_size, device) -> tuple[np.ndarray, np.ndarray]:
-    """Per sample: (mean per-token log-ratio log p_policy - log p_reference, perplexity under the reference).
+def reference_stats(model, tokenizer, queries, responses, batch_size, device) -> tuple[np.ndarray, ...]:
+    """Per sample: (mean per-token log-ratio log p_policy - log p_reference, perplexity under the reference, and the
+    log-ratio summed over the response's tokens: log p_policy(y) / p_reference(y), whose mean over the policy's own
+    samples estimates KL(policy || reference) per response, the unit best-of-N's KL is known in).
 
     The reference is the starting policy: the same model with its PPO adapter disabled, or the model
     itself when it has no adapter (then the log-ratio is 0). The log-ratio's expectation is
@@ -89,13 +92,7 @@ def reference_stats(model, tokenizer, queries, responses, batch_size, device) ->
         policy_lp = ref_lp
     kl = np.array([float((p - r).mean()) if len(p) else 0.0 for p, r in zip(policy_lp, ref_lp)])
     perplexity = np.array([float(torch.exp(-r.mean())) if len(r) else 1.0 for r in ref_lp])
-    return kl, perplexity
-
-
-def distinct_n(texts: list[str], n: int) -> float:
-    """Unique n-grams / all n-grams of whitespace words, over all responses together (distinct-n)."""
-    grams = [tuple(words[i:i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
+    return kl, perplexity, np.array([float((p - r).sum()) for p, r in zip(policy_lp, ref_lp)])
 
 
 def expand(rows, k: int):
@@ -149,15 +146,16 @@ def best_of_n(sampler: Sampler, scorer, rows, ev, n: int, judges=()) -> list[dic
 def sample_records(sampler: Sampler, scorer, judges, rows, order, k, ids, texts, scored=None, kl=True,
                    first=0) -> list[dict]:
     """One record per generated sample (the samples from item `first` of the expanded rows on). `scored`:
-    (rewards, toxicity) already computed; `kl` False leaves the KL cell empty (best-of-n's responses come from
-    no single policy whose log-ratio could be taken)."""
+    (rewards, toxicity) already computed; `kl` False leaves the per-token KL cell empty (best-of-n's responses are
+    not its sampling policy's samples; their `kl_response`, the log-ratio of that policy to the start on the kept
+    responses, is one part of best-of-N's KL: compare.kl_to_start)."""
     prompts = list(rows["query"])
     rewards, toxicity = scored if scored is not None else scorer.score(prompts, texts)
     references = list(rows["summary"]) if "summary" in rows.column_names else None  # None: a prompt-only dataset
     scores = rouge(texts, references) if references is not None else {}
     model, tokenizer = sampler.model, sampler.tokenizer
-    ref_kl, perplexity = reference_stats(model, tokenizer, list(rows["input_ids"]), ids, sampler.batch_size,
-                                         sampler.device)
+    ref_kl, perplexity, log_ratio = reference_stats(model, tokenizer, list(rows["input_ids"]), ids,
+                                                    sampler.batch_size, sampler.device)
     judged = {f"{JUDGE}{j.name}": j.toxicity(texts) for j in judges}
     stops = stop_ids(model, tokenizer)
     return [
@@ -166,7 +164,8 @@ def sample_records(sampler: Sampler, scorer, judges, rows, order, k, ids, texts,
          "toxicity": float(toxicity[i]), "reward": float(rewards[i]),
          **{name: float(v[i]) for name, v in scores.items()},
          "length": response_length(ids[i], tokenizer, stops), **({"kl": float(ref_kl[i])} if kl else {}),
-         "perplexity": float(perplexity[i]), **{name: float(v[i]) for name, v in judged.items()}}
+         "kl_response": float(log_ratio[i]), "perplexity": float(perplexity[i]),
+         **{name: float(v[i]) for name, v in judged.items()}}
         for i in range(len(texts))
     ]
 
@@ -174,76 +173,3 @@ def sample_records(sampler: Sampler, scorer, judges, rows, order, k, ids, texts,
 def sample_columns(judges) -> list[str]:
     """The samples CSV's columns: SAMPLE_COLUMNS, then one toxicity column per judge."""
     return SAMPLE_COLUMNS + [f"{JUDGE}{j.name}" for j in judges]
-
-
-JUDGE = "judge_"  # column prefix of a judge's toxicity in the samples CSVs
-ROUGE = ("rouge1", "rouge2", "rougeL")
-MEANS = ("toxicity", "reward", "rouge1", "rouge2", "rougeL", "length", "kl", "perplexity")
-
-
-def present(records: list[dict], column: str) -> bool:
-    """Whether the samples carry `column` (an empty CSV cell: ROUGE without references, KL of best-of-n)."""
-    return bool(records) and records[0].get(column) not in (None, "")
-
-
-def has_references(records: list[dict]) -> bool:
-    return present(records, "rougeL")
-
-
-def judge_names(records: list[dict]) -> list[str]:
-    return [c[len(JUDGE):] for c in (records[0] if records else {}) if c.startswith(JUDGE)]
-
-
-def per_prompt(records: list[dict], threshold: float) -> dict[str, np.ndarray]:
-    """One value per prompt (in the order of their first sample), each prompt's k samples kept together:
-    the mean of each sampled metric, the highest toxicity of the k, and whether any reaches `threshold`
-    (for the reward classifier as `max_toxicity`/`toxic_any`, for each judge as `judge_<name>_max`/`_any`).
-    Resampling these rows resamples prompts, as the paired bootstrap must."""
-    groups: dict[int, list[dict]] = {}
-    for r in records:
-        groups.setdefault(int(r["index"]), []).append(r)
-    means = [m for m in MEANS if present(records, m)]
-    judges = [f"{JUDGE}{name}" for name in judge_names(records)]
-    out = {k: np.array([np.mean([float(r[k]) for r in g]) for g in groups.values()]) for k in means + judges}
-    for n in (1, 2, 3):  # diversity among each prompt's k samples (DExperts' per-prompt distinct-n)
-        out[f"distinct_{n}_per_prompt"] = np.array([distinct_n([r["response"] for r in g], n) for g in groups.values()])
-    for col, prefix in [("toxicity", ""), *((j, j + "_") for j in judges)]:
-        worst = np.array([max(float(r[col]) for r in g) for g in groups.values()])
-        out[f"{prefix}max" if prefix else "max_toxicity"] = worst  # its mean: expected maximum toxicity
-        out[f"{prefix}any" if prefix else "toxic_any"] = (worst >= threshold).astype(float)  # toxicity probability
-    return out
-
-
-def summarize(records: list[dict], threshold: float) -> dict:
-    """The metrics file: means over all samples (std for toxicity/reward), the detox literature's
-    per-prompt toxicity metrics over k samples (for the reward classifier and each judge), fluency
-    (perplexity) and diversity (distinct-n). ROUGE only when the data has references."""
-    prompts = per_prompt(records, threshold)
-    col = {k: np.array([float(r[k]) for r in records]) for k in MEANS if k in prompts}
-    texts = [r["response"] for r in records]
-    n_prompts = len(prompts["toxicity"])
-    out = {
-        "num_samples": len(records),
-        "num_prompts": n_prompts,
-        "samples_per_prompt": len(records) // max(1, n_prompts),
-        "toxicity_mean": float(col["toxicity"].mean()),
-        "toxicity_std": float(col["toxicity"].std()),
-        "expected_max_toxicity": float(prompts["max_toxicity"].mean()),
-        "toxicity_probability": float(prompts["toxic_any"].mean()),  # share of prompts with a sample >= threshold
-        "toxic_threshold": threshold,
-        "reward_mean": float(col["reward"].mean()),
-        "reward_std": float(col["reward"].std()),
-        "references": has_references(records),
-    }
-    out.update({k: float(col[k].mean()) for k in ROUGE if k in col})
-    out["length_mean"] = float(col["length"].mean())
-    if "kl" in col:
-        out["kl_mean"] = float(col["kl"].mean())
-    out["perplexity_mean"] = float(col["perplexity"].mean())  # under the starting policy
-    out.update({f"distinct_{n}": distinct_n(texts, n) for n in (1, 2, 3)})  # over all responses together
-    out.update({f"distinct_{n}_per_prompt": float(prompts[f"distinct_{n}_per_prompt"].mean()) for n in (1, 2, 3)})
-    out["judges"] = {name: {"toxicity_mean": float(prompts[f"{JUDGE}{name}"].mean()),
-                            "expected_max_toxicity": float(prompts[f"{JUDGE}{name}_max"].mean()),
-                            "toxicity_probability": float(prompts[f"{JUDGE}{name}_any"].mean())}
-                     for name in judge_names(records)}
-    return out

@@ -1,13 +1,11 @@
 """The reference samples (the `reference` stage: the starting policy's own responses to train prompts, scored once)
 and what is made of them: DPO's preference pairs (`make_pairs`, in a DPO method's training stage) with the check
-that there are enough, before any model loads; and the variational best-of-N reward (`vbon_reward`, for GRPO).
+that there are enough, before any model loads; and the train prompts' reference rewards that GRPO's vBoN reward ranks against (`stats.vbon_reward`).
 No TRL here: the DPO engine trains on the pairs."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import math
 
 import numpy as np
 
@@ -77,27 +75,6 @@ def check_pairs(pairs: list[dict], dpo: DPOSettings, key: str, where: str):
         raise PipelineError(
             f"{where} gave {len(pairs)} preference pairs, fewer than {key}.min_pairs ({dpo.min_pairs}); lower "
             f"{key}.min_margin, raise reference.n or reference.num_prompts, or lower {key}.min_pairs")
-
-
-NO_SPREAD = 1e-9  # reference rewards closer than this (relative to their size) are all one value
-
-
-def vbon_reward(rewards, references) -> np.ndarray:
-    """log F(r) for each reward r of one prompt's responses, F the smoothed empirical CDF of that prompt's reference
-    rewards (the starting policy's own samples): F(r) = (#{ref < r} + #{ref = r} / 2 + 1/2) / (M + 1), in
-    [1 / (2 (M + 1)), 1 - 1 / (2 (M + 1))], so the log is finite below and above every reference, and ties count half.
-    It is the reward whose KL-regularised optimum with beta = 1 / (N - 1) is the best-of-N distribution (variational
-    best-of-N, Amini et al. 2024). References with no spread rank nothing: every response gets log(1/2), the same value,
-    so the prompt's group has no advantage (no signal, no NaN)."""
-    refs = np.asarray(references, dtype=np.float64)
-    r = np.asarray(rewards, dtype=np.float64)
-    if refs.size == 0 or not np.all(np.isfinite(refs)):
-        raise PipelineError(f"vbon_reward: the reference rewards must be finite and at least one (got {refs.tolist()})")
-    if refs.max() - refs.min() <= NO_SPREAD * max(1.0, float(np.abs(refs).max())):
-        return np.full(r.shape, math.log(0.5))
-    below = (refs[None, :] < r[:, None]).sum(axis=1)
-    equal = (refs[None, :] == r[:, None]).sum(axis=1)
-    return np.log((below + 0.5 * equal + 0.5) / (refs.size + 1))
 
 
 def reference_rewards(folder: Path, train_split) -> tuple[object, list[list[float]]]:

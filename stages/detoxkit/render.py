@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import write_csv
 from .methods import ALGORITHMS
 
 # (summary key, label, which direction is better) for every metric compared with a paired CI
@@ -137,6 +138,36 @@ def max_toxicity_figure(start: np.ndarray, others: dict[str, np.ndarray]) -> str
     return _png(fig)
 
 
+def frontier_points(entries: dict[str, dict]) -> list[dict]:
+    """The reward-KL frontier: the start, then one point a method that ran, its toxicity after against its KL to the
+    start (compare.kl_to_start: nats per response, every method alike; best-of-N's `bound` beside its estimate)."""
+    first = next(iter(entries.values()))
+    points = [{"method": "start", "kl": 0.0, "bound": None, "toxicity": first["toxicity"]["before"]}]
+    for e in entries.values():
+        kl = e.get("kl_to_start")
+        if kl is not None:
+            points.append({"method": e["label"], "kl": max(kl["nats"], 0.0), "bound": kl["bound"],
+                           "toxicity": e["toxicity"]["after"]})
+    return points
+
+
+def frontier_figure(points: list[dict], toxicity: str) -> str:
+    """Toxicity against KL to the start, one point a method: lower and further left is better (less toxic for less
+    drift). Best-of-N's estimate is a point, a line to its analytic bound."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for p in points:
+        if p["bound"] is not None:
+            ax.plot([p["kl"], p["bound"]], [p["toxicity"]] * 2, color="#999", lw=1, zorder=1)
+        ax.scatter([p["kl"]], [p["toxicity"]], s=36, zorder=2, label=p["method"],
+                   color="#888" if p["method"] == "start" else None)
+        ax.annotate(p["method"], (p["kl"], p["toxicity"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("KL to the start (nats per response)")
+    ax.set_ylabel(f"toxicity ({toxicity})")
+    ax.set_xlim(left=-0.02)
+    return _png(fig)
+
+
 def html_table(header, rows) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
@@ -213,3 +244,37 @@ def _inline(text: str) -> str:
 
 def img(b64: str, alt: str) -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{b64}'>"
+
+
+def plot_files(out: Path, every: list[str], series: dict[str, list[dict]], worst: dict, histories: dict,
+               frontier: list[dict]):
+    """dvc.yaml's plots, long form: one row a point, its `method` (label) and `order` (its place in params.yaml, after
+    the start), so that any methods entry appears with no edit to dvc.yaml and keeps its colour in every plot, whichever
+    methods are on (every file names every method; one with no point here, or off, gets a row of NaN, which vega
+    draws nowhere)."""
+    order = {name: i for i, name in enumerate(every)}
+
+    def rows(points: dict[str, list[dict]]) -> list[dict]:
+        empty = {k: "NaN" for k in next((p[0] for p in points.values() if p), {})}
+        return [{**row, "method": name, "order": order[name]} for name in order
+                for row in (points.get(name) or [empty])]
+
+    edges = np.linspace(0, 1, HIST_BINS + 1)
+    write_csv(out / "toxicity_hist.csv", rows({name: [
+        {"toxicity": round(float(edges[i] + edges[i + 1]) / 2, 3), "samples": int(c)}
+        for i, c in enumerate(np.histogram([float(r["toxicity"]) for r in recs], edges)[0])]
+        for name, recs in series.items()}), ["toxicity", "samples", "method", "order"])
+    write_csv(out / "max_toxicity_per_prompt.csv", rows({name: [
+        {"prompt": i, "max_toxicity": float(v)} for i, v in enumerate(worst[name])] for name in series}),
+        ["prompt", "max_toxicity", "method", "order"])
+    write_csv(out / "toxicity_per_sample.csv", rows({name: [
+        {"index": int(r["index"]), "toxicity": float(r["toxicity"])} for r in recs] for name, recs in series.items()}),
+        ["index", "toxicity", "method", "order"])
+    write_csv(out / "frontier.csv", rows({p["method"]: [{"kl": p["kl"], "toxicity": p["toxicity"]}] for p in frontier}),
+              ["kl", "toxicity", "method", "order"])
+    for curve in sorted({c for a in ALGORITHMS for c in a.curves}):
+        points = {name: [{"step": s, "value": v} for s, v in zip(*h[curve])]
+                  for name, h in histories.items() if curve in h}
+        if not any(points.values()):
+            points = {next(iter(order)): [{"step": "NaN", "value": "NaN"}]}
+        write_csv(out / "curves" / f"{curve.replace('/', '_')}.csv", rows(points), ["step", "value", "method", "order"])

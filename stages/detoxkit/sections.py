@@ -147,6 +147,8 @@ def side_by_side(entries: dict[str, dict]) -> tuple[list, list]:
                                                          f"{e['after']['distinct_2'] - d2:+.4f}")]])
     rows.append(["KL to the start (nats per token; best-of-N: bound per response)", "lower", "0",
                  *[c for e in entries.values() for c in (kl_cell(e), "")]])
+    rows.append(["KL to the start (nats per response, every method alike; best-of-N: estimate, bound)", "lower", "0",
+                 *[c for e in entries.values() for c in (response_kl_cell(e.get("kl_to_start")), "")]])
     rows.append(["Guards crossed", "none", "",
                  *[c for e in entries.values() for c in (", ".join(crossed_guards(e["guards"])) or "none", "")]])
     for key, label, spec in (("evaluation_generation", "Evaluation generation (x one sample a response)", "d"),
@@ -168,6 +170,13 @@ def kl_cell(e: dict) -> str:
     if kl is not None and kl < 0:
         return f"≈0 (estimate {kl:.4f}; sampled estimates can dip below 0)"
     return fmt(kl)
+
+
+def response_kl_cell(kl) -> str:
+    """compare.kl_to_start, as the table shows it: the estimate, and best-of-N's bound beside it."""
+    if kl is None:
+        return ""
+    return fmt(kl["nats"]) + (f" (<= {kl['bound']:.4f})" if kl["bound"] is not None else "")
 
 
 def qualitative(before: list[dict], after: list[dict]) -> list[dict]:
@@ -229,6 +238,12 @@ def report(entries: dict[str, dict], focus: str, qual: list[dict], params) -> tu
                   "(each prompt's k samples resampled together). 'better' names the good direction. Toxicity is "
                   f"{tox}. Cost: what training generated and ran (best-of-N: none, but n samples at evaluation)."),
             ("table", *side_by_side(entries))]),
+        ("Toxicity against KL to the start", [
+            ("p", "One point a method: its toxicity after against how far it moved from the starting policy, in nats "
+                  "per response, measured alike for every method (the mean log-ratio to the start of its samples; "
+                  "best-of-N: log n + (n-1) E[log F(r)] among its policy's own samples, with a line to its analytic "
+                  "bound log n - (n-1)/n). Lower and further left is better; best-of-N is the bar at its KL."),
+            ("figure", "frontier.png", "toxicity against KL to the start")]),
         ("Maximum toxicity per prompt", [
             ("p", "Each point is a prompt: its worst (most toxic) of k samples at the start against after. Below the "
                   "diagonal, the worst case improved."),

@@ -1,10 +1,12 @@
 """Paired statistics for before/after evaluation and the reward-hacking guards."""
 from __future__ import annotations
 
+import math
 from statistics import NormalDist
 
 import numpy as np
 
+from .errors import PipelineError
 from .settings import GuardSettings
 
 CHUNK = 1 << 22  # resampled indices held at once (32 MiB of int64)
@@ -113,3 +115,24 @@ def guards(before: dict, after: dict, limits: GuardSettings) -> dict:
                                          > limits.max_perplexity_ratio * before["perplexity_mean"]),
         "distinct2_below_min": bool(after["distinct_2"] < limits.min_distinct2_ratio * before["distinct_2"]),
     }
+
+
+NO_SPREAD = 1e-9  # reference rewards closer than this (relative to their size) are all one value
+
+
+def vbon_reward(rewards, references) -> np.ndarray:
+    """log F(r) for each reward r of one prompt's responses, F the smoothed empirical CDF of that prompt's reference
+    rewards (the starting policy's own samples): F(r) = (#{ref < r} + #{ref = r} / 2 + 1/2) / (M + 1), in
+    [1 / (2 (M + 1)), 1 - 1 / (2 (M + 1))], so the log is finite below and above every reference, and ties count half.
+    It is the reward whose KL-regularised optimum with beta = 1 / (N - 1) is the best-of-N distribution (variational
+    best-of-N, Amini et al. 2024). References with no spread rank nothing: every response gets log(1/2), the same value,
+    so the prompt's group has no advantage (no signal, no NaN)."""
+    refs = np.asarray(references, dtype=np.float64)
+    r = np.asarray(rewards, dtype=np.float64)
+    if refs.size == 0 or not np.all(np.isfinite(refs)):
+        raise PipelineError(f"vbon_reward: the reference rewards must be finite and at least one (got {refs.tolist()})")
+    if refs.max() - refs.min() <= NO_SPREAD * max(1.0, float(np.abs(refs).max())):
+        return np.full(r.shape, math.log(0.5))
+    below = (refs[None, :] < r[:, None]).sum(axis=1)
+    equal = (refs[None, :] == r[:, None]).sum(axis=1)
+    return np.log((below + 0.5 * equal + 0.5) / (refs.size + 1))
