@@ -151,9 +151,8 @@ def test_chat_template_is_refused_for_a_tokenizer_without_one(tiny):
 
 def test_causal_sft_trains_on_the_summary_and_eos_only(tiny):
     import datasets
-    from conftest import stage
 
-    tokenize_for_sft = stage("sft").tokenize_for_sft
+    from detoxkit.data import tokenize_for_sft
 
     tok = load_tokenizer("policy.model", str(tiny["dir"] / "llama"), None)
     prompt = tok("Summarize: #Person1#: hi\nSummary:\n")["input_ids"]
