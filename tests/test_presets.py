@@ -63,6 +63,20 @@ def test_params_yaml_keeps_its_notes_after_an_experiment_and_no_value_changes(tm
     assert plain.read_text() == (ROOT / "params.yaml").read_text()
 
 
+def test_a_misspelled_key_is_refused_by_dvc_and_a_forced_one_by_the_stages(tmp_path):
+    """`-S methods.ppo.learning_rat=...`: DVC's composition refuses it naming the key (its message says to add `+`);
+    with the `+`, DVC writes the key and the stages refuse params.yaml naming it, before any work."""
+    from hydra.errors import ConfigCompositionException
+
+    from detoxkit.errors import ParamsError
+
+    with pytest.raises(ConfigCompositionException, match="Could not override 'methods.ppo.learning_rat'"):
+        compose(tmp_path, ["methods.ppo.learning_rat=1e-4"])
+    forced = compose(tmp_path, ["+methods.ppo.learning_rat=1e-4"])
+    with pytest.raises(ParamsError, match="learning_rat"):
+        load_params(forced)
+
+
 def test_no_preset_is_params_yaml_itself_and_the_lab_preset_restores_it(tmp_path):
     lab = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert yaml.safe_load(compose(tmp_path, []).read_text()) == lab
