@@ -52,7 +52,7 @@ def main():
         rows, train, timing = (read_method(method.name, Path(args.samples) / f"{method.name}.csv", live)
                                if method.enabled else ([], {}, {}))  # off: its files are placeholders, unread
         entry = method_entry(method, before, rows, params, train, timing, bon_rows or None,
-                             *((files.get(method.on.name), samples.get(method.on.name)) if method.on else ()))
+                             files.get(method.on.name) if method.on else None)
         files[method.name] = entry
         if entry["enabled"]:
             entries[method.name], samples[method.name] = entry, rows

@@ -27,12 +27,6 @@ def rouge_of(model, tokenizer, rows, device, sft, seed):
     return {k: float(v.mean()) for k, v in rouge(texts, list(rows["summary"])).items()}
 
 
-def log_row(live, step: int, row: dict):
-    live.step = step
-    for name, value in row.items():
-        live.log_metric(name, value)
-
-
 def train(params, data_dir, out_dir, live_dir):
     import torch
     from dvclive import Live
@@ -44,6 +38,7 @@ def train(params, data_dir, out_dir, live_dir):
     from detoxkit.models import (attach_lora, check_lora_targets, check_policy_config, load_policy, save_adapter,
                                  trainable_parameters)
     from detoxkit.trainer_log import attach_progress
+    from detoxkit.training import log_row
 
     sft = params.sft
     check_lora_targets(check_policy_config(params.policy), sft.lora, "sft.lora")  # before any weights load
@@ -75,7 +70,7 @@ def train(params, data_dir, out_dir, live_dir):
         # transformers' seq2seq collator pads inputs (on the tokenizer's side: right) and labels (with -100)
         trainer = Trainer(model=model, args=args, train_dataset=train_rows,
                           data_collator=DataCollatorForSeq2Seq(tokenizer, model=model))
-        attach_progress(trainer, "SFT", {"loss": "train/loss"}, lambda step, row: log_row(live, step, row),
+        attach_progress(trainer, "SFT", {"loss": "train/loss"}, lambda step, row: log_row(live, {"step": step, **row}),
                         needs="loss")  # the loss curve to DVCLive, a bar with the time left, no printed dicts
         result = trainer.train()
         live.end()

@@ -65,3 +65,19 @@ def test_write_puts_back_a_dropped_dependency_and_touches_nothing_else(tmp_path)
     assert code_deps.compare(tmp_path / "dvc.yaml", tmp_path) != {}
     assert code_deps.write(tmp_path / "dvc.yaml", tmp_path) == ["reference"]
     assert (tmp_path / "dvc.yaml").read_text() == text  # byte for byte: the other stages and the comments as they were
+
+
+def test_write_rewrites_an_anchored_list_once_for_the_stages_that_alias_it(tmp_path):
+    """baseline's deps are anchored (`&evaluate_start`) and best_of_n's an alias of them: a dependency dropped from
+    the anchored list is missing from both, and --write puts it back in the one list, anchor kept, alias untouched."""
+    for name in ("stages", "tools", "dvc.yaml"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, tmp_path / name)
+    text = (tmp_path / "dvc.yaml").read_text()
+    assert "deps: &evaluate_start [" in text and "deps: *evaluate_start" in text
+    start = text.index("deps: &evaluate_start [")
+    dropped = text[:start] + text[start:].replace("stages/detoxkit/config.py, ", "", 1)
+    assert dropped != text
+    (tmp_path / "dvc.yaml").write_text(dropped)
+    assert sorted(code_deps.compare(tmp_path / "dvc.yaml", tmp_path)) == ["baseline", "best_of_n"]
+    assert code_deps.write(tmp_path / "dvc.yaml", tmp_path) == ["baseline"]
+    assert (tmp_path / "dvc.yaml").read_text() == text

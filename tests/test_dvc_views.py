@@ -60,7 +60,7 @@ def headline(seed: int) -> dict[str, dict]:
         delta = -rng.uniform(0.01, 0.12)
         files[method] = {"toxicity": start["toxicity"] + delta, "delta": delta, "lo": delta - 0.031,
                          "hi": delta + 0.029, "judge": -rng.uniform(0, 0.1), "ppl": rng.uniform(40, 90),
-                         "kl": None if method == "best_of_n" else rng.uniform(0.001, 0.5)}  # best-of-N: no KL
+                         "kl": rng.uniform(0.001, 0.7)}  # nats per response, best-of-N's too
     return {name: {k: None if v is None else round(v, 4) for k, v in values.items()} for name, values in files.items()}
 
 

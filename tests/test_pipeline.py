@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import (ENV, ROOT, STAGES, changed_stages, check_model_card_snippet, check_modes, copy_repo, dvc, finite,
@@ -67,9 +68,11 @@ def test_every_output_exists_with_finite_numbers(ran):
     # the reward-KL frontier: KL to the start in nats per response, alike for every method (best-of-N over the start:
     # its kept responses' log-ratio is 0, its estimate within the analytic bound), a point each in the report's figure
     assert all(float(r["kl_response"]) == 0.0 for r in kept)
+    per_prompt = {r["index"]: float(r["kl_bon"]) for r in kept}  # one value a prompt, from its 2 x 2 candidates
+    assert len(per_prompt) == 8 and all(0 <= v <= bon["kl_bound"] + 1e-12 for v in per_prompt.values())
     kl = {m: f["kl_to_start"] for m, f in files.items()}
-    assert kl["best_of_n"]["bound"] == pytest.approx(bon["kl_bound"])
-    assert 0 <= kl["best_of_n"]["nats"] <= bon["kl_bound"]
+    assert kl["best_of_n"] == {"nats": pytest.approx(np.mean(list(per_prompt.values()))),
+                               "bound": pytest.approx(bon["kl_bound"]), "how": kl["best_of_n"]["how"]}
     assert all(kl[m]["bound"] is None and finite(kl[m]["nats"]) for m in ("ppo", "dpo", "grpo"))
     with (ran / "reports/plots/frontier.csv").open(newline="") as fh:
         points = {r["method"]: (float(r["kl"]), float(r["toxicity"])) for r in csv.DictReader(fh)}
@@ -429,11 +432,12 @@ def test_dvc_plots_render_training_curves_and_distributions(ran, tmp_path):
     for name in ("Toxicity per method (samples per toxicity bin)", "Toxicity per sample", "Reward per training step",
                  "Maximum toxicity per prompt (over its k samples)", "GRPO KL to the start per step (per token)",
                  "PPO KL to the start per step (TRL's, summed over a response's tokens)", "DPO loss per step",
-                 "metrics/sft_train/plots/metrics/train/loss.tsv"):
+                 "metrics/sft_train/plots/metrics/train/loss.tsv",
+                 "Toxicity against KL to the start (nats per response; one point a method)"):
         assert plots[name][0]["type"] == "vega", name
     # the report's long-form files: every method of the run in every file, in the report's order (its colour)
     every = ["start", "PPO", "DPO", "GRPO", "best-of-N"]
-    for name in ("toxicity_hist", "toxicity_per_sample", "curves/env_reward_mean", "curves/dpo_loss"):
+    for name in ("toxicity_hist", "toxicity_per_sample", "frontier", "curves/env_reward_mean", "curves/dpo_loss"):
         with (ran / f"reports/plots/{name}.csv").open(newline="") as fh:
             rows = list(csv.DictReader(fh))
         assert sorted({(r["method"], int(r["order"])) for r in rows}, key=lambda m: m[1]) == list(

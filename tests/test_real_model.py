@@ -223,7 +223,7 @@ def test_a_real_chat_model_through_the_dag_with_a_python_scorer_as_reward(smollm
     assert load_params(repo / "params.yaml").data.source == "prompts/offline.jsonl"
     monkeypatch.chdir(repo)  # the preset names the model by a path relative to the repository, where stages run
     check_run(repo, chat=False, methods=False)
-    # DPO and GRPO off: their placeholders still give every curve dvc.yaml plots (header-only), so nothing fails
+    # DPO and GRPO off: their placeholders still give every curve plots/dvc.yaml draws (header-only), so nothing fails
     shown = json.loads(dvc("plots", "show", "--json", cwd=repo).stdout)
     assert not shown.get("errors"), shown.get("errors")
 

@@ -324,31 +324,39 @@ def test_a_kl_estimate_below_zero_reads_as_about_zero(three):
     assert "| ≈0 (estimate -0.0004; sampled estimates can dip below 0) |" in kl_row and "| -0.0004 |" not in kl_row
 
 
-def test_kl_to_start_is_one_measure_for_every_method_best_of_n_by_hand():
-    """Nats per response, every method alike: a trained policy's mean log-ratio; best-of-4 over the start, log 4 +
-    3 E[log F(r)] with F the smoothed CDF among the start's own samples at the prompt, within the analytic bound;
-    best-of-4 over a trained policy adds the kept responses' log-ratio to the start."""
+def test_best_of_n_kl_to_its_sampler_by_hand_ties_lower_it():
+    """KL(best-of-n || P) at a prompt from samples of P's reward: log n - (n - 1) / n with no ties (exact for a
+    continuous reward); with ties, that of the samples' distribution, each atom reweighted to F^n - F_^n."""
+    from detoxkit.stats import bon_kl, bon_kl_bound
+
+    assert bon_kl_bound(4) == pytest.approx(math.log(4) - 0.75) and bon_kl_bound(1) == 0.0
+    assert bon_kl([0.3, -1.2, 5.0, 0.31], 4) == bon_kl_bound(4)  # no two alike: the continuous value
+    assert bon_kl([2.0] * 8, 4) == 0.0  # nothing to choose between
+    # a reward of two values, half and half: best-of-4 puts 1/16 on the low one and 15/16 on the high one
+    by_hand = (1 / 16) * math.log((1 / 16) / 0.5) + (15 / 16) * math.log((15 / 16) / 0.5)  # 0.4589
+    assert bon_kl([-9.2, 9.2, -9.2, 9.2], 4) == pytest.approx(by_hand) and by_hand < bon_kl_bound(4)
+    # three values with shares 1/4, 1/2, 1/4: F = 1/4, 3/4, 1
+    masses = [(0.25 ** 2, 0.25), (0.75 ** 2 - 0.25 ** 2, 0.5), (1 - 0.75 ** 2, 0.25)]
+    assert bon_kl([0, 1, 1, 2], 2) == pytest.approx(sum(m * math.log(m / p) for m, p in masses))
+
+
+def test_kl_to_start_is_one_measure_for_every_method():
+    """Nats per response, every method alike: a trained policy's mean log-ratio to the start; best-of-n, its KL to its
+    sampler at each prompt plus the kept responses' log-ratio (0 over the start), beside the analytic bound."""
     from detoxkit.compare import kl_to_start
 
-    def sample(index, reward, kl=0.0):
-        return {"index": index, "reward": reward, "kl_response": kl}
-
-    trained = [sample(0, 1.0, 0.1), sample(0, 2.0, 0.3), sample(1, 0.0, 0.2), sample(1, 1.0, 0.4)]
-    assert kl_to_start(trained, trained, None) == {"nats": pytest.approx(0.25), "bound": None,
-                                                   "how": "mean log-ratio to the start of the policy's own samples"}
-    start = [sample(0, r) for r in (0.0, 1.0, 2.0, 3.0)] + [sample(1, 5.0)] * 4  # prompt 1: no spread
-    kept = [sample(0, 2.5), sample(0, 10.0), sample(1, 7.0)]  # F = 3.5/5, 4.5/5; no spread: 1/2
-    by_hand = math.log(4) + 3 * (math.log(0.7) + math.log(0.9) + math.log(0.5)) / 3  # 0.2311
-    bound = math.log(4) - 3 / 4
-    got = kl_to_start(kept, start, 4)
-    assert got["nats"] == pytest.approx(by_hand) and got["bound"] == pytest.approx(bound) and by_hand < bound
-    over_trained = kl_to_start([{**r, "kl_response": 0.2} for r in kept], start, 4)
-    assert over_trained["nats"] == pytest.approx(by_hand + 0.2) and over_trained["bound"] == pytest.approx(bound + 0.2)
-    on_top = kl_to_start([sample(0, 9.0), sample(0, 8.0)], start, 4)  # log 4 + 3 log 0.9 = 1.07: above the bound
-    assert on_top["nats"] == pytest.approx(bound)
-    below = kl_to_start([sample(0, -1.0)], start, 4)  # log 4 + 3 log 0.1 < 0: a KL is never below 0
-    assert below["nats"] == 0.0
-    assert kl_to_start([{**kept[0], "kl_response": ""}], start, 4) is None  # samples of an older run: no log-ratios
+    trained = [{"kl_response": v} for v in (0.1, 0.3, 0.2, 0.4)]
+    assert kl_to_start(trained, None) == {"nats": pytest.approx(0.25), "bound": None,
+                                          "how": "mean log-ratio to the start of the policy's own samples"}
+    bound = math.log(4) - 0.75
+    over_start = [{"kl_response": 0.0, "kl_bon": v} for v in (bound, bound, 0.4589, 0.4589)]  # a tied prompt
+    got = kl_to_start(over_start, 4)
+    assert got["nats"] == pytest.approx((bound + 0.4589) / 2) and got["bound"] == pytest.approx(bound)
+    over_trained = [{**r, "kl_response": 0.2} for r in over_start]
+    assert kl_to_start(over_trained, 4)["nats"] == pytest.approx((bound + 0.4589) / 2 + 0.2)
+    assert kl_to_start(over_trained, 4)["bound"] == pytest.approx(bound + 0.2)
+    assert kl_to_start([{"kl_response": "", "kl_bon": bound}], 4) is None  # samples of an older run
+    assert kl_to_start([{"kl_response": 0.0, "kl_bon": ""}], 4) is None
 
 
 def test_headline_files_are_flat_numbers_with_short_keys(three, tmp_path, monkeypatch):

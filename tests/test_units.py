@@ -600,6 +600,20 @@ def test_the_benchmark_takes_each_ratio_per_interleaved_round_and_reports_its_me
     assert summary["ours_ppo"]["samples_per_s_median"] == 20.0 and summary["ours_ppo"]["rounds"] == 3
 
 
+def test_the_report_stage_loads_neither_torch_nor_the_sampler():
+    """report.py reads samples files (detoxkit.summary: numpy), not the evaluation's sampling code: its import takes
+    no torch, so a report of a finished run starts in about a second."""
+    import subprocess
+    import sys
+
+    probe = (f"import runpy, sys; runpy.run_path({str(ROOT / 'stages/report.py')!r}); "
+             "print('heavy imports:', sorted(m for m in ('torch', 'transformers', 'detoxkit.evaluation') "
+             "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "heavy imports: []" in proc.stdout, proc.stdout
+
+
 def test_detoxkit_imports_from_any_folder_and_nothing_edits_the_import_path():
     import subprocess
     import sys

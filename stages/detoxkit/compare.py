@@ -4,7 +4,6 @@ answer. One schema for every method (method_entry): metrics/compare/<method>.jso
 files; publish reads them."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Optional
 
@@ -16,7 +15,7 @@ from .summary import JUDGE, judge_names, per_prompt, present, summarize
 from .methods import BEST_OF_N, Method
 from .render import HEADLINE
 from .stats import (DOWN, NA, NO_CHANGE, NO_WIDTH, TOO_FEW, UP, change, crossed_guards, detectable_fall, guards,
-                    paired_bootstrap, vbon_reward)
+                    paired_bootstrap, bon_kl_bound)
 
 # summary key -> per-prompt series (summary.per_prompt): each compared with the start with a paired CI
 METRICS = {"toxicity": "toxicity", "expected_max_toxicity": "max_toxicity", "toxicity_probability": "toxic_any",
@@ -174,12 +173,12 @@ def setup(params, m_before: dict) -> dict:
 
 def method_entry(method: Method, before: list[dict], rows: list[dict], params, training: Optional[dict] = None,
                  timing: Optional[dict] = None, best_of_n: Optional[list[dict]] = None,
-                 base: Optional[dict] = None, base_rows: Optional[list[dict]] = None) -> dict:
+                 base: Optional[dict] = None) -> dict:
     """`method`'s comparison file: who it is (name, label, algorithm, whether it trains weights), the shared setup,
     its metrics against the start (each with a paired CI), the judges and their power, the guards, its outcome, its KL
     and its cost, and (a trained method, with best-of-N's samples `best_of_n`) its paired difference to best-of-N.
-    Best-of-N on a trained policy (NAME+bon) takes that policy's comparison file `base` and samples `base_rows`: its KL
-    guard is the trained policy's, and its KL to the start (kl_to_start) adds best-of-N's over that policy.
+    Best-of-N on a trained policy (NAME+bon) takes that policy's comparison file `base`: its KL guard is the trained
+    policy's (its KL to the start, kl_to_start, adds best-of-N's over that policy to the kept responses' log-ratio).
     `rows` empty (its stages off) gives the first four keys and "enabled": false."""
     who = {"method": method.name, "label": method.label, "algorithm": method.algorithm.name,
            "trains_weights": method.trains_weights}
@@ -195,7 +194,7 @@ def method_entry(method: Method, before: list[dict], rows: list[dict], params, t
     out = {**who, "enabled": True, **setup(params, m_before), "after": entry.pop("metrics"),
            **{key: None for key in METRICS}, **entry}  # None: a metric this run has not (ROUGE, best-of-N's KL)
     out["kl_mean"] = out["after"].get("kl_mean")  # nats per token; best-of-N has no single policy's KL
-    out["kl_bound"] = None if trains else math.log(n) - (n - 1) / n  # nats per response, beyond its policy's
+    out["kl_bound"] = None if trains else bon_kl_bound(n)  # nats per response, beyond its policy's
     if base is not None and base.get("enabled"):  # best-of-N on a trained policy: that policy's KL to the start too
         out["kl_mean"], out["guards"]["kl_exceeded"] = base["kl_mean"], base["guards"]["kl_exceeded"]
     out["cost"] = {"evaluation_generation": n,  # x one sample a response (best-of-N samples n)
@@ -204,36 +203,29 @@ def method_entry(method: Method, before: list[dict], rows: list[dict], params, t
                    "wall_s": timing.get("wall_s", None if trains else 0.0),
                    "peak_memory_mb": timing.get("peak_memory_mb")}
     out["training"] = {k: training.get(k) for k in TRAINING}  # None: not this method's (best-of-N trains nothing)
-    out["kl_to_start"] = kl_to_start(rows, before if base_rows is None else base_rows, None if trains else n)
+    out["kl_to_start"] = kl_to_start(rows, None if trains else n)
     out["outcome"] = outcome(out)
     out["vs_best_of_n"] = versus_best_of_n(best_of_n, rows, params) if trains and best_of_n else None
     return out
 
 
-def kl_to_start(rows: list[dict], policy_rows: list[dict], n: Optional[int]) -> Optional[dict]:
+def kl_to_start(rows: list[dict], n: Optional[int]) -> Optional[dict]:
     """KL from the starting policy, in nats per response, measured the same way for every method (the reward-KL
     frontier's x axis). A trained policy (`n` None): the mean over its evaluated samples of log p(y) / p_start(y)
-    summed over the response's tokens (their `kl_response`). Best-of-n over a policy P (the start, or a trained
-    one), whose samples are `policy_rows`: KL(bon || start) = KL(bon || P) + E_bon[log P / p_start]. The second part
-    is the mean `kl_response` of the kept responses (0 for the start); the first is estimated with the variational
-    best-of-N identity KL(bon || P) = log n + (n - 1) E_bon[log F(r)], F the CDF of P's reward at the prompt,
-    estimated from P's own samples there (stats.vbon_reward's smoothed CDF), held within [0, log n - (n - 1) / n]:
-    the analytic bound (Beirami et al. 2024; equal for continuous rewards), reported as `bound` with the same second
-    part added. None when the samples carry no log-ratios (an older run)."""
-    if not rows or not present(rows, "kl_response"):
+    summed over the response's tokens (their `kl_response`). Best-of-n over a policy P (the start, or a trained one):
+    KL(bon || start) = KL(bon || P) + E_bon[log P / p_start]: the mean over prompts of best-of-n's KL to P at the
+    prompt (the samples' `kl_bon`: stats.bon_kl of the prompt's candidates, log n - (n - 1) / n for a continuous
+    reward) plus the kept responses' mean log-ratio (0 for the start); `bound` adds the analytic bound instead. None
+    when the samples carry no log-ratios (an older run)."""
+    if not rows or not present(rows, "kl_response") or (n is not None and not present(rows, "kl_bon")):
         return None
     own = float(np.mean([float(r["kl_response"]) for r in rows]))
     if n is None:
         return {"nats": own, "bound": None, "how": "mean log-ratio to the start of the policy's own samples"}
-    peers: dict[int, list[float]] = {}
-    for r in policy_rows:
-        peers.setdefault(int(r["index"]), []).append(float(r["reward"]))
-    log_f = [float(vbon_reward([float(r["reward"])], peers[int(r["index"])])[0]) for r in rows]
-    bound = math.log(n) - (n - 1) / n
-    over = min(max(math.log(n) + (n - 1) * float(np.mean(log_f)), 0.0), bound)
-    return {"nats": over + own, "bound": bound + own,
-            "how": f"best-of-{n}: log n + (n-1) E[log F(r)] over its policy's own samples, plus the kept responses' "
-                   "log-ratio to the start"}
+    over = float(np.mean([float(r["kl_bon"]) for r in rows]))  # k samples a prompt: the mean over prompts
+    return {"nats": over + own, "bound": bon_kl_bound(n) + own,
+            "how": f"best-of-{n}: its KL to its sampling policy at each prompt (from the prompt's candidates), plus "
+                   "the kept responses' log-ratio of that policy to the start"}
 
 
 def versus_best_of_n(bon: list[dict], rows: list[dict], params) -> dict:

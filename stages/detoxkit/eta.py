@@ -19,7 +19,8 @@ log = logging.getLogger("detox.eta")
 # policy's evaluation carries its LoRA layers; a PPO or GRPO rollout also pays the reference and value passes and
 # the optimizer step; a DPO pair two sequences' forward and backward passes through policy and reference; best-of-N
 # and the reference samples generate many samples per prompt and judge only the kept ones. Each stage also starts a
-# process and loads its models (STARTUP seconds on that machine, scaled like the rest), a stage that is off too.
+# process and loads its models (STARTUP seconds on that machine, scaled like the rest); the placeholders of a
+# stage that is off are left out, as in the runs the ratios were fitted on.
 SCALE = 1.12
 COST = {name: round(SCALE * cost, 3) for name, cost in {"evaluate": 1.25, "ppo": 2.8, "grpo": 2.1, "reference": 0.78,
                                                        "dpo": 1.27, "best_of_n": 0.63}.items()}
@@ -51,8 +52,7 @@ def remaining_parts(params, train_prompts: int, test_prompts: int) -> list[Part]
     prompts = _count(ref.num_prompts, train_prompts)
     parts = [Part("reference", prompts * ref.n * ref.max_new_tokens, COST["reference"])] if prompts else []
     for name, m in params.methods.items():
-        if not m.enabled:  # placeholders: a process start each
-            parts += [Part(f"{stage}@{name}", 0, 0.0) for stage in ("train", "evaluate", "bon")]
+        if not m.enabled:
             continue
         if m.algorithm == "ppo":
             parts.append(Part(f"train@{name}", m.max_steps * m.batch_size * rollout, COST["ppo"]))
@@ -65,8 +65,8 @@ def remaining_parts(params, train_prompts: int, test_prompts: int) -> list[Part]
                 parts.append(Part(f"train@{name} sampling", (m.rounds - 1) * prompts * ref.n * ref.max_new_tokens,
                                   COST["reference"]))
         parts.append(Part(f"evaluate@{name}", eval_tokens, COST["evaluate"]))
-        on = params.best_of_n.enabled and params.best_of_n.on_trained
-        parts.append(Part(f"bon@{name}", eval_tokens * params.best_of_n.n if on else 0, COST["best_of_n"]))
+        if params.best_of_n.enabled and params.best_of_n.on_trained:
+            parts.append(Part(f"bon@{name}", eval_tokens * params.best_of_n.n, COST["best_of_n"]))
     if params.best_of_n.enabled:
         parts.append(Part("best_of_n", eval_tokens * params.best_of_n.n, COST["best_of_n"]))
     return parts + [Part("report", 0, 0.0), Part("publish", 0, 0.0)]

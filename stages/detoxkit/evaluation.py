@@ -12,12 +12,13 @@ import torch
 
 from .generation import decode, generate, response_length, response_logprobs, static_shape, stop_ids
 from .parallel import map_batches
+from .stats import bon_kl
 from .summary import JUDGE
 
 log = logging.getLogger("detox.eval")
 
 SAMPLE_COLUMNS = ["index", "sample", "prompt", "reference", "response", "toxicity", "reward",
-                  "rouge1", "rouge2", "rougeL", "length", "kl", "kl_response", "perplexity"]
+                  "rouge1", "rouge2", "rougeL", "length", "kl", "kl_response", "kl_bon", "perplexity"]
 
 
 def rouge(predictions: list[str], references: list[str]) -> dict[str, np.ndarray]:
@@ -119,8 +120,10 @@ def evaluate_policy(sampler: Sampler, scorer, rows, ev, judges=()) -> list[dict]
 
 def best_of_n(sampler: Sampler, scorer, rows, ev, n: int, judges=()) -> list[dict]:
     """The rejection-sampling baseline: for each of the k samples of each prompt, n candidates from the sampler's
-    policy (the starting policy), the highest-reward one kept; records like evaluate_policy's, without KL (no single
-    policy sampled the kept responses; best-of-n's KL to its sampler is at most log n - (n - 1) / n nats).
+    policy (the starting policy, or a trained one), the highest-reward one kept; records like evaluate_policy's, with
+    no per-token KL (no single policy sampled the kept responses), their `kl_response` (the sampler's log-ratio to the
+    start on them) and `kl_bon`: best-of-n's KL to its sampler at the prompt (stats.bon_kl of its k x n candidates'
+    rewards; log n - (n - 1) / n nats for a continuous reward).
 
     TRL's BestOfNSampler is not used: it generates one query at a time, decodes a causal model's prompt with
     its response, and needs a value-head model. This reuses the evaluation's batched (and, on CUDA, compiled)
@@ -133,12 +136,15 @@ def best_of_n(sampler: Sampler, scorer, rows, ev, n: int, judges=()) -> list[dic
     best = rewards.reshape(-1, n).argmax(axis=1) + np.arange(0, len(scored), n)
     kept, order = expand(rows, k)
     chosen = [scored[i] for i in best]
+    kl_bon = [bon_kl(prompt, n) for prompt in rewards.reshape(len(rows), k * n)]  # a prompt's candidates: P's rewards
 
     def batch(start, end):  # the kept samples' judges, ROUGE, length and perplexity: scoring only
         part = chosen[start:end]
-        return sample_records(sampler, scorer, judges, kept.select(range(start, end)), order[start:end], k,
-                              [c[0] for c in part], [c[1] for c in part],
-                              (np.array([c[2] for c in part]), np.array([c[3] for c in part])), kl=False, first=start)
+        records = sample_records(sampler, scorer, judges, kept.select(range(start, end)), order[start:end], k,
+                                 [c[0] for c in part], [c[1] for c in part],
+                                 (np.array([c[2] for c in part]), np.array([c[3] for c in part])), kl=False,
+                                 first=start)
+        return [{**r, "kl_bon": kl_bon[r["index"]]} for r in records]
 
     return map_batches(len(chosen), sampler.batch_size, sampler.seed, batch, f"best-of-{n} scores", per_prompt=k)
 

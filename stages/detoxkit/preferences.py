@@ -1,7 +1,7 @@
 """The reference samples (the `reference` stage: the starting policy's own responses to train prompts, scored once)
 and what is made of them: DPO's preference pairs (`make_pairs`, in a DPO method's training stage) with the check
-that there are enough, before any model loads; and the train prompts' reference rewards that GRPO's vBoN reward ranks against (`stats.vbon_reward`).
-No TRL here: the DPO engine trains on the pairs."""
+that there are enough, before any model loads; and the train prompts' reference rewards that GRPO's vBoN reward
+ranks against (`stats.vbon_reward`). No TRL here: the DPO engine trains on the pairs."""
 from __future__ import annotations
 
 import json

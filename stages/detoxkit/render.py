@@ -248,8 +248,8 @@ def img(b64: str, alt: str) -> str:
 
 def plot_files(out: Path, every: list[str], series: dict[str, list[dict]], worst: dict, histories: dict,
                frontier: list[dict]):
-    """dvc.yaml's plots, long form: one row a point, its `method` (label) and `order` (its place in params.yaml, after
-    the start), so that any methods entry appears with no edit to dvc.yaml and keeps its colour in every plot, whichever
+    """plots/dvc.yaml's plots, long form: one row a point, its `method` (label) and `order` (its place in params.yaml,
+    after the start), so that any methods entry appears with no edit to it and keeps its colour in every plot, whichever
     methods are on (every file names every method; one with no point here, or off, gets a row of NaN, which vega
     draws nowhere)."""
     order = {name: i for i, name in enumerate(every)}

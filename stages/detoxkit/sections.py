@@ -166,7 +166,11 @@ def kl_cell(e: dict) -> str:
     the estimate. Best-of-N: its bound per response."""
     if e["kl_bound"] is not None:
         return f"<= {e['kl_bound']:.4f} nats"
-    kl = e["kl_mean"]
+    return estimate_cell(e["kl_mean"])
+
+
+def estimate_cell(kl) -> str:
+    """A sampled KL estimate: below 0 (a true KL cannot be) shown as about 0, with the estimate."""
     if kl is not None and kl < 0:
         return f"≈0 (estimate {kl:.4f}; sampled estimates can dip below 0)"
     return fmt(kl)
@@ -176,7 +180,7 @@ def response_kl_cell(kl) -> str:
     """compare.kl_to_start, as the table shows it: the estimate, and best-of-N's bound beside it."""
     if kl is None:
         return ""
-    return fmt(kl["nats"]) + (f" (<= {kl['bound']:.4f})" if kl["bound"] is not None else "")
+    return estimate_cell(kl["nats"]) + (f" (<= {kl['bound']:.4f})" if kl["bound"] is not None else "")
 
 
 def qualitative(before: list[dict], after: list[dict]) -> list[dict]:
@@ -250,8 +254,9 @@ def report(entries: dict[str, dict], focus: str, qual: list[dict], params) -> tu
             ("figure", "max_toxicity_per_prompt.png", "maximum toxicity per prompt, start vs after")]),
         ("Training curves", [
             ("p", "PPO's KL is TRL's objective/kl, summed over a response's tokens (nats per response; early steps can "
-                  "dip below 0, an estimate from samples); GRPO's is the k3 estimate per token. The table's KL is per "
-                  "token on the evaluation's samples (an estimate too: about 0 when it dips below)."),
+                  "dip below 0, an estimate from samples); GRPO's is the k3 estimate per token. The table's two KL "
+                  "rows are per token and per response, on the evaluation's samples (estimates too: about 0 when "
+                  "below)."),
             ("figure", "training_curves.png", "training curves")]),
         ("Toxicity per sample", [("figure", "toxicity_hist.png", "toxicity histogram")]),
         *qualitative_sections(entries[focus]["label"], qual, params.report.qualitative_rows),

@@ -1,4 +1,5 @@
-"""Paired statistics for before/after evaluation and the reward-hacking guards."""
+"""Paired statistics for before/after evaluation and the reward-hacking guards; best-of-n's KL to its sampler; and the
+variational best-of-N reward, the log of a reward's CDF among reference samples (a GRPO reward transform)."""
 from __future__ import annotations
 
 import math
@@ -136,3 +137,23 @@ def vbon_reward(rewards, references) -> np.ndarray:
     below = (refs[None, :] < r[:, None]).sum(axis=1)
     equal = (refs[None, :] == r[:, None]).sum(axis=1)
     return np.log((below + 0.5 * equal + 0.5) / (refs.size + 1))
+
+
+def bon_kl_bound(n: int) -> float:
+    """KL(best-of-n || its sampler) in nats per response for a continuous reward, whatever its distribution: log n -
+    (n - 1) / n (Beirami et al. 2024); ties in the reward only lower it."""
+    return math.log(n) - (n - 1) / n
+
+
+def bon_kl(rewards, n: int) -> float:
+    """KL(best-of-n || P) in nats per response at one prompt, from samples of P's reward there (`rewards`, e.g. the
+    prompt's candidates): bon_kl_bound(n) when no two tie (the exact value for a continuous reward); otherwise that of
+    their empirical distribution, whose atoms best-of-n reweights from F - F_ to F^n - F_^n (F = P(R <= r),
+    F_ = P(R < r)): sum over atoms of (F^n - F_^n) log((F^n - F_^n) / (F - F_)). One value for all: 0."""
+    values, counts = np.unique(np.asarray(rewards, dtype=np.float64), return_counts=True)
+    if counts.max() == 1:
+        return bon_kl_bound(n)
+    f = np.cumsum(counts) / counts.sum()
+    f_below = f - counts / counts.sum()
+    mass = f ** n - f_below ** n
+    return float(np.sum(mass * np.log(mass / (f - f_below))))

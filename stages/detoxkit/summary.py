@@ -1,6 +1,6 @@
 """A samples CSV read back: its columns, and the metrics of the detox literature computed from it (means, expected
 maximum toxicity and toxicity probability over each prompt's k samples, the judges', distinct-n). numpy alone, so
-the report and publish read samples without loading torch or the sampling code."""
+the report reads samples without loading torch or the sampling code."""
 from __future__ import annotations
 
 import numpy as np

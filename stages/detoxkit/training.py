@@ -2,7 +2,7 @@
 
 - `begin`: the command line every training script takes (dvc.yaml's train@NAME template runs
   `stages/<algorithm>.py --method NAME ...` for each methods entry), params.yaml, and the entry it names.
-- `skip`: a method that is off writes placeholders (SKIPPED.md, a header-only file for every curve dvc.yaml plots,
+- `skip`: a method that is off writes placeholders (SKIPPED.md, a header-only file for every curve plots/dvc.yaml draws,
   a train.json that says so), so that its DVC outputs exist and `dvc plots show` still works.
 - `TrainRecord`: train.json, one schema for every method (None where a field does not apply).
 - `outputs`: the adapter folder and the DVCLive folder, written whole when training ends or not at all; one writer
