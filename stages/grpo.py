@@ -32,11 +32,11 @@ def main():
         return
     from detoxkit.grpo_engine import GRPOEngine
 
-    grpo, prompts, references = run.settings, run.data["train"], None
+    grpo, prompts, references, drawn = run.settings, run.data["train"], None, {"generated_samples": 0, "wall_s": 0.0}
     if grpo.reward_transform == "vbon":  # before any model loads: the prompts that have reference samples
         from detoxkit.preferences import reference_rewards
 
-        prompts, references = reference_rewards(Path(run.args.reference), prompts)
+        prompts, references, drawn = reference_rewards(Path(run.args.reference), prompts)
         if len(prompts) < grpo.batch_size * world()[1]:
             raise PipelineError(f"{run.args.reference} has {len(prompts)} prompts, fewer than methods.{run.method.name}"
                                 f".batch_size x processes ({grpo.batch_size} x {world()[1]}); raise "
@@ -48,7 +48,8 @@ def main():
         history = train(engine, run, prompts, references)
         engine.check_in_sync()
         responses = grpo.batch_size * grpo.group_size
-        run.finish("grpo/kl", steps_done=len(history), rollouts=len(history) * responses * engine.world,
+        run.finish("grpo/kl", reference_wall_s=drawn["wall_s"], steps_done=len(history),
+                   rollouts=len(history) * responses * engine.world + drawn["generated_samples"],  # vbon: + references
                    optimizer_steps=len(history) * grpo.epochs * (responses // grpo.mini_batch_size))
 
 

@@ -265,6 +265,11 @@ def test_a_vbon_grpo_entry_trains_on_the_reference_prompts_and_logs_both_rewards
     assert len(values) == 2 and all(math.log(0.5 / 5) <= v <= math.log(4.5 / 5) for v in values)
     train = json.loads((d / "live/train.json").read_text())
     assert train["settings"]["reward_transform"] == "vbon" and math.isfinite(train["last_reward_mean"])
+    drawn = json.loads((d / "data/reference/summary.json").read_text())
+    own = 2 * train["settings"]["batch_size"] * train["settings"]["group_size"]  # 2 steps of its own rollouts
+    assert train["rollouts"] == own + 8 * 4  # and the reference samples it ranks against (8 prompts x 4)
+    timing = json.loads((d / "live/timing.json").read_text())
+    assert timing["reference_wall_s"] == drawn["wall_s"] and timing["wall_s"] > drawn["wall_s"]
     set_params(d, {"reference.num_prompts": 0})  # no samples drawn: refused before anything runs
     proc = run_script(d, "grpo.py", "--method", "grpo", "--reference", "data/reference", "--data", "data/prepared",
                       "--sft", "models/sft", "--out", "out2", "--live", "live2", "--checkpoints", "c", check=False)

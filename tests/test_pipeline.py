@@ -409,7 +409,7 @@ def test_html_report_is_self_contained_with_tables_and_images(ran):
 
     page = Collect()
     page.feed((ran / "reports/report.html").read_text())
-    assert len(page.imgs) == 3 and not page.links  # nothing fetched from elsewhere
+    assert len(page.imgs) == 4 and not page.links  # nothing fetched from elsewhere (the four figures, inline)
     for src in page.imgs:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"

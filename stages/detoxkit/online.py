@@ -110,11 +110,12 @@ class OnlineRun:
         stops (detoxkit.checkpoint)."""
         checkpoint_step(engine, self.resume, done, self.settings.checkpoint_every, self.settings.max_steps)
 
-    def finish(self, kl_key: str, **fields):
+    def finish(self, kl_key: str, reference_wall_s: float = 0.0, **fields):
         """The main process writes train.json (a TrainRecord of `fields`, with the entry, the parameter counts and the
-        last step's means and `kl_key` filled in), timing.json and the adapter (the engine's save); both folders replace
-        --live and --out as the session ends."""
-        wall = time.perf_counter() - self.started
+        last step's means and `kl_key` filled in), timing.json (with `reference_wall_s`, the reference samples' time
+        when the method trains on them, in its wall time as DPO's) and the adapter (the engine's save); both folders
+        replace --live and --out as the session ends."""
+        wall = time.perf_counter() - self.started + reference_wall_s
         if not self.out:
             return
         record = TrainRecord(self.method.name, self.method.algorithm.name, **fields)
@@ -125,7 +126,8 @@ class OnlineRun:
         record.write(self.out.live_dir / "train.json")
         # wall time apart: train.json stays identical between a resumed run and an uninterrupted one
         write_json(self.out.live_dir / "timing.json", {"wall_s": wall, "resumed_at_step": self.resume.start,
-                                                       **peak_memory(self.device)})
+                                                       **({"reference_wall_s": reference_wall_s}
+                                                          if reference_wall_s else {}), **peak_memory(self.device)})
         self.out.live.end()
         self.engine.save(self.out.out_dir, self.params.policy, self.adapter)
         log.info("saved the %s adapter to %s after %d steps", self.method.label, self.args.out, record.steps_done)

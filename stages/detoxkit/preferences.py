@@ -77,14 +77,15 @@ def check_pairs(pairs: list[dict], dpo: DPOSettings, key: str, where: str):
             f"{key}.min_margin, raise reference.n or reference.num_prompts, or lower {key}.min_pairs")
 
 
-def reference_rewards(folder: Path, train_split) -> tuple[object, list[list[float]]]:
-    """(the train prompts that have reference samples, their reference rewards in the same order): the reference
-    stage sampled the first reference.num_prompts train prompts, each checked to be the prompt it was drawn for."""
-    records, _ = read_reference(folder)
+def reference_rewards(folder: Path, train_split) -> tuple[object, list[list[float]], dict]:
+    """(the train prompts that have reference samples, their reference rewards in the same order, the reference
+    stage's summary: its samples and wall time count in the method's cost): the reference stage sampled the first
+    reference.num_prompts train prompts, each checked to be the prompt it was drawn for."""
+    records, summary = read_reference(folder)
     if len(records) > len(train_split) or any(r["query"] != train_split[r["index"]]["query"] for r in records):
         raise PipelineError(f"{folder} holds samples of other prompts than this train split (the data changed since it "
                             "was drawn); rebuild it with `dvc repro reference`")
-    return train_split.select([r["index"] for r in records]), [r["rewards"] for r in records]
+    return train_split.select([r["index"] for r in records]), [r["rewards"] for r in records], summary
 
 
 def policy_samples(sampler: Sampler, scorer, records: list[dict], ref: ReferenceSettings, round_: int) -> list[dict]:
