@@ -143,6 +143,15 @@ def main():
             kl = "n/a" if e["kl_mean"] is None else f"{e['kl_mean']:.4f}"
             print(f"  distinct-2: {e['before']['distinct_2']:.3f} -> {e['after']['distinct_2']:.3f}; per-token KL {kl}")
             print(f"  guards crossed: {[k for k, v in e['guards'].items() if v is True] or 'none'}")
+            frontier = e.get("kl_to_start")
+            if frontier:  # nats per response, every method alike (the report's reward-KL frontier)
+                bound = "" if frontier["bound"] is None else f" (bound {frontier['bound']:.2f})"
+                print(f"  KL to the start: {frontier['nats']:.2f} nats per response{bound}")
+            if e.get("vs_best_of_n"):  # paired, on the same prompts
+                vs = e["vs_best_of_n"]
+                print(f"  - best-of-N: toxicity {interval(vs['toxicity'])}")
+                for name, judge in vs["judges"].items():
+                    print(f"  - best-of-N: judge {name} {interval(judge)}")
         print("\n" + (repo / "reports/report.md").read_text().splitlines()[0].lstrip("# "))  # the answer
         shown = next(m for m, f in ran.items() if f["trains_weights"])
         before, after = read_rows(repo / "data/samples/baseline.csv"), read_rows(repo / f"data/samples/{shown}.csv")
