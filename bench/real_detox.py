@@ -149,9 +149,9 @@ def main():
                 print(f"  KL to the start: {frontier['nats']:.2f} nats per response{bound}")
             if e.get("vs_best_of_n"):  # paired, on the same prompts
                 vs = e["vs_best_of_n"]
-                print(f"  vs best-of-N (best-of-N -> method): toxicity {interval(vs['toxicity'])}")
-                for name, judge in vs["judges"].items():
-                    print(f"  vs best-of-N (best-of-N -> method): judge {name} {interval(judge)}")
+                judges = [(f"judge {name}", judge) for name, judge in vs["judges"].items()]
+                for what, entry in [("toxicity", vs["toxicity"]), *judges]:
+                    print(f"  vs best-of-N (best-of-N -> method): {what} {interval(entry)}")
         print("\n" + (repo / "reports/report.md").read_text().splitlines()[0].lstrip("# "))  # the answer
         shown = next(m for m, f in ran.items() if f["trains_weights"])
         before, after = read_rows(repo / "data/samples/baseline.csv"), read_rows(repo / f"data/samples/{shown}.csv")
