@@ -19,9 +19,23 @@ def test_the_closure_follows_imports_inside_functions_and_through_other_modules(
     sft = code_deps.closure(code_deps.Path("stages/sft.py"))
     assert "stages/detoxkit/evaluation.py" in sft  # imported inside sft's main()
     assert "stages/detoxkit/generation.py" in sft  # only through evaluation.py
-    assert "stages/detoxkit/render.py" not in sft and "stages/detoxkit/__init__.py" in sft
+    assert "stages/detoxkit/render.py" not in sft
     report = code_deps.closure(code_deps.Path("stages/report.py"))
     assert "stages/detoxkit/render.py" in report and "stages/detoxkit/ppo_engine.py" not in report
+
+
+def test_the_package_init_is_a_dependency_only_when_it_holds_code(tmp_path):
+    """__init__.py runs on the first import of any detoxkit module: a docstring alone changes nothing a stage does,
+    so no stage depends on it; a statement in it makes it every stage's dependency (and compare() says so)."""
+    assert not code_deps.has_code(ROOT / "stages/detoxkit/__init__.py")
+    assert "stages/detoxkit/__init__.py" not in code_deps.closure(code_deps.Path("stages/sft.py"))
+    for name in ("stages", "tools", "dvc.yaml"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, tmp_path / name)
+    init = tmp_path / "stages/detoxkit/__init__.py"
+    init.write_text(init.read_text() + "import os\n")
+    assert "stages/detoxkit/__init__.py" in code_deps.closure(code_deps.Path("stages/sft.py"), tmp_path)
+    wrong = code_deps.compare(tmp_path / "dvc.yaml", tmp_path)
+    assert wrong["sft"] == {"missing": ["stages/detoxkit/__init__.py"], "extra": []} and "report" in wrong
 
 
 def test_a_new_import_without_a_new_dependency_fails_naming_the_path(tmp_path):

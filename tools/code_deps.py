@@ -45,8 +45,8 @@ def imported_modules(path: Path, in_package: bool) -> set[str]:
 
 
 def closure(script: Path, root: Path = ROOT) -> list[str]:
-    """The script and every detoxkit module it reaches, as paths relative to `root` (the package's __init__.py
-    runs on the first import of any of them)."""
+    """The script and every detoxkit module it reaches, as paths relative to `root` (and the package's
+    __init__.py, which runs on the first import of any of them, when it holds code: see has_code)."""
     todo, seen = list(imported_modules(root / script, in_package=False)), set()
     while todo:
         name = todo.pop()
@@ -55,8 +55,16 @@ def closure(script: Path, root: Path = ROOT) -> list[str]:
             continue
         seen.add(name)
         todo += imported_modules(file, in_package=True)
-    modules = sorted(seen | ({"__init__"} if seen else set()))
-    return [script.as_posix()] + [(LIB / f"{m}.py").as_posix() for m in modules]
+    init = {"__init__"} if seen and has_code(root / LIB / "__init__.py") else set()
+    return [script.as_posix()] + [(LIB / f"{m}.py").as_posix() for m in sorted(seen | init)]
+
+
+def has_code(path: Path) -> bool:
+    """Whether a module runs anything when imported: a statement besides its docstring (the package's
+    __init__.py, which runs on the first import of any module of the package, is code only when it has one)."""
+    body = ast.parse(path.read_text(encoding="utf-8")).body
+    docstring = body[:1] and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant)
+    return len(body) > (1 if docstring else 0)
 
 
 ALGORITHM = "${item.algorithm}"  # the train template's script and engine are named by the entry's algorithm
