@@ -23,15 +23,9 @@ import logging
 import time
 
 from detoxkit.config import check_split_sizes, load_params
-from detoxkit.data import load_prepared, take
-from detoxkit.eta import log_estimate
-from detoxkit.evaluation import Sampler, best_of_n, evaluate_policy, sample_columns
-from detoxkit.summary import summarize
-from detoxkit.generation import sampling_kwargs
 from detoxkit.io import is_placeholder, run_stage, write_csv, write_json
 from detoxkit.parallel import is_main, setup
-from detoxkit.models import check_policy_config, load_detoxified, load_policy, start_adapter_path
-from detoxkit.scoring import build_judges, build_scorer, check_scorers
+from detoxkit.summary import sample_columns, summarize
 
 log = logging.getLogger("detox.evaluate")
 
@@ -48,7 +42,6 @@ def main():
     args = parser.parse_args()
 
     params = load_params()
-    setup()  # under torchrun: join the process group (each process takes whole batches of the prompts)
     ev = params.evaluation
     bon, trained = params.best_of_n, args.trained
     off = ("best_of_n.enabled is false" if args.policy == "best-of-n" and not bon.enabled else
@@ -63,6 +56,15 @@ def main():
         write_json(args.metrics, {"enabled": False})
         log.info("%s: wrote an empty %s", off, args.samples)
         return
+
+    from detoxkit.data import load_prepared, take  # the model side loads only for a stage that is on
+    from detoxkit.eta import log_estimate
+    from detoxkit.evaluation import Sampler, best_of_n, evaluate_policy
+    from detoxkit.generation import sampling_kwargs
+    from detoxkit.models import check_policy_config, load_detoxified, load_policy, start_adapter_path
+    from detoxkit.scoring import build_judges, build_scorer, check_scorers
+
+    setup()  # under torchrun: join the process group (each process takes whole batches of the prompts)
     data = load_prepared(args.data)
     check_split_sizes(params, len(data["train"]), len(data["test"]), args.data, keys=("evaluation.num_samples",))
     rows = take(data["test"], ev.num_samples, "evaluation.num_samples")

@@ -205,6 +205,42 @@ def test_outputs_are_readable_by_others_under_umask_0022(ran):
     check_modes(ran, 0o022)  # files 644, folders 755 (the causal run checks 0002: 664, 775)
 
 
+# Runs a stage script with torch unimportable: any import of torch (or a module of it) is an ImportError.
+NO_TORCH = """
+import runpy, sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ImportError(f"{name} imported by a stage that is off")
+sys.meta_path.insert(0, NoTorch())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_stage_that_is_off_writes_its_placeholder_without_loading_torch(ran, tmp_path):
+    """bon@NAME with best_of_n.on_trained false, and train@NAME and evaluate@NAME of an entry that is off, write their
+    placeholders without importing torch (which takes seconds to load): a run with methods off costs them nothing."""
+    repo = copy_repo(ran, tmp_path / "repo")
+    set_params(repo, {"methods.dpo.enabled": False})
+    common = ["--sft", "models/sft", "--data", "data/prepared", "--models", "metrics/models"]
+    runs = [("evaluate.py", "--policy", "best-of-n", "--trained", "models/trained/ppo", *common, "--metrics", "bon.json",
+             "--samples", "bon.csv"),
+            ("dpo.py", "--method", "dpo", "--data", "data/prepared", "--reference", "data/reference", "--sft",
+             "models/sft", "--out", "dpo", "--live", "live", "--checkpoints", "ckpt"),
+            ("evaluate.py", "--policy", "dpo", *common, "--metrics", "dpo.json", "--samples", "dpo.csv")]
+    for script, *args in runs:
+        proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(ROOT / "stages" / script), *args], cwd=repo,
+                              env=ENV, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+    assert json.loads((repo / "bon.json").read_text()) == json.loads((repo / "dpo.json").read_text()) == {"enabled": False}
+    assert (repo / "dpo/SKIPPED.md").is_file() and json.loads((repo / "live/train.json").read_text())["enabled"] is False
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(ROOT / "stages/evaluate.py"), "--policy", "start", *common,
+                           "--metrics", "start.json", "--samples", "start.csv"], cwd=repo, env=ENV, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode != 0 and "torch imported by a stage that is off" in proc.stderr  # the blocker works
+
+
 def test_outputs_are_git_ignored_and_status_is_clean(ran):
     assert changed_stages(ran) == []
     assert sh("git", "status", "--porcelain", cwd=ran).stdout == ""
@@ -846,13 +882,19 @@ def _unmeasured(node):
 MEASURED_TEXT = ("reports/", "models/detoxified/README.md")
 
 
+# One stage of every kind: each script, and each code path of evaluate.py (the start, best-of-N, a trained policy);
+# evaluate@dpo and @grpo take evaluate@ppo's path, and bon@NAME (off here) writes a constant placeholder.
+EVERY_KIND = ["prepare", "check", "sft", "baseline", "best_of_n", "reference", "train@ppo", "train@dpo", "train@grpo",
+              "evaluate@ppo", "report", "publish"]
+
+
 def test_every_stage_run_twice_on_identical_inputs_writes_the_same_bytes(ran, tmp_path):
-    """`dvc repro -f` (every stage again, nothing changed) rewrites every output byte for byte, but for measured
-    wall times and memory: a JSON file that differs differs in those keys alone, and only the report and the
-    card, which print them, differ in their text."""
+    """`dvc repro -f` of a stage of every kind (again, nothing changed) rewrites every output byte for byte, but for
+    measured wall times and memory: a JSON file that differs differs in those keys alone, and only the report and
+    the card, which print them, differ in their text."""
     repo = copy_repo(ran, tmp_path / "repo")
     before = _output_files(repo)
-    dvc("repro", "-f", cwd=repo)
+    assert ran_stages(dvc("repro", "-f", "-s", *EVERY_KIND, cwd=repo).stdout) == sorted(EVERY_KIND)
     after = _output_files(repo)
     assert set(after) == set(before) and len(before) > 50
     differ = sorted(k for k in before if before[k] != after[k])

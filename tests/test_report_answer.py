@@ -38,7 +38,7 @@ def write_run(work, methods: dict, start=None, cut=None, steps=70):
     """params.yaml (the entries of `methods` on, the others and best-of-N off), the start's samples and each method's
     (samples/NAME.csv, train/NAME/train.json) in `work`; `cut` keeps the first rows of every file only; an empty
     list of samples: the method is off."""
-    from detoxkit.evaluation import SAMPLE_COLUMNS
+    from detoxkit.summary import SAMPLE_COLUMNS
     from detoxkit.io import write_csv, write_json
 
     work.mkdir(exist_ok=True)

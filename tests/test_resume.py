@@ -6,18 +6,27 @@ import subprocess
 import sys
 import time
 
-from conftest import ENV, dvc, make_repo, set_params
+from conftest import ENV, copy_repo, dvc, make_repo, set_params
 from make_tiny import tiny_params
 
 NO_DPO = {"methods.dpo.enabled": False, "reference.num_prompts": 0}  # train@NAME needs no reference samples then
 
 
+def twins(tmp_path, params: dict, over: dict, then: dict | None = None):
+    """(ref, repo): two repositories whose stages before training (lineage, prepare, check, sft, reference) ran
+    once, in ref, before the copy; `then` is set in repo alone (a stage it changes reruns there)."""
+    ref = make_repo(tmp_path / "ref", params, over)
+    dvc("repro", "reference", cwd=ref)
+    repo = copy_repo(ref, tmp_path / "repo")
+    set_params(repo, then or {})
+    return ref, repo
+
+
 def test_kill_9_during_causal_ppo_then_repro_with_other_max_steps_resumes_and_matches_uninterrupted(tiny, tmp_path):
     over = {"policy.adapter": None, "methods.ppo.max_steps": 6, "methods.ppo.checkpoint_every": 2, **NO_DPO}
     gpt2 = tiny_params(str(tiny["dir"]), "gpt2")
-    ref = make_repo(tmp_path / "ref", gpt2, over)
+    ref, repo = twins(tmp_path, gpt2, over, {"methods.ppo.max_steps": 9})  # repo: started longer, then cut to 6
     dvc("repro", "train@ppo", cwd=ref)
-    repo = make_repo(tmp_path / "repo", gpt2, {**over, "methods.ppo.max_steps": 9})  # started longer, then cut to 6
     _kill_after_first_checkpoint(repo)
     assert not (repo / "models/trained/ppo").exists()  # nothing half-written in the outputs
     assert not (repo / "metrics/train/ppo").exists()
@@ -67,11 +76,9 @@ def test_kill_9_then_new_reward_weights_in_the_same_folder_train_from_step_0_and
         model.classifier.out_proj.bias.add_(torch.tensor([1.0, -1.0]))  # another reward: not a constant shift
     model.save_pretrained(new)
     over = {"policy.adapter": None, "methods.ppo.max_steps": 6, "methods.ppo.checkpoint_every": 2, **NO_DPO}
-    ref = make_repo(tmp_path / "ref", tiny["params"], {**over, "reward.model": str(new)})
-    dvc("repro", "train@ppo", cwd=ref)
-
     reward = shutil.copytree(tiny["dir"] / "reward", tmp_path / "reward")  # the old weights, then the new ones
-    repo = make_repo(tmp_path / "repo", tiny["params"], {**over, "reward.model": str(reward)})
+    ref, repo = twins(tmp_path, tiny["params"], {**over, "reward.model": str(new)}, {"reward.model": str(reward)})
+    dvc("repro", "train@ppo", cwd=ref)
     _kill_after_first_checkpoint(repo)
     for f in new.iterdir():
         shutil.copy(f, reward / f.name)
@@ -92,9 +99,8 @@ def test_kill_9_during_seq2seq_grpo_then_repro_resumes_and_matches_an_uninterrup
     """GRPO's checkpoints follow PPO's rules: kill -9 after the first one, `dvc repro` resumes from it, and the
     adapter, train.json and curves are bit-identical to a run that was never killed (T5: the seq2seq policy)."""
     over = {"policy.adapter": None, "methods.grpo.max_steps": 6, "methods.grpo.checkpoint_every": 2, **NO_DPO}
-    ref = make_repo(tmp_path / "ref", tiny["params"], over)
+    ref, repo = twins(tmp_path, tiny["params"], over)
     dvc("repro", "train@grpo", cwd=ref)
-    repo = make_repo(tmp_path / "repo", tiny["params"], over)
     _kill_after_first_checkpoint(repo, "grpo")
     assert not (repo / "models/trained/grpo").exists() and not (repo / "metrics/train/grpo").exists()
     out = dvc("repro", "train@grpo", cwd=repo)

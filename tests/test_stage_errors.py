@@ -172,7 +172,7 @@ def test_splits_too_small_for_later_stages_are_refused_by_the_check_stage(scratc
 
 
 def test_report_from_one_pair_claims_no_change(scratch, monkeypatch):
-    from detoxkit.evaluation import SAMPLE_COLUMNS
+    from detoxkit.summary import SAMPLE_COLUMNS
     from detoxkit.io import write_csv, write_json
 
     row = {"index": 0, "sample": 0, "prompt": "p", "reference": "r", "response": "x", "toxicity": 0.9,

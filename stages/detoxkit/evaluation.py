@@ -17,10 +17,6 @@ from .summary import JUDGE
 
 log = logging.getLogger("detox.eval")
 
-SAMPLE_COLUMNS = ["index", "sample", "prompt", "reference", "response", "toxicity", "reward",
-                  "rouge1", "rouge2", "rougeL", "length", "kl", "kl_response", "kl_bon", "perplexity"]
-
-
 def rouge(predictions: list[str], references: list[str]) -> dict[str, np.ndarray]:
     """Per-sample ROUGE-1/2/L F-measures (rouge-score, stemmed), computed locally."""
     from rouge_score import rouge_scorer
@@ -174,8 +170,3 @@ def sample_records(sampler: Sampler, scorer, judges, rows, order, k, ids, texts,
          **{name: float(v[i]) for name, v in judged.items()}}
         for i in range(len(texts))
     ]
-
-
-def sample_columns(judges) -> list[str]:
-    """The samples CSV's columns: SAMPLE_COLUMNS, then one toxicity column per judge."""
-    return SAMPLE_COLUMNS + [f"{JUDGE}{j.name}" for j in judges]

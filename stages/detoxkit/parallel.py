@@ -5,15 +5,14 @@ each repeated for its k samples); it is seeded from (seed, its first item) and g
 wherever it runs. One process and N processes therefore draw and score the same samples, byte for byte (at the
 same compute.threads: a matmul split over another number of threads sums in another order). The processes
 come from torchrun or accelerate launch (WORLD_SIZE, RANK, LOCAL_RANK); with one process nothing is set up.
+torch is imported where a function needs it, so that a stage that is off (a placeholder) asks `is_main()` and
+ends without loading it.
 """
 from __future__ import annotations
 
 import logging
 import os
 from typing import Callable
-
-import torch
-from tqdm.auto import tqdm
 
 log = logging.getLogger("detox.parallel")
 
@@ -27,7 +26,11 @@ def setup():
     """Join the launcher's process group (gloo on CPU, NCCL on GPUs, each process on its own GPU); nothing with
     one process."""
     rank, size = world()
-    if size == 1 or not torch.distributed.is_available() or torch.distributed.is_initialized():
+    if size == 1:
+        return
+    import torch
+
+    if not torch.distributed.is_available() or torch.distributed.is_initialized():
         return
     cuda = torch.cuda.is_available()
     if cuda:
@@ -43,8 +46,12 @@ def any_process(flag: bool) -> bool:
     """Whether `flag` is true on any process (an all-reduce; `flag` itself with one process), so that every process
     takes the same branch at the same step: a SIGTERM reaches the processes at slightly different moments, and a
     process that stopped a step before the others would leave them waiting in a collective forever."""
+    if world()[1] == 1:
+        return flag
+    import torch
+
     dist = torch.distributed
-    if world()[1] == 1 or not dist.is_available() or not dist.is_initialized():
+    if not dist.is_available() or not dist.is_initialized():
         return flag
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     value = torch.tensor([int(flag)], device=device)
@@ -70,6 +77,8 @@ def gather(items: list) -> list:
     rank, size = world()
     if size == 1:
         return items
+    import torch
+
     parts = [None] * size
     torch.distributed.all_gather_object(parts, items)
     return [x for part in parts for x in part]
@@ -80,6 +89,9 @@ def map_batches(n: int, batch_size: int, seed: int, fn: Callable[[int, int], lis
     """fn(start, end) for every batch of n items, this process's share of them, each batch seeded from
     (seed, start) first; returns all processes' results in item order. `per_prompt` items make one prompt (for
     the log line that tells the split)."""
+    import torch
+    from tqdm.auto import tqdm
+
     rank, size = world()
     mine = share(n, batch_size, rank, size)
     if size > 1:

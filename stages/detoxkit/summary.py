@@ -8,6 +8,13 @@ import numpy as np
 JUDGE = "judge_"  # column prefix of a judge's toxicity in the samples CSVs
 ROUGE = ("rouge1", "rouge2", "rougeL")
 MEANS = ("toxicity", "reward", "rouge1", "rouge2", "rougeL", "length", "kl", "kl_response", "perplexity")
+SAMPLE_COLUMNS = ["index", "sample", "prompt", "reference", "response", "toxicity", "reward",
+                  "rouge1", "rouge2", "rougeL", "length", "kl", "kl_response", "kl_bon", "perplexity"]
+
+
+def sample_columns(judges) -> list[str]:
+    """The samples CSV's columns: SAMPLE_COLUMNS, then one toxicity column per judge."""
+    return SAMPLE_COLUMNS + [f"{JUDGE}{j.name}" for j in judges]
 
 
 def present(records: list[dict], column: str) -> bool:
