@@ -205,22 +205,31 @@ def test_outputs_are_readable_by_others_under_umask_0022(ran):
     check_modes(ran, 0o022)  # files 644, folders 755 (the causal run checks 0002: 664, 775)
 
 
-# Runs a stage script with torch unimportable: any import of torch (or a module of it) is an ImportError.
+# Runs a stage script with torch unimportable: any import of torch (or a module of it) is an ImportError, and the
+# attempt alone, caught or not, ends the process with status 97 once the script is done.
 NO_TORCH = """
-import runpy, sys
+import os, runpy, sys
+tried = []
 class NoTorch:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] == "torch":
+            tried.append(name)
             raise ImportError(f"{name} imported by a stage that is off")
 sys.meta_path.insert(0, NoTorch())
 sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    if tried or any(m.split(".")[0] == "torch" for m in sys.modules):
+        print("torch imported by a stage that is off:", tried, file=sys.stderr)
+        os._exit(97)
 """
 
 
 def test_a_stage_that_is_off_writes_its_placeholder_without_loading_torch(ran, tmp_path):
-    """bon@NAME with best_of_n.on_trained false, and train@NAME and evaluate@NAME of an entry that is off, write their
-    placeholders without importing torch (which takes seconds to load): a run with methods off costs them nothing."""
+    """bon@NAME with best_of_n.on_trained false, and a DPO entry's train@NAME and evaluate@NAME when it is off, write
+    their placeholders without importing torch, which takes seconds to load (with one process: compute.processes > 1
+    starts torchrun first). PPO's and GRPO's train@NAME still load it (their scripts import torch at the top)."""
     repo = copy_repo(ran, tmp_path / "repo")
     set_params(repo, {"methods.dpo.enabled": False})
     common = ["--sft", "models/sft", "--data", "data/prepared", "--models", "metrics/models"]
@@ -238,7 +247,7 @@ def test_a_stage_that_is_off_writes_its_placeholder_without_loading_torch(ran, t
     proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(ROOT / "stages/evaluate.py"), "--policy", "start", *common,
                            "--metrics", "start.json", "--samples", "start.csv"], cwd=repo, env=ENV, capture_output=True,
                           text=True, timeout=60)
-    assert proc.returncode != 0 and "torch imported by a stage that is off" in proc.stderr  # the blocker works
+    assert proc.returncode == 97 and "torch imported by a stage that is off" in proc.stderr  # the blocker works
 
 
 def test_outputs_are_git_ignored_and_status_is_clean(ran):
@@ -882,9 +891,10 @@ def _unmeasured(node):
 MEASURED_TEXT = ("reports/", "models/detoxified/README.md")
 
 
-# One stage of every kind: each script, and each code path of evaluate.py (the start, best-of-N, a trained policy);
-# evaluate@dpo and @grpo take evaluate@ppo's path, and bon@NAME (off here) writes a constant placeholder.
-EVERY_KIND = ["prepare", "check", "sft", "baseline", "best_of_n", "reference", "train@ppo", "train@dpo", "train@grpo",
+# One stage of every kind, in DAG order (`-s` runs them as listed): each script, and each code path of evaluate.py (the
+# start, best-of-N, a trained policy); evaluate@dpo and @grpo take evaluate@ppo's path, and bon@NAME (off here)
+# writes a constant placeholder.
+EVERY_KIND = ["lineage", "prepare", "check", "sft", "baseline", "best_of_n", "reference", "train@ppo", "train@dpo", "train@grpo",
               "evaluate@ppo", "report", "publish"]
 
 
@@ -894,7 +904,8 @@ def test_every_stage_run_twice_on_identical_inputs_writes_the_same_bytes(ran, tm
     the card, which print them, differ in their text."""
     repo = copy_repo(ran, tmp_path / "repo")
     before = _output_files(repo)
-    assert ran_stages(dvc("repro", "-f", "-s", *EVERY_KIND, cwd=repo).stdout) == sorted(EVERY_KIND)
+    out = dvc("repro", "-f", "-s", *EVERY_KIND, cwd=repo).stdout
+    assert ran_stages(out) == sorted(EVERY_KIND[1:]) and "Running stage 'lineage'" in out
     after = _output_files(repo)
     assert set(after) == set(before) and len(before) > 50
     differ = sorted(k for k in before if before[k] != after[k])

@@ -566,6 +566,11 @@ def test_compute_threads_sets_torch_and_openmp_threads_in_every_stage(tmp_path):
              "run_stage(lambda: print(torch.get_num_threads(), os.environ['OMP_NUM_THREADS']))")
     proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=ENV, capture_output=True, text=True)
     assert proc.stdout.split() == ["3", "3"], proc.stderr
+    late = ("from detoxkit.io import run_stage\n"  # a stage that loads torch in main(), after its placeholder check
+            "def main():\n    import os, torch\n    print(torch.get_num_threads(), os.environ['OMP_NUM_THREADS'])\n"
+            "run_stage(main)")
+    proc = subprocess.run([sys.executable, "-c", late], cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    assert proc.stdout.split() == ["3", "3"], proc.stderr
     set_params(tmp_path, {"compute.threads": 0})
     with pytest.raises(ParamsError, match="compute.threads must be null or positive"):
         load_params(tmp_path / "params.yaml")

@@ -32,7 +32,7 @@ PACKAGE = LIB.name
 def imported_modules(path: Path, in_package: bool) -> set[str]:
     """Names of the detoxkit modules that the file at `path` imports (relative imports inside the package)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(ast.parse(path.read_bytes())):
         if isinstance(node, ast.Import):
             found |= {a.name.split(".")[1] for a in node.names if a.name.startswith(PACKAGE + ".")}
         elif isinstance(node, ast.ImportFrom):
@@ -55,14 +55,15 @@ def closure(script: Path, root: Path = ROOT) -> list[str]:
             continue
         seen.add(name)
         todo += imported_modules(file, in_package=True)
-    init = {"__init__"} if seen and has_code(root / LIB / "__init__.py") else set()
+    init_file = root / LIB / "__init__.py"
+    init = {"__init__"} if seen and init_file.is_file() and has_code(init_file) else set()
     return [script.as_posix()] + [(LIB / f"{m}.py").as_posix() for m in sorted(seen | init)]
 
 
 def has_code(path: Path) -> bool:
     """Whether a module runs anything when imported: a statement besides its docstring (the package's
     __init__.py, which runs on the first import of any module of the package, is code only when it has one)."""
-    body = ast.parse(path.read_text(encoding="utf-8")).body
+    body = ast.parse(path.read_bytes()).body  # bytes: a UTF-8 BOM or a coding line is Python's to read
     docstring = body[:1] and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant)
     return len(body) > (1 if docstring else 0)
 

@@ -17,6 +17,7 @@ from .summary import JUDGE
 
 log = logging.getLogger("detox.eval")
 
+
 def rouge(predictions: list[str], references: list[str]) -> dict[str, np.ndarray]:
     """Per-sample ROUGE-1/2/L F-measures (rouge-score, stemmed), computed locally."""
     from rouge_score import rouge_scorer

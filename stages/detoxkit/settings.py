@@ -8,7 +8,6 @@ import dataclasses
 import logging
 import os
 import string
-import sys
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -125,14 +124,16 @@ class ComputeSettings:
         _require(self.processes > 0, "compute.processes", "must be positive (1: one process)")
 
     def apply_threads(self):
-        """Set the thread count for this process: torch's (if it is loaded) and OpenMP's and MKL's (read when
-        torch, numpy's BLAS or sklearn start). Called by every stage's entry point (io.run_stage)."""
+        """Set the thread count for this process: torch's (loading torch: a set count costs a placeholder stage its
+        import) and OpenMP's and MKL's (read when numpy's BLAS or sklearn start). Called by every stage's entry
+        point (io.run_stage)."""
         if self.threads is None:
             return
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ[var] = str(self.threads)
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(self.threads)
+        import torch  # now, even in a stage that loads it later: from the environment torch takes at most the cores
+
+        torch.set_num_threads(self.threads)
         logging.getLogger("detox").info("compute.threads: %d CPU threads (torch, OpenMP)", self.threads)
 
 
