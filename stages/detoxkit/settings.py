@@ -124,9 +124,9 @@ class ComputeSettings:
         _require(self.processes > 0, "compute.processes", "must be positive (1: one process)")
 
     def apply_threads(self):
-        """Set the thread count for this process: torch's (loading torch: a set count costs a placeholder stage its
-        import) and OpenMP's and MKL's (read when numpy's BLAS or sklearn start). Called by every stage's entry
-        point (io.run_stage)."""
+        """Set the thread count for this process: torch's, which loads torch (so a placeholder stage pays its
+        import when a count is set), and OpenMP's and MKL's (read when numpy's BLAS or sklearn start). Called by
+        every stage's entry point (io.run_stage)."""
         if self.threads is None:
             return
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
