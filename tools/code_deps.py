@@ -63,9 +63,8 @@ def closure(script: Path, root: Path = ROOT) -> list[str]:
 def has_code(path: Path) -> bool:
     """Whether a module runs anything when imported: a statement besides its docstring (the package's
     __init__.py, which runs on the first import of any module of the package, is code only when it has one)."""
-    body = ast.parse(path.read_bytes()).body  # bytes: a UTF-8 BOM or a coding line is Python's to read
-    docstring = body[:1] and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant)
-    return len(body) > (1 if docstring else 0)
+    tree = ast.parse(path.read_bytes())  # bytes: a UTF-8 BOM or a coding line is Python's to read
+    return len(tree.body) > (0 if ast.get_docstring(tree) is None else 1)
 
 
 ALGORITHM = "${item.algorithm}"  # the train template's script and engine are named by the entry's algorithm
