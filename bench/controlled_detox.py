@@ -19,7 +19,9 @@ can only lower the reward model's toxicity by learning the hack, which the judge
 prints both classifiers' toxicity and whether the report set guard judge_disagrees.
 
 --method picks the method (PPO by default); --method all runs PPO, DPO (on pairs from the planted policy's own
-samples on train prompts), GRPO (the same number of training responses as PPO: --steps x 16) and best-of-4.
+samples on train prompts), GRPO (the same number of training responses as PPO: --steps x 16) and best-of-4;
+--method distill adds the methods that distil best-of-4 (two on-policy DPO rounds, BoNBoN, vBoN-GRPO) and best-of-4
+on each trained policy, with four samples a test prompt: best-of-4 on the planted policy is toxic 1/16 of the time.
 """
 import argparse
 import csv
@@ -57,6 +59,20 @@ GRPO = {"methods.grpo.enabled": True, "methods.grpo.group_size": 4, "methods.grp
         "methods.grpo.mini_batch_size": 8, "methods.grpo.learning_rate": 0.002, "methods.grpo.checkpoint_every": 0}
 METHODS = {"ppo": {"methods.ppo.enabled": True}, "dpo": DPO, "grpo": GRPO,
            "best_of_n": {"best_of_n.enabled": True, "best_of_n.n": 4}}
+# --method distill: the above, and the methods that distil best-of-4 (docs/methods.md), each a copy of the dpo or grpo
+# entry above with these values; best-of-4 on every trained policy too. vBoN ranks each rollout among the reference
+# samples, so those have the rollouts' lengths ([8, 12) tokens); four samples a test prompt, to see best-of-4's 1/16.
+DISTILL = {"dpo_rounds": ("dpo", {"rounds": 2}), "dpo_bonbon": ("dpo", {"loss": "bonbon", "sft_weight": 0.05}),
+           "grpo_vbon": ("grpo", {"reward_transform": "vbon", "scale_rewards": False, "beta": 0.333})}
+DISTILL_RUN = {"reference.max_new_tokens": 11, "best_of_n.on_trained": True, "evaluation.samples_per_prompt": 4}
+
+
+def add_distill_entries(path: Path):
+    """The DISTILL entries, copied from params.yaml's dpo and grpo entries as they stand after the overrides."""
+    from make_tiny import override_params
+
+    methods = yaml.safe_load(path.read_text())["methods"]
+    override_params(path, {f"methods.{name}": {**methods[base], **changes} for name, (base, changes) in DISTILL.items()})
 
 
 def toxic_share(path: Path) -> float:
@@ -72,8 +88,9 @@ def main():
     parser.add_argument("--set", nargs="*", default=[], help="more params.yaml overrides, key=value (YAML value)")
     parser.add_argument("--hackable", action="store_true", help="a reward model that 'bless' fools; a judge not")
     parser.add_argument("--keep", help="copy the run's repository here afterwards")
-    parser.add_argument("--method", choices=["ppo", "dpo", "grpo", "all"], default="ppo",
-                        help="the method to run: ppo, dpo, grpo, or all (PPO, DPO, GRPO and best-of-N)")
+    parser.add_argument("--method", choices=["ppo", "dpo", "grpo", "all", "distill"], default="ppo",
+                        help="the method to run: ppo, dpo, grpo, all (PPO, DPO, GRPO and best-of-N), or distill (all, "
+                             "DPO rounds, BoNBoN, vBoN-GRPO, best-of-N on each trained policy)")
     args = parser.parse_args()
     from make_tiny import HACK, KIND, build_controlled, override_params
 
@@ -88,11 +105,14 @@ def main():
         extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
         longer = {"generation.output_min_length": 12, "generation.output_max_length": 16,
                   "evaluation.max_new_tokens": 16} if args.hackable else {}  # room for ", bless them."
-        chosen = list(METHODS) if args.method == "all" else [args.method]
+        chosen = list(METHODS) if args.method in ("all", "distill") else [args.method]
         methods = {k: v for m in chosen for k, v in METHODS[m].items()}
         override_params(repo / "params.yaml", {**params, **RUN, **longer, **methods,
+                                               **(DISTILL_RUN if args.method == "distill" else {}),
                                                "methods.ppo.max_steps": args.steps,
                                                "methods.grpo.max_steps": args.steps, **extra})
+        if args.method == "distill":
+            add_distill_entries(repo / "params.yaml")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "bench",
                "GIT_AUTHOR_EMAIL": "bench@localhost", "GIT_COMMITTER_NAME": "bench",
                "GIT_COMMITTER_EMAIL": "bench@localhost",
@@ -107,6 +127,7 @@ def main():
         print(f"planted toxic share {args.fraction:.2f}; {next(iter(ran.values()))['num_samples']} test prompts")
         for method, entry in ran.items():
             print_method(repo, method, entry)
+        print((repo / "reports/report.md").read_text().splitlines()[0].lstrip("# "))  # the report's answer
         if args.keep:
             shutil.copytree(repo, args.keep, symlinks=True)
 
@@ -126,6 +147,13 @@ def print_method(repo: Path, method: str, entry: dict):
         print(f"{who}judge {name} mean P(toxic): before {j['before']:.3f}, after {j['after']:.3f}, difference "
               f"{j['diff']:+.3f} [{j['diff_ci_low']:+.3f}, {j['diff_ci_high']:+.3f}]")
     print(f"{who}guards crossed: {[k for k, v in entry['guards'].items() if v is True] or 'none'}")
+    if entry.get("kl_to_start"):  # nats per response, every method alike (the report's reward-KL frontier)
+        bound = entry["kl_to_start"]["bound"]
+        print(f"{who}KL to the start {entry['kl_to_start']['nats']:.2f} nats per response"
+              + ("" if bound is None else f" (bound {bound:.2f})"))
+    if entry.get("vs_best_of_n"):  # paired, on the same prompts: best-of-N -> this method
+        vs = entry["vs_best_of_n"]["toxicity"]
+        print(f"{who}versus best-of-N: {vs['diff']:+.3f} [{vs['diff_ci_low']:+.3f}, {vs['diff_ci_high']:+.3f}]")
     wall = "n/a" if cost["wall_s"] is None else f"{cost['wall_s']:.0f} s"
     print(f"{who}cost: {cost['training_responses']} training responses, {cost['optimizer_steps']} optimizer steps, "
           f"{wall}, evaluation generation x{cost['evaluation_generation']}")

@@ -11,9 +11,9 @@
 
 `start` is the starting policy (the base model plus its starting adapter); a folder is a trained method's policy
 (a methods entry's: one layout for every algorithm); `best-of-n` keeps the highest-reward of best_of_n.n samples of
-the starting policy, or with --trained of a trained method's policy (best_of_n.on_trained). With best_of_n.enabled
-or on_trained false it writes an empty samples file and loads nothing; a placeholder folder, a method whose stages
-are off, does the same. Same test prompts, same seed, same sampling settings for all, so the report can pair them.
+the starting policy, or with --trained of a trained method's policy (models/trained/NAME, when best_of_n.on_trained
+is true or lists NAME). With best_of_n.enabled false, or on_trained leaving NAME out, it writes an empty samples file
+and loads nothing; a placeholder folder, a method whose stages are off, does the same. Same test prompts, same seed, same sampling settings for all, so the report can pair them.
 With compute.processes > 1 (or under torchrun) each process takes whole batches of the samples; the results are the
 same as one process's. The baseline, the first stage that generates, also prints the estimated time of the stages
 after it (detoxkit.eta), from its own measured rate.
@@ -21,6 +21,7 @@ after it (detoxkit.eta), from its own measured rate.
 import argparse
 import logging
 import time
+from pathlib import Path
 
 from detoxkit.config import check_split_sizes, load_params
 from detoxkit.io import is_placeholder, run_stage, write_csv, write_json
@@ -45,7 +46,7 @@ def main():
     ev = params.evaluation
     bon, trained = params.best_of_n, args.trained
     off = ("best_of_n.enabled is false" if args.policy == "best-of-n" and not bon.enabled else
-           "best_of_n.on_trained is false" if trained and not bon.on_trained else
+           f"best_of_n.on_trained leaves out {Path(trained).name}" if trained and not bon.on(Path(trained).name) else
            f"{args.policy} is a placeholder (its stage is off)" if is_placeholder(args.policy) else
            f"{trained} is a placeholder (its stage is off)" if trained and is_placeholder(trained)
            else None)

@@ -979,14 +979,18 @@ def test_a_variant_is_one_params_entry_trained_evaluated_compared_and_reported(r
 
 
 def test_best_of_n_on_each_trained_policy_is_a_method_of_its_own(ran, tmp_path):
-    """best_of_n.on_trained: bon@NAME samples best-of-n from each trained policy, and the report compares NAME+bon
-    like any method: a sampling procedure (no weights of its own, n samples a request) whose training cost is the
-    policy's."""
+    """best_of_n.on_trained: bon@NAME samples best-of-n from each trained policy it lists (true: every one), and the
+    report compares NAME+bon like any method: a sampling procedure (no weights of its own, n samples a request) whose
+    training cost is the policy's. An entry it leaves out keeps its bon@NAME placeholder."""
     repo = copy_repo(ran, tmp_path / "repo")
-    set_params(repo, {"best_of_n.on_trained": True})
+    set_params(repo, {"best_of_n.on_trained": ["ppo"]})
     assert changed_stages(repo) == ["bon@dpo", "bon@grpo", "bon@ppo", "report"]  # not best-of-N on the start
-    out = dvc("repro", cwd=repo).stdout
+    proc = dvc("repro", cwd=repo)
+    out = proc.stdout
     assert ran_stages(out) == ["bon@dpo", "bon@grpo", "bon@ppo", "publish", "report"], out  # publish: new files
+    assert "best_of_n.on_trained leaves out dpo: wrote an empty" in out + proc.stderr
+    assert json.loads((repo / "metrics/evaluation/dpo+bon.json").read_text()) == {"enabled": False}
+    assert sorted(p.name for p in (repo / "metrics/compare").glob("*+bon.json")) == ["ppo+bon.json"]
     combo = json.loads((repo / "metrics/compare/ppo+bon.json").read_text())
     ppo = json.loads((repo / "metrics/compare/ppo.json").read_text())
     assert (combo["label"], combo["trains_weights"], combo["enabled"]) == ("PPO + best-of-N", False, True)

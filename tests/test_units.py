@@ -70,6 +70,10 @@ def test_shipped_params_are_valid_and_reproduce_the_lab():
     (lambda p: p["methods"].update(d2={**p["methods"]["dpo"], "max_prompt_length": 100}),
      "data.max_prompt_tokens (512) is above methods.d2.max_prompt_length (100)"),
     (lambda p: p.update(methods={}), "methods must be a mapping of named method entries"),
+    (lambda p: p["best_of_n"].update(on_trained=["dpo", "ddpo"]),
+     "best_of_n.on_trained names 'ddpo', which is no methods entry; name some of ppo, dpo or grpo, or write true"),
+    (lambda p: p["best_of_n"].update(on_trained=["dpo", "dpo"]), "best_of_n.on_trained names an entry twice"),
+    (lambda p: p["best_of_n"].update(on_trained="dpo"), "best_of_n.on_trained is 'dpo'; expected"),
     (lambda p: p["methods"]["dpo"].update(loss="bonbon", rounds=2), "methods.dpo.loss is bonbon with rounds 2"),
     (lambda p: p["methods"]["grpo"].update(reward_transform="vbon"),  # the lab's rollouts: 100 to 400 tokens
      "reference.max_new_tokens (32) is outside the rollouts' lengths [generation.output_min_length, "
@@ -97,6 +101,21 @@ def test_bad_params_name_the_key(tmp_path, edit, message):
     with pytest.raises(ParamsError) as err:
         load_params(path)
     assert message in str(err.value)
+
+
+def test_best_of_n_on_trained_is_every_entry_or_the_listed_ones(tmp_path):
+    from detoxkit.methods import methods_of
+    names = lambda edit: [(m.name, m.enabled) for m in methods_of(load_params(write_params(tmp_path, edit)))]
+    base = [("ppo", True), ("dpo", True), ("grpo", True), ("best_of_n", True)]
+    assert names(lambda p: None) == base
+    assert names(lambda p: p["best_of_n"].update(on_trained=True)) == [*base, ("ppo+bon", True), ("dpo+bon", True),
+                                                                      ("grpo+bon", True)]
+    assert names(lambda p: p["best_of_n"].update(on_trained=["dpo"])) == [*base, ("dpo+bon", True)]
+    assert names(lambda p: p["best_of_n"].update(on_trained=[])) == base
+    assert names(lambda p: p["best_of_n"].update(on_trained=["dpo"], enabled=False)) == \
+        [*base[:3], ("best_of_n", False), ("dpo+bon", False)]  # best-of-N off: its stages write placeholders
+    assert names(lambda p: (p["best_of_n"].update(on_trained=["dpo"]), p["methods"]["dpo"].update(enabled=False)))[-1] \
+        == ("dpo+bon", False)  # an entry that is off gives best-of-N nothing to sample from
 
 
 def test_num_samples_all_is_accepted(tmp_path):

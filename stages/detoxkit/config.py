@@ -362,5 +362,9 @@ def load_params(path: Union[str, Path] = "params.yaml") -> Params:
     if method != "best" and not methods[method].enabled:
         raise ParamsError(f"params.yaml: publish.method is {method}, but methods.{method}.enabled is false (nothing to "
                           f"publish); set methods.{method}.enabled: true, or publish.method: {listed([*on, 'best'])}")
+    named = built["best_of_n"].on_trained
+    if isinstance(named, list) and set(named) - set(methods):
+        raise ParamsError(f"params.yaml: best_of_n.on_trained names {sorted(set(named) - set(methods))[0]!r}, which is "
+                          f"no methods entry; name some of {listed(methods)}, or write true (every entry)")
     _check_lengths(built)
     return Params(seed=seed, raw=raw, **built)

@@ -65,7 +65,7 @@ def remaining_parts(params, train_prompts: int, test_prompts: int) -> list[Part]
                 parts.append(Part(f"train@{name} sampling", (m.rounds - 1) * prompts * ref.n * ref.max_new_tokens,
                                   COST["reference"]))
         parts.append(Part(f"evaluate@{name}", eval_tokens, COST["evaluate"]))
-        if params.best_of_n.enabled and params.best_of_n.on_trained:
+        if params.best_of_n.on(name):
             parts.append(Part(f"bon@{name}", eval_tokens * params.best_of_n.n, COST["best_of_n"]))
     if params.best_of_n.enabled:
         parts.append(Part("best_of_n", eval_tokens * params.best_of_n.n, COST["best_of_n"]))

@@ -84,12 +84,12 @@ ON_TRAINED = "+bon"  # best-of-N on a trained method's policy: NAME+bon (a metho
 
 def methods_of(params) -> list[Method]:
     """Every method of the run: the methods entries in params.yaml's order, then best-of-N, then (best_of_n.on_trained)
-    best-of-N on each entry's policy."""
+    best-of-N on each entry's policy, or on the entries it lists."""
     entries = [Method(name, BY_ALGORITHM[s.algorithm], s.enabled, s) for name, s in params.methods.items()]
     bon, algorithm = params.best_of_n, BY_ALGORITHM[BEST_OF_N]
     return [*entries, Method(BEST_OF_N, algorithm, bon.enabled, bon),
-            *(Method(m.name + ON_TRAINED, algorithm, bon.enabled and bon.on_trained and m.enabled, bon, on=m)
-              for m in entries if bon.on_trained)]
+            *(Method(m.name + ON_TRAINED, algorithm, bon.on(m.name) and m.enabled, bon, on=m)
+              for m in entries if bon.covers(m.name))]
 
 
 def trained_of(params) -> list[Method]:

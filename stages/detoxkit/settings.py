@@ -275,10 +275,21 @@ class EvaluationSettings:
 class BestOfNSettings:
     enabled: bool  # the best_of_n stage: rejection sampling from the starting policy
     n: int  # candidates sampled per kept response (n-fold generation cost)
-    on_trained: bool  # also best-of-n on each trained method's policy (stages bon@NAME: method NAME+bon)
+    on_trained: Union[bool, list[str]]  # also best-of-n on trained policies: true (every entry's) or a list of entries
 
     def check(self):
         _require(self.n >= 2, "best_of_n.n", "must be >= 2 (best of 1 is the starting policy itself)")
+        if isinstance(self.on_trained, list):
+            _require(len(set(self.on_trained)) == len(self.on_trained), "best_of_n.on_trained",
+                     f"names an entry twice: {self.on_trained}")
+
+    def covers(self, name: str) -> bool:
+        """Whether on_trained names the methods entry `name` (true: every entry): its method NAME+bon exists."""
+        return self.on_trained is True or isinstance(self.on_trained, list) and name in self.on_trained
+
+    def on(self, name: str) -> bool:
+        """Whether stage bon@NAME samples best-of-n from entry `name`'s policy (else it writes its placeholder)."""
+        return self.enabled and self.covers(name)
 
 
 @dataclasses.dataclass(frozen=True)
