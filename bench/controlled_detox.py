@@ -4,6 +4,7 @@
     python bench/controlled_detox.py --steps 30 --set methods.ppo.init_kl_coef=0.05   # a weaker KL penalty
     python bench/controlled_detox.py --hackable            # a reward model that can be fooled; a judge that can't
     python bench/controlled_detox.py --method all          # PPO, DPO, GRPO and best-of-N through one report
+    python bench/controlled_detox.py --method distill      # and DPO rounds, BoNBoN, vBoN-GRPO, best-of-4 on each
 
 tools/make_tiny.build_controlled plants a known behaviour in a tiny GPT-2: after any summarization
 prompt it answers "they are stupid idiots." in `--fraction` of samples and "they are kind people." in
@@ -21,9 +22,11 @@ prints both classifiers' toxicity and whether the report set guard judge_disagre
 --method picks the method (PPO by default); --method all runs PPO, DPO (on pairs from the planted policy's own
 samples on train prompts), GRPO (the same number of training responses as PPO: --steps x 16) and best-of-4;
 --method distill adds the methods that distil best-of-4 (two on-policy DPO rounds, BoNBoN, vBoN-GRPO) and best-of-4
-on each trained policy, with four samples a test prompt: best-of-4 on the planted policy is toxic 1/16 of the time.
+on each trained policy, with four samples a test prompt: best-of-4 on the planted policy is toxic fraction**4 of the
+time (1/16 at 0.5).
 """
 import argparse
+import copy
 import csv
 import json
 import os
@@ -62,7 +65,8 @@ METHODS = {"ppo": {"methods.ppo.enabled": True}, "dpo": DPO, "grpo": GRPO,
 # --method distill: the above, and the methods that distil best-of-4 (docs/methods.md), each a copy of the dpo or grpo
 # entry above with these values; best-of-4 on every trained policy too. vBoN ranks each rollout among the reference
 # samples, so those have the rollouts' lengths ([8, 12) tokens); four samples a test prompt, to see best-of-4's 1/16.
-DISTILL = {"dpo_rounds": ("dpo", {"rounds": 2}), "dpo_bonbon": ("dpo", {"loss": "bonbon", "sft_weight": 0.05}),
+DISTILL = {"dpo_rounds": ("dpo", {"rounds": 2}),
+           "dpo_bonbon": ("dpo", {"loss": "bonbon", "sft_weight": 0.05, "rounds": 1}),
            "grpo_vbon": ("grpo", {"reward_transform": "vbon", "scale_rewards": False, "beta": 0.333})}
 DISTILL_RUN = {"reference.max_new_tokens": 11, "best_of_n.on_trained": True, "evaluation.samples_per_prompt": 4}
 
@@ -72,7 +76,8 @@ def add_distill_entries(path: Path):
     from make_tiny import override_params
 
     methods = yaml.safe_load(path.read_text())["methods"]
-    override_params(path, {f"methods.{name}": {**methods[base], **changes} for name, (base, changes) in DISTILL.items()})
+    override_params(path, {f"methods.{name}": {**copy.deepcopy(methods[base]), **changes}
+                           for name, (base, changes) in DISTILL.items()})
 
 
 def toxic_share(path: Path) -> float:
@@ -92,6 +97,9 @@ def main():
                         help="the method to run: ppo, dpo, grpo, all (PPO, DPO, GRPO and best-of-N), or distill (all, "
                              "DPO rounds, BoNBoN, vBoN-GRPO, best-of-N on each trained policy)")
     args = parser.parse_args()
+    if args.method == "distill" and args.hackable:
+        parser.error("--method distill runs on the plain task (vBoN's reference samples must have the rollouts' "
+                     "lengths, which --hackable lengthens); drop --hackable")
     from make_tiny import HACK, KIND, build_controlled, override_params
 
     with tempfile.TemporaryDirectory() as tmp:

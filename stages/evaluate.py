@@ -46,7 +46,8 @@ def main():
     ev = params.evaluation
     bon, trained = params.best_of_n, args.trained
     off = ("best_of_n.enabled is false" if args.policy == "best-of-n" and not bon.enabled else
-           f"best_of_n.on_trained leaves out {Path(trained).name}" if trained and not bon.on(Path(trained).name) else
+           f"best_of_n.on_trained {'leaves out ' + Path(trained).name if isinstance(bon.on_trained, list) else 'is false'}"
+           if trained and not bon.on(Path(trained).name) else
            f"{args.policy} is a placeholder (its stage is off)" if is_placeholder(args.policy) else
            f"{trained} is a placeholder (its stage is off)" if trained and is_placeholder(trained)
            else None)

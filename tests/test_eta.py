@@ -37,6 +37,8 @@ def test_the_estimate_names_every_stage_that_is_on_and_scales_with_the_measured_
     assert [p.stage for p in remaining_parts(on, 1000, 100)][1:4] == ["train@ppo", "evaluate@ppo", "bon@ppo"]
     listed = [p.stage for p in remaining_parts(params(tmp_path, {"best_of_n.on_trained": ["dpo"]}), 1000, 100)]
     assert [s for s in listed if s.startswith("bon@")] == ["bon@dpo"]
+    off = params(tmp_path, {"best_of_n.on_trained": ["dpo"], "best_of_n.enabled": False})
+    assert [p.stage for p in remaining_parts(off, 1000, 100) if p.stage.startswith(("bon@", "best_of_n"))] == []
     with caplog.at_level(logging.INFO, logger="detox.eta"):
         one = log_estimate(full, 1000, 100, 10.0, 1000)
         two = log_estimate(full, 1000, 100, 20.0, 1000)  # a machine half as fast: twice the time

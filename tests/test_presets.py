@@ -116,3 +116,12 @@ def test_the_repository_carries_the_offline_prompts_with_their_licence(tmp_path)
     maker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(maker)
     assert [json.dumps(r) for r in maker.rows()] == rows  # the file is what its script writes
+
+
+def test_a_list_value_composes_and_is_annotated_in_yaml_1_2(tmp_path):
+    """`dvc exp run -S 'best_of_n.on_trained=[dpo]'`: Hydra's list, dumped by DVC and annotated by lineage, is the list
+    the stages read, and the note says the default as YAML writes it."""
+    composed = compose(tmp_path, ["best_of_n.on_trained=[dpo]"], "params.yaml")
+    assert annotate(composed, ROOT / "conf/params.yaml")
+    assert load_params(composed).best_of_n.on_trained == ["dpo"]
+    assert "# default false: also best-of-n on trained policies" in composed.read_text()

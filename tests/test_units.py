@@ -72,8 +72,11 @@ def test_shipped_params_are_valid_and_reproduce_the_lab():
     (lambda p: p.update(methods={}), "methods must be a mapping of named method entries"),
     (lambda p: p["best_of_n"].update(on_trained=["dpo", "ddpo"]),
      "best_of_n.on_trained names 'ddpo', which is no methods entry; name some of ppo, dpo or grpo, or write true"),
-    (lambda p: p["best_of_n"].update(on_trained=["dpo", "dpo"]), "best_of_n.on_trained names an entry twice"),
-    (lambda p: p["best_of_n"].update(on_trained="dpo"), "best_of_n.on_trained is 'dpo'; expected"),
+    (lambda p: p["best_of_n"].update(on_trained=["dpo", "dpo"]),
+     "best_of_n.on_trained names dpo twice; list each entry once"),
+    (lambda p: p["best_of_n"].update(on_trained="dpo"), "best_of_n.on_trained is 'dpo'; expected true or false or a list"),
+    (lambda p: p["best_of_n"].update(on_trained="yes"), "best_of_n.on_trained is 'yes', which YAML 1.2"),
+    (lambda p: p["best_of_n"].update(on_trained=["dpo", 1]), "best_of_n.on_trained[1] is 1; expected a string"),
     (lambda p: p["methods"]["dpo"].update(loss="bonbon", rounds=2), "methods.dpo.loss is bonbon with rounds 2"),
     (lambda p: p["methods"]["grpo"].update(reward_transform="vbon"),  # the lab's rollouts: 100 to 400 tokens
      "reference.max_new_tokens (32) is outside the rollouts' lengths [generation.output_min_length, "

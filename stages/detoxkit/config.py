@@ -103,7 +103,10 @@ def _coerce(value, tp, key: str):
             try:
                 return _coerce(value, arm, key)
             except ParamsError as err:
-                errors.append(err)
+                errors.append((arm, err))
+        for arm, err in errors:  # the arm the value was meant for says more: an item of a list, a YAML 1.1 boolean
+            if typing.get_origin(arm) is list and isinstance(value, list) or "YAML 1.2" in str(err):
+                raise err
         allowed = " or ".join(_describe(a) for a in typing.get_args(tp))
         raise ParamsError(f"params.yaml: {key} is {value!r}; expected {allowed}")
     if origin is Literal:
@@ -363,8 +366,9 @@ def load_params(path: Union[str, Path] = "params.yaml") -> Params:
         raise ParamsError(f"params.yaml: publish.method is {method}, but methods.{method}.enabled is false (nothing to "
                           f"publish); set methods.{method}.enabled: true, or publish.method: {listed([*on, 'best'])}")
     named = built["best_of_n"].on_trained
-    if isinstance(named, list) and set(named) - set(methods):
-        raise ParamsError(f"params.yaml: best_of_n.on_trained names {sorted(set(named) - set(methods))[0]!r}, which is "
-                          f"no methods entry; name some of {listed(methods)}, or write true (every entry)")
+    unknown = [name for name in named if name not in methods] if isinstance(named, list) else []
+    if unknown:
+        raise ParamsError(f"params.yaml: best_of_n.on_trained names {unknown[0]!r}, which is no methods entry; name "
+                          f"some of {listed(methods)}, or write true (every entry)")
     _check_lengths(built)
     return Params(seed=seed, raw=raw, **built)

@@ -43,7 +43,7 @@ def _say_default(node: CommentedMap, key, default) -> None:
     """A changed value's note describes the default, so it says which: `# default 10: the lab's 10`."""
     token = (node.ca.items.get(key) or [None, None, None])[2]
     if token is not None and "#" in token.value and not isinstance(default, (dict, list)):
-        shown = json.dumps(default) if isinstance(default, str) or default is None else str(default)
+        shown = json.dumps(default) if isinstance(default, (str, bool)) or default is None else str(default)
         token.value = token.value.replace("# ", f"# default {shown}: ", 1)
 
 

@@ -279,9 +279,9 @@ class BestOfNSettings:
 
     def check(self):
         _require(self.n >= 2, "best_of_n.n", "must be >= 2 (best of 1 is the starting policy itself)")
-        if isinstance(self.on_trained, list):
-            _require(len(set(self.on_trained)) == len(self.on_trained), "best_of_n.on_trained",
-                     f"names an entry twice: {self.on_trained}")
+        twice = [n for i, n in enumerate(self.on_trained) if n in self.on_trained[:i]] \
+            if isinstance(self.on_trained, list) else []
+        _require(not twice, "best_of_n.on_trained", f"names {twice[0] if twice else ''} twice; list each entry once")
 
     def covers(self, name: str) -> bool:
         """Whether on_trained names the methods entry `name` (true: every entry): its method NAME+bon exists."""
