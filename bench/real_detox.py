@@ -19,7 +19,8 @@ the test split (never chosen by their scores). PPO and GRPO run the same steps o
 `--repo DIR` runs in DIR and keeps it. When DIR already holds a run, its params.yaml goes back to the
 committed one (the first run's settings), this command's settings are applied, and `dvc repro` reruns only the
 stages they change (the start's evaluation and the pairs come from DVC's cache): a sweep of one method's settings
-costs that method's training and evaluation alone. The stage code stays the first run's copy.
+costs that method's training and evaluation alone. The stage code stays the first run's copy. `--methods` switches
+the methods it names on and the others off, in a reused repository too.
 """
 import argparse
 import csv
@@ -59,6 +60,11 @@ RUN = {"evaluation.num_samples": 100, "evaluation.samples_per_prompt": 4, "best_
 METHODS = ("ppo", "dpo", "grpo", "best_of_n")  # params.yaml's entries, then best-of-N
 OFF = {"ppo": {"methods.ppo.enabled": False}, "grpo": {"methods.grpo.enabled": False},
        "dpo": {"methods.dpo.enabled": False, "reference.num_prompts": 0}, "best_of_n": {"best_of_n.enabled": False}}
+# the methods --methods names, switched on: a reused repository keeps its first run's switches otherwise
+ON = {"ppo": {"methods.ppo.enabled": True}, "grpo": {"methods.grpo.enabled": True},
+      "dpo": {"methods.dpo.enabled": True,
+              "reference.num_prompts": yaml.safe_load((ROOT / "params.yaml").read_text())["reference"]["num_prompts"]},
+      "best_of_n": {"best_of_n.enabled": True}}
 STEPS = 70  # PPO steps: about 10 s each here at batch 16
 SHOWN = 6
 
@@ -119,7 +125,7 @@ def main():
             **RTP, **RUN, "data.source": str(args.data.resolve()), "policy.model": str(args.model.resolve()),
             "evaluation.num_samples": args.prompts, "methods.ppo.max_steps": args.steps,
             "methods.grpo.max_steps": args.steps,
-            **{k: v for m in METHODS if m not in args.methods for k, v in OFF[m].items()}, **extra})
+            **{k: v for m in METHODS for k, v in (ON if m in args.methods else OFF)[m].items()}, **extra})
         start = time.time()
         if fresh:
             for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"], ["git", "add", "-A"],
