@@ -118,9 +118,10 @@ def main():
         override_params(repo / "params.yaml", {**params, **RUN, **longer, **methods,
                                                **(DISTILL_RUN if args.method == "distill" else {}),
                                                "methods.ppo.max_steps": args.steps,
-                                               "methods.grpo.max_steps": args.steps, **extra})
+                                               "methods.grpo.max_steps": args.steps})
         if args.method == "distill":
-            add_distill_entries(repo / "params.yaml")
+            add_distill_entries(repo / "params.yaml")  # copies of the dpo and grpo entries as set above
+        override_params(repo / "params.yaml", extra)  # --set last: it may name a distill entry's key
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "bench",
                "GIT_AUTHOR_EMAIL": "bench@localhost", "GIT_COMMITTER_NAME": "bench",
                "GIT_COMMITTER_EMAIL": "bench@localhost",

@@ -60,11 +60,10 @@ RUN = {"evaluation.num_samples": 100, "evaluation.samples_per_prompt": 4, "best_
 METHODS = ("ppo", "dpo", "grpo", "best_of_n")  # params.yaml's entries, then best-of-N
 OFF = {"ppo": {"methods.ppo.enabled": False}, "grpo": {"methods.grpo.enabled": False},
        "dpo": {"methods.dpo.enabled": False, "reference.num_prompts": 0}, "best_of_n": {"best_of_n.enabled": False}}
-# the methods --methods names, switched on: a reused repository keeps its first run's switches otherwise
+# the methods --methods names, switched on: a reused repository keeps its first run's switches otherwise (DPO's
+# reference samples too, when that run had DPO off: main() restores their number)
 ON = {"ppo": {"methods.ppo.enabled": True}, "grpo": {"methods.grpo.enabled": True},
-      "dpo": {"methods.dpo.enabled": True,
-              "reference.num_prompts": yaml.safe_load((ROOT / "params.yaml").read_text())["reference"]["num_prompts"]},
-      "best_of_n": {"best_of_n.enabled": True}}
+      "dpo": {"methods.dpo.enabled": True}, "best_of_n": {"best_of_n.enabled": True}}
 STEPS = 70  # PPO steps: about 10 s each here at batch 16
 SHOWN = 6
 
@@ -121,6 +120,9 @@ def main():
             print(f"reusing {repo}: its committed params.yaml, then this command's settings", file=sys.stderr)
             run("git", "checkout", "-q", "HEAD", "--", "params.yaml")
         extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+        reference = lambda path: yaml.safe_load(path.read_text())["reference"]["num_prompts"]  # noqa: E731
+        if "dpo" in args.methods and not reference(repo / "params.yaml"):  # the first run had DPO off: none drawn
+            extra = {"reference.num_prompts": reference(ROOT / "params.yaml"), **extra}
         make_tiny.override_params(repo / "params.yaml", {
             **RTP, **RUN, "data.source": str(args.data.resolve()), "policy.model": str(args.model.resolve()),
             "evaluation.num_samples": args.prompts, "methods.ppo.max_steps": args.steps,

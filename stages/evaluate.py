@@ -13,10 +13,10 @@
 (a methods entry's: one layout for every algorithm); `best-of-n` keeps the highest-reward of best_of_n.n samples of
 the starting policy, or with --trained of a trained method's policy (models/trained/NAME, when best_of_n.on_trained
 is true or lists NAME). With best_of_n.enabled false, or on_trained leaving NAME out, it writes an empty samples file
-and loads nothing; a placeholder folder, a method whose stages are off, does the same. Same test prompts, same seed, same sampling settings for all, so the report can pair them.
-With compute.processes > 1 (or under torchrun) each process takes whole batches of the samples; the results are the
-same as one process's. The baseline, the first stage that generates, also prints the estimated time of the stages
-after it (detoxkit.eta), from its own measured rate.
+and loads nothing; a placeholder folder, a method whose stages are off, does the same. Same test prompts, same seed,
+same sampling settings for all, so the report can pair them. With compute.processes > 1 (or under torchrun) each
+process takes whole batches of the samples; the results are the same as one process's. The baseline, the first stage
+that generates, also prints the estimated time of the stages after it (detoxkit.eta), from its own measured rate.
 """
 import argparse
 import logging
@@ -45,9 +45,10 @@ def main():
     params = load_params()
     ev = params.evaluation
     bon, trained = params.best_of_n, args.trained
+    name = trained and Path(trained).name  # models/trained/NAME: the methods entry best-of-n would sample from
     off = ("best_of_n.enabled is false" if args.policy == "best-of-n" and not bon.enabled else
-           f"best_of_n.on_trained {'leaves out ' + Path(trained).name if isinstance(bon.on_trained, list) else 'is false'}"
-           if trained and not bon.on(Path(trained).name) else
+           f"best_of_n.on_trained {f'leaves out {name}' if isinstance(bon.on_trained, list) else 'is false'}"
+           if trained and not bon.on(name) else
            f"{args.policy} is a placeholder (its stage is off)" if is_placeholder(args.policy) else
            f"{trained} is a placeholder (its stage is off)" if trained and is_placeholder(trained)
            else None)
