@@ -6,7 +6,7 @@ the repository's own prompts, continued as text).
 
 It checks what a real model makes checkable and a random one does not: responses end at <|im_end|> and carry
 no chat markup or prompt, their perplexity under the starting policy is that of language, and the published
-folder generates the stage's text again. Marked `real` (about 6 minutes on 2 cores, plus a 93 MB download
+folder generates the stage's text again. Marked `real` (6 to 8 minutes on 2 cores, plus a 93 MB download
 that pip caches): `.ci/run` runs it as a step of its own, after the main suite.
 """
 import csv
