@@ -16,14 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "stages"))  # detoxkit, as the stages import it
-
-from detoxkit.compare import check_paired, paired_entry  # noqa: E402
-from detoxkit.config import load_params  # noqa: E402
-from detoxkit.errors import PipelineError  # noqa: E402
-from detoxkit.io import read_csv  # noqa: E402
-from detoxkit.python_scorer import PythonScorer  # noqa: E402
+from detoxkit.compare import check_paired, paired_entry  # pip install -e . (the README's commands)
+from detoxkit.config import load_params
+from detoxkit.errors import PipelineError
+from detoxkit.io import read_csv
+from detoxkit.python_scorer import PythonScorer
 
 
 def per_prompt(rows: list[dict], scores: np.ndarray) -> np.ndarray:
