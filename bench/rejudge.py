@@ -21,14 +21,15 @@ from detoxkit.config import load_params
 from detoxkit.errors import PipelineError
 from detoxkit.io import read_csv
 from detoxkit.python_scorer import PythonScorer
+from detoxkit.summary import JUDGE
+from detoxkit.summary import per_prompt as summary_per_prompt
 
 
-def per_prompt(rows: list[dict], scores: np.ndarray) -> np.ndarray:
-    """The mean score of each prompt's k samples, prompts in the order of their first sample (as the report pairs)."""
-    groups: dict[int, list[float]] = {}
-    for row, score in zip(rows, scores):
-        groups.setdefault(int(row["index"]), []).append(float(score))
-    return np.array([np.mean(g) for g in groups.values()])
+def per_prompt(rows: list[dict], scores: np.ndarray, threshold: float) -> np.ndarray:
+    """The mean score of each prompt's k samples, prompts in the order of their first sample: the judge's column,
+    grouped as the report groups every judge (summary.per_prompt)."""
+    column = f"{JUDGE}rejudge"
+    return summary_per_prompt([{**r, column: float(v)} for r, v in zip(rows, scores)], threshold)[column]
 
 
 def shown(e: dict) -> str:
@@ -48,12 +49,13 @@ def main():
     names = args.methods or [m for m, p in files.items() if read_csv(p)]
     rows = {m: read_csv(files[m]) for m in names}
     scores = {m: judge.probabilities([r["response"] for r in rows[m]]) for m in names}
-    before = per_prompt(start, judge.probabilities([r["response"] for r in start]))
-    bon = per_prompt(rows["best_of_n"], scores["best_of_n"]) if "best_of_n" in rows else None
+    threshold = params.evaluation.toxic_threshold
+    before = per_prompt(start, judge.probabilities([r["response"] for r in start]), threshold)
+    bon = per_prompt(rows["best_of_n"], scores["best_of_n"], threshold) if "best_of_n" in rows else None
     print(f"judge {judge.name} on {len(before)} prompts x {len(start) // len(before)} samples of {args.repo}")
     for m in names:
         check_paired(start, rows[m], m)
-        after = per_prompt(rows[m], scores[m])
+        after = per_prompt(rows[m], scores[m], threshold)
         line = f"{m}: vs start {shown(paired_entry('toxicity', before, after, params.report))}"
         if bon is not None and m != "best_of_n" and not m.endswith("+bon"):
             line += f"; vs best-of-N {shown(paired_entry('toxicity', bon, after, params.report))}"
