@@ -299,6 +299,28 @@ def test_figures_fit_the_page():
     assert "img{max-width:100%;height:auto}" in page
 
 
+def test_frontier_gives_each_method_its_own_style_and_keeps_labels_apart():
+    from detoxkit import render
+
+    names = ["start"] + [f"m{i}" for i in range(14)]
+    points = [{"method": n, "kl": float(i), "bound": None, "toxicity": 0.5 - 0.01 * i} for i, n in enumerate(names)]
+    styles = render.frontier_styles(points)
+    assert styles[0]["colour"] == "#888"  # the start grey, and no method shares it
+    pairs = [(s["colour"], s["marker"]) for s in styles]
+    assert len(set(pairs)) == len(pairs) and all(s["colour"] != "#888" for s in styles[1:])  # 14 methods, 14 styles
+    assert _png_size(render.frontier_figure(points, "p"))[0] > 300
+
+    def spot(method, kl, toxicity):
+        return {"method": method, "kl": kl, "bound": None, "toxicity": toxicity}
+
+    apart = [spot("start", 0.0, 0.6), spot("PPO", 3.0, 0.2), spot("best-of-N", 0.6, 0.1)]
+    assert [s["offset"] for s in render.frontier_styles(apart)[1:]] == [(-5, 4), (5, 4)]  # above; at the right edge,
+    # PPO's label left of its point (a label right of it would leave the axes)
+    crowd = apart + [spot(f"method {i}", 1.5, 0.3) for i in range(6)]  # six points on one spot
+    places = [(s["offset"], s["align"]) for s in render.frontier_styles(crowd)[3:]]
+    assert len(set(places)) == 6, places  # six labels, six places
+
+
 def test_no_table_of_rows_that_did_not_change():
     from detoxkit.sections import qualitative_sections
 
@@ -444,11 +466,11 @@ def test_a_trained_method_that_matches_best_of_n_is_the_answer_at_one_samples_co
     from detoxkit.compare import answer_method, best_method, choose_published
 
     assert best_method(entries) == "best_of_n" and answer_method(entries) == "ppo"
-    ppo, grpo = entries["ppo"]["vs_best_of_n"], entries["grpo"]["vs_best_of_n"]
+    ppo, grpo = entries["ppo"]["versus_best_of_n"], entries["grpo"]["versus_best_of_n"]
     assert ppo["change"] == "no change" and ppo["toxicity"]["diff_ci_low"] <= 0 <= ppo["toxicity"]["diff_ci_high"]
     assert ppo["toxicity"]["diff"] == pytest.approx(0.002) and set(ppo["judges"]) == {"j"}
     assert grpo["change"] == "up" and grpo["toxicity"]["diff_ci_low"] > 0  # best-of-N is less toxic than GRPO
-    assert entries["best_of_n"]["vs_best_of_n"] is None and set(entries["ppo"]) == set(entries["best_of_n"])
+    assert entries["best_of_n"]["versus_best_of_n"] is None and set(entries["ppo"]) == set(entries["best_of_n"])
     assert md.splitlines()[0].startswith("# Answer: PPO lowered toxicity with no guard crossed and cannot be told "
                                          "from best-of-N (toxicity +0.0020 [")
     assert "at one sample a request instead of 4" in md.splitlines()[0]
@@ -456,20 +478,20 @@ def test_a_trained_method_that_matches_best_of_n_is_the_answer_at_one_samples_co
     method, why = choose_published(entries, "best")
     assert method == "ppo" and "cannot be told from best-of-N" in why
     # a trained method that best-of-N beats is not the answer: best-of-N is, and publish packs the best trained one
-    worse = {**entries, "ppo": {**entries["ppo"], "vs_best_of_n": {**ppo, "change": "up"}}}
+    worse = {**entries, "ppo": {**entries["ppo"], "versus_best_of_n": {**ppo, "change": "up"}}}
     assert answer_method(worse) == "best_of_n" and choose_published(worse, "best")[0] == "ppo"
 
 
 def test_best_of_n_on_a_trained_policy_keeps_the_answer_and_its_policys_kl_guard():
-    """NAME+bon lowest: vs_best_of_n measures against best-of-N on the start, not it, so no trained method replaces it
-    (publish then packs the best trained method); and it carries its policy's KL guard (a policy that crossed it
+    """NAME+bon lowest: versus_best_of_n measures against best-of-N on the start, not it, so no trained method replaces
+    it (publish then packs the best trained method); and it carries its policy's KL guard (a policy that crossed it
     cannot make NAME+bon the answer)."""
     from detoxkit.compare import answer_method, choose_published, outcome
 
     def entry(method, after, lo, hi, trains=True, kl=False, vs=None):
         e = {"method": method, "label": method, "trains_weights": trains, "enabled": True, "num_prompts": 30,
              "min_pairs": 20, "toxicity": {"after": after, "diff_ci_low": lo, "diff_ci_high": hi},
-             "guards": {"kl_exceeded": kl, "judge_disagrees": "n/a"}, "vs_best_of_n": vs}
+             "guards": {"kl_exceeded": kl, "judge_disagrees": "n/a"}, "versus_best_of_n": vs}
         return {**e, "outcome": outcome(e)}
 
     matches = {"change": "no change", "toxicity": {"diff": 0.0, "diff_ci_low": -0.1, "diff_ci_high": 0.1}}
