@@ -160,8 +160,8 @@ def print_method(repo: Path, method: str, entry: dict):
         bound = entry["kl_to_start"]["bound"]
         print(f"{who}KL to the start {entry['kl_to_start']['nats']:.2f} nats per response"
               + ("" if bound is None else f" (bound {bound:.2f})"))
-    if entry.get("vs_best_of_n"):  # paired, on the same prompts: best-of-N -> this method
-        vs = entry["vs_best_of_n"]["toxicity"]
+    if entry.get("versus_best_of_n"):  # paired, on the same prompts: best-of-N -> this method
+        vs = entry["versus_best_of_n"]["toxicity"]
         print(f"{who}versus best-of-N: {vs['diff']:+.3f} [{vs['diff_ci_low']:+.3f}, {vs['diff_ci_high']:+.3f}]")
     wall = "n/a" if cost["wall_s"] is None else f"{cost['wall_s']:.0f} s"
     print(f"{who}cost: {cost['training_responses']} training responses, {cost['optimizer_steps']} optimizer steps, "

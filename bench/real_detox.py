@@ -155,8 +155,8 @@ def main():
             if frontier:  # nats per response, every method alike (the report's reward-KL frontier)
                 bound = "" if frontier["bound"] is None else f" (bound {frontier['bound']:.2f})"
                 print(f"  KL to the start: {frontier['nats']:.2f} nats per response{bound}")
-            if e.get("vs_best_of_n"):  # paired, on the same prompts
-                vs = e["vs_best_of_n"]
+            if e.get("versus_best_of_n"):  # paired, on the same prompts
+                vs = e["versus_best_of_n"]
                 judges = [(f"judge {name}", judge) for name, judge in vs["judges"].items()]
                 for what, entry in [("toxicity", vs["toxicity"]), *judges]:
                     print(f"  vs best-of-N (best-of-N -> method): {what} {interval(entry)}")

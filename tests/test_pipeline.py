@@ -74,6 +74,10 @@ def test_every_output_exists_with_finite_numbers(ran):
     assert kl["best_of_n"] == {"nats": pytest.approx(np.mean(list(per_prompt.values()))),
                                "bound": pytest.approx(bon["kl_bound"]), "how": kl["best_of_n"]["how"]}
     assert all(kl[m]["bound"] is None and finite(kl[m]["nats"]) for m in ("ppo", "dpo", "grpo"))
+    for m in ("ppo", "dpo", "grpo"):  # each trained method's file: its KL and its paired difference to best-of-N
+        vs = files[m]["versus_best_of_n"]
+        assert files[m]["kl"]["before"] == 0.0 and finite(files[m]["kl"]["after"]) and set(vs["judges"]) == {"judge"}
+        assert vs["toxicity"]["diff"] == pytest.approx(files[m]["toxicity"]["after"] - bon["toxicity"]["after"])
     with (ran / "reports/plots/frontier.csv").open(newline="") as fh:
         points = {r["method"]: (float(r["kl"]), float(r["toxicity"])) for r in csv.DictReader(fh)}
     assert points["start"] == (0.0, pytest.approx(summary["toxicity"]["before"]))

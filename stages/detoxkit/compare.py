@@ -205,7 +205,7 @@ def method_entry(method: Method, before: list[dict], rows: list[dict], params, t
     out["training"] = {k: training.get(k) for k in TRAINING}  # None: not this method's (best-of-N trains nothing)
     out["kl_to_start"] = kl_to_start(rows, None if trains else n)
     out["outcome"] = outcome(out)
-    out["vs_best_of_n"] = versus_best_of_n(best_of_n, rows, params) if trains and best_of_n else None
+    out["versus_best_of_n"] = versus_best_of_n(best_of_n, rows, params) if trains and best_of_n else None
     return out
 
 
@@ -244,7 +244,7 @@ def versus_best_of_n(bon: list[dict], rows: list[dict], params) -> dict:
 def matches_best_of_n(entry: dict) -> bool:
     """A trained method that lowered toxicity (qualifies) and that best-of-N (on the start) does not beat on these
     prompts: the paired interval of their toxicity difference contains 0 (or lies below it)."""
-    vs = entry.get("vs_best_of_n")
+    vs = entry.get("versus_best_of_n")
     return qualifies(entry) and entry["trains_weights"] and vs is not None and vs["change"] in (NO_CHANGE, DOWN)
 
 
@@ -253,7 +253,7 @@ def why_answer(entries: dict[str, dict], answer: str) -> str:
     e, lowest = entries[answer], best_method(entries)
     if lowest == answer:
         return f"{e['label']} lowered toxicity most with no guard crossed"
-    vs, n = e["vs_best_of_n"]["toxicity"], entries[lowest]["cost"]["evaluation_generation"]
+    vs, n = e["versus_best_of_n"]["toxicity"], entries[lowest]["cost"]["evaluation_generation"]
     return (f"{e['label']} lowered toxicity with no guard crossed and cannot be told from {entries[lowest]['label']} "
             f"(toxicity {vs['diff']:+.4f} [{vs['diff_ci_low']:+.4f}, {vs['diff_ci_high']:+.4f}] against it), at one "
             f"sample a request instead of {n}")
@@ -263,9 +263,9 @@ def answer_method(entries: dict[str, dict]) -> Optional[str]:
     """The report's answer, inference cost weighed: the lowest toxicity that qualifies (best_method); but when that is
     best-of-N (N samples a request) and a trained method matches it (matches_best_of_n: one sample a request), the
     trained method, the least toxic of those that match. (Best-of-N on a trained policy, NAME+bon, is not what
-    vs_best_of_n measures: when it is the lowest, it stays the answer.)"""
+    versus_best_of_n measures: when it is the lowest, it stays the answer.)"""
     best = best_method(entries)
-    if best != BEST_OF_N:  # a trained method, none, or best-of-N on a trained policy (not what vs_best_of_n measures)
+    if best != BEST_OF_N:  # a trained method, none, or NAME+bon (not what versus_best_of_n measures)
         return best
     close = [m for m, e in entries.items() if matches_best_of_n(e)]
     return min(close, key=lambda m: (entries[m]["toxicity"]["after"], list(entries).index(m))) if close else best

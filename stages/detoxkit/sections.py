@@ -53,7 +53,7 @@ def method_lines(entries: dict[str, dict]) -> list:
             else "") for name, j in e["judges"].items()) or "no judges"
         verdict = interval_verdict(f"{e['label']} vs start, toxicity", (t["diff_ci_low"], t["diff_ci_high"]), True,
                                    e["num_prompts"], e["min_pairs"])
-        vs = e.get("vs_best_of_n")
+        vs = e.get("versus_best_of_n")
         versus = f"; against best-of-N {ci_cell(vs['toxicity'])} ({vs['change']})" if vs else ""
         lines.append((f"{e['label']} ({e['outcome']}): toxicity {t['before']:.4f} -> {t['after']:.4f}, "
                       f"{ci_cell(t)}{versus}; {judges}; guards crossed: {', '.join(crossed) or 'none'}. {verdict}",
