@@ -299,7 +299,7 @@ def test_figures_fit_the_page():
     assert "img{max-width:100%;height:auto}" in page
 
 
-def test_frontier_gives_each_method_its_own_style_and_keeps_labels_apart():
+def test_frontier_gives_each_method_its_own_style_and_keeps_labels_apart(monkeypatch):
     from detoxkit import render
 
     names = ["start"] + [f"m{i}" for i in range(14)]
@@ -310,15 +310,25 @@ def test_frontier_gives_each_method_its_own_style_and_keeps_labels_apart():
     assert len(set(pairs)) == len(pairs) and all(s["colour"] != "#888" for s in styles[1:])  # 14 methods, 14 styles
     assert _png_size(render.frontier_figure(points, "p"))[0] > 300
 
-    def spot(method, kl, toxicity):
-        return {"method": method, "kl": kl, "bound": None, "toxicity": toxicity}
+    def spot(method, kl, toxicity, bound=None):
+        return {"method": method, "kl": kl, "bound": bound, "toxicity": toxicity}
 
-    apart = [spot("start", 0.0, 0.6), spot("PPO", 3.0, 0.2), spot("best-of-N", 0.6, 0.1)]
-    assert [s["offset"] for s in render.frontier_styles(apart)[1:]] == [(-5, 4), (5, 4)]  # above; at the right edge,
-    # PPO's label left of its point (a label right of it would leave the axes)
-    crowd = apart + [spot(f"method {i}", 1.5, 0.3) for i in range(6)]  # six points on one spot
-    places = [(s["offset"], s["align"]) for s in render.frontier_styles(crowd)[3:]]
-    assert len(set(places)) == 6, places  # six labels, six places
+    # the start, best-of-N near it, and six methods on one spot (a crowd, as best-of-N on trained policies makes)
+    crowd = [spot("start", 0.0, 0.6), spot("best-of-N", 0.5, 0.1, bound=0.64), spot("DPO", 8.0, 0.2)] + [
+        spot(f"method {i} + best-of-N", 4.0, 0.03) for i in range(6)]
+    figures = []
+    monkeypatch.setattr(render, "_png", lambda fig: figures.append(fig) or "")
+    render.frontier_figure(crowd, "p")
+    fig = figures[0]
+    ax, renderer = fig.axes[0], fig.canvas.get_renderer()
+    texts = ax.texts
+    assert [t.get_text() for t in texts] == [p["method"] for p in crowd]
+    assert [t.get_color() for t in texts] == [s["colour"] for s in render.frontier_styles(crowd)]  # as its marker
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    frame = ax.get_window_extent(renderer)
+    assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
+    assert not [(texts[i].get_text(), texts[j].get_text()) for i in range(len(boxes)) for j in range(i)
+                if boxes[i].overlaps(boxes[j])]  # every label readable: none prints on another
 
 
 def test_no_table_of_rows_that_did_not_change():

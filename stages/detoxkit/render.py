@@ -156,72 +156,81 @@ FRONTIER_COLOURS = [c for i, c in enumerate(
     ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"])
     if i != 7]
 FRONTIER_MARKERS = "os^Dv"
-AXES_POINTS = (330.0, 200.0)  # the frontier's axes in points (6 x 3.6 inches less the margins)
-CHAR, LINE = 4.8, 9.0  # a label's character width and line height in points at font size 8
 # Where a label may go, tried in order: its offset from the point in points (right of it, then left of it; the line
 # above, below, then further out) and its horizontal alignment
-LABEL_PLACES = [((dx, dy), align) for dy in (4, -12, 14, -22, 24, -32, 34, -42)
+LABEL_PLACES = [((dx, dy), align) for dy in (4, -12, 14, -22, 24, -32, 34, -42, 44, -52)
                 for dx, align in ((5, "left"), (-5, "right"))]
 
 
-def _box(x, y, place, width):
-    (dx, dy), align = place
-    left = x + dx if align == "left" else x + dx - width
-    return left, y + dy, left + width, y + dy + LINE
+def frontier_styles(points: list[dict]) -> list[dict]:
+    """(colour, marker) for each frontier point, in order: the start grey; every other point a pair of its own, up to
+    45 methods."""
+    styles = []
+    for p in points:
+        if p["method"] == "start":
+            styles.append({"colour": "#888", "marker": "o"})
+            continue
+        k = sum(s["colour"] != "#888" for s in styles)
+        styles.append({"colour": FRONTIER_COLOURS[k % len(FRONTIER_COLOURS)],
+                       "marker": FRONTIER_MARKERS[(k // len(FRONTIER_COLOURS)) % len(FRONTIER_MARKERS)]})
+    return styles
+
+
+def place_labels(fig, ax, labels: list) -> None:
+    """Move each label (an annotation `offset points` from its point) to the first of LABEL_PLACES where its drawn box
+    stays inside the axes and overlaps no label placed before it and no other point's marker; in a crowd, to the
+    place inside that overlaps fewest labels, then fewest markers. The first label (the start's) goes first, then
+    the lowest (it has the fewest places inside). Measured with the figure's renderer, so the boxes are the
+    printed ones."""
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    size = 3.0 * fig.dpi / 72  # a marker's half width in pixels (s=36: 6 points across)
+    markers = [ax.transData.transform(label.xy) for label in labels]
+    placed = []
+    for i in sorted(range(len(labels)), key=lambda i: (i > 0, markers[i][1])):  # the start (first), then lowest first
+        label = labels[i]
+        others = [(x - size, y - size, x + size, y + size) for j, (x, y) in enumerate(markers) if j != i]
+        best = None
+        for offset, align in LABEL_PLACES:
+            label.set_position(offset)
+            label.set_horizontalalignment(align)
+            box = label.get_window_extent(renderer)
+            edges = (box.x0 - 1, box.y0 - 1, box.x1 + 1, box.y1 + 1)  # a pixel of space around it
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            score = (not inside, sum(_overlap(edges, other) for other in placed),  # another label: unreadable
+                     sum(_overlap(edges, other) for other in others))  # a marker: hidden in part
+            if best is None or score < best[0]:
+                best = (score, offset, align, edges)
+            if score == (False, 0, 0):
+                break
+        _, offset, align, edges = best
+        label.set_position(offset)
+        label.set_horizontalalignment(align)
+        placed.append(edges)
 
 
 def _overlap(a, b) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _inside(box) -> bool:
-    """Whether a label's box stays within the axes and the margins matplotlib adds (5% a side)."""
-    margin_x, margin_y = 0.05 * AXES_POINTS[0], 0.05 * AXES_POINTS[1]
-    return (-margin_x <= box[0] and box[2] <= AXES_POINTS[0] + margin_x and -margin_y <= box[1]
-            and box[3] <= AXES_POINTS[1] + margin_y)
-
-
-def frontier_styles(points: list[dict]) -> list[dict]:
-    """(colour, marker, label offset in points, its alignment) for each frontier point, in order: the start grey;
-    every other point a (colour, marker) pair of its own, up to 45 methods; each label at the first of LABEL_PLACES
-    inside the axes where it overlaps no earlier label (else the first place inside), so that labels of points
-    close together do not print on top of each other."""
-    xs, ys = [p["kl"] for p in points], [p["toxicity"] for p in points]
-    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
-    styles, boxes = [], []
-    for p in points:
-        if p["method"] == "start":
-            colour, marker = "#888", "o"
-        else:
-            k = sum(s["colour"] != "#888" for s in styles)
-            colour = FRONTIER_COLOURS[k % len(FRONTIER_COLOURS)]
-            marker = FRONTIER_MARKERS[(k // len(FRONTIER_COLOURS)) % len(FRONTIER_MARKERS)]
-        x = (p["kl"] - min(xs)) / span_x * AXES_POINTS[0]
-        y = (p["toxicity"] - min(ys)) / span_y * AXES_POINTS[1]
-        width = CHAR * len(p["method"])
-        inside = [place for place in LABEL_PLACES if _inside(_box(x, y, place, width))]
-        place = next((place for place in inside if not any(_overlap(_box(x, y, place, width), b) for b in boxes)),
-                     (inside or LABEL_PLACES)[0])
-        boxes.append(_box(x, y, place, width))
-        styles.append({"colour": colour, "marker": marker, "offset": place[0], "align": place[1]})
-    return styles
-
-
 def frontier_figure(points: list[dict], toxicity: str) -> str:
     """Toxicity against KL to the start, one point a method: lower and further left is better (less toxic for less
-    drift). Best-of-N's estimate is a point, a line to its analytic bound."""
+    drift). Best-of-N's estimate is a point, a line to its analytic bound. Each method its own colour and marker,
+    its label beside it where it overlaps no other (place_labels)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.6))
+    labels = []
     for p, style in zip(points, frontier_styles(points)):
         if p["bound"] is not None:
             ax.plot([p["kl"], p["bound"]], [p["toxicity"]] * 2, color="#999", lw=1, zorder=1)
         ax.scatter([p["kl"]], [p["toxicity"]], s=36, zorder=2, label=p["method"], color=style["colour"],
                    marker=style["marker"])
-        ax.annotate(p["method"], (p["kl"], p["toxicity"]), textcoords="offset points", xytext=style["offset"],
-                    ha=style["align"], fontsize=8, color=style["colour"])
+        labels.append(ax.annotate(p["method"], (p["kl"], p["toxicity"]), textcoords="offset points",
+                                  xytext=LABEL_PLACES[0][0], fontsize=8, color=style["colour"]))
     ax.set_xlabel("KL to the start (nats per response)")
     ax.set_ylabel(f"toxicity ({toxicity})")
     ax.set_xlim(left=-0.02)
+    place_labels(fig, ax, labels)
     return _png(fig)
 
 
