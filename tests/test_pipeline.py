@@ -92,7 +92,10 @@ def test_every_output_exists_with_finite_numbers(ran):
     for side in ("before", "after"):  # fluency and diversity, before and after
         assert all(finite(summary[side][k]) for k in ("perplexity_mean", "distinct_1", "distinct_2", "distinct_3"))
         assert summary[side]["perplexity_mean"] >= 1 and 0 <= summary[side]["distinct_2"] <= 1
-    assert all(isinstance(v, bool) for v in summary["guards"].values())
+    for name, fired in summary["guards"].items():  # each guard fired or not; the judge's n/a only with its reason (a
+        # judge too weak on 8 prompts to see the reward's fall; which one a run gets changes with its float arithmetic)
+        assert isinstance(fired, bool) or (name == "judge_disagrees" and fired == "n/a" and all(
+            power["reason"] for power in summary["judge_power"].values())), (name, fired, summary["judge_power"])
     assert summary["training"]["steps_done"] == 4
     sft = json.loads((ran / "metrics/sft.json").read_text())
     assert sft["enabled"] and set(sft["rouge_before"]) == {"rouge1", "rouge2", "rougeL"}
