@@ -94,8 +94,9 @@ def test_every_output_exists_with_finite_numbers(ran):
         assert summary[side]["perplexity_mean"] >= 1 and 0 <= summary[side]["distinct_2"] <= 1
     for name, fired in summary["guards"].items():  # each guard fired or not; the judge's n/a only with its reason (a
         # judge too weak on 8 prompts to see the reward's fall; which one a run gets changes with its float arithmetic)
-        assert isinstance(fired, bool) or (name == "judge_disagrees" and fired == "n/a" and all(
-            power["reason"] for power in summary["judge_power"].values())), (name, fired, summary["judge_power"])
+        assert isinstance(fired, bool) or (name == "judge_disagrees" and fired == "n/a" and summary["judge_power"]
+                                         and all(power["reason"] for power in summary["judge_power"].values())), (
+            name, fired, summary["judge_power"])
     assert summary["training"]["steps_done"] == 4
     sft = json.loads((ran / "metrics/sft.json").read_text())
     assert sft["enabled"] and set(sft["rouge_before"]) == {"rouge1", "rouge2", "rougeL"}

@@ -315,7 +315,8 @@ def test_frontier_gives_each_method_its_own_style_and_keeps_labels_apart(monkeyp
 
     # the start, best-of-N near it, and six methods on one spot (a crowd, as best-of-N on trained policies makes)
     crowd = [spot("start", 0.0, 0.6), spot("best-of-N", 0.5, 0.1, bound=0.64), spot("DPO", 8.0, 0.2)] + [
-        spot(f"method {i} + best-of-N", 4.0, 0.03) for i in range(6)]
+        spot(f"method {i} + best-of-N", 4.0, 0.03) for i in range(6)] + [spot("GRPO", 4.5, 0.05)]  # under the
+    # crowd's first label in its first place
     figures = []
     monkeypatch.setattr(render, "_png", lambda fig: figures.append(fig) or "")
     render.frontier_figure(crowd, "p")
@@ -329,6 +330,11 @@ def test_frontier_gives_each_method_its_own_style_and_keeps_labels_apart(monkeyp
     assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
     assert not [(texts[i].get_text(), texts[j].get_text()) for i in range(len(boxes)) for j in range(i)
                 if boxes[i].overlaps(boxes[j])]  # every label readable: none prints on another
+    half = 3.0 * fig.dpi / 72  # a marker's half width in pixels (s=36)
+    spots = [ax.transData.transform((p["kl"], p["toxicity"])) for p in crowd]
+    assert not [(t.get_text(), crowd[j]["method"]) for i, (t, b) in enumerate(zip(texts, boxes))
+                for j, (x, y) in enumerate(spots) if j != i and b.x0 < x + half and x - half < b.x1
+                and b.y0 < y + half and y - half < b.y1]  # nor on another point's marker
 
 
 def test_no_table_of_rows_that_did_not_change():
