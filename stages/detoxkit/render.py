@@ -182,6 +182,8 @@ def place_labels(fig, ax, labels: list) -> None:
     place inside that overlaps fewest labels, then fewest markers. The first label (the start's) goes first, then
     the lowest (it has the fewest places inside). Measured with the figure's renderer, so the boxes are the
     printed ones."""
+    from matplotlib.transforms import Bbox
+
     renderer = fig.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
     size = 3.0 * fig.dpi / 72  # a marker's half width in pixels (s=36: 6 points across)
@@ -189,16 +191,17 @@ def place_labels(fig, ax, labels: list) -> None:
     placed = []
     for i in sorted(range(len(labels)), key=lambda i: (i > 0, markers[i][1])):  # the start (first), then lowest first
         label = labels[i]
-        others = [(x - size, y - size, x + size, y + size) for j, (x, y) in enumerate(markers) if j != i]
+        others = [Bbox.from_extents(x - size, y - size, x + size, y + size) for j, (x, y) in enumerate(markers)
+                  if j != i]
         best = None
         for offset, align in LABEL_PLACES:
             label.set_position(offset)
             label.set_horizontalalignment(align)
             box = label.get_window_extent(renderer)
-            edges = (box.x0 - 1, box.y0 - 1, box.x1 + 1, box.y1 + 1)  # a pixel of space around it
+            edges = box.padded(1)  # a pixel of space around it
             inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-            score = (not inside, sum(_overlap(edges, other) for other in placed),  # another label: unreadable
-                     sum(_overlap(edges, other) for other in others))  # a marker: hidden in part
+            score = (not inside, edges.count_overlaps(placed) if placed else 0,  # another label: unreadable
+                     edges.count_overlaps(others) if others else 0)  # a marker: hidden in part
             if best is None or score < best[0]:
                 best = (score, offset, align, edges)
             if score == (False, 0, 0):
@@ -207,10 +210,6 @@ def place_labels(fig, ax, labels: list) -> None:
         label.set_position(offset)
         label.set_horizontalalignment(align)
         placed.append(edges)
-
-
-def _overlap(a, b) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def frontier_figure(points: list[dict], toxicity: str) -> str:
